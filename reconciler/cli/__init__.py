@@ -1,0 +1,1 @@
+"""The ``zlayer`` command line (the only layer that uses click and rich)."""

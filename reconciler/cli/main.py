@@ -1,0 +1,50 @@
+"""Entry point: ``zlayer`` and its command group.
+
+Exit codes: 0 ok, 1 error (invalid specs, bad arguments), 2 changes present
+(``plan --detailed-exitcode``, later), 3 lock held by another apply (later).
+Click's own usage errors would exit 2, which pipelines read as "changes";
+they exit 1 here instead.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from reconciler import __version__
+from reconciler.cli.spec import schema, spec
+from reconciler.cli.validate import validate
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog="Example:\n\n    zlayer validate specs/",
+)
+@click.version_option(__version__, "--version", prog_name="zlayer", message="%(prog)s %(version)s")
+def cli() -> None:
+    """zlayer keeps a container host converged on ZLayer deployment specs.
+
+    Validate specs before every change; plan and apply arrive in later releases.
+    """
+
+
+cli.add_command(validate)
+cli.add_command(spec)
+cli.add_command(schema)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; map click's usage errors to exit status 1."""
+    try:
+        code = cli.main(args=argv, prog_name="zlayer", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(EXIT_ERROR)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_ERROR)
+    sys.exit(code if isinstance(code, int) else EXIT_OK)

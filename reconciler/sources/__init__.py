@@ -1,0 +1,1 @@
+"""Where specs come from: files and directories now; git repositories later."""

@@ -1,0 +1,279 @@
+"""Turn spec file contents into validated :class:`DeploymentSpec` values or Problems.
+
+Pure: callers hand in bytes (see :mod:`reconciler.sources.files` for reading
+paths); nothing here touches the file system, the clock or the network.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from ruamel.yaml.reader import ReaderError
+
+from reconciler.spec import blocks, models
+from reconciler.spec.models import DeploymentSpec, ServiceSpec
+from reconciler.spec.problems import Mark, Path, Problem, ProblemSink, format_path
+from reconciler.spec.rules import check_services
+from reconciler.spec.scalars import source_text
+from reconciler.spec.yamldoc import Document, Plain, Tagged, parse_document
+
+MAX_FILE_BYTES = 1024 * 1024
+"""Largest spec file accepted (1 MiB); real specs are a few KiB."""
+
+
+@dataclass(frozen=True, slots=True)
+class SourceFile:
+    """One spec file's name (as shown to users) and raw contents."""
+
+    name: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedSpec:
+    file: str
+    spec: DeploymentSpec
+    document: Document
+
+
+@dataclass(frozen=True, slots=True)
+class LoadResult:
+    specs: tuple[LoadedSpec, ...]
+    problems: tuple[Problem, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def load_sources(
+    files: Iterable[SourceFile], *, env: Mapping[str, str] | None = None
+) -> LoadResult:
+    """Load every file; report every problem of every file; then cross-file rules."""
+    specs: list[LoadedSpec] = []
+    problems: list[Problem] = []
+    for source in files:
+        loaded, found = load_bytes(source.data, source.name, env=env)
+        problems.extend(found)
+        if loaded is not None:
+            specs.append(loaded)
+    problems.extend(_duplicate_deployments(specs))
+    return LoadResult(tuple(specs), tuple(problems))
+
+
+def load_bytes(
+    data: bytes, name: str, *, env: Mapping[str, str] | None = None
+) -> tuple[LoadedSpec | None, list[Problem]]:
+    """Decode, parse and validate one file. Returns the spec only when it has no problems."""
+    sink = ProblemSink(name)
+    text = _decode(data, sink)
+    if text is None:
+        return None, sink.problems
+    return load_text(text, name, env=env)
+
+
+def load_text(
+    text: str, name: str, *, env: Mapping[str, str] | None = None
+) -> tuple[LoadedSpec | None, list[Problem]]:
+    sink = ProblemSink(name)
+    try:
+        doc = parse_document(text, sink)
+    except ReaderError as exc:
+        sink.add(_offset_mark(text, exc.position), "", f"invalid character: {exc.reason}")
+        return None, sink.problems
+    if doc is None:
+        return None, sink.problems
+    if not isinstance(doc.data, dict):
+        sink.add(doc.mark_for(()), "", "a spec is a mapping with version, deployment and services")
+        return None, sink.problems
+    try:
+        spec = DeploymentSpec.model_validate(doc.data)
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False):
+            _add_validation_error(sink, doc, error, ())
+        _check_valid_services(doc, sink, env)
+        return None, sink.problems
+    for path, message, hint in check_services(spec.deployment, spec.services, env=env):
+        sink.add(doc.mark_for(path), format_path(path), message, hint)
+    if sink.problems:
+        return None, sink.problems
+    return LoadedSpec(name, spec, doc), sink.problems
+
+
+def _check_valid_services(doc: Document, sink: ProblemSink, env: Mapping[str, str] | None) -> None:
+    """After a failed validation, still run the cross-field rules on every service that
+    validated on its own, so one run reports every problem of the file."""
+    services = doc.data.get("services")
+    if not isinstance(services, dict):
+        return
+    valid = {}
+    for name, data in services.items():
+        try:
+            valid[name] = ServiceSpec.model_validate(data)
+        except ValidationError:
+            continue
+    deployment = str(source_text(doc.data.get("deployment", "")))
+    findings = check_services(deployment, valid, service_names=services, env=env)
+    for path, message, hint in findings:
+        sink.add(doc.mark_for(path), format_path(path), message, hint)
+
+
+def _decode(data: bytes, sink: ProblemSink) -> str | None:
+    if len(data) > MAX_FILE_BYTES:
+        sink.add(None, "", f"file is larger than {MAX_FILE_BYTES // 1024} KiB; not a spec")
+        return None
+    if b"\0" in data:
+        sink.add(None, "", "binary file (contains NUL bytes); not a spec")
+        return None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        mark = _offset_mark(data[: exc.start].decode("utf-8", "replace"), None)
+        sink.add(mark, "", f"not valid UTF-8 (byte 0x{data[exc.start]:02x})")
+        return None
+    return text.removeprefix("\ufeff")
+
+
+def _offset_mark(text: str, position: int | None) -> Mark:
+    head = text if position is None else text[:position]
+    line = head.count("\n") + 1
+    return Mark(line, len(head) - (head.rfind("\n") + 1) + 1)
+
+
+def _duplicate_deployments(specs: Sequence[LoadedSpec]) -> list[Problem]:
+    first: dict[str, LoadedSpec] = {}
+    problems = []
+    for loaded in specs:
+        name = loaded.spec.deployment
+        if name in first:
+            problems.append(
+                Problem(
+                    loaded.file,
+                    loaded.document.mark_for(("deployment",)),
+                    "deployment",
+                    f"deployment {name!r} is also declared in {first[name].file}; "
+                    "each deployment lives in exactly one file",
+                )
+            )
+        else:
+            first[name] = loaded
+    return problems
+
+
+# --- pydantic errors → problems --------------------------------------------------------------
+
+
+def _data_path(data: Any, loc: Sequence[str | int]) -> Path:
+    """Follow pydantic's ``loc`` through the data, skipping union/validator labels."""
+    path: list[str | int] = []
+    for part in loc:
+        if isinstance(data, Tagged):
+            data = data.value
+        in_map = isinstance(data, dict) and isinstance(part, str) and part in data
+        in_list = isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data)
+        if in_map or in_list:
+            data = data[part]
+            path.append(part)
+    return tuple(path)
+
+
+def _add_validation_error(sink: ProblemSink, doc: Document, error: Any, prefix: Path) -> None:
+    loc = (*prefix, *error["loc"])
+    path = _data_path(doc.data, loc)
+    kind = error["type"]
+    hint = None
+    if kind == "extra_forbidden":
+        key = str(loc[-1])
+        parent = path[:-1]
+        close = difflib.get_close_matches(key, _known_keys(), n=1)
+        hint = f"did you mean {close[0]!r}?" if close else None
+        sink.add(doc.mark_for(path, key=True), format_path(parent), f"unknown key {key!r}", hint)
+        return
+    if kind == "missing":
+        key = str(loc[-1])
+        sink.add(doc.mark_for(path), format_path(path), f"missing required key {key!r}")
+        return
+    sink.add(doc.mark_for(path), format_path(path), _message(kind, error))
+
+
+def _message(kind: str, error: Any) -> str:
+    ctx = error.get("ctx") or {}
+    got = describe(error.get("input"))
+    expected = _TYPE_WORDS.get(kind)
+    if expected is not None:
+        return f"expected {expected}, got {got}"
+    if kind == "literal_error":
+        return f"{got} is not one of {ctx.get('expected')}"
+    if kind == "union_tag_invalid":
+        return (
+            f"{ctx.get('discriminator')} {ctx.get('tag')!r} is not one of "
+            f"{ctx.get('expected_tags')}"
+        )
+    if kind == "union_tag_not_found":
+        return f"missing required key {ctx.get('discriminator', '').strip(chr(39))!r}"
+    if kind in ("greater_than_equal", "less_than_equal"):
+        return f"{got} is out of range ({_range_words(kind, ctx)})"
+    if kind == "too_short":
+        return f"needs at least {ctx.get('min_length')} item(s)"
+    if kind == "string_too_short":
+        return "must not be empty"
+    return str(error["msg"])
+
+
+_TYPE_WORDS = {
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "int_parsing": "an integer",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+    "tuple_type": "a list",
+    "list_type": "a list",
+}
+
+
+def _range_words(kind: str, ctx: Mapping[str, Any]) -> str:
+    if kind == "greater_than_equal":
+        return f"must be at least {ctx.get('ge')}"
+    return f"must be at most {ctx.get('le')}"
+
+
+def describe(value: Any) -> str:
+    """A short, user-facing description of a YAML value for error messages."""
+    if isinstance(value, Plain):
+        if value.value is None:
+            return "null"
+        if isinstance(value.value, float) and not math.isfinite(value.value):
+            return value.text
+        return value.text
+    if isinstance(value, str):
+        return f"the string {value!r}" if len(value) < 60 else "a long string"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, Tagged):
+        return f"a value tagged {value.tag}"
+    if isinstance(value, bool | int | float):
+        return repr(value)
+    return type(value).__name__
+
+
+@cache
+def _known_keys() -> tuple[str, ...]:
+    keys: set[str] = set()
+    for module in (blocks, models):
+        for obj in vars(module).values():
+            if isinstance(obj, type) and issubclass(obj, BaseModel) and obj is not BaseModel:
+                for field_name, info in obj.model_fields.items():
+                    keys.add(info.alias or field_name)
+    return tuple(sorted(keys))

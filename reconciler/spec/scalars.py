@@ -1,0 +1,302 @@
+"""Scalar field types of the spec, with ZLayer's (serde_yaml's) reading rules.
+
+* String fields take any scalar's source text: ``8080`` → ``"8080"``.
+* Number and bool fields take only unquoted scalars of the right kind:
+  ``'8080'`` is a string and is refused for a port; ``5.0`` is refused for an
+  integer.
+* Optional fields read ``null``/``~``/empty as absent.
+
+The loader hands these types :class:`~reconciler.spec.yamldoc.Plain` values
+for unquoted non-string scalars; the ``BeforeValidator`` of each type picks
+the view it needs.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from fractions import Fraction
+from typing import Annotated, Any
+
+from pydantic import (
+    BeforeValidator,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    Strict,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import PydanticCustomError, core_schema
+
+from reconciler.spec.yamldoc import Plain, Tagged
+
+
+def source_text(value: Any) -> Any:
+    """String view: an unquoted scalar's source text."""
+    return value.text if isinstance(value, Plain) else value
+
+
+def source_text_or_none(value: Any) -> Any:
+    """Optional-string view: ``null`` is absent, other scalars are their text."""
+    if isinstance(value, Plain):
+        return None if value.value is None else value.text
+    return value
+
+
+def scalar_value(value: Any) -> Any:
+    """Number/bool view: the resolved value of an unquoted scalar."""
+    return value.value if isinstance(value, Plain) else value
+
+
+def null_to_none(value: Any) -> Any:
+    """Outer view for optional numbers: ``null`` is absent, the rest unchanged."""
+    return None if isinstance(value, Plain) and value.value is None else value
+
+
+def untag(value: Any) -> Any:
+    """Refuse application tags where a field does not expect one."""
+    if isinstance(value, Tagged):
+        raise PydanticCustomError("unexpected_tag", "unexpected YAML tag {tag}", {"tag": value.tag})
+    return value
+
+
+Str = Annotated[str, Strict(), BeforeValidator(source_text)]
+OptStr = Annotated[str | None, Strict(), BeforeValidator(source_text_or_none)]
+Bool = Annotated[bool, Strict(), BeforeValidator(scalar_value)]
+
+
+_NUM = BeforeValidator(scalar_value)
+U8 = Annotated[int, Strict(), Field(ge=0, le=2**8 - 1), _NUM]
+U16 = Annotated[int, Strict(), Field(ge=0, le=2**16 - 1), _NUM]
+U32 = Annotated[int, Strict(), Field(ge=0, le=2**32 - 1), _NUM]
+U64 = Annotated[int, Strict(), Field(ge=0, le=2**64 - 1), _NUM]
+I32 = Annotated[int, Strict(), Field(ge=-(2**31), le=2**31 - 1), _NUM]
+I64 = Annotated[int, Strict(), Field(ge=-(2**63), le=2**63 - 1), _NUM]
+_NULL = BeforeValidator(null_to_none)
+OptU8 = Annotated[U8 | None, _NULL]
+OptU16 = Annotated[U16 | None, _NULL]
+OptU32 = Annotated[U32 | None, _NULL]
+OptI32 = Annotated[I32 | None, _NULL]
+OptI64 = Annotated[I64 | None, _NULL]
+OptBool = Annotated[Bool | None, _NULL]
+
+
+def _float_value(value: Any) -> Any:
+    value = scalar_value(value)
+    if isinstance(value, bool):
+        raise PydanticCustomError("float_type", "expected a number, got a bool")
+    if isinstance(value, int):
+        return float(value)
+    return value
+
+
+Float = Annotated[float, Strict(), BeforeValidator(_float_value)]
+
+
+# --- durations (humantime 2.3, as ZLayer parses them) ---------------------------------------
+
+_UNIT_NANOS: dict[str, int] = {}
+for _names, _nanos in (
+    (("nanos", "nsec", "ns"), 1),
+    (("usec", "us", "µs"), 1_000),
+    (("millis", "msec", "ms"), 1_000_000),
+    (("seconds", "second", "secs", "sec", "s"), 10**9),
+    (("minutes", "minute", "min", "mins", "m"), 60 * 10**9),
+    (("hours", "hour", "hr", "hrs", "h"), 3600 * 10**9),
+    (("days", "day", "d"), 86400 * 10**9),
+    (("weeks", "week", "w"), 7 * 86400 * 10**9),
+    (("months", "month", "M"), 2_630_016 * 10**9),
+    (("years", "year", "y"), 31_557_600 * 10**9),
+):
+    for _name in _names:
+        _UNIT_NANOS[_name] = _nanos
+
+_SPAN_RE = re.compile(r"\s*(?P<num>[0-9]+(?:\.[0-9]+)?)\s*(?P<unit>[a-zA-Zµ]*)")
+_MAX_NANOS = (2**64 - 1) * 10**9 + 999_999_999
+
+
+def parse_duration(text: str) -> int:
+    """Parse a humantime duration (``1m 30s``, ``1.5s``, ``500ms``) into nanoseconds.
+
+    Raises ``ValueError`` with a user-facing reason.
+    """
+    if not text.strip():
+        raise ValueError("empty duration")
+    total = Fraction(0)
+    pos = 0
+    while pos < len(text):
+        if text[pos:].strip() == "":
+            break
+        match = _SPAN_RE.match(text, pos)
+        if match is None:
+            bad = text[pos:].lstrip()[:1]
+            raise ValueError(f"expected a number before {bad!r}")
+        num, unit = match["num"], match["unit"]
+        if not unit:
+            raise ValueError(f"time unit needed after {num} (for example {num}s or {num}ms)")
+        if unit not in _UNIT_NANOS:
+            raise ValueError(f"unknown time unit {unit!r} (use ns, us, ms, s, m, h, d, w, M, y)")
+        total += Fraction(num) * _UNIT_NANOS[unit]
+        pos = match.end()
+        if pos < len(text) and not (text[pos].isspace() or text[pos].isdigit()):
+            raise ValueError(f"unexpected character {text[pos]!r}")
+    if total.denominator != 1 or total > _MAX_NANOS:
+        raise ValueError("too large, or finer than 1ns")
+    return int(total)
+
+
+def format_duration(nanos: int) -> str:
+    """Canonical compact form: ``90s`` → ``1m30s``; ``0`` → ``0s``."""
+    if nanos == 0:
+        return "0s"
+    parts = []
+    for unit, size in (
+        ("d", 86400 * 10**9),
+        ("h", 3600 * 10**9),
+        ("m", 60 * 10**9),
+        ("s", 10**9),
+        ("ms", 10**6),
+        ("us", 10**3),
+        ("ns", 1),
+    ):
+        count, nanos = divmod(nanos, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts)
+
+
+class Duration(int):
+    """A duration in nanoseconds; written and dumped in humantime form."""
+
+    @property
+    def seconds(self) -> float:
+        return self / 1e9
+
+    def __repr__(self) -> str:
+        return f"Duration({format_duration(self)!r})"
+
+    def __str__(self) -> str:
+        return format_duration(self)
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> Any:
+        return core_schema.no_info_plain_validator_function(
+            cls.validate,
+            serialization=core_schema.plain_serializer_function_ser_schema(format_duration),
+        )
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, schema: Any, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return {"type": "string", "description": "humantime duration, e.g. 30s, 1m30s, 500ms"}
+
+    @classmethod
+    def validate(cls, value: Any) -> Duration:
+        """Read a duration from YAML input; raises a pydantic error naming the problem."""
+        if isinstance(value, Duration):
+            return value
+        text = source_text(value)
+        if not isinstance(text, str):
+            raise PydanticCustomError("duration_type", "expected a duration such as 30s or 1m30s")
+        try:
+            return cls(parse_duration(text))
+        except ValueError as exc:
+            raise PydanticCustomError(
+                "duration",
+                "invalid duration '{text}': {reason}",
+                {"text": text, "reason": str(exc)},
+            ) from None
+
+
+OptDuration = Annotated[Duration | None, _NULL]
+
+
+# --- memory, cpu ----------------------------------------------------------------------------
+
+_MEMORY_RE = re.compile(r"\+?[0-9]+(Ki|Mi|Gi|Ti)")
+MEMORY_UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def memory_bytes(text: str) -> int:
+    """``512Mi`` → bytes. The text must already be valid."""
+    return int(text[:-2]) * MEMORY_UNITS[text[-2:]]
+
+
+def _check_memory(text: str) -> str:
+    if not _MEMORY_RE.fullmatch(text) or int(text[:-2]) == 0 or int(text[:-2]) >= 2**64:
+        raise PydanticCustomError(
+            "memory",
+            "invalid memory '{text}': use a positive whole number with Ki, Mi, Gi or Ti "
+            "(for example 512Mi or 2Gi)",
+            {"text": text},
+        )
+    return text
+
+
+OptMemory = Annotated[
+    str | None, Strict(), BeforeValidator(lambda v: _opt_memory(source_text_or_none(v)))
+]
+
+
+def _opt_memory(value: Any) -> Any:
+    return _check_memory(value) if isinstance(value, str) else value
+
+
+def _check_cpu(value: Any) -> Any:
+    value = _float_value(null_to_none(value))
+    if isinstance(value, float) and not (value > 0 and math.isfinite(value)):
+        raise PydanticCustomError(
+            "cpu", "CPU must be a finite number greater than 0, got {value}", {"value": value}
+        )
+    return value
+
+
+OptCpu = Annotated[float | None, Strict(), BeforeValidator(_check_cpu)]
+
+
+# --- image references (OCI distribution grammar, as oci-client parses them) -----------------
+
+_ALNUM = r"[a-z0-9]+"
+_SEPARATOR = r"(?:[._]|__|-+)"
+_PATH_COMPONENT = rf"{_ALNUM}(?:{_SEPARATOR}{_ALNUM})*"
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = rf"{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*(?::[0-9]+)?"
+_NAME = rf"(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
+_TAG = r"[\w][\w.-]{0,127}"
+_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+_REFERENCE_RE = re.compile(rf"(?P<name>{_NAME})(?::(?P<tag>{_TAG}))?(?:@(?P<digest>{_DIGEST}))?")
+NAME_TOTAL_LENGTH_MAX = 255
+
+
+def check_image_reference(text: str) -> str:
+    """Validate an OCI image reference; the text is kept as written (never normalized)."""
+    match = _REFERENCE_RE.fullmatch(text)
+    reason = None
+    if not text:
+        reason = "it is empty"
+    elif match is None:
+        reason = "expected [host[:port]/]repository[:tag][@digest] with a lowercase repository"
+    elif len(match["name"]) > NAME_TOTAL_LENGTH_MAX:
+        reason = f"the repository name is longer than {NAME_TOTAL_LENGTH_MAX} characters"
+    elif match["digest"] and match["digest"].startswith("sha256:") and len(match["digest"]) != 71:
+        reason = "a sha256 digest has exactly 64 hex digits"
+    if reason is not None:
+        raise PydanticCustomError(
+            "image_reference",
+            "invalid image reference '{text}': {reason}",
+            {"text": text, "reason": reason},
+        )
+    return text
+
+
+ImageName = Annotated[
+    str, Strict(), BeforeValidator(lambda v: check_image_reference(_strict_text(v)))
+]
+
+
+def _strict_text(value: Any) -> Any:
+    value = source_text(value)
+    if not isinstance(value, str):
+        raise PydanticCustomError("string_type", "expected a string")
+    return value
