@@ -120,7 +120,7 @@ class _Cursor:
         return self.pos == len(self.text)
 
     def next_token(self) -> str:
-        return self.text[self.pos :].split(maxsplit=1)[0]
+        return re.split(f"[{_WS}]", self.text[self.pos :], maxsplit=1)[0]
 
 
 def _item(cur: _Cursor, unit: _Unit) -> _Item | None:

@@ -14,7 +14,6 @@ from functools import cache
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
-from ruamel.yaml.reader import ReaderError
 
 from reconciler.spec import blocks, models
 from reconciler.spec.models import DeploymentSpec, ServiceSpec
@@ -82,11 +81,7 @@ def load_text(
     text: str, name: str, *, env: Mapping[str, str] | None = None
 ) -> tuple[LoadedSpec | None, list[Problem]]:
     sink = ProblemSink(name)
-    try:
-        doc = parse_document(text, sink)
-    except ReaderError as exc:
-        sink.add(_offset_mark(text, exc.position), "", f"invalid character: {exc.reason}")
-        return None, sink.problems
+    doc = parse_document(text, sink)
     if doc is None:
         return None, sink.problems
     if not isinstance(doc.data, dict):
@@ -134,16 +129,13 @@ def _decode(data: bytes, sink: ProblemSink) -> str | None:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        mark = _offset_mark(data[: exc.start].decode("utf-8", "replace"), None)
+        head = data[: exc.start].decode("utf-8", "replace")
+        mark = Mark(
+            head.count("\n") + 1, exc.start - len(head[: head.rfind("\n") + 1].encode()) + 1
+        )
         sink.add(mark, "", f"not valid UTF-8 (byte 0x{data[exc.start]:02x})")
         return None
     return text.removeprefix("\ufeff")
-
-
-def _offset_mark(text: str, position: int | None) -> Mark:
-    head = text if position is None else text[:position]
-    line = head.count("\n") + 1
-    return Mark(line, len(head) - (head.rfind("\n") + 1) + 1)
 
 
 def _duplicate_deployments(specs: Sequence[LoadedSpec]) -> list[Problem]:
@@ -211,19 +203,20 @@ def _message(kind: str, error: Any) -> str:
     if kind == "literal_error":
         return f"{got} is not one of {ctx.get('expected')}"
     if kind == "union_tag_invalid":
-        return (
-            f"{ctx.get('discriminator')} {ctx.get('tag')!r} is not one of "
-            f"{ctx.get('expected_tags')}"
-        )
+        return f"{_tag_key(ctx)} {ctx.get('tag')!r} is not one of {ctx.get('expected_tags')}"
     if kind == "union_tag_not_found":
-        return f"missing required key {ctx.get('discriminator', '').strip(chr(39))!r}"
+        return f"missing required key {_tag_key(ctx)!r}"
     if kind in ("greater_than_equal", "less_than_equal"):
         return f"{got} is out of range ({_range_words(kind, ctx)})"
-    if kind == "too_short":
+    if kind in ("too_short", "string_too_short"):
+        if isinstance(error.get("input"), str):
+            return "must not be empty"
         return f"needs at least {ctx.get('min_length')} item(s)"
-    if kind == "string_too_short":
-        return "must not be empty"
     return str(error["msg"])
+
+
+def _tag_key(ctx: Mapping[str, Any]) -> str:
+    return str(ctx.get("discriminator", "")).strip("'")
 
 
 _TYPE_WORDS = {

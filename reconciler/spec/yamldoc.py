@@ -26,6 +26,7 @@ from typing import Any
 from ruamel.yaml import events as ev
 from ruamel.yaml.cyaml import CParser  # type: ignore[attr-defined]
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.reader import ReaderError
 
 from reconciler.spec.problems import Mark, Path, ProblemSink, format_path
 
@@ -310,6 +311,9 @@ def parse_document(text: str, sink: ProblemSink) -> Document | None:
     except YamlFatal as exc:
         sink.add(exc.mark, "", exc.message)
         return None
+    except ReaderError as exc:
+        sink.add(_offset_mark(text, exc.position), "", f"invalid character: {exc.reason}")
+        return None
     except MarkedYAMLError as exc:
         sink.add(_yaml_error_mark(exc), "", _yaml_error_message(exc))
         return None
@@ -330,3 +334,8 @@ def _yaml_error_mark(exc: MarkedYAMLError) -> Mark | None:
 def _yaml_error_message(exc: MarkedYAMLError) -> str:
     parts = [p for p in (exc.context, exc.problem) if p]
     return "invalid YAML: " + ("; ".join(parts) if parts else str(exc))
+
+
+def _offset_mark(text: str, position: int) -> Mark:
+    head = text[:position]
+    return Mark(head.count("\n") + 1, position - (head.rfind("\n") + 1) + 1)
