@@ -64,7 +64,7 @@ def test_depends_defaults() -> None:
 
 
 def test_overlays_quirk_matches_zlayer() -> None:
-    # ``overlays: {}`` gives both sides ZLayer's all-false Default; ``service: {}`` the field defaults.
+    # A side left out of ``overlays`` gets ZLayer's all-false Default; ``{}`` the field defaults.
     svc = web("network: {overlays: {service: {}}}")
     assert svc.network.overlays.service.enabled is True
     assert svc.network.overlays.global_.enabled is False
