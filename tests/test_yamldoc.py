@@ -69,11 +69,22 @@ def test_positions_are_one_based_line_and_column() -> None:
 
 
 def test_quoted_scalars_are_strings_and_nan_resolves() -> None:
-    data, problems = parse("a: '8080'\nb: \"true\"\nc: .nan\nd: !!str 5\n")
+    data, problems = parse("a: '8080'\nb: \"true\"\nc: .nan\n")
     assert problems == []
     assert isinstance(data, dict)
-    assert data["a"] == "8080" and data["b"] == "true" and data["d"] == "5"
+    assert data["a"] == "8080" and data["b"] == "true"
     assert math.isnan(data["c"].value)
+
+
+def test_core_tags_are_ignored_like_serde_yaml_does() -> None:
+    # serde_yaml decides by style: !!str on a plain 5 still reads as a number.
+    data, _ = parse("a: !!str 5\nb: !!int '5'\n")
+    assert data == {"a": Plain(5, "5"), "b": "5"}
+
+
+def test_leading_zero_integers_and_signed_hex() -> None:
+    assert resolve_plain("017") == Plain("017", "017")
+    assert resolve_plain("-0x1F") == Plain(-31, "-0x1F")
 
 
 def test_application_tags_are_kept() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from functools import cache
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import (
     AliasChoices,
@@ -27,10 +27,12 @@ from reconciler.spec.scalars import (
     U32,
     U64,
     Bool,
+    BufStr,
     Duration,
     Float,
     ImageName,
     OptBool,
+    OptBufStr,
     OptCpu,
     OptDuration,
     OptI32,
@@ -41,8 +43,8 @@ from reconciler.spec.scalars import (
     OptU16,
     OptU32,
     Str,
+    is_null,
     source_text,
-    untag,
 )
 from reconciler.spec.yamldoc import Plain, Tagged
 
@@ -50,36 +52,58 @@ _E = BeforeValidator(source_text)
 
 
 class SpecModel(BaseModel):
-    """Base of every spec object: frozen, and ``null`` means absent for optional fields."""
+    """Base of every spec object: frozen, and read the way serde_yaml reads YAML.
+
+    * an application tag on a mapping or list is ignored (``web: !service {...}``);
+    * ``null`` is absent for optional fields; an *empty* value (``services:`` with
+      nothing after it, not ``null``) is an empty map or list for collection and
+      object fields.
+    """
 
     model_config = ConfigDict(frozen=True, populate_by_name=True)
 
     @model_validator(mode="before")
     @classmethod
-    def _nulls_are_absent(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            nullable = _nullable_keys(cls)
-            if any(
-                isinstance(v, Plain) and v.value is None and k in nullable for k, v in data.items()
-            ):
-                data = {
-                    k: None if k in nullable and isinstance(v, Plain) and v.value is None else v
-                    for k, v in data.items()
-                }
+    def _serde_yaml_reading(cls, data: Any) -> Any:
+        if isinstance(data, Tagged):
+            data = data.value
+        if isinstance(data, dict) and any(isinstance(v, Plain | Tagged) for v in data.values()):
+            data = {k: _read(cls, k, v) for k, v in data.items()}
         return data
 
 
+def _read(cls: type[BaseModel], key: str, value: Any) -> Any:
+    optional, empty, container = _field_kinds(cls)
+    if isinstance(value, Tagged) and key in container:
+        return value.value
+    if is_null(value):
+        if key in optional:
+            return None
+        if key in empty and isinstance(value, Plain) and value.text == "":
+            return empty[key]
+    return value
+
+
 @cache
-def _nullable_keys(cls: type[BaseModel]) -> frozenset[str]:
-    keys: set[str] = set()
+def _field_kinds(cls: type[BaseModel]) -> tuple[frozenset[str], dict[str, Any], frozenset[str]]:
+    """Keys of ``cls`` that are optional, that read an empty value as {} or [], and that
+    hold a plain map or list (which ignores a tag)."""
+    optional: set[str] = set()
+    empty: dict[str, Any] = {}
+    container: set[str] = set()
     for name, info in cls.model_fields.items():
+        keys = {name} | ({info.alias} if info.alias else set())
+        if isinstance(info.validation_alias, AliasChoices):
+            keys |= {str(c) for c in info.validation_alias.choices}
+        origin = get_origin(info.annotation)
+        is_model = isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel)
         if type(None) in get_args(info.annotation):
-            keys.add(name)
-            if info.alias:
-                keys.add(info.alias)
-            if isinstance(info.validation_alias, AliasChoices):
-                keys.update(str(c) for c in info.validation_alias.choices)
-    return frozenset(keys)
+            optional |= keys
+        elif origin in (tuple, dict) or is_model:
+            empty.update({k: [] if origin is tuple else {} for k in keys})
+        if origin in (tuple, dict):
+            container |= keys
+    return frozenset(optional), empty, frozenset(container)
 
 
 class Closed(SpecModel):
@@ -191,14 +215,14 @@ Protocol = Annotated[Literal["http", "https", "tcp", "udp", "websocket"], _E]
 Expose = Annotated[Literal["public", "internal"], _E]
 
 
-class TcpConnectCheck(Closed):
+class TcpConnectCheck(Open):
     type: Literal["tcp_connect"]
 
 
-class UdpProbeCheck(Closed):
+class UdpProbeCheck(Open):
     type: Literal["udp_probe"]
-    request: Str
-    expect: OptStr = None
+    request: BufStr
+    expect: OptBufStr = None
 
 
 class StreamEndpointConfig(Closed):
@@ -288,8 +312,19 @@ def default_scale() -> AdaptiveScale:
     return AdaptiveScale(mode="adaptive", min=1, max=10, cooldown=Duration(30 * 10**9))
 
 
+def no_tag(value: Any) -> Any:
+    """serde refuses a tagged mapping for an internally tagged enum (``!fixed {...}``)."""
+    if isinstance(value, Tagged):
+        raise PydanticCustomError(
+            "unexpected_tag",
+            "a YAML tag ({tag}) is not allowed here; the block's own key picks its kind",
+            {"tag": value.tag},
+        )
+    return value
+
+
 ScaleSpec = Annotated[
-    AdaptiveScale | FixedScale | ManualScale, Field(discriminator="mode"), BeforeValidator(untag)
+    AdaptiveScale | FixedScale | ManualScale, Field(discriminator="mode"), BeforeValidator(no_tag)
 ]
 
 Condition = Annotated[Literal["started", "healthy", "ready"], _E]
@@ -309,7 +344,7 @@ class TcpCheck(Open):
 
 class HttpCheck(Open):
     type: Literal["http"]
-    url: Str
+    url: BufStr
     expect_status: U16 = 200
 
 
@@ -318,7 +353,9 @@ class CommandCheck(Open):
     command: Str
 
 
-HealthCheck = Annotated[TcpCheck | HttpCheck | CommandCheck, Field(discriminator="type")]
+HealthCheck = Annotated[
+    TcpCheck | HttpCheck | CommandCheck, Field(discriminator="type"), BeforeValidator(no_tag)
+]
 
 
 class HealthSpec(Closed):
@@ -349,7 +386,7 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, Plain):
         return value.value
     if isinstance(value, Tagged):
-        raise PydanticCustomError("unexpected_tag", "unexpected YAML tag {tag}", {"tag": value.tag})
+        return _json_value(value.value)
     if isinstance(value, dict):
         return {k: _json_value(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -399,46 +436,47 @@ Tier = Annotated[Literal["local", "cached", "network"], _E]
 
 class BindStorage(Closed):
     type: Literal["bind"]
-    source: Str
-    target: Str
+    source: BufStr
+    target: BufStr
     readonly: Bool = False
 
 
 class NamedStorage(Closed):
     type: Literal["named"]
-    name: Str
-    target: Str
+    name: BufStr
+    target: BufStr
     readonly: Bool = False
     tier: Tier = "local"
-    size: OptStr = None
+    size: OptBufStr = None
 
 
 class AnonymousStorage(Closed):
     type: Literal["anonymous"]
-    target: Str
+    target: BufStr
     tier: Tier = "local"
 
 
 class TmpfsStorage(Closed):
     type: Literal["tmpfs"]
-    target: Str
-    size: OptStr = None
+    target: BufStr
+    size: OptBufStr = None
     mode: OptU32 = None
 
 
 class S3Storage(Closed):
     type: Literal["s3"]
-    bucket: Str
-    prefix: OptStr = None
-    target: Str
+    bucket: BufStr
+    prefix: OptBufStr = None
+    target: BufStr
     readonly: Bool = False
-    endpoint: OptStr = None
-    credentials: OptStr = None
+    endpoint: OptBufStr = None
+    credentials: OptBufStr = None
 
 
 StorageSpec = Annotated[
     BindStorage | NamedStorage | AnonymousStorage | TmpfsStorage | S3Storage,
     Field(discriminator="type"),
+    BeforeValidator(no_tag),
 ]
 
 

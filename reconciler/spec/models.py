@@ -43,8 +43,17 @@ from reconciler.spec.blocks import (
     default_health,
     default_scale,
 )
-from reconciler.spec.scalars import U16, Bool, OptBool, OptDuration, OptStr, Str, source_text
-from reconciler.spec.yamldoc import Plain
+from reconciler.spec.scalars import (
+    U16,
+    Bool,
+    OptBool,
+    OptDuration,
+    OptStr,
+    Str,
+    source_text,
+    source_text_or_none,
+)
+from reconciler.spec.yamldoc import Plain, Tagged
 
 _E = BeforeValidator(source_text)
 
@@ -78,6 +87,8 @@ _NETWORK_MODE_RE = re.compile(r"default|host|none|bridge(:.*)?|container:.+", re
 
 
 def _network_mode(value: Any) -> Any:
+    if isinstance(value, Tagged):
+        value = _tagged_network_mode(value)
     text = source_text(value)
     if isinstance(text, str) and not _NETWORK_MODE_RE.fullmatch(text):
         if text == "container:":
@@ -89,6 +100,20 @@ def _network_mode(value: Any) -> Any:
     if isinstance(text, str) and text == "bridge:":
         return "bridge"
     return text
+
+
+def _tagged_network_mode(value: Tagged) -> Any:
+    """serde's tag form: ``!bridge {name: x}``, ``!container {id: x}``, ``!host``."""
+    kind, inner = value.tag.lstrip("!"), value.value
+    if isinstance(inner, dict):
+        detail = {"bridge": "name", "container": "id"}.get(kind)
+        if detail is None or set(inner) - {detail}:
+            raise PydanticCustomError(
+                "network_mode", "unknown network_mode form !{kind}", {"kind": kind}
+            )
+        name = source_text_or_none(inner.get(detail))
+        return kind if name is None else f"{kind}:{name}"
+    return source_text(value)
 
 
 NetworkMode = Annotated[str, BeforeValidator(_network_mode)]

@@ -31,37 +31,62 @@ from pydantic_core import PydanticCustomError, core_schema
 from reconciler.spec.yamldoc import Plain, Tagged
 
 
+def is_null(value: Any) -> bool:
+    return isinstance(value, Plain) and value.value is None
+
+
+def untag(value: Any) -> Any:
+    """serde_yaml ignores an application tag on a value that is not an enum; so do we.
+
+    An empty tagged value (``rtype: !job``) is serde's tag form of an enum variant:
+    it reads as the tag's name.
+    """
+    if isinstance(value, Tagged):
+        if value.value == "" or is_null(value.value):
+            return value.tag.lstrip("!")
+        return value.value
+    return value
+
+
 def source_text(value: Any) -> Any:
     """String view: an unquoted scalar's source text."""
+    value = untag(value)
     return value.text if isinstance(value, Plain) else value
 
 
 def source_text_or_none(value: Any) -> Any:
     """Optional-string view: ``null`` is absent, other scalars are their text."""
+    value = untag(value)
     if isinstance(value, Plain):
         return None if value.value is None else value.text
     return value
 
 
+def buffered_text(value: Any) -> Any:
+    """String view inside serde's internally tagged enums (health checks, storage, scale).
+
+    serde buffers those values, and a buffered number is no longer its source text:
+    ``url: 8080`` is refused there while ``env: {A: 8080}`` is "8080" elsewhere.
+    """
+    value = untag(value)
+    return None if is_null(value) else value
+
+
 def scalar_value(value: Any) -> Any:
     """Number/bool view: the resolved value of an unquoted scalar."""
+    value = untag(value)
     return value.value if isinstance(value, Plain) else value
 
 
 def null_to_none(value: Any) -> Any:
     """Outer view for optional numbers: ``null`` is absent, the rest unchanged."""
-    return None if isinstance(value, Plain) and value.value is None else value
-
-
-def untag(value: Any) -> Any:
-    """Refuse application tags where a field does not expect one."""
-    if isinstance(value, Tagged):
-        raise PydanticCustomError("unexpected_tag", "unexpected YAML tag {tag}", {"tag": value.tag})
-    return value
+    return None if is_null(value) else value
 
 
 Str = Annotated[str, Strict(), BeforeValidator(source_text)]
 OptStr = Annotated[str | None, Strict(), BeforeValidator(source_text_or_none)]
+BufStr = Annotated[str, Strict(), BeforeValidator(buffered_text)]
+OptBufStr = Annotated[str | None, Strict(), BeforeValidator(buffered_text)]
 Bool = Annotated[bool, Strict(), BeforeValidator(scalar_value)]
 
 
@@ -81,13 +106,16 @@ OptI64 = Annotated[I64 | None, _NULL]
 OptBool = Annotated[Bool | None, _NULL]
 
 
+_DECIMAL_RE = re.compile(r"[-+]?[0-9]+")
+
+
 def _float_value(value: Any) -> Any:
-    value = scalar_value(value)
-    if isinstance(value, bool):
-        raise PydanticCustomError("float_type", "expected a number, got a bool")
-    if isinstance(value, int):
-        return float(value)
-    return value
+    """serde_yaml reads a float from the scalar's text: ``2`` and ``1e3`` are numbers,
+    ``0x1F`` is an integer it refuses for a float field."""
+    value = untag(value)
+    if isinstance(value, Plain) and type(value.value) in (int, str):
+        return float(value.text) if _DECIMAL_RE.fullmatch(value.text) else value.text
+    return scalar_value(value)
 
 
 Float = Annotated[float, Strict(), BeforeValidator(_float_value)]
@@ -122,6 +150,8 @@ def parse_duration(text: str) -> int:
     """
     if not text.strip():
         raise ValueError("empty duration")
+    if text.strip() == "0":
+        return 0  # humantime accepts a bare zero, and only zero
     total = Fraction(0)
     pos = 0
     while pos < len(text):

@@ -41,7 +41,11 @@ CORE_TAG = "tag:yaml.org,2002:"
 
 @dataclass(frozen=True, slots=True)
 class Plain:
-    """An unquoted scalar that YAML 1.2 core resolves to null, a bool, an int or a float."""
+    """An unquoted scalar that YAML 1.2 core resolves to null, a bool, an int or a float.
+
+    Decimal digits with a leading zero (``017``) are a Plain whose value is the text:
+    serde_yaml refuses them as integers but reads them as floats (17.0).
+    """
 
     value: bool | int | float | None
     text: str
@@ -83,9 +87,10 @@ class YamlFatal(Exception):
         self.message = message
 
 
-_INT_RE = re.compile(r"[-+]?[0-9]+")
-_OCT_RE = re.compile(r"0o[0-7]+")
-_HEX_RE = re.compile(r"0x[0-9a-fA-F]+")
+_INT_RE = re.compile(r"[-+]?(0|[1-9][0-9]*)")
+_LEADING_ZERO_RE = re.compile(r"[-+]?0[0-9]+")
+_OCT_RE = re.compile(r"[-+]?0o[0-7]+")
+_HEX_RE = re.compile(r"[-+]?0x[0-9a-fA-F]+")
 _FLOAT_RE = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
 _INF_RE = re.compile(r"[-+]?\.(inf|Inf|INF)")
 _NAN_RE = re.compile(r"\.(nan|NaN|NAN)")
@@ -95,7 +100,11 @@ _FALSES = frozenset({"false", "False", "FALSE"})
 
 
 def resolve_plain(text: str) -> Plain | str:
-    """Resolve an unquoted scalar by the YAML 1.2 core schema."""
+    """Resolve an unquoted scalar by the YAML 1.2 core schema, as serde_yaml does.
+
+    serde_yaml's deviations are kept: a sign is allowed on hex and octal
+    (``-0x1F``), and decimal integers with a leading zero (``017``) are no integers.
+    """
     if text in _NULLS:
         return Plain(None, text)
     if text in _TRUES:
@@ -107,10 +116,10 @@ def resolve_plain(text: str) -> Plain | str:
         return text
     if _INT_RE.fullmatch(text):
         return Plain(int(text), text)
-    if _OCT_RE.fullmatch(text):
-        return Plain(int(text[2:], 8), text)
-    if _HEX_RE.fullmatch(text):
-        return Plain(int(text[2:], 16), text)
+    if _LEADING_ZERO_RE.fullmatch(text):
+        return Plain(text, text)
+    if _OCT_RE.fullmatch(text) or _HEX_RE.fullmatch(text):
+        return Plain(int(text, 0), text)
     if _FLOAT_RE.fullmatch(text):
         return Plain(float(text), text)
     if _INF_RE.fullmatch(text):
@@ -120,40 +129,21 @@ def resolve_plain(text: str) -> Plain | str:
     return text
 
 
-_CORE_KINDS: dict[str, type | tuple[type, ...]] = {
-    "int": int,
-    "float": (int, float),
-    "bool": bool,
-    "null": type(None),
-}
-
-
 def _mark(event: Any) -> Mark:
     m = event.start_mark
     return Mark(m.line + 1, m.column + 1)
 
 
-def _scalar_value(event: ev.ScalarEvent, mark: Mark) -> Any:
+def _scalar_value(event: ev.ScalarEvent) -> Any:
+    """serde_yaml reads a scalar by its style, not its tag: ``!!str 5`` is still the
+    number 5 for a number field and ``!!int "5"`` still a string. Application tags
+    (``!pin``) are kept for the fields that give them meaning."""
     text: str = event.value
     tag: str | None = event.tag
-    plain = event.style in (None, "")
-    if tag is None or tag == "!":
-        return resolve_plain(text) if plain and tag is None else text
-    if tag == CORE_TAG + "str":
-        return text
-    if tag.startswith(CORE_TAG):
-        kind = tag[len(CORE_TAG) :]
-        resolved = resolve_plain(text)
-        expected = _CORE_KINDS.get(kind)
-        if (
-            expected is not None
-            and isinstance(resolved, Plain)
-            and isinstance(resolved.value, expected)
-            and not (kind in ("int", "float") and isinstance(resolved.value, bool))
-        ):
-            return resolved
-        raise YamlFatal(mark, f"scalar '{text}' cannot be read as tag !!{kind}")
-    return Tagged(tag, text)
+    value = resolve_plain(text) if event.style in (None, "") else text
+    if tag is None or tag == "!" or tag.startswith(CORE_TAG):
+        return value
+    return Tagged(tag, value)
 
 
 @dataclass(slots=True)
@@ -262,7 +252,7 @@ class _Builder:
     def scalar(self, event: ev.ScalarEvent) -> None:
         mark = _mark(event)
         self.count(1, mark)
-        value = _scalar_value(event, mark)
+        value = _scalar_value(event)
         if event.anchor is not None:
             self.anchors[event.anchor] = (value, 1)
         self.attach(value, mark)
