@@ -63,8 +63,8 @@ def test_positions_are_one_based_line_and_column() -> None:
     sink = ProblemSink("f.yaml")
     doc = parse_document("a:\n  b: [1, 'x']\n", sink)
     assert doc is not None
-    assert doc.marks[("a", "b", 1)] == Mark(2, 10)
-    assert doc.key_marks[("a", "b")] == Mark(2, 3)
+    assert doc.mark_for(("a", "b", 1)) == Mark(2, 10)
+    assert doc.mark_for(("a", "b"), key=True) == Mark(2, 3)
     assert doc.mark_for(("a", "b", 1, "missing")) == Mark(2, 10)
 
 

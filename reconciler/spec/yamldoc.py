@@ -39,7 +39,7 @@ MAX_NODES = 250_000
 CORE_TAG = "tag:yaml.org,2002:"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: frozen dataclasses are slow to build, and loading makes many
 class Plain:
     """An unquoted scalar that YAML 1.2 core resolves to null, a bool, an int or a float.
 
@@ -51,7 +51,7 @@ class Plain:
     text: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Tagged:
     """A node with an application tag such as ``!pin "id=2"``."""
 
@@ -64,18 +64,23 @@ class Document:
     """A parsed document: the values plus a position for every node."""
 
     data: Any
-    marks: dict[Path, Mark] = field(default_factory=dict)
-    key_marks: dict[Path, Mark] = field(default_factory=dict)
+    # libyaml's own mark objects (0-based), turned into Marks only when asked for.
+    marks: dict[Path, Any] = field(default_factory=dict)
+    key_marks: dict[Path, Any] = field(default_factory=dict)
 
     def mark_for(self, path: Path, *, key: bool = False) -> Mark | None:
         """Position of ``path`` (of its key when ``key``), else of its nearest ancestor."""
         if key and path in self.key_marks:
-            return self.key_marks[path]
+            return _to_mark(self.key_marks[path])
         for end in range(len(path), -1, -1):
             mark = self.marks.get(path[:end])
             if mark is not None:
-                return mark
+                return _to_mark(mark)
         return None
+
+
+def _to_mark(raw: Any) -> Mark:
+    return Mark(raw.line + 1, raw.column + 1)
 
 
 class YamlFatal(Exception):
@@ -130,32 +135,18 @@ def resolve_plain(text: str) -> Plain | str:
 
 
 def _mark(event: Any) -> Mark:
-    m = event.start_mark
-    return Mark(m.line + 1, m.column + 1)
-
-
-def _scalar_value(event: ev.ScalarEvent) -> Any:
-    """serde_yaml reads a scalar by its style, not its tag: ``!!str 5`` is still the
-    number 5 for a number field and ``!!int "5"`` still a string. Application tags
-    (``!pin``) are kept for the fields that give them meaning."""
-    text: str = event.value
-    tag: str | None = event.tag
-    value = resolve_plain(text) if event.style in (None, "") else text
-    if tag is None or tag == "!" or tag.startswith(CORE_TAG):
-        return value
-    return Tagged(tag, value)
+    return _to_mark(event.start_mark)
 
 
 @dataclass(slots=True)
 class _Frame:
     value: dict[str, Any] | list[Any]
     path: Path
-    mark: Mark
+    mark: Any
     anchor: str | None
     tag: str | None
     start: int
     key: str | None = None
-    key_mark: Mark | None = None
     skip_value: bool = False
 
 
@@ -168,79 +159,86 @@ class _Builder:
         self.stack: list[_Frame] = []
         self.anchors: dict[str, tuple[Any, int]] = {}
         self.expanded = 0
+        self.documents = 0
         self.done = False
 
-    def count(self, n: int, mark: Mark) -> None:
+    def count(self, n: int, raw_mark: Any) -> None:
         self.expanded += n
         if self.expanded > MAX_NODES:
             raise YamlFatal(
-                mark,
+                _to_mark(raw_mark),
                 f"document expands to more than {MAX_NODES} nodes "
                 "(aliases counted at full size); refusing to load it",
             )
 
-    def attach(self, value: Any, mark: Mark) -> None:
-        if not self.stack:
+    def attach(self, value: Any, raw_mark: Any) -> None:
+        stack = self.stack
+        if not stack:
             self.doc.data = value
-            self.doc.marks[()] = mark
+            self.doc.marks[()] = raw_mark
             self.done = True
             return
-        top = self.stack[-1]
-        if isinstance(top.value, list):
-            path = (*top.path, len(top.value))
-            top.value.append(value)
-            self.doc.marks[path] = mark
-            return
-        if top.key is None:
-            self.take_key(top, value, mark)
-            return
-        path = (*top.path, top.key)
-        if not top.skip_value:
-            top.value[top.key] = value
-            self.doc.marks[path] = mark
-        top.key, top.key_mark, top.skip_value = None, None, False
+        top = stack[-1]
+        container = top.value
+        if type(container) is list:
+            self.doc.marks[(*top.path, len(container))] = raw_mark
+            container.append(value)
+        elif top.key is None:
+            self.take_key(top, value, raw_mark)
+        else:
+            if not top.skip_value:
+                container[top.key] = value  # type: ignore[call-overload]
+                self.doc.marks[(*top.path, top.key)] = raw_mark
+            top.key, top.skip_value = None, False
 
-    def take_key(self, top: _Frame, value: Any, mark: Mark) -> None:
-        where = format_path(top.path)
-        if isinstance(value, Plain):
-            key = value.text
-        elif isinstance(value, str):
+    def take_key(self, top: _Frame, value: Any, raw_mark: Any) -> None:
+        if type(value) is str:
             key = value
+        elif type(value) is Plain:
+            key = value.text
         else:
-            raise YamlFatal(mark, "mapping keys must be plain scalars, not collections or tags")
-        assert isinstance(top.value, dict)
-        top.key, top.key_mark = key, mark
+            raise YamlFatal(
+                _to_mark(raw_mark), "mapping keys must be plain scalars, not collections or tags"
+            )
+        top.key = key
+        path = (*top.path, key)
         if key == "<<":
-            self.sink.add(mark, where, "merge keys (<<) are not supported; write the keys out")
-            top.skip_value = True
+            self.problem(raw_mark, top, "merge keys (<<) are not supported; write the keys out")
         elif key in top.value:
-            first = self.doc.key_marks.get((*top.path, key))
-            at = f" (first at line {first.line}, column {first.col})" if first else ""
-            self.sink.add(mark, where, f"duplicate key {key!r}{at}")
-            top.skip_value = True
+            first = _to_mark(self.doc.key_marks[path])
+            at = f" (first at line {first.line}, column {first.col})"
+            self.problem(raw_mark, top, f"duplicate key {key!r}{at}")
         else:
-            self.doc.key_marks[(*top.path, key)] = mark
+            self.doc.key_marks[path] = raw_mark
 
-    def start(self, event: Any, container: dict[str, Any] | list[Any]) -> None:
-        mark = _mark(event)
-        if len(self.stack) >= MAX_DEPTH:
-            raise YamlFatal(mark, f"nesting deeper than {MAX_DEPTH} levels; refusing to load it")
-        self.count(1, mark)
-        if self.stack:
-            top = self.stack[-1]
-            if isinstance(top.value, dict) and top.key is None:
-                raise YamlFatal(mark, "mapping keys must be plain scalars, not collections")
-            path = (*top.path, len(top.value) if isinstance(top.value, list) else top.key or "")
-        else:
-            path = ()
-        tag = (
-            event.tag
-            if event.tag not in (None, "!") and not str(event.tag).startswith(CORE_TAG)
-            else None
-        )
-        self.stack.append(_Frame(container, path, mark, event.anchor, tag, self.expanded - 1))
+    def problem(self, raw_mark: Any, top: _Frame, message: str) -> None:
+        self.sink.add(_to_mark(raw_mark), format_path(top.path), message)
+        top.skip_value = True
 
-    def end(self) -> None:
+    def start(self, event: Any) -> None:
+        raw_mark = event.start_mark
+        stack = self.stack
+        if len(stack) >= MAX_DEPTH:
+            raise YamlFatal(
+                _to_mark(raw_mark), f"nesting deeper than {MAX_DEPTH} levels; refusing to load it"
+            )
+        self.count(1, raw_mark)
+        path: Path = ()
+        if stack:
+            top = stack[-1]
+            if type(top.value) is list:
+                path = (*top.path, len(top.value))
+            elif top.key is None:
+                raise YamlFatal(_to_mark(raw_mark), "mapping keys must be plain scalars")
+            else:
+                path = (*top.path, top.key)
+        tag = event.tag
+        if tag is not None and (tag == "!" or tag.startswith(CORE_TAG)):
+            tag = None
+        container: Any = {} if type(event) is ev.MappingStartEvent else []
+        stack.append(_Frame(container, path, raw_mark, event.anchor, tag, self.expanded - 1))
+
+    def end(self, event: Any) -> None:
         frame = self.stack.pop()
         value: Any = frame.value
         if frame.tag is not None:
@@ -249,21 +247,42 @@ class _Builder:
             self.anchors[frame.anchor] = (value, self.expanded - frame.start)
         self.attach(value, frame.mark)
 
-    def scalar(self, event: ev.ScalarEvent) -> None:
-        mark = _mark(event)
-        self.count(1, mark)
-        value = _scalar_value(event)
+    def scalar(self, event: Any) -> None:
+        """serde_yaml reads a scalar by its style, not its tag: ``!!str 5`` is still the
+        number 5 for a number field and ``!!int "5"`` still a string. Application tags
+        (``!pin``) are kept for the fields that give them meaning."""
+        raw_mark = event.start_mark
+        self.expanded += 1
+        if self.expanded > MAX_NODES:
+            self.count(0, raw_mark)
+        tag = event.tag
+        text = event.value
+        value: Any = resolve_plain(text) if not event.style else text
+        if tag is not None and tag != "!" and not tag.startswith(CORE_TAG):
+            value = Tagged(tag, value)
         if event.anchor is not None:
             self.anchors[event.anchor] = (value, 1)
-        self.attach(value, mark)
+        self.attach(value, raw_mark)
 
-    def alias(self, event: ev.AliasEvent) -> None:
-        mark = _mark(event)
+    def alias(self, event: Any) -> None:
+        raw_mark = event.start_mark
         if event.anchor not in self.anchors:
-            raise YamlFatal(mark, f"alias *{event.anchor} refers to an unknown anchor")
+            raise YamlFatal(
+                _to_mark(raw_mark), f"alias *{event.anchor} refers to an unknown anchor"
+            )
         value, size = self.anchors[event.anchor]
-        self.count(size, mark)
-        self.attach(value, mark)
+        self.count(size, raw_mark)
+        self.attach(value, raw_mark)
+
+    def document_start(self, event: Any) -> None:
+        self.documents += 1
+        if self.documents > 1:
+            raise YamlFatal(
+                _mark(event), "a spec file holds exactly one YAML document; found a second one"
+            )
+
+    def ignore(self, event: Any) -> None:
+        pass
 
 
 def parse_document(text: str, sink: ProblemSink) -> Document | None:
@@ -274,30 +293,23 @@ def parse_document(text: str, sink: ProblemSink) -> Document | None:
     returned.
     """
     builder = _Builder(sink)
-    parser = CParser(text)
-    documents = 0
+    handlers = {
+        ev.ScalarEvent: builder.scalar,
+        ev.MappingStartEvent: builder.start,
+        ev.SequenceStartEvent: builder.start,
+        ev.MappingEndEvent: builder.end,
+        ev.SequenceEndEvent: builder.end,
+        ev.AliasEvent: builder.alias,
+        ev.DocumentStartEvent: builder.document_start,
+    }
+    get_event = CParser(text).get_event
+    ignore = builder.ignore
     try:
         while True:
-            event = parser.get_event()
-            if event is None or isinstance(event, ev.StreamEndEvent):
+            event = get_event()
+            if event is None or type(event) is ev.StreamEndEvent:
                 break
-            if isinstance(event, ev.DocumentStartEvent):
-                documents += 1
-                if documents > 1:
-                    raise YamlFatal(
-                        _mark(event),
-                        "a spec file holds exactly one YAML document; found a second one",
-                    )
-            elif isinstance(event, ev.ScalarEvent):
-                builder.scalar(event)
-            elif isinstance(event, ev.MappingStartEvent):
-                builder.start(event, {})
-            elif isinstance(event, ev.SequenceStartEvent):
-                builder.start(event, [])
-            elif isinstance(event, ev.MappingEndEvent | ev.SequenceEndEvent):
-                builder.end()
-            elif isinstance(event, ev.AliasEvent):
-                builder.alias(event)
+            handlers.get(type(event), ignore)(event)
     except YamlFatal as exc:
         sink.add(exc.mark, "", exc.message)
         return None
@@ -310,7 +322,7 @@ def parse_document(text: str, sink: ProblemSink) -> Document | None:
     except YAMLError as exc:
         sink.add(None, "", f"invalid YAML: {exc}")
         return None
-    if documents == 0 or not builder.done:
+    if builder.documents == 0 or not builder.done:
         sink.add(None, "", "the file holds no YAML document (empty or only comments)")
         return None
     return builder.doc
