@@ -47,7 +47,7 @@ class Plain:
     serde_yaml refuses them as integers but reads them as floats (17.0).
     """
 
-    value: bool | int | float | None
+    value: bool | int | float | str | None
     text: str
 
 
