@@ -65,11 +65,15 @@ class SpecModel(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _serde_yaml_reading(cls, data: Any) -> Any:
-        if isinstance(data, Tagged):
+        if type(data) is Tagged:
             data = data.value
-        if isinstance(data, dict) and any(isinstance(v, Plain | Tagged) for v in data.values()):
+        if type(data) is dict and any(map(_needs_reading, data.values())):
             data = {k: _read(cls, k, v) for k, v in data.items()}
         return data
+
+
+def _needs_reading(value: Any) -> bool:
+    return type(value) is Tagged or (type(value) is Plain and value.value is None)
 
 
 def _read(cls: type[BaseModel], key: str, value: Any) -> Any:

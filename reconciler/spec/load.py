@@ -7,8 +7,10 @@ paths); nothing here touches the file system, the clock or the network.
 from __future__ import annotations
 
 import difflib
+import gc
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -80,6 +82,42 @@ def load_bytes(
 def load_text(
     text: str, name: str, *, env: Mapping[str, str] | None = None
 ) -> tuple[LoadedSpec | None, list[Problem]]:
+    """Parse and validate one document.
+
+    Valid specs are the common case, so the first pass skips recording where every
+    value sits; only when something is wrong does a second pass locate it.
+    """
+    with _gc_paused():
+        quick = ProblemSink(name)
+        doc = parse_document(text, quick, positions=False)
+        if doc is None or quick.problems or not isinstance(doc.data, dict):
+            return _load_located(text, name, env)
+        try:
+            spec = DeploymentSpec.model_validate(doc.data)
+        except ValidationError:
+            return _load_located(text, name, env)
+        if check_services(spec.deployment, spec.services, env=env):
+            return _load_located(text, name, env)
+        return LoadedSpec(name, spec, doc), []
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Loading allocates many small acyclic objects; the cyclic GC would only rescan
+    them again and again (it doubles load time for large specs)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _load_located(
+    text: str, name: str, env: Mapping[str, str] | None
+) -> tuple[LoadedSpec | None, list[Problem]]:
+    """The slow path: parse with every position and report every problem."""
     sink = ProblemSink(name)
     doc = parse_document(text, sink)
     if doc is None:

@@ -153,8 +153,9 @@ class _Frame:
 class _Builder:
     """Builds values from parser events; see the module docstring for why."""
 
-    def __init__(self, sink: ProblemSink) -> None:
+    def __init__(self, sink: ProblemSink, positions: bool) -> None:
         self.sink = sink
+        self.positions = positions
         self.doc = Document(None)
         self.stack: list[_Frame] = []
         self.anchors: dict[str, tuple[Any, int]] = {}
@@ -180,18 +181,21 @@ class _Builder:
             return
         top = stack[-1]
         container = top.value
+        locate = self.positions or len(stack) == 1
         if type(container) is list:
-            self.doc.marks[(*top.path, len(container))] = raw_mark
+            if locate:
+                self.doc.marks[(*top.path, len(container))] = raw_mark
             container.append(value)
         elif top.key is None:
-            self.take_key(top, value, raw_mark)
+            self.take_key(top, value, raw_mark, locate)
         else:
             if not top.skip_value:
                 container[top.key] = value  # type: ignore[call-overload]
-                self.doc.marks[(*top.path, top.key)] = raw_mark
+                if locate:
+                    self.doc.marks[(*top.path, top.key)] = raw_mark
             top.key, top.skip_value = None, False
 
-    def take_key(self, top: _Frame, value: Any, raw_mark: Any) -> None:
+    def take_key(self, top: _Frame, value: Any, raw_mark: Any, locate: bool) -> None:
         if type(value) is str:
             key = value
         elif type(value) is Plain:
@@ -201,15 +205,18 @@ class _Builder:
                 _to_mark(raw_mark), "mapping keys must be plain scalars, not collections or tags"
             )
         top.key = key
-        path = (*top.path, key)
         if key == "<<":
             self.problem(raw_mark, top, "merge keys (<<) are not supported; write the keys out")
         elif key in top.value:
-            first = _to_mark(self.doc.key_marks[path])
-            at = f" (first at line {first.line}, column {first.col})"
+            first = self.doc.key_marks.get((*top.path, key))
+            at = (
+                ""
+                if first is None
+                else f" (first at line {first.line + 1}, column {first.column + 1})"
+            )
             self.problem(raw_mark, top, f"duplicate key {key!r}{at}")
-        else:
-            self.doc.key_marks[path] = raw_mark
+        elif locate:
+            self.doc.key_marks[(*top.path, key)] = raw_mark
 
     def problem(self, raw_mark: Any, top: _Frame, message: str) -> None:
         self.sink.add(_to_mark(raw_mark), format_path(top.path), message)
@@ -226,12 +233,11 @@ class _Builder:
         path: Path = ()
         if stack:
             top = stack[-1]
-            if type(top.value) is list:
-                path = (*top.path, len(top.value))
-            elif top.key is None:
+            if type(top.value) is dict and top.key is None:
                 raise YamlFatal(_to_mark(raw_mark), "mapping keys must be plain scalars")
-            else:
-                path = (*top.path, top.key)
+            if self.positions:
+                last = len(top.value) if type(top.value) is list else top.key
+                path = (*top.path, last)  # type: ignore[arg-type]
         tag = event.tag
         if tag is not None and (tag == "!" or tag.startswith(CORE_TAG)):
             tag = None
@@ -285,14 +291,16 @@ class _Builder:
         pass
 
 
-def parse_document(text: str, sink: ProblemSink) -> Document | None:
+def parse_document(text: str, sink: ProblemSink, *, positions: bool = True) -> Document | None:
     """Parse exactly one YAML document from ``text``.
 
     Recoverable problems (duplicate keys, merge keys) go to ``sink`` and
     parsing continues; fatal ones are added to ``sink`` and ``None`` is
-    returned.
+    returned. ``positions=False`` records positions of top-level keys only,
+    which is faster; callers parse again with positions when they need to
+    report a problem (see :func:`reconciler.spec.load.load_text`).
     """
-    builder = _Builder(sink)
+    builder = _Builder(sink, positions)
     handlers = {
         ev.ScalarEvent: builder.scalar,
         ev.MappingStartEvent: builder.start,
