@@ -99,9 +99,11 @@ _HEX_RE = re.compile(r"[-+]?0x[0-9a-fA-F]+")
 _FLOAT_RE = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
 _INF_RE = re.compile(r"[-+]?\.(inf|Inf|INF)")
 _NAN_RE = re.compile(r"\.(nan|NaN|NAN)")
-_NULLS = frozenset({"", "~", "null", "Null", "NULL"})
-_TRUES = frozenset({"true", "True", "TRUE"})
-_FALSES = frozenset({"false", "False", "FALSE"})
+_WORDS: dict[str, bool | None] = {
+    **dict.fromkeys(("", "~", "null", "Null", "NULL")),
+    **dict.fromkeys(("true", "True", "TRUE"), True),
+    **dict.fromkeys(("false", "False", "FALSE"), False),
+}
 
 
 def resolve_plain(text: str) -> Plain | str:
@@ -110,12 +112,8 @@ def resolve_plain(text: str) -> Plain | str:
     serde_yaml's deviations are kept: a sign is allowed on hex and octal
     (``-0x1F``), and decimal integers with a leading zero (``017``) are no integers.
     """
-    if text in _NULLS:
-        return Plain(None, text)
-    if text in _TRUES:
-        return Plain(True, text)
-    if text in _FALSES:
-        return Plain(False, text)
+    if text in _WORDS:
+        return Plain(_WORDS[text], text)
     first = text[0]
     if not (first.isdigit() or first in "+-."):
         return text
