@@ -131,11 +131,7 @@ SourcePolicy = Annotated[Literal["local_first", "s3_first", "remote_only", "loca
 class ImageSpec(Closed):
     name: ImageName
     pull_policy: PullPolicy = "if_not_present"
-    source_policy: Annotated[SourcePolicy | None, BeforeValidator(lambda v: _none(v))] = None
-
-
-def _none(value: Any) -> Any:
-    return None if isinstance(value, Plain) and value.value is None else value
+    source_policy: SourcePolicy | None = None
 
 
 class CommandSpec(Closed):
@@ -255,7 +251,7 @@ class EndpointTunnelConfig(Closed):
     from_: OptStr = Field(default=None, alias="from")
     to: OptStr = None
     remote_port: U16 = 0
-    expose: Annotated[Expose | None, BeforeValidator(_none)] = None
+    expose: Expose | None = None
     access: TunnelAccessConfig | None = None
 
 

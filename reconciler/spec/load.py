@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import difflib
 import gc
-import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -281,11 +280,7 @@ def _range_words(kind: str, ctx: Mapping[str, Any]) -> str:
 def describe(value: Any) -> str:
     """A short, user-facing description of a YAML value for error messages."""
     if isinstance(value, Plain):
-        if value.value is None:
-            return "null"
-        if isinstance(value.value, float) and not math.isfinite(value.value):
-            return value.text
-        return value.text
+        return "null" if value.value is None else value.text
     if isinstance(value, str):
         return f"the string {value!r}" if len(value) < 60 else "a long string"
     if isinstance(value, dict):
