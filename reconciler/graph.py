@@ -23,17 +23,3 @@ def find_cycle(edges: Mapping[str, Sequence[str]]) -> list[str] | None:
         # graphlib reports the cycle walking dependency edges backwards; show "a depends on b".
         return cycle[::-1]
     return None
-
-
-def topological_order(edges: Mapping[str, Sequence[str]]) -> list[str]:
-    """Nodes with dependencies first, ties broken by name; raises ``CycleError``."""
-    sorter: TopologicalSorter[str] = TopologicalSorter()
-    for node in sorted(edges):
-        sorter.add(node, *sorted(d for d in edges[node] if d in edges))
-    order: list[str] = []
-    sorter.prepare()
-    while sorter.is_active():
-        ready = sorted(sorter.get_ready())
-        order.extend(ready)
-        sorter.done(*ready)
-    return order

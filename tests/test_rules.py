@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from reconciler.sources.files import collect
-from reconciler.spec.load import SourceFile, load_sources
+from reconciler.spec.load import SourceFile, load_sources, load_text
 
 from .conftest import load_bad, load_ok, rendered, service_text, spec_text
 
@@ -92,8 +92,6 @@ def test_check_env_reports_unset_variables() -> None:
         "services.web.env.TOKEN: $E:API_TOKEN is not set in the environment" in problems[0].render()
     )
     assert load_ok(text).spec.services["web"].env["TOKEN"] == "$E:API_TOKEN"
-    from reconciler.spec.load import load_text
-
     assert load_text(text, "f", env={"API_TOKEN": "x"})[1] == []
 
 

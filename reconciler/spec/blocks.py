@@ -29,7 +29,6 @@ from reconciler.spec.scalars import (
     Bool,
     BufStr,
     Duration,
-    Float,
     ImageName,
     OptBool,
     OptBufStr,
@@ -624,10 +623,3 @@ class WasmConfig(Closed):
     kv_max_value_size: U64 = 1_048_576
     secrets: tuple[Str, ...] = ()
     precompile: Bool = True
-
-
-__all__ = [
-    "BUILTIN_INIT_ACTIONS",
-    "U64",
-    "Float",
-]

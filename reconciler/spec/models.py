@@ -258,6 +258,3 @@ class DeploymentSpec(Closed):
     externals: dict[str, ExternalSpec] = Field(default_factory=dict)
     tunnels: dict[str, TunnelDefinition] = Field(default_factory=dict)
     api: ApiSpec = Field(default_factory=ApiSpec)
-
-
-__all__ = ["U16", "WASM_SERVICE_TYPES", "DeploymentSpec", "OptDuration", "ServiceSpec"]

@@ -245,12 +245,6 @@ OptDuration = Annotated[Duration | None, _NULL]
 # --- memory, cpu ----------------------------------------------------------------------------
 
 _MEMORY_RE = re.compile(r"\+?[0-9]+(Ki|Mi|Gi|Ti)")
-MEMORY_UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
-
-
-def memory_bytes(text: str) -> int:
-    """``512Mi`` → bytes. The text must already be valid."""
-    return int(text[:-2]) * MEMORY_UNITS[text[-2:]]
 
 
 def _check_memory(text: str) -> str:
