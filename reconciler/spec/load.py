@@ -40,6 +40,15 @@ class LoadedSpec:
     file: str
     spec: DeploymentSpec
     document: Document
+    text: str
+
+    def mark_for(self, path: Path) -> Mark | None:
+        """Where ``path`` sits in the file. Valid specs are loaded without positions,
+        so a later stage (compiling) that finds a problem parses the text once more."""
+        if self.document.marks:
+            return self.document.mark_for(path)
+        located = parse_document(self.text, ProblemSink(self.file))
+        return None if located is None else located.mark_for(path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +106,7 @@ def load_text(
             return _load_located(text, name, env)
         if check_services(spec.deployment, spec.services, env=env):
             return _load_located(text, name, env)
-        return LoadedSpec(name, spec, doc), []
+        return LoadedSpec(name, spec, doc, text), []
 
 
 @contextmanager
@@ -135,7 +144,7 @@ def _load_located(
         sink.add(doc.mark_for(path), format_path(path), message, hint)
     if sink.problems:
         return None, sink.problems
-    return LoadedSpec(name, spec, doc), sink.problems
+    return LoadedSpec(name, spec, doc, text), sink.problems
 
 
 def _check_valid_services(doc: Document, sink: ProblemSink, env: Mapping[str, str] | None) -> None:

@@ -1,0 +1,326 @@
+"""Desired state: validated specs compiled into services, replicas and fingerprints (pure).
+
+A service's *config* is the canonical, driver-independent description of what
+each of its replicas runs (image, command, env, resources, endpoints, storage,
+network and the Docker-style extras), as JSON data with defaults left out so a
+field added to the spec model later does not change existing fingerprints.
+Fields that only steer zlayer itself — ``scale``, ``depends``, ``health``,
+``init``, ``errors``, ``lifecycle`` and placement — are not part of it: editing
+them never replaces a running replica; they take effect at the next apply.
+
+Secrets (``$S:NAME``, ``$secret://NAME``) enter the config only as a keyed hash
+(:func:`reconciler.fingerprint.keyed_hash`); their values stay in
+:class:`SecretValue` objects that print as ``***``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from reconciler.fingerprint import fingerprint, keyed_hash
+from reconciler.observed import ObservedState, Workload, WorkloadId
+from reconciler.spec.blocks import AdaptiveScale, FixedScale
+from reconciler.spec.load import LoadedSpec, SourceFile
+from reconciler.spec.models import ServiceSpec
+from reconciler.spec.problems import Path, Problem, format_path
+from reconciler.spec.rules import ENV_REF_RE
+
+SECRET_REF_RE = re.compile(r"\$(?:S:|secret://)(?P<name>.*)", re.DOTALL)
+SECRET_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
+SENSITIVE_KEY_RE = re.compile(
+    r"PASS|PWD|TOKEN|SECRET|KEY|CREDENTIAL|PRIVATE|AUTH|CERT|SALT|COOKIE|SESSION", re.IGNORECASE
+)
+"""Env keys whose values are masked in every output even when they are not secrets."""
+
+MASK = "***"
+
+_NOT_CONFIG = frozenset(
+    {
+        "deployment",
+        "image",
+        "scale",
+        "depends",
+        "health",
+        "init",
+        "errors",
+        "lifecycle",
+        "node_mode",
+        "node_selector",
+        "affinity",
+        "replica_groups",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SecretValue:
+    """A resolved secret. Only :meth:`reveal` gives its text; printing shows ``***``."""
+
+    _value: str = field(repr=False)
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"SecretValue({MASK})"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True, slots=True)
+class CompileInputs:
+    """What compiling needs from outside: the environment for ``$E:`` and the secrets.
+
+    ``secret_key`` is the host's key for keyed hashes; ``None`` plans *offline*
+    (for a host whose secrets are not here, such as a pull-request check): secret
+    references are then recorded by name only and the planner assumes them unchanged.
+    """
+
+    env: Mapping[str, str] = field(default_factory=dict)
+    secret_key: bytes | None = None
+    secret: Callable[[str], str | None] = lambda _name: None
+
+
+@dataclass(frozen=True, slots=True)
+class Dependency:
+    service: str
+    condition: str
+    timeout: float | None
+    on_timeout: str
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredService:
+    """One service of one deployment, compiled.
+
+    ``replicas``: how many long-running replicas (indexes 1..n); ``None`` for
+    ``scale.mode: manual`` (the observed count stays); 0 for jobs and cron, which
+    are registered *definitions* instead.
+    """
+
+    deployment: str
+    name: str
+    rtype: str
+    config: Mapping[str, Any]
+    fingerprint: str
+    replicas: int | None
+    depends: tuple[Dependency, ...]
+    pull_policy: str
+    spec: ServiceSpec
+    file: str
+    secrets: Mapping[str, SecretValue] = field(default_factory=dict)
+    sensitive: frozenset[str] = frozenset()
+    offline_secrets: bool = False
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.deployment, self.name)
+
+    @property
+    def is_definition(self) -> bool:
+        return self.rtype != "service"
+
+    def workload_id(self, replica: int | None) -> WorkloadId:
+        return WorkloadId(self.deployment, self.name, replica)
+
+    def runtime_env(self) -> dict[str, str]:
+        """The env a runtime passes to the workload, secrets revealed."""
+        env: dict[str, str] = {}
+        for key, value in self.config.get("env", {}).items():
+            env[key] = self.secrets[key].reveal() if key in self.secrets else value
+        return env
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredState:
+    revision: str
+    services: Mapping[tuple[str, str], DesiredService]
+
+    def deployment_names(self) -> list[str]:
+        return sorted({d for d, _ in self.services})
+
+    def fingerprint(self) -> str:
+        """One hash of everything desired, for refusing stale plans."""
+        return fingerprint(
+            [[*key, s.fingerprint, s.replicas] for key, s in sorted(self.services.items())]
+        )
+
+
+def content_revision(files: Iterable[SourceFile]) -> str:
+    """The revision of a set of spec files: a hash of their contents, names aside
+    (renaming or moving a file changes nothing that runs)."""
+    digests = sorted(hashlib.sha256(f.data).hexdigest() for f in files)
+    return "sha256:" + hashlib.sha256("\n".join(digests).encode()).hexdigest()
+
+
+def compile_specs(
+    specs: Sequence[LoadedSpec], revision: str, inputs: CompileInputs
+) -> tuple[DesiredState | None, list[Problem]]:
+    """Compile every service of every spec; returns every problem found (unset
+    ``$E:`` variables, missing secrets) with its file:line:col, and no state then."""
+    services: dict[tuple[str, str], DesiredService] = {}
+    problems: list[Problem] = []
+    for loaded in specs:
+        deployment = loaded.spec.deployment
+        for name, service in loaded.spec.services.items():
+            compiled, found = compile_service(deployment, name, service, inputs, loaded.file)
+            problems.extend(
+                Problem(loaded.file, loaded.mark_for(path), format_path(path), message, hint)
+                for path, message, hint in found
+            )
+            if compiled is not None:
+                services[(deployment, name)] = compiled
+    if problems:
+        return None, problems
+    return DesiredState(revision, dict(sorted(services.items()))), []
+
+
+Finding = tuple[Path, str, str | None]
+
+
+def compile_service(
+    deployment: str, name: str, service: ServiceSpec, inputs: CompileInputs, file: str = ""
+) -> tuple[DesiredService | None, list[Finding]]:
+    base: Path = ("services", name)
+    env, secrets, findings = _resolve_env(deployment, name, service, inputs, base)
+    if findings:
+        return None, findings
+    config = service.model_dump(
+        mode="json", exclude_defaults=True, by_alias=True, exclude=set(_NOT_CONFIG)
+    )
+    config["image"] = service.image.name
+    if env:
+        config["env"] = env
+    sensitive = frozenset(
+        key for key in service.env if key in secrets or SENSITIVE_KEY_RE.search(key)
+    )
+    if inputs.secret_key is None:
+        sensitive |= {k for k, v in env.items() if isinstance(v, dict)}
+    return DesiredService(
+        deployment=deployment,
+        name=name,
+        rtype=service.rtype,
+        config=config,
+        fingerprint=fingerprint(config),
+        replicas=_replica_count(service),
+        depends=tuple(
+            Dependency(
+                d.service,
+                d.condition,
+                None if d.timeout is None else d.timeout.seconds,
+                d.on_timeout,
+            )
+            for d in service.depends
+        ),
+        pull_policy=service.image.pull_policy,
+        spec=service,
+        file=file,
+        secrets=secrets,
+        sensitive=sensitive,
+        offline_secrets=inputs.secret_key is None
+        and any(isinstance(v, dict) for v in env.values()),
+        warnings=_warnings(service),
+    ), []
+
+
+def _replica_count(service: ServiceSpec) -> int | None:
+    if service.rtype != "service":
+        return 0
+    scale = service.scale
+    if isinstance(scale, FixedScale):
+        return scale.replicas
+    if isinstance(scale, AdaptiveScale):
+        return scale.min
+    return None
+
+
+def _warnings(service: ServiceSpec) -> tuple[str, ...]:
+    out = []
+    if service.replica_groups:
+        out.append("replica_groups are not supported yet: every replica runs the service's config")
+    if isinstance(service.scale, AdaptiveScale) and service.scale.max > service.scale.min:
+        out.append(
+            f"adaptive scale runs scale.min ({service.scale.min}) replicas until autoscaling exists"
+        )
+    return tuple(out)
+
+
+def _resolve_env(
+    deployment: str, name: str, service: ServiceSpec, inputs: CompileInputs, base: Path
+) -> tuple[dict[str, Any], dict[str, SecretValue], list[Finding]]:
+    env: dict[str, Any] = {}
+    secrets: dict[str, SecretValue] = {}
+    findings: list[Finding] = []
+    for key, value in service.env.items():
+        path = (*base, "env", key)
+        if match := ENV_REF_RE.fullmatch(value):
+            var = match["name"]
+            if var not in inputs.env:
+                findings.append(
+                    (
+                        path,
+                        f"deployment {deployment}, service {name}, env {key}: "
+                        f"$E:{var} is not set in the environment",
+                        f"export {var}=... before planning",
+                    )
+                )
+                continue
+            env[key] = inputs.env[var]
+        elif match := SECRET_REF_RE.fullmatch(value):
+            secret = match["name"]
+            if not SECRET_NAME_RE.fullmatch(secret):
+                findings.append(
+                    (
+                        path,
+                        f"deployment {deployment}, service {name}, env {key}: "
+                        f"secret name {secret!r} is not valid",
+                        "secret names are letters, digits, '_', '.' and '-'",
+                    )
+                )
+                continue
+            if inputs.secret_key is None:
+                env[key] = {"secret": secret}
+                continue
+            resolved = inputs.secret(secret)
+            if resolved is None:
+                findings.append(
+                    (
+                        path,
+                        f"deployment {deployment}, service {name}, env {key}: "
+                        f"secret {secret} is not set",
+                        f"put it in the secrets directory as a file named {secret}",
+                    )
+                )
+                continue
+            secrets[key] = SecretValue(resolved)
+            env[key] = {"secret": secret, "hmac": keyed_hash(inputs.secret_key, resolved)}
+        else:
+            env[key] = value
+    return env, secrets, findings
+
+
+def as_running(desired: DesiredState, runtime: str = "specs") -> ObservedState:
+    """The observed state of a host that runs ``desired`` exactly and healthily: what
+    ``plan --against-ref`` compares the working tree with."""
+    workloads = []
+    for service in desired.services.values():
+        depends = tuple(d.service for d in service.depends)
+        common: dict[str, Any] = {
+            "deployment": service.deployment,
+            "service": service.name,
+            "fingerprint": service.fingerprint,
+            "config": dict(service.config),
+            "revision": desired.revision,
+            "depends": depends,
+        }
+        if service.is_definition:
+            workloads.append(Workload(status="registered", **common))
+            continue
+        for index in range(1, (service.replicas or 0) + 1):
+            workloads.append(Workload(replica=index, status="running", health="healthy", **common))
+    return ObservedState(runtime=runtime, workloads=tuple(workloads))

@@ -1,0 +1,1 @@
+"""Runtime drivers: the only code that acts on a host (see :mod:`reconciler.drivers.base`)."""

@@ -1,0 +1,61 @@
+"""The driver protocol every runtime implements.
+
+A driver is an async context manager. :meth:`Driver.observe` is read-only and
+the only thing planning ever calls; the action coroutines are what the executor
+calls to carry a plan out, one per action kind. Drivers translate their
+library's errors into :class:`reconciler.errors.DriverError` subclasses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from types import TracebackType
+from typing import Protocol, Self
+
+from reconciler.desired import DesiredService
+from reconciler.observed import ObservedState, WorkloadId
+
+
+class Observer(Protocol):
+    """The read-only half of a driver: all that ``zlayer plan`` and ``observe`` get."""
+
+    name: str
+
+    async def observe(self, deployments: Collection[str] | None = None) -> ObservedState:
+        """Every workload zlayer manages (of ``deployments`` only, when given)."""
+        ...
+
+
+class Driver(Observer, Protocol):
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def create(self, service: DesiredService, replica: int, revision: str) -> None:
+        """Create and start replica ``replica`` of ``service``; ``Conflict`` if it exists."""
+        ...
+
+    async def replace(self, service: DesiredService, replica: int, revision: str) -> None:
+        """Swap the existing replica for one with ``service``'s current config."""
+        ...
+
+    async def start(self, target: WorkloadId) -> None: ...
+
+    async def restart(self, target: WorkloadId) -> None: ...
+
+    async def stop(self, target: WorkloadId) -> None: ...
+
+    async def remove(self, target: WorkloadId) -> None:
+        """Stop (gracefully) and remove a replica or definition; ``NotFound`` if absent."""
+        ...
+
+    async def register(self, service: DesiredService, revision: str) -> None:
+        """Record (or update) the definition of a job or cron service."""
+        ...
+
+    async def unregister(self, target: WorkloadId) -> None: ...

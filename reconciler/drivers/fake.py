@@ -1,0 +1,121 @@
+"""An in-memory runtime for planner and executor tests (yours too).
+
+It keeps workloads exactly as a real runtime would report them (fingerprint,
+canonical config, revision, status) and follows the same rules: creating an
+existing replica is a ``Conflict``, acting on a missing one is ``NotFound``.
+It never substitutes for testing a real driver against its real backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from types import TracebackType
+from typing import Self
+
+from reconciler.desired import DesiredService
+from reconciler.errors import Conflict, NotFound
+from reconciler.observed import ObservedState, Workload, WorkloadId
+
+
+class FakeDriver:
+    name = "fake"
+
+    def __init__(self, initial: ObservedState | None = None) -> None:
+        self.workloads: dict[WorkloadId, Workload] = {
+            w.id: w for w in (initial.workloads if initial else ())
+        }
+        self.calls: list[tuple[str, str]] = []
+        """Every action performed, as (kind, workload id), in order."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+    async def observe(self, deployments: Collection[str] | None = None) -> ObservedState:
+        found = [
+            w for w in self.workloads.values() if deployments is None or w.deployment in deployments
+        ]
+        found.sort(key=lambda w: (w.deployment, w.service, w.replica or 0))
+        return ObservedState(runtime=self.name, workloads=tuple(found))
+
+    def crash(self, target: WorkloadId, exit_code: int) -> None:
+        """Test helper: the workload exits with ``exit_code``."""
+        self._update(target, status="exited", exit_code=exit_code)
+
+    async def create(self, service: DesiredService, replica: int, revision: str) -> None:
+        target = service.workload_id(replica)
+        if target in self.workloads:
+            raise Conflict(f"{target}: already exists")
+        self._record("create", target)
+        self.workloads[target] = self._workload(service, replica, revision, "running")
+
+    async def replace(self, service: DesiredService, replica: int, revision: str) -> None:
+        target = service.workload_id(replica)
+        old = self._get(target)
+        self._record("replace", target)
+        new = self._workload(service, replica, revision, "running")
+        self.workloads[target] = new.model_copy(update={"restart_count": old.restart_count})
+
+    async def start(self, target: WorkloadId) -> None:
+        self._record("start", target)
+        self._update(target, status="running", exit_code=None)
+
+    async def restart(self, target: WorkloadId) -> None:
+        self._record("restart", target)
+        old = self._get(target)
+        self._update(target, status="running", exit_code=None, restart_count=old.restart_count + 1)
+
+    async def stop(self, target: WorkloadId) -> None:
+        self._record("stop", target)
+        self._update(target, status="exited", exit_code=0)
+
+    async def remove(self, target: WorkloadId) -> None:
+        self._get(target)
+        self._record("remove", target)
+        del self.workloads[target]
+
+    async def register(self, service: DesiredService, revision: str) -> None:
+        target = service.workload_id(None)
+        self._record("register", target)
+        self.workloads[target] = self._workload(service, None, revision, "registered")
+
+    async def unregister(self, target: WorkloadId) -> None:
+        await self.remove(target)
+        self.calls[-1] = ("unregister", str(target))
+
+    def _record(self, kind: str, target: WorkloadId) -> None:
+        self.calls.append((kind, str(target)))
+
+    def _get(self, target: WorkloadId) -> Workload:
+        try:
+            return self.workloads[target]
+        except KeyError:
+            raise NotFound(f"{target}: no such workload") from None
+
+    def _update(self, target: WorkloadId, **changes: object) -> None:
+        self.workloads[target] = self._get(target).model_copy(update=changes)
+
+    @staticmethod
+    def _workload(
+        service: DesiredService, replica: int | None, revision: str, status: str
+    ) -> Workload:
+        return Workload.model_validate(
+            {
+                "deployment": service.deployment,
+                "service": service.name,
+                "replica": replica,
+                "fingerprint": service.fingerprint,
+                "config": dict(service.config),
+                "revision": revision,
+                "status": status,
+                "health": "healthy" if status == "running" else "none",
+                "depends": [d.service for d in service.depends],
+            }
+        )

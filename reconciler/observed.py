@@ -1,0 +1,112 @@
+"""Observed state: what a runtime reports about the workloads zlayer manages (pure).
+
+This is also the *snapshot* format that ``zlayer observe --out`` writes and
+``zlayer plan --observed`` reads, so a pull-request check can plan for a host
+it cannot reach. The format is versioned (``format_version``) and documented in
+the README; readers refuse versions they do not know.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, NamedTuple
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from reconciler.errors import SnapshotError
+from reconciler.fingerprint import fingerprint
+
+SNAPSHOT_FORMAT: Literal["zlayer-observed"] = "zlayer-observed"
+SNAPSHOT_VERSION: Literal[1] = 1
+
+Status = Literal["created", "running", "paused", "restarting", "exited", "dead", "registered"]
+Health = Literal["none", "starting", "healthy", "unhealthy"]
+
+
+class WorkloadId(NamedTuple):
+    """``deployment/service/replica``; ``replica`` is None for a job or cron definition."""
+
+    deployment: str
+    service: str
+    replica: int | None
+
+    def __str__(self) -> str:
+        base = f"{self.deployment}/{self.service}"
+        return base if self.replica is None else f"{base}/{self.replica}"
+
+
+class Workload(BaseModel):
+    """One managed replica (``replica`` ≥ 1) or registered job/cron definition."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    deployment: str
+    service: str
+    replica: Annotated[int, Field(ge=1)] | None = None
+    fingerprint: str
+    config: dict[str, Any] | None = None
+    revision: str | None = None
+    status: Status
+    exit_code: int | None = None
+    started_at: str | None = None
+    restart_count: Annotated[int, Field(ge=0)] = 0
+    health: Health = "none"
+    depends: tuple[str, ...] = ()
+    runtime_id: str | None = None
+
+    @model_validator(mode="after")
+    def _status_fits_kind(self) -> Workload:
+        if (self.replica is None) != (self.status == "registered"):
+            kind = "a definition (no replica)" if self.replica is None else "a replica"
+            raise ValueError(f"status {self.status!r} does not fit {kind}")
+        return self
+
+    @property
+    def id(self) -> WorkloadId:
+        return WorkloadId(self.deployment, self.service, self.replica)
+
+
+class ObservedState(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format: Literal["zlayer-observed"] = SNAPSHOT_FORMAT
+    format_version: Literal[1] = SNAPSHOT_VERSION
+    runtime: str
+    workloads: tuple[Workload, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique(self) -> ObservedState:
+        seen: set[WorkloadId] = set()
+        for workload in self.workloads:
+            if workload.id in seen:
+                raise ValueError(f"workload {workload.id} is listed twice")
+            seen.add(workload.id)
+        return self
+
+    def fingerprint(self) -> str:
+        """A hash of what the planner reads: identities, fingerprints, statuses and exit
+        codes (not health or start times, which change without changing any plan)."""
+        rows = sorted(
+            (w.deployment, w.service, w.replica or 0, w.fingerprint, w.status, w.exit_code)
+            for w in self.workloads
+        )
+        return fingerprint(rows)
+
+    def to_json(self) -> str:
+        """Deterministic snapshot text: workloads sorted by identity."""
+        ordered = sorted(self.workloads, key=lambda w: (w.deployment, w.service, w.replica or 0))
+        return self.model_copy(update={"workloads": tuple(ordered)}).model_dump_json(indent=2)
+
+
+def load_snapshot(text: str | bytes, name: str = "snapshot") -> ObservedState:
+    """Parse a snapshot, or raise :class:`SnapshotError` saying exactly what is wrong."""
+    try:
+        return ObservedState.model_validate_json(text)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[:5]
+        details = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in first
+        )
+        more = exc.error_count() - len(first)
+        if more > 0:
+            details += f"; and {more} more"
+        raise SnapshotError(f"{name}: not a valid zlayer-observed snapshot: {details}") from exc

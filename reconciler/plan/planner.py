@@ -1,0 +1,373 @@
+"""The planner: desired state + observed state → a minimal, ordered :class:`Plan` (pure).
+
+Minimal: a replica is touched only when its fingerprint differs, it is not
+running, or the count says so; scale-down removes the highest indexes. Ordered:
+startup actions wait for the startup actions of the services they depend on and
+carry the ``depends`` conditions; teardown runs the other way round (dependents
+first); replaces of one service roll one replica at a time; nothing else is
+serialized. No I/O and no clock: the same inputs give the same plan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from graphlib import TopologicalSorter
+from typing import Any
+
+from reconciler.desired import DesiredService, DesiredState
+from reconciler.errors import PlanError
+from reconciler.fingerprint import fingerprint
+from reconciler.observed import ObservedState, Workload, WorkloadId
+from reconciler.plan.diff import describe, explain
+from reconciler.plan.model import (
+    KINDS,
+    STARTUP_KINDS,
+    Action,
+    ActionKind,
+    Change,
+    Condition,
+    Note,
+    Plan,
+)
+
+ServiceKey = tuple[str, str]
+MAX_REASON_CHANGES = 3
+
+
+def plan_changes(
+    desired: DesiredState,
+    observed: ObservedState,
+    *,
+    prune: bool = True,
+    targets: Sequence[str] = (),
+) -> Plan:
+    """Everything that must happen for the runtime to match ``desired``.
+
+    ``targets`` (``SERVICE`` or ``DEPLOYMENT/SERVICE``) limits the plan to those
+    services and what they depend on; raises :class:`PlanError` for a target
+    that names nothing in the specs or the runtime.
+    """
+    by_service: dict[ServiceKey, list[Workload]] = defaultdict(list)
+    for workload in observed.workloads:
+        by_service[(workload.deployment, workload.service)].append(workload)
+    selected = _select(desired, by_service, targets)
+    notes: list[Note] = []
+    warnings: list[Note] = []
+    actions: list[Action] = []
+    for key, service in desired.services.items():
+        if selected is not None and key not in selected:
+            continue
+        found = by_service.get(key, [])
+        actions += _plan_service(service, found, notes)
+        warnings += [Note(f"{key[0]}/{key[1]}", w) for w in service.warnings]
+    desired_deployments = {d for d, _ in desired.services}
+    for key, found in sorted(by_service.items()):
+        if key in desired.services or (selected is not None and key not in selected):
+            continue
+        actions += _plan_removed(key, found, prune, key[0] in desired_deployments, notes)
+    if selected is not None:
+        notes.insert(0, _target_note(targets, selected))
+    ordered = _order(_with_waits(actions, desired, by_service))
+    return Plan(
+        actions=ordered,
+        spec_revision=desired.revision,
+        desired_fingerprint=desired.fingerprint(),
+        observed_fingerprint=observed.fingerprint(),
+        runtime=observed.runtime,
+        prune=prune,
+        targets=tuple(targets),
+        notes=tuple(notes),
+        warnings=tuple(warnings),
+    )
+
+
+def _action(
+    kind: ActionKind,
+    target: WorkloadId,
+    reason: str,
+    changes: tuple[Change, ...] = (),
+    conditions: tuple[Condition, ...] = (),
+) -> Action:
+    return Action(f"{kind}:{target}", kind, target, reason, changes, (), conditions)
+
+
+def _plan_service(
+    service: DesiredService, found: list[Workload], notes: list[Note]
+) -> list[Action]:
+    replicas = sorted((w for w in found if w.replica is not None), key=lambda w: w.replica or 0)
+    definitions = [w for w in found if w.replica is None]
+    subject = f"{service.deployment}/{service.name}"
+    if service.offline_secrets:
+        names = sorted(k for k, v in service.config.get("env", {}).items() if isinstance(v, dict))
+        listed = ", ".join(f"env.{k}" for k in names)
+        notes.append(Note(subject, f"secrets are not available here; {listed} assumed unchanged"))
+    if service.is_definition:
+        return _plan_definition(service, definitions, replicas)
+    out = [_action("unregister", w.id, f"rtype {_rtype(w)} → service") for w in definitions]
+    return out + _plan_replicas(service, replicas, notes)
+
+
+def _rtype(workload: Workload) -> str:
+    return str((workload.config or {}).get("rtype", "service"))
+
+
+def _plan_definition(
+    service: DesiredService, definitions: list[Workload], replicas: list[Workload]
+) -> list[Action]:
+    out = [
+        _action(
+            "remove",
+            w.id,
+            f"rtype service → {service.rtype}: no long-running replicas",
+        )
+        for w in reversed(replicas)
+    ]
+    target = service.workload_id(None)
+    current = definitions[0] if definitions else None
+    if current is None:
+        reason = f"new {service.rtype}"
+        if service.rtype == "cron":
+            reason += f" (schedule {service.config.get('schedule')})"
+        out.append(_action("register", target, reason))
+        return out
+    config, digest = _effective(service, current)
+    if digest != current.fingerprint:
+        changes = _changes(service, current, config)
+        out.append(_action("register", target, _reason(changes), changes))
+    return out
+
+
+def _plan_replicas(
+    service: DesiredService, replicas: list[Workload], notes: list[Note]
+) -> list[Action]:
+    by_index = {w.replica or 0: w for w in replicas}
+    want = service.replicas
+    if want is None:
+        indexes = list(by_index)
+        notes.append(
+            Note(
+                f"{service.deployment}/{service.name}",
+                f"scale mode manual: the observed replica count ({len(indexes)}) is kept",
+            )
+        )
+    else:
+        indexes = list(range(1, want + 1))
+    conditions = tuple(
+        Condition(d.service, d.condition, d.timeout, d.on_timeout) for d in service.depends
+    )
+    out: list[Action] = []
+    have = len(replicas)
+    for index in indexes:
+        current = by_index.get(index)
+        if current is None:
+            out.append(
+                _action(
+                    "create",
+                    service.workload_id(index),
+                    _create_reason(index, have, want),
+                    (),
+                    conditions,
+                )
+            )
+            continue
+        action = _existing(service, current, conditions)
+        if action is not None:
+            out.append(action)
+    if want is not None:
+        for workload in reversed(replicas):
+            if (workload.replica or 0) > want:
+                reason = (
+                    f"replicas {have} → {want}"
+                    if have > want
+                    else (f"replica {workload.replica} is beyond replicas {want}")
+                )
+                out.append(_action("remove", workload.id, reason))
+    return out
+
+
+def _create_reason(index: int, have: int, want: int | None) -> str:
+    if have == 0:
+        return f"new service, replicas 0 → {want}"
+    if want is not None and have < want:
+        return f"replicas {have} → {want}"
+    return f"replica {index} is missing (replicas {want})"
+
+
+def _existing(
+    service: DesiredService, current: Workload, conditions: tuple[Condition, ...]
+) -> Action | None:
+    config, digest = _effective(service, current)
+    if digest != current.fingerprint:
+        changes = _changes(service, current, config)
+        return _action("replace", current.id, _reason(changes), changes, conditions)
+    if current.status in ("exited", "dead"):
+        code = current.exit_code
+        reason = f"exited with status {code}" if code is not None else f"{current.status}"
+        return _action("restart", current.id, reason, (), conditions)
+    if current.status in ("created", "paused"):
+        reason = "created but never started" if current.status == "created" else "paused"
+        return _action("start", current.id, reason, (), conditions)
+    return None
+
+
+def _effective(service: DesiredService, current: Workload) -> tuple[Mapping[str, Any], str]:
+    """The config and fingerprint to compare with ``current``. Planning offline,
+    secret hashes are unknown here; the ones the runtime recorded for the same
+    secret names are taken as they are (and a note says so)."""
+    if not service.offline_secrets or current.config is None:
+        return service.config, service.fingerprint
+    observed_env = current.config.get("env", {})
+    env = dict(service.config.get("env", {}))
+    for key, value in env.items():
+        seen = observed_env.get(key)
+        if (
+            isinstance(value, dict)
+            and isinstance(seen, dict)
+            and seen.get("secret") == value["secret"]
+        ):
+            env[key] = seen
+    config = {**service.config, "env": env}
+    return config, fingerprint(config)
+
+
+def _changes(
+    service: DesiredService, current: Workload, config: Mapping[str, Any]
+) -> tuple[Change, ...]:
+    if current.config is None:
+        return ()
+    return explain(current.config, config, service.sensitive)
+
+
+def _reason(changes: tuple[Change, ...]) -> str:
+    if not changes:
+        return "configuration changed (the runtime recorded no configuration to compare)"
+    words = [describe(c) for c in changes[:MAX_REASON_CHANGES]]
+    more = len(changes) - MAX_REASON_CHANGES
+    return "; ".join(words) + (f"; and {more} more" if more > 0 else "")
+
+
+def _plan_removed(
+    key: ServiceKey, found: list[Workload], prune: bool, deployment_kept: bool, notes: list[Note]
+) -> list[Action]:
+    reason = "service removed from specs" if deployment_kept else "deployment removed from specs"
+    if not prune:
+        count = len(found)
+        noun = "workload" if count == 1 else "workloads"
+        notes.append(Note(f"{key[0]}/{key[1]}", f"{reason}; kept by --no-prune ({count} {noun})"))
+        return []
+    ordered = sorted(found, key=lambda w: -(w.replica or 0))
+    return [_action("prune", w.id, reason) for w in ordered]
+
+
+def _select(
+    desired: DesiredState, observed: Mapping[ServiceKey, list[Workload]], targets: Sequence[str]
+) -> set[ServiceKey] | None:
+    if not targets:
+        return None
+    known = set(desired.services) | set(observed)
+    chosen: set[ServiceKey] = set()
+    for target in targets:
+        deployment, slash, name = target.rpartition("/")
+        matches = {k for k in known if k[1] == name and (not slash or k[0] == deployment)}
+        if not matches:
+            raise PlanError(f"--target {target}: no such service in the specs or the runtime")
+        chosen |= matches
+    pending = list(chosen)
+    while pending:
+        service = desired.services.get(pending.pop())
+        if service is None:
+            continue
+        for dep in service.depends:
+            key = (service.deployment, dep.service)
+            if key not in chosen:
+                chosen.add(key)
+                pending.append(key)
+    return chosen
+
+
+def _target_note(targets: Sequence[str], selected: set[ServiceKey]) -> Note:
+    listed = ", ".join(f"{d}/{s}" for d, s in sorted(selected))
+    return Note(
+        "targets",
+        f"planned only --target {' '.join(targets)} and what it depends on ({listed}); "
+        "other services are not planned",
+    )
+
+
+def _with_waits(
+    actions: list[Action], desired: DesiredState, observed: Mapping[ServiceKey, list[Workload]]
+) -> list[Action]:
+    startup: dict[ServiceKey, list[str]] = defaultdict(list)
+    teardown: dict[ServiceKey, list[str]] = defaultdict(list)
+    for action in actions:
+        key = (action.target.deployment, action.target.service)
+        if action.kind == "register":
+            continue
+        (startup if action.kind in STARTUP_KINDS else teardown)[key].append(action.id)
+    dependents = _dependents(desired, observed)
+    out: list[Action] = []
+    previous_replace: dict[ServiceKey, str] = {}
+    for action in actions:
+        key = (action.target.deployment, action.target.service)
+        waits: list[str] = []
+        if action.kind == "register":
+            pass
+        elif action.kind in STARTUP_KINDS:
+            service = desired.services[key]
+            for dep in service.depends:
+                waits += startup.get((key[0], dep.service), [])
+            if action.kind == "replace":
+                if key in previous_replace:
+                    waits.append(previous_replace[key])
+                previous_replace[key] = action.id
+        else:
+            for dependent in dependents.get(key, ()):
+                waits += teardown.get(dependent, [])
+        out.append(dataclasses.replace(action, waits_for=tuple(waits)))
+    return out
+
+
+def _dependents(
+    desired: DesiredState, observed: Mapping[ServiceKey, list[Workload]]
+) -> dict[ServiceKey, set[ServiceKey]]:
+    """service → the services that depend on it (from the specs, or for services that
+    left them, from what the runtime recorded)."""
+    out: dict[ServiceKey, set[ServiceKey]] = defaultdict(set)
+    for key, service in desired.services.items():
+        for dep in service.depends:
+            out[(key[0], dep.service)].add(key)
+    for key, workloads in observed.items():
+        if key in desired.services:
+            continue
+        for name in {n for w in workloads for n in w.depends}:
+            out[(key[0], name)].add(key)
+    return out
+
+
+def _order(actions: Iterable[Action]) -> tuple[Action, ...]:
+    """A valid order (every action after those it waits for), and among the valid
+    ones the same every time: by deployment, teardown before startup, service, kind."""
+    by_id = {a.id: a for a in actions}
+    sorter = TopologicalSorter({a.id: a.waits_for for a in by_id.values()})
+    sorter.prepare()
+    rank = {kind: i for i, kind in enumerate(KINDS)}
+
+    def key(action: Action) -> tuple[Any, ...]:
+        t = action.target
+        if action.kind in STARTUP_KINDS:
+            return (t.deployment, 1, t.service, rank[action.kind], t.replica or 0)
+        # teardown: highest replica indexes first
+        return (t.deployment, 0, t.service, rank[action.kind], -(t.replica or 0))
+
+    heap: list[tuple[tuple[Any, ...], str]] = []
+    out: list[Action] = []
+    while sorter.is_active():
+        for ready in sorter.get_ready():
+            heapq.heappush(heap, (key(by_id[ready]), ready))
+        _, chosen = heapq.heappop(heap)
+        out.append(by_id[chosen])
+        sorter.done(chosen)
+    return tuple(out)
