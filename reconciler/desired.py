@@ -243,7 +243,14 @@ def _warnings(service: ServiceSpec) -> tuple[str, ...]:
     out = []
     if service.replica_groups:
         out.append("replica_groups are not supported yet: every replica runs the service's config")
-    if isinstance(service.scale, AdaptiveScale) and service.scale.max > service.scale.min:
+    scale = service.scale
+    explicit = "scale" in service.model_fields_set
+    if (
+        service.rtype == "service"
+        and explicit
+        and isinstance(scale, AdaptiveScale)
+        and scale.max > scale.min
+    ):
         out.append(
             f"adaptive scale runs scale.min ({service.scale.min}) replicas until autoscaling exists"
         )

@@ -1,7 +1,7 @@
 """Entry point: ``zlayer`` and its command group.
 
 Exit codes: 0 ok, 1 error (invalid specs, bad arguments), 2 changes present
-(``plan --detailed-exitcode``, later), 3 lock held by another apply (later).
+(``plan --detailed-exitcode``), 3 lock held by another apply (later).
 Click's own usage errors would exit 2, which pipelines read as "changes";
 they exit 1 here instead.
 """
@@ -13,6 +13,7 @@ import sys
 import click
 
 from reconciler import __version__
+from reconciler.cli.plan import observe, plan
 from reconciler.cli.spec import schema, spec
 from reconciler.cli.validate import validate
 
@@ -28,13 +29,15 @@ EXIT_ERROR = 1
 def cli() -> None:
     """zlayer keeps a container host converged on ZLayer deployment specs.
 
-    Validate specs before every change; plan and apply arrive in later releases.
+    Validate specs, then plan: see exactly what would change on the host, and why.
     """
 
 
 cli.add_command(validate)
 cli.add_command(spec)
 cli.add_command(schema)
+cli.add_command(plan)
+cli.add_command(observe)
 
 
 def main(argv: list[str] | None = None) -> None:

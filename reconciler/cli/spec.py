@@ -41,9 +41,9 @@ def dump(path: str, fmt: str) -> int:
 
     Invalid specs print their problems instead and exit 1.
     """
-    result, checked = load_paths((path,))
+    result, files = load_paths((path,))
     if result.problems:
-        problems_text(Console(file=sys.stderr), result.problems, checked)
+        problems_text(Console(file=sys.stderr), result.problems, len(files))
         return 1
     for i, loaded in enumerate(result.specs):
         if fmt == "json":

@@ -10,17 +10,20 @@ from rich.console import Console
 
 from reconciler.cli.render import problems_github, problems_json, problems_text
 from reconciler.sources.files import collect
-from reconciler.spec.load import LoadResult, load_sources
+from reconciler.spec.load import LoadResult, SourceFile, load_sources
 
 DEFAULT_PATH = "specs"
 
 
-def load_paths(paths: tuple[str, ...], *, check_env: bool = False) -> tuple[LoadResult, int]:
-    """Collect and load the given paths; returns the result and the number of files read."""
+def load_paths(
+    paths: tuple[str, ...], *, check_env: bool = False
+) -> tuple[LoadResult, tuple[SourceFile, ...]]:
+    """Collect and load the given paths (default: specs/); returns the result and the
+    files read."""
     collected = collect(paths or (DEFAULT_PATH,))
     result = load_sources(collected.files, env=dict(os.environ) if check_env else None)
     problems = collected.problems + result.problems
-    return LoadResult(result.specs, problems), len(collected.files)
+    return LoadResult(result.specs, problems), collected.files
 
 
 @click.command(
@@ -52,7 +55,7 @@ def validate(paths: tuple[str, ...], fmt: str, check_env: bool) -> int:
     Reports every problem in every file as PATH:LINE:COL: WHERE: MESSAGE and exits 1
     when there is any; exits 0 when all specs are valid. Changes nothing.
     """
-    result, checked = load_paths(paths, check_env=check_env)
+    result, files = load_paths(paths, check_env=check_env)
     if fmt == "json":
         deployments = [s.spec.deployment for s in result.specs]
         click.echo(problems_json(result.problems, [s.file for s in result.specs], deployments))
@@ -60,5 +63,5 @@ def validate(paths: tuple[str, ...], fmt: str, check_env: bool) -> int:
         if result.problems:
             click.echo(problems_github(result.problems))
     else:
-        problems_text(Console(file=sys.stdout), result.problems, checked)
+        problems_text(Console(file=sys.stdout), result.problems, len(files))
     return 1 if result.problems else 0

@@ -1,0 +1,231 @@
+"""``zlayer plan`` and ``zlayer observe``: what would change, and what runs now."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from reconciler.cli.plan_render import render_markdown, render_text
+from reconciler.cli.render import problems_text
+from reconciler.cli.state import SecretsDir, default_state_dir, read_secret_key
+from reconciler.cli.validate import DEFAULT_PATH, load_paths
+from reconciler.desired import CompileInputs, DesiredState, compile_specs, content_revision
+from reconciler.errors import ZlayerError
+from reconciler.observe import RUNTIMES, observe_ref, observe_runtime, read_snapshot
+from reconciler.observed import ObservedState
+from reconciler.plan.planner import plan_changes
+from reconciler.plan.serialize import plan_to_json
+from reconciler.spec.problems import Problem
+
+EXIT_CHANGES = 2
+
+
+@dataclass(frozen=True)
+class Observed:
+    state: ObservedState
+    description: str
+
+
+def _fail(problems: list[Problem] | tuple[Problem, ...], files: int, heading: str) -> None:
+    console = Console(file=sys.stderr)
+    console.print(heading, highlight=False, soft_wrap=True)
+    problems_text(console, problems, files)
+    raise SystemExit(1)
+
+
+def _inputs(state_dir: Path, secrets_dir: Path | None, offline: bool) -> CompileInputs:
+    if offline and secrets_dir is None:
+        return CompileInputs(env=dict(os.environ), secret_key=None)
+    return CompileInputs(
+        env=dict(os.environ),
+        secret_key=read_secret_key(state_dir),
+        secret=SecretsDir(secrets_dir or state_dir / "secrets"),
+    )
+
+
+def _desired(paths: tuple[str, ...], inputs: CompileInputs) -> DesiredState:
+    result, files = load_paths(paths)
+    if result.problems:
+        _fail(result.problems, len(files), "The specs are not valid; nothing was planned.")
+    desired, problems = compile_specs(result.specs, content_revision(files), inputs)
+    if desired is None:
+        _fail(problems, len(files), "The specs cannot be compiled; nothing was planned.")
+        raise AssertionError("unreachable")
+    return desired
+
+
+def _observe(
+    paths: tuple[str, ...],
+    snapshot: str | None,
+    ref: str | None,
+    runtime: str | None,
+    inputs: CompileInputs,
+) -> Observed:
+    chosen = [
+        o
+        for o, v in (("--observed", snapshot), ("--against-ref", ref), ("--runtime", runtime))
+        if v
+    ]
+    if len(chosen) > 1:
+        raise click.UsageError(f"{' and '.join(chosen)} exclude each other; give one")
+    if snapshot is not None:
+        state = read_snapshot(snapshot)
+        return Observed(state, f"snapshot {snapshot} ({state.runtime} runtime)")
+    if ref is not None:
+        found, commit, problems = observe_ref(paths or (DEFAULT_PATH,), ref, inputs)
+        if found is None:
+            _fail(problems, len({p.file for p in problems}), f"The specs at {ref} are not valid.")
+            raise AssertionError("unreachable")
+        return Observed(found, f"git ref {ref} ({commit[:12]})")
+    if runtime is None:
+        raise click.UsageError(
+            "say what to plan against: --observed SNAPSHOT, --against-ref REF or --runtime fake"
+        )
+    return Observed(observe_runtime(runtime), f"the {runtime} runtime")
+
+
+@click.command(
+    epilog="""Examples:
+
+\b
+    zlayer plan specs/ --observed observed.json
+    zlayer plan --against-ref origin/main --format markdown
+    zlayer plan --observed observed.json --target web --detailed-exitcode
+    zlayer plan --observed observed.json --out plan.json
+""",
+)
+@click.argument("paths", nargs=-1, type=click.Path())
+@click.option(
+    "--observed",
+    "snapshot",
+    metavar="SNAPSHOT",
+    help="Plan against a snapshot written by `zlayer observe --out` (no runtime access).",
+)
+@click.option(
+    "--against-ref",
+    "ref",
+    metavar="REF",
+    help="Plan against the same spec paths at git REF, as if REF were running.",
+)
+@click.option(
+    "--runtime", type=click.Choice(sorted(RUNTIMES)), help="Observe this runtime (read-only)."
+)
+@click.option(
+    "--target",
+    "targets",
+    multiple=True,
+    metavar="SERVICE",
+    help="Plan only SERVICE (or DEPLOYMENT/SERVICE) and what it depends on. Repeatable.",
+)
+@click.option(
+    "--no-prune",
+    is_flag=True,
+    help="Keep workloads whose service left the specs (the plan lists them).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "markdown"]),
+    default="text",
+    show_default=True,
+    help="Text for people, JSON for tools, Markdown for PR comments.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="Also save the plan as JSON, for `apply` to check it is not stale.",
+)
+@click.option(
+    "--detailed-exitcode",
+    is_flag=True,
+    help="Exit 2 when the plan has changes, 0 when it has none.",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="zlayer's state directory [default: $ZLAYER_STATE_DIR, /var/lib/zlayer as "
+    "root, else ~/.local/state/zlayer].",
+)
+@click.option(
+    "--secrets-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="One file per secret for $S:NAME [default: STATE_DIR/secrets]. Without it, "
+    "--observed and --against-ref plan offline: secrets are assumed unchanged.",
+)
+def plan(
+    paths: tuple[str, ...],
+    snapshot: str | None,
+    ref: str | None,
+    runtime: str | None,
+    targets: tuple[str, ...],
+    no_prune: bool,
+    fmt: str,
+    out: str | None,
+    detailed_exitcode: bool,
+    state_dir: Path | None,
+    secrets_dir: Path | None,
+) -> int:
+    """Show what applying the specs would change, and why. Changes nothing.
+
+    Compiles the specs (default: specs/), observes the runtime, a snapshot or a git
+    ref, and prints the minimal ordered plan with a reason for every action. Exit
+    status: 0 success, 1 error, 2 changes present (only with --detailed-exitcode).
+    """
+    inputs = _inputs(state_dir or default_state_dir(), secrets_dir, bool(snapshot or ref))
+    try:
+        desired = _desired(paths, inputs)
+        observed = _observe(paths, snapshot, ref, runtime, inputs)
+        result = plan_changes(desired, observed.state, prune=not no_prune, targets=targets)
+    except ZlayerError as exc:
+        raise click.ClickException(str(exc)) from exc
+    document = plan_to_json(result, observed.description)
+    if out is not None:
+        Path(out).write_text(document, encoding="utf-8")
+    if fmt == "json":
+        click.echo(document, nl=False)
+    elif fmt == "markdown":
+        click.echo(render_markdown(result, observed.description), nl=False)
+    else:
+        render_text(Console(file=sys.stdout), result, observed.description)
+    return EXIT_CHANGES if detailed_exitcode and not result.empty else 0
+
+
+@click.command(
+    epilog="""Example:
+
+\b
+    zlayer observe --runtime fake --out observed.json
+""",
+)
+@click.option(
+    "--runtime",
+    type=click.Choice(sorted(RUNTIMES)),
+    required=True,
+    help="The runtime to observe (read-only).",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="Write the snapshot here instead of standard output.",
+)
+def observe(runtime: str, out: str | None) -> int:
+    """Write what a runtime reports as a snapshot (JSON, format zlayer-observed).
+
+    `zlayer plan --observed FILE` plans against it with no access to the runtime.
+    """
+    try:
+        text = observe_runtime(runtime).to_json() + "\n"
+    except ZlayerError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        Path(out).write_text(text, encoding="utf-8")
+    return 0

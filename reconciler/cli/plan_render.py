@@ -1,0 +1,141 @@
+"""Plan renderings: text for terminals and logs (rich), Markdown for pull requests.
+
+Both are deterministic renderings of the plan value: the same plan gives the
+same bytes (no timestamps, no terminal-size dependence; lines never wrap).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from rich.console import Console
+from rich.markup import escape
+
+from reconciler.fingerprint import short
+from reconciler.plan.diff import describe
+from reconciler.plan.model import Action, Condition, Note, Plan
+
+MARKERS = {
+    "create": ("+", "green"),
+    "register": ("+", "green"),
+    "replace": ("~", "yellow"),
+    "restart": ("↻", "cyan"),
+    "start": ("↻", "cyan"),
+    "stop": ("-", "red"),
+    "remove": ("-", "red"),
+    "unregister": ("-", "red"),
+    "prune": ("-", "red"),
+}
+_ALWAYS = ("create", "replace", "remove")
+MAX_WAITS_SHOWN = 4
+
+
+def summary_line(plan: Plan) -> str:
+    """``Plan: 3 to create, 1 to replace, 0 to remove`` plus every other kind present."""
+    counts = plan.summary()
+    parts = [f"{n} to {kind}" for kind, n in counts.items() if n or kind in _ALWAYS]
+    return "Plan: " + ", ".join(parts)
+
+
+def _groups(plan: Plan) -> Iterator[tuple[str, str, list[Action]]]:
+    """(deployment, service, actions) in order of first appearance in the plan."""
+    grouped: dict[tuple[str, str], list[Action]] = {}
+    for action in plan.actions:
+        grouped.setdefault((action.target.deployment, action.target.service), []).append(action)
+    for (deployment, service), actions in grouped.items():
+        yield deployment, service, actions
+
+
+def condition_text(condition: Condition) -> str:
+    limit = "no timeout" if condition.timeout is None else f"timeout {condition.timeout:g}s"
+    return f"{condition.service} {condition.condition} ({limit}, on timeout {condition.on_timeout})"
+
+
+def _waits_text(action: Action) -> str:
+    shown = ", ".join(action.waits_for[:MAX_WAITS_SHOWN])
+    more = len(action.waits_for) - MAX_WAITS_SHOWN
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def render_text(console: Console, plan: Plan, observed_from: str) -> None:
+    def say(text: str) -> None:
+        console.print(text, soft_wrap=True, highlight=False)
+
+    say(
+        f"Plan for specs revision [bold]{short(plan.spec_revision)}[/] against "
+        f"{escape(observed_from)} (observed {short(plan.observed_fingerprint)})"
+    )
+    for note in plan.notes:
+        say(f"[blue]note:[/] {escape(note.subject)}: {escape(note.message)}")
+    for warning in plan.warnings:
+        say(f"[magenta]warning:[/] {escape(warning.subject)}: {escape(warning.message)}")
+    if plan.empty:
+        say(
+            f"[bold green]No changes.[/] The runtime matches specs revision "
+            f"{short(plan.spec_revision)}."
+        )
+        return
+    deployment_shown = None
+    for deployment, service, actions in _groups(plan):
+        if deployment != deployment_shown:
+            say(f"\n[bold]{escape(deployment)}[/]")
+            deployment_shown = deployment
+        say(f"  [bold]{escape(service)}[/]")
+        for action in actions:
+            marker, colour = MARKERS[action.kind]
+            say(
+                f"    [{colour}]{marker} {action.kind:<10}[/] {escape(str(action.target))}  "
+                f"{escape(action.reason)}"
+            )
+            for change in action.changes:
+                say(f"        {escape(describe(change))}")
+            for condition in action.conditions:
+                say(f"        [dim]after:[/] {escape(condition_text(condition))}")
+            if action.waits_for:
+                say(f"        [dim]waits for:[/] {escape(_waits_text(action))}")
+    say(f"\n[bold]{summary_line(plan)}.[/]")
+
+
+def _cell(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def _code(text: str) -> str:
+    return "`" + text.replace("`", "'") + "`"
+
+
+def render_markdown(plan: Plan, observed_from: str) -> str:
+    """A pull-request comment: headline, summary table, details folded away."""
+    lines = [
+        f"### zlayer plan: {summary_line(plan).removeprefix('Plan: ')}",
+        "",
+        f"Specs revision {_code(short(plan.spec_revision))} against "
+        f"{_cell(observed_from)} (observed {_code(short(plan.observed_fingerprint))}).",
+        "",
+    ]
+    lines += _markdown_notes("Note", plan.notes) + _markdown_notes("Warning", plan.warnings)
+    if plan.empty:
+        lines.append(f"**No changes.** The runtime matches specs revision "
+                     f"{_code(short(plan.spec_revision))}.")  # fmt: skip
+        return "\n".join(lines) + "\n"
+    lines += ["| | Action | Target | Reason |", "|---|---|---|---|"]
+    for action in plan.actions:
+        marker = MARKERS[action.kind][0]
+        lines.append(
+            f"| {marker} | {action.kind} | {_code(str(action.target))} | {_cell(action.reason)} |"
+        )
+    lines += ["", "<details><summary>Details</summary>", ""]
+    for action in plan.actions:
+        lines.append(f"- **{action.kind}** {_code(str(action.target))}: {_cell(action.reason)}")
+        lines += [f"  - {_code(describe(c))}" for c in action.changes]
+        lines += [f"  - after {_cell(condition_text(c))}" for c in action.conditions]
+        if action.waits_for:
+            lines.append(f"  - waits for {_cell(_waits_text(action))}")
+    lines += ["", "</details>"]
+    return "\n".join(lines) + "\n"
+
+
+def _markdown_notes(label: str, notes: tuple[Note, ...]) -> list[str]:
+    if not notes:
+        return []
+    return [f"> **{label}:** {_cell(n.subject)}: {_cell(n.message)}" for n in notes] + [""]

@@ -1,0 +1,50 @@
+"""The state directory and what planning reads from it: the secrets and their hash key.
+
+Planning only reads. The key for keyed secret hashes is created by the first
+command that records secrets on a host (``apply``); until then there is nothing
+recorded to compare with, so ``plan`` uses a throwaway key and writes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets as random
+from pathlib import Path
+
+from reconciler.desired import SECRET_NAME_RE
+
+KEY_FILE = "secret.key"
+
+
+def default_state_dir() -> Path:
+    """``$ZLAYER_STATE_DIR``; else ``/var/lib/zlayer`` for root and
+    ``$XDG_STATE_HOME/zlayer`` (``~/.local/state/zlayer``) for everyone else."""
+    if configured := os.environ.get("ZLAYER_STATE_DIR"):
+        return Path(configured)
+    if os.geteuid() == 0:
+        return Path("/var/lib/zlayer")
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(base) / "zlayer"
+
+
+def read_secret_key(state_dir: Path) -> bytes:
+    try:
+        return (state_dir / KEY_FILE).read_bytes()
+    except FileNotFoundError:
+        return random.token_bytes(32)
+
+
+class SecretsDir:
+    """Secrets as files: ``<dir>/<name>`` holds the value (one trailing newline dropped)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __call__(self, name: str) -> str | None:
+        if not SECRET_NAME_RE.fullmatch(name):
+            return None
+        try:
+            text = (self.path / name).read_text(encoding="utf-8")
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+        return text.removesuffix("\n")
