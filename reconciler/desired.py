@@ -252,7 +252,7 @@ def _warnings(service: ServiceSpec) -> tuple[str, ...]:
         and scale.max > scale.min
     ):
         out.append(
-            f"adaptive scale runs scale.min ({service.scale.min}) replicas until autoscaling exists"
+            f"adaptive scale runs scale.min ({scale.min}) replicas until autoscaling exists"
         )
     return tuple(out)
 
