@@ -251,9 +251,7 @@ def _warnings(service: ServiceSpec) -> tuple[str, ...]:
         and isinstance(scale, AdaptiveScale)
         and scale.max > scale.min
     ):
-        out.append(
-            f"adaptive scale runs scale.min ({scale.min}) replicas until autoscaling exists"
-        )
+        out.append(f"adaptive scale runs scale.min ({scale.min}) replicas until autoscaling exists")
     return tuple(out)
 
 

@@ -82,11 +82,19 @@ def _observe(
             _fail(problems, len({p.file for p in problems}), f"The specs at {ref} are not valid.")
             raise AssertionError("unreachable")
         return Observed(found, f"git ref {ref} ({commit[:12]})")
-    if runtime is None:
+    assert runtime is not None, "checked by _check_sources"
+    return Observed(observe_runtime(runtime), f"the {runtime} runtime")
+
+
+def _check_sources(snapshot: str | None, ref: str | None, runtime: str | None) -> None:
+    given = [("--observed", snapshot), ("--against-ref", ref), ("--runtime", runtime)]
+    chosen = [option for option, value in given if value]
+    if len(chosen) > 1:
+        raise click.UsageError(f"{' and '.join(chosen)} exclude each other; give one")
+    if not chosen:
         raise click.UsageError(
             "say what to plan against: --observed SNAPSHOT, --against-ref REF or --runtime fake"
         )
-    return Observed(observe_runtime(runtime), f"the {runtime} runtime")
 
 
 @click.command(
@@ -177,6 +185,7 @@ def plan(
     ref, and prints the minimal ordered plan with a reason for every action. Exit
     status: 0 success, 1 error, 2 changes present (only with --detailed-exitcode).
     """
+    _check_sources(snapshot, ref, runtime)
     inputs = _inputs(state_dir or default_state_dir(), secrets_dir, bool(snapshot or ref))
     try:
         desired = _desired(paths, inputs)

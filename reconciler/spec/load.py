@@ -43,9 +43,10 @@ class LoadedSpec:
     text: str
 
     def mark_for(self, path: Path) -> Mark | None:
-        """Where ``path`` sits in the file. Valid specs are loaded without positions,
-        so a later stage (compiling) that finds a problem parses the text once more."""
-        if self.document.marks:
+        """Where ``path`` sits in the file. Valid specs are loaded with top-level
+        positions only, so a later stage (compiling) that finds a problem deeper in
+        the document parses the text once more."""
+        if path in self.document.marks:
             return self.document.mark_for(path)
         located = parse_document(self.text, ProblemSink(self.file))
         return None if located is None else located.mark_for(path)

@@ -1,0 +1,329 @@
+"""``zlayer plan`` and ``zlayer observe`` as users run them: real subprocesses, real files,
+real git repositories."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from reconciler.desired import CompileInputs, as_running, compile_specs
+from reconciler.observed import ObservedState, load_snapshot
+from reconciler.spec.load import SourceFile, load_sources
+
+from .conftest import REPO
+
+PLAN_SCHEMA = json.loads((REPO / "docs/schemas/plan-v1.schema.json").read_text())
+
+APP = """\
+version: v1
+deployment: shop
+services:
+  db:
+    image: {{name: "postgres:16"}}
+    env:
+      POSTGRES_PASSWORD: $S:db-password
+      API_TOKEN: {token}
+    scale: {{mode: fixed, replicas: 1}}
+  web:
+    image: {{name: "{web_image}"}}
+    env: {{LOG_LEVEL: info}}
+    scale: {{mode: fixed, replicas: {replicas}}}
+    depends:
+      - service: db
+        condition: healthy
+        timeout: 60s
+"""
+
+
+def app(web_image: str = "shop:1.2", replicas: int = 2, token: str = "tok-visible-1") -> str:
+    return APP.format(web_image=web_image, replicas=replicas, token=token)
+
+
+def zlayer(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "reconciler", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "NO_COLOR": "1", "COLUMNS": "80", **(env or {})},
+    )
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Path:
+    """A working directory with specs/, a state dir holding the secret key and secrets,
+    and a snapshot of a host running the specs with secret value ``old-secret``."""
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "specs/shop.yaml").write_text(app())
+    state = tmp_path / "state"
+    (state / "secrets").mkdir(parents=True)
+    (state / "secret.key").write_bytes(b"k" * 32)
+    (state / "secrets/db-password").write_text("old-secret\n")
+    loaded = load_sources([SourceFile("shop.yaml", app().encode())])
+    inputs = CompileInputs(secret_key=b"k" * 32, secret={"db-password": "old-secret"}.get)
+    desired, problems = compile_specs(loaded.specs, "rev0", inputs)
+    assert desired is not None, problems
+    (tmp_path / "observed.json").write_text(as_running(desired, runtime="docker").to_json())
+    return tmp_path
+
+
+def plan_args(*extra: str) -> list[str]:
+    return ["plan", "specs", "--observed", "observed.json", "--state-dir", "state", *extra]
+
+
+def test_no_changes_names_the_revision_and_exits_zero_even_with_detailed_exitcode(
+    host: Path,
+) -> None:
+    run = zlayer(*plan_args("--secrets-dir", "state/secrets", "--detailed-exitcode"), cwd=host)
+    assert run.returncode == 0, run.stderr
+    assert "No changes. The runtime matches specs revision" in run.stdout
+    data = json.loads(zlayer(*plan_args("--format", "json"), cwd=host).stdout)
+    assert data["actions"] == []
+    assert data["changes_present"] is False
+    assert data["spec_revision"].startswith("sha256:")
+    assert data["spec_revision"][7:19] in run.stdout
+
+
+def test_changes_in_all_three_formats_with_exit_code_2(host: Path) -> None:
+    (host / "specs/shop.yaml").write_text(app(web_image="shop:1.3", replicas=3))
+    text = zlayer(*plan_args("--detailed-exitcode"), cwd=host)
+    assert text.returncode == 2, text.stderr
+    assert "~ replace    shop/web/1  image shop:1.2 → shop:1.3" in text.stdout
+    assert "+ create     shop/web/3  replicas 2 → 3" in text.stdout
+    assert "after: db healthy (timeout 60s, on timeout fail)" in text.stdout
+    assert "Plan: 1 to create, 2 to replace, 0 to remove." in text.stdout
+    assert "\x1b[" not in text.stdout
+
+    data = json.loads(zlayer(*plan_args("--format", "json"), cwd=host).stdout)
+    jsonschema.validate(data, PLAN_SCHEMA)
+    assert [a["id"] for a in data["actions"]] == [
+        "create:shop/web/3",
+        "replace:shop/web/1",
+        "replace:shop/web/2",
+    ]
+    assert data["actions"][2]["waits_for"] == ["replace:shop/web/1"]
+    assert data["summary"]["total"] == 3
+
+    markdown = zlayer(*plan_args("--format", "markdown"), cwd=host).stdout
+    assert markdown.startswith("### zlayer plan: 1 to create, 2 to replace, 0 to remove\n")
+    assert "| ~ | replace | `shop/web/1` | image shop:1.2 → shop:1.3 |" in markdown
+    assert "<details><summary>Details</summary>" in markdown
+
+
+def test_output_is_byte_identical_across_runs_and_out_matches_json(host: Path) -> None:
+    (host / "specs/shop.yaml").write_text(app(web_image="shop:1.3"))
+    first = zlayer(*plan_args("--format", "json", "--out", "saved.json"), cwd=host)
+    second = zlayer(*plan_args("--format", "json"), cwd=host)
+    assert first.stdout == second.stdout
+    assert (host / "saved.json").read_text() == first.stdout
+    texts = {zlayer(*plan_args(), cwd=host).stdout for _ in range(2)}
+    assert len(texts) == 1
+
+
+def test_secret_values_never_appear_but_their_change_does(host: Path) -> None:
+    (host / "state/secrets/db-password").write_text("new-secret\n")
+    (host / "specs/shop.yaml").write_text(app(token="tok-visible-2"))
+    outputs = []
+    for fmt in ("text", "json", "markdown"):
+        run = zlayer(
+            *plan_args("--secrets-dir", "state/secrets", "--format", fmt, "--out", "p.json"),
+            cwd=host,
+        )
+        assert run.returncode == 0, run.stderr
+        outputs += [run.stdout, run.stderr, (host / "p.json").read_text()]
+    everything = "\n".join(outputs)
+    for value in ("old-secret", "new-secret", "tok-visible-1", "tok-visible-2"):
+        assert value not in everything
+    assert "env.POSTGRES_PASSWORD changed (sensitive)" in outputs[0]
+    assert "env.API_TOKEN changed (sensitive)" in outputs[0]
+
+
+def test_offline_plan_assumes_secrets_unchanged_and_says_so(host: Path) -> None:
+    (host / "state/secrets/db-password").write_text("new-secret\n")
+    run = zlayer(*plan_args(), cwd=host)
+    assert run.returncode == 0, run.stderr
+    assert "No changes." in run.stdout
+    assert "shop/db: secrets are not available here; env.POSTGRES_PASSWORD assumed unchanged" in (
+        run.stdout
+    )
+
+
+def test_unset_env_reference_is_an_error_naming_where(host: Path) -> None:
+    (host / "specs/shop.yaml").write_text(
+        app().replace("LOG_LEVEL: info", 'LOG_LEVEL: "$E:ZL_LVL"')
+    )
+    run = zlayer(*plan_args("--format", "json"), cwd=host, env={"ZL_LVL": "debug"})
+    assert run.returncode == 0, run.stderr
+    change = json.loads(run.stdout)["actions"][0]["changes"]
+    assert change == [
+        {"path": "env.LOG_LEVEL", "kind": "changed", "before": "info", "after": "debug"}
+    ]
+    unset = {k: v for k, v in os.environ.items() if k != "ZL_LVL"}
+    run = subprocess.run(
+        [sys.executable, "-m", "reconciler", *plan_args()],
+        cwd=host,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**unset, "NO_COLOR": "1"},
+    )
+    assert run.returncode == 1
+    assert "specs/shop.yaml:12:22: services.web.env.LOG_LEVEL:" in run.stderr
+    assert "deployment shop, service web, env LOG_LEVEL: $E:ZL_LVL is not set" in run.stderr
+    assert run.stdout == ""
+
+
+def test_missing_secret_is_an_error(host: Path) -> None:
+    (host / "state/secrets/db-password").unlink()
+    run = zlayer(*plan_args("--secrets-dir", "state/secrets"), cwd=host)
+    assert run.returncode == 1
+    assert "services.db.env.POSTGRES_PASSWORD" in run.stderr
+    assert "secret db-password is not set" in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "not a valid zlayer-observed snapshot"),
+        ('{"runtime": "x", "format_version": 2}', "format_version"),
+        (
+            '{"runtime": "x", "workloads": [{"deployment": "a", "service": "b", "replica": 1,'
+            ' "fingerprint": "f", "status": "registered"}]}',
+            "does not fit a replica",
+        ),
+    ],
+)
+def test_bad_snapshot_is_a_clear_error(host: Path, content: str, message: str) -> None:
+    (host / "observed.json").write_text(content)
+    run = zlayer(*plan_args(), cwd=host)
+    assert run.returncode == 1
+    assert message in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_missing_snapshot_and_conflicting_sources_are_errors(host: Path) -> None:
+    run = zlayer("plan", "specs", "--observed", "nope.json", cwd=host)
+    assert run.returncode == 1
+    assert "nope.json: cannot read snapshot" in run.stderr
+    run = zlayer("plan", "specs", "--observed", "observed.json", "--runtime", "fake", cwd=host)
+    assert run.returncode == 1
+    assert "exclude each other" in run.stderr
+    run = zlayer("plan", "specs", cwd=host)
+    assert run.returncode == 1
+    assert "--observed SNAPSHOT, --against-ref REF or --runtime" in run.stderr
+
+
+def test_target_limits_the_plan_and_unknown_target_fails(host: Path) -> None:
+    (host / "specs/shop.yaml").write_text(app(web_image="shop:1.3").replace("postgres:16", "pg:17"))
+    data = json.loads(zlayer(*plan_args("--target", "db", "--format", "json"), cwd=host).stdout)
+    assert [a["id"] for a in data["actions"]] == ["replace:shop/db/1"]
+    assert data["targets"] == ["db"]
+    assert data["notes"][0]["subject"] == "targets"
+    run = zlayer(*plan_args("--target", "nope"), cwd=host)
+    assert run.returncode == 1
+    assert "--target nope: no such service" in run.stderr
+
+
+def test_plan_writes_nothing_to_the_state_directory(host: Path, tmp_path: Path) -> None:
+    fresh = tmp_path / "fresh-state"
+    run = zlayer("plan", "specs", "--runtime", "fake", "--state-dir", str(fresh), cwd=host)
+    assert run.returncode == 1  # the secret is not in the (missing) secrets directory
+    assert "secret db-password is not set" in run.stderr
+    assert not fresh.exists()
+
+
+def test_observe_writes_a_snapshot_that_plan_reads(tmp_path: Path) -> None:
+    run = zlayer("observe", "--runtime", "fake", "--out", "o.json", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    state = load_snapshot((tmp_path / "o.json").read_text())
+    assert state.runtime == "fake"
+    assert state.workloads == ()
+    plan = zlayer("plan", str(REPO / "specs"), "--observed", "o.json", cwd=tmp_path)
+    assert plan.returncode == 0, plan.stderr
+    assert "+ create     demo/web/1  new service, replicas 0 → 2" in plan.stdout
+
+
+def test_observed_schema_document_matches_the_model() -> None:
+    committed = json.loads((REPO / "docs/schemas/observed-v1.schema.json").read_text())
+    assert committed == ObservedState.model_json_schema()
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=repo, check=True, capture_output=True, text=True, timeout=30
+    ).stdout
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    git(tmp_path, "init", "-q", "-b", "main")
+    git(tmp_path, "config", "user.email", "t@example.invalid")
+    git(tmp_path, "config", "user.name", "t")
+    (tmp_path / "deploy").mkdir()
+    (tmp_path / "deploy/shop.yaml").write_text(app().replace("$S:db-password", "plain"))
+    git(tmp_path, "add", ".")
+    git(tmp_path, "commit", "-q", "-m", "base")
+    return tmp_path
+
+
+def test_against_ref_plans_the_working_tree_against_the_ref(repo: Path) -> None:
+    changed = app(web_image="shop:2.0", replicas=3).replace("$S:db-password", "plain")
+    (repo / "deploy/shop.yaml").write_text(changed)
+    (repo / "deploy/new.yaml").write_text(
+        "version: v1\ndeployment: extra\nservices:\n  one:\n    image: {name: x}\n"
+    )
+    status_before = git(repo, "status", "--porcelain")
+    head_before = git(repo, "rev-parse", "HEAD")
+    run = zlayer("plan", "deploy", "--against-ref", "main", "--format", "json", cwd=repo)
+    assert run.returncode == 0, run.stderr
+    data = json.loads(run.stdout)
+    assert [a["id"] for a in data["actions"]] == [
+        "create:extra/one/1",
+        "create:shop/web/3",
+        "replace:shop/web/1",
+        "replace:shop/web/2",
+    ]
+    assert data["runtime"] == "git:main"
+    assert head_before.strip()[:12] in data["observed_from"]
+    assert git(repo, "status", "--porcelain") == status_before
+    assert git(repo, "rev-parse", "HEAD") == head_before
+
+
+def test_against_ref_where_the_specs_did_not_exist_plans_everything(repo: Path) -> None:
+    (repo / "later").mkdir()
+    (repo / "later/a.yaml").write_text(
+        "version: v1\ndeployment: later\nservices:\n  one:\n    image: {name: x}\n"
+    )
+    run = zlayer("plan", "later", "--against-ref", "HEAD", "--format", "json", cwd=repo)
+    assert run.returncode == 0, run.stderr
+    assert [a["id"] for a in json.loads(run.stdout)["actions"]] == ["create:later/one/1"]
+
+
+def test_against_ref_errors(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    run = zlayer("plan", "deploy", "--against-ref", "no-such-branch", cwd=repo)
+    assert run.returncode == 1
+    assert "--against-ref no-such-branch: no such commit, branch or tag" in run.stderr
+    elsewhere = tmp_path_factory.mktemp("norepo")
+    (elsewhere / "a.yaml").write_text((repo / "deploy/shop.yaml").read_text())
+    run = zlayer("plan", "a.yaml", "--against-ref", "HEAD", cwd=elsewhere)
+    assert run.returncode == 1
+    assert "is not inside a git repository" in run.stderr
+
+
+def test_against_ref_with_invalid_specs_at_the_ref_reports_them(repo: Path) -> None:
+    (repo / "deploy/shop.yaml").write_text("version: v2\n")
+    git(repo, "commit", "-q", "-am", "broken")
+    (repo / "deploy/shop.yaml").write_text(app().replace("$S:db-password", "plain"))
+    run = zlayer("plan", "deploy", "--against-ref", "HEAD", cwd=repo)
+    assert run.returncode == 1
+    assert "The specs at HEAD are not valid." in run.stderr
+    assert "deploy/shop.yaml:1:" in run.stderr
