@@ -39,9 +39,7 @@ def _inputs(case: dict[str, Any], secrets_key: str) -> CompileInputs:
     secrets = case.get(secrets_key, case.get("secrets", {}))
     if secrets == "offline":
         return CompileInputs(env=case.get("env", {}), secret_key=None)
-    return CompileInputs(
-        env=case.get("env", {}), secret_key=SECRET_KEY, secret=(secrets or {}).get
-    )
+    return CompileInputs(env=case.get("env", {}), secret_key=SECRET_KEY, secret=(secrets or {}).get)
 
 
 def _compile(files: dict[str, str], inputs: CompileInputs, revision: str) -> DesiredState:
