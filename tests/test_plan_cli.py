@@ -327,3 +327,69 @@ def test_against_ref_with_invalid_specs_at_the_ref_reports_them(repo: Path) -> N
     assert run.returncode == 1
     assert "The specs at HEAD are not valid." in run.stderr
     assert "deploy/shop.yaml:1:" in run.stderr
+
+
+def test_the_bundled_example_snapshot_gives_the_documented_plan() -> None:
+    """The README's main-job command: specs/ planned against contrib/snapshots/demo-host.json
+    (a host running an older demo: busybox 1.35, LOG_LEVEL debug, one web replica, a
+    crashed worker, another cron schedule and a service since removed)."""
+    run = zlayer(
+        "plan", "specs", "--observed", "contrib/snapshots/demo-host.json", "--format", "json",
+        cwd=REPO,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    data = json.loads(run.stdout)
+    jsonschema.validate(data, PLAN_SCHEMA)
+    assert [(a["id"], a["reason"]) for a in data["actions"]] == [
+        ("prune:demo/legacy-cache/1", "service removed from specs"),
+        ("register:demo/nightly-report", "schedule 0 0 2 * * * → 0 30 2 * * *"),
+        ("create:demo/web/2", "replicas 1 → 2"),
+        (
+            "replace:demo/web/1",
+            "env.LOG_LEVEL debug → info; image busybox:1.35 → busybox:1.36",
+        ),
+        ("restart:demo/worker/1", "exited with status 137"),
+    ]
+    assert data["actions"][-1]["waits_for"] == ["replace:demo/web/1", "create:demo/web/2"]
+    text = zlayer("plan", "specs", "--observed", "contrib/snapshots/demo-host.json", cwd=REPO)
+    assert text.stdout.rstrip().endswith(
+        "Plan: 1 to create, 1 to replace, 1 to restart, 1 to register, 0 to remove, 1 to prune."
+    )
+
+
+def test_the_example_pull_request_workflow_runs_real_commands(tmp_path: Path) -> None:
+    """The example workflow validates with annotations,
+    and its plan step works in a real repository against the base branch."""
+    from ruamel.yaml import YAML
+
+    workflow = YAML(typ="safe").load((REPO / "contrib/github/zlayer-plan.yml").read_text())
+    steps = {s.get("name"): s for s in workflow["jobs"]["plan"]["steps"]}
+    assert "--format github" in steps["Validate"]["run"]
+    script = steps["Plan"]["run"].replace("${{ github.base_ref }}", "main")
+    git(tmp_path, "init", "-q", "-b", "main")
+    git(tmp_path, "config", "user.email", "t@example.invalid")
+    git(tmp_path, "config", "user.name", "t")
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "specs/a.yaml").write_text(app().replace("$S:db-password", "plain"))
+    git(tmp_path, "add", ".")
+    git(tmp_path, "commit", "-q", "-m", "base")
+    git(tmp_path, "update-ref", "refs/remotes/origin/main", "HEAD")
+    (tmp_path / "specs/a.yaml").write_text(app(replicas=3).replace("$S:db-password", "plain"))
+    bin_dir = Path(sys.executable).parent
+    output = tmp_path / "github-output"
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "SPECS": "specs/",
+        "SNAPSHOT": "host/observed.json",
+        "GITHUB_OUTPUT": str(output),
+    }
+    run = subprocess.run(
+        ["bash", "-e", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert output.read_text() == "changes=true\n"
+    markdown = (tmp_path / "plan.md").read_text()
+    assert "| + | create | `shop/web/3` | replicas 2 → 3 |" in markdown
+    assert json.loads((tmp_path / "plan.json").read_text())["summary"]["create"] == 1

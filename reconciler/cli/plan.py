@@ -75,13 +75,13 @@ def _observe(
         raise click.UsageError(f"{' and '.join(chosen)} exclude each other; give one")
     if snapshot is not None:
         state = read_snapshot(snapshot)
-        return Observed(state, f"snapshot {snapshot} ({state.runtime} runtime)")
+        return Observed(state, f"snapshot {snapshot} of a {state.runtime} runtime")
     if ref is not None:
         found, commit, problems = observe_ref(paths or (DEFAULT_PATH,), ref, inputs)
         if found is None:
             _fail(problems, len({p.file for p in problems}), f"The specs at {ref} are not valid.")
             raise AssertionError("unreachable")
-        return Observed(found, f"git ref {ref} ({commit[:12]})")
+        return Observed(found, f"git ref {ref} at {commit[:12]}")
     assert runtime is not None, "checked by _check_sources"
     return Observed(observe_runtime(runtime), f"the {runtime} runtime")
 

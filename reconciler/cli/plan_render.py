@@ -87,8 +87,9 @@ def render_text(console: Console, plan: Plan, observed_from: str) -> None:
                 f"    [{colour}]{marker} {action.kind:<10}[/] {escape(str(action.target))}  "
                 f"{escape(action.reason)}"
             )
-            for change in action.changes:
-                say(f"        {escape(describe(change))}")
+            if len(action.changes) > 1:  # a single change is the reason already
+                for change in action.changes:
+                    say(f"        {escape(describe(change))}")
             for condition in action.conditions:
                 say(f"        [dim]after:[/] {escape(condition_text(condition))}")
             if action.waits_for:
