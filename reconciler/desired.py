@@ -140,9 +140,8 @@ class DesiredService:
 class DesiredState:
     revision: str
     services: Mapping[tuple[str, str], DesiredService]
-
-    def deployment_names(self) -> list[str]:
-        return sorted({d for d, _ in self.services})
+    deployments: frozenset[str] = frozenset()
+    """Every deployment in the specs, those without services included."""
 
     def fingerprint(self) -> str:
         """One hash of everything desired, for refusing stale plans."""
@@ -177,7 +176,8 @@ def compile_specs(
                 services[(deployment, name)] = compiled
     if problems:
         return None, problems
-    return DesiredState(revision, dict(sorted(services.items()))), []
+    deployments = frozenset(loaded.spec.deployment for loaded in specs)
+    return DesiredState(revision, dict(sorted(services.items())), deployments), []
 
 
 Finding = tuple[Path, str, str | None]

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from reconciler.desired import SENSITIVE_KEY_RE
 from reconciler.fingerprint import canonical_json
 from reconciler.plan.model import Change, ChangeKind
 from reconciler.spec.problems import PathPart, format_path
@@ -31,11 +32,17 @@ def explain(
 ) -> tuple[Change, ...]:
     """Every changed field from ``before`` to ``after``, sorted by path.
 
-    Anything under ``env.KEY`` for a key in ``sensitive``, or whose value is a
-    secret reference on either side, becomes one value-free change of ``env.KEY``.
+    Anything under ``env.KEY`` for a key in ``sensitive``, a key that looks secret
+    (on either side: a removed ``API_TOKEN`` is as sensitive as an added one), or
+    whose value is a secret reference on either side, becomes one value-free
+    change of ``env.KEY``.
     """
     from deepdiff import DeepDiff
 
+    if "env" in before or "env" in after:
+        # one change per key, never a whole map (whose values may be sensitive)
+        before = {**before, "env": before.get("env", {})}
+        after = {**after, "env": after.get("env", {})}
     diff = DeepDiff(dict(before), dict(after), view="tree", verbose_level=2)
     found: dict[tuple[Any, ...], Change] = {}
     for report, levels in diff.items():
@@ -69,7 +76,7 @@ def _sensitive_env_key(
         return None
     key = path[1]
     values = (before.get("env", {}).get(key), after.get("env", {}).get(key))
-    if key in sensitive or any(isinstance(v, dict) for v in values):
+    if key in sensitive or SENSITIVE_KEY_RE.search(key) or any(isinstance(v, dict) for v in values):
         return key
     return None
 

@@ -63,11 +63,10 @@ def plan_changes(
         found = by_service.get(key, [])
         actions += _plan_service(service, found, notes)
         warnings += [Note(f"{key[0]}/{key[1]}", w) for w in service.warnings]
-    desired_deployments = {d for d, _ in desired.services}
     for key, found in sorted(by_service.items()):
         if key in desired.services or (selected is not None and key not in selected):
             continue
-        actions += _plan_removed(key, found, prune, key[0] in desired_deployments, notes)
+        actions += _plan_removed(key, found, prune, key[0] in desired.deployments, notes)
     if selected is not None:
         notes.insert(0, _target_note(targets, selected))
     ordered = _order(_with_waits(actions, desired, by_service))
@@ -100,18 +99,20 @@ def _plan_service(
     replicas = sorted((w for w in found if w.replica is not None), key=lambda w: w.replica or 0)
     definitions = [w for w in found if w.replica is None]
     subject = f"{service.deployment}/{service.name}"
-    if service.offline_secrets:
+    if service.offline_secrets and found:
         names = sorted(k for k, v in service.config.get("env", {}).items() if isinstance(v, dict))
         listed = ", ".join(f"env.{k}" for k in names)
         notes.append(Note(subject, f"secrets are not available here; {listed} assumed unchanged"))
     if service.is_definition:
         return _plan_definition(service, definitions, replicas)
-    out = [_action("unregister", w.id, f"rtype {_rtype(w)} → service") for w in definitions]
+    out = [_action("unregister", w.id, f"{_rtype(w)} → service") for w in definitions]
     return out + _plan_replicas(service, replicas, notes)
 
 
 def _rtype(workload: Workload) -> str:
-    return str((workload.config or {}).get("rtype", "service"))
+    """How a definition's recorded config names its kind (``rtype job``), if it does."""
+    rtype = (workload.config or {}).get("rtype")
+    return f"rtype {rtype}" if rtype else "rtype job or cron (not recorded)"
 
 
 def _plan_definition(
@@ -136,7 +137,7 @@ def _plan_definition(
     config, digest = _effective(service, current)
     if digest != current.fingerprint:
         changes = _changes(service, current, config)
-        out.append(_action("register", target, _reason(changes), changes))
+        out.append(_action("register", target, _reason(changes), changes or ()))
     return out
 
 
@@ -160,6 +161,7 @@ def _plan_replicas(
     )
     out: list[Action] = []
     have = len(replicas)
+    highest = max(by_index, default=0)
     for index in indexes:
         current = by_index.get(index)
         if current is None:
@@ -167,7 +169,7 @@ def _plan_replicas(
                 _action(
                     "create",
                     service.workload_id(index),
-                    _create_reason(index, have, want),
+                    _create_reason(index, have, highest, want),
                     (),
                     conditions,
                 )
@@ -188,10 +190,12 @@ def _plan_replicas(
     return out
 
 
-def _create_reason(index: int, have: int, want: int | None) -> str:
+def _create_reason(index: int, have: int, highest: int, want: int | None) -> str:
+    """Scale-up adds indexes above the highest one running; a lower index that is
+    not there went missing (removed or lost behind zlayer's back)."""
     if have == 0:
         return f"new service, replicas 0 → {want}"
-    if want is not None and have < want:
+    if index > highest:
         return f"replicas {have} → {want}"
     return f"replica {index} is missing (replicas {want})"
 
@@ -202,7 +206,7 @@ def _existing(
     config, digest = _effective(service, current)
     if digest != current.fingerprint:
         changes = _changes(service, current, config)
-        return _action("replace", current.id, _reason(changes), changes, conditions)
+        return _action("replace", current.id, _reason(changes), changes or (), conditions)
     if current.status in ("exited", "dead"):
         code = current.exit_code
         reason = f"exited with status {code}" if code is not None else f"{current.status}"
@@ -235,15 +239,18 @@ def _effective(service: DesiredService, current: Workload) -> tuple[Mapping[str,
 
 def _changes(
     service: DesiredService, current: Workload, config: Mapping[str, Any]
-) -> tuple[Change, ...]:
+) -> tuple[Change, ...] | None:
+    """The explained changes; None when the runtime recorded no config to compare."""
     if current.config is None:
-        return ()
+        return None
     return explain(current.config, config, service.sensitive)
 
 
-def _reason(changes: tuple[Change, ...]) -> str:
-    if not changes:
+def _reason(changes: tuple[Change, ...] | None) -> str:
+    if changes is None:
         return "configuration changed (the runtime recorded no configuration to compare)"
+    if not changes:
+        return "fingerprint changed with no field changed (recorded by another fingerprint scheme)"
     words = [describe(c) for c in changes[:MAX_REASON_CHANGES]]
     more = len(changes) - MAX_REASON_CHANGES
     return "; ".join(words) + (f"; and {more} more" if more > 0 else "")
@@ -333,15 +340,13 @@ def _with_waits(
 def _dependents(
     desired: DesiredState, observed: Mapping[ServiceKey, list[Workload]]
 ) -> dict[ServiceKey, set[ServiceKey]]:
-    """service → the services that depend on it (from the specs, or for services that
-    left them, from what the runtime recorded)."""
+    """service → the services that depend on it, from the specs and from what the
+    runtime recorded (a dependency just dropped from the specs still orders teardown)."""
     out: dict[ServiceKey, set[ServiceKey]] = defaultdict(set)
     for key, service in desired.services.items():
         for dep in service.depends:
             out[(key[0], dep.service)].add(key)
     for key, workloads in observed.items():
-        if key in desired.services:
-            continue
         for name in {n for w in workloads for n in w.depends}:
             out[(key[0], name)].add(key)
     return out

@@ -1,0 +1,219 @@
+"""Compiling specs into desired state, the observed-state model, and change explanations."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from reconciler.desired import (
+    CompileInputs,
+    SecretValue,
+    as_running,
+    compile_specs,
+    content_revision,
+)
+from reconciler.drivers.fake import FakeDriver
+from reconciler.errors import Conflict, NotFound, SnapshotError
+from reconciler.observed import ObservedState, Workload, WorkloadId, load_snapshot
+from reconciler.plan.diff import describe, explain
+from reconciler.spec.load import SourceFile
+
+from .conftest import load_ok, service_text
+
+KEY = b"unit-test-key"
+
+
+def compiled(fields: str, inputs: CompileInputs | None = None, name: str = "web"):  # type: ignore[no-untyped-def]
+    loaded = load_ok(service_text(fields, name=name))
+    desired, problems = compile_specs([loaded], "rev", inputs or CompileInputs(secret_key=KEY))
+    assert desired is not None, [p.render() for p in problems]
+    return desired.services[("demo", name)]
+
+
+def test_config_leaves_out_defaults_and_supervision_fields() -> None:
+    service = compiled(
+        """
+        env: {A: "1"}
+        scale: {mode: fixed, replicas: 3}
+        depends: []
+        health: {retries: 5, check: {type: tcp, port: 80}}
+        errors: {on_panic: {action: shutdown}}
+        """
+    )
+    assert dict(service.config) == {"image": "nginx", "env": {"A": "1"}}
+    assert service.replicas == 3
+    assert service.fingerprint.startswith("sha256:")
+
+
+def test_health_change_keeps_the_fingerprint_and_image_change_does_not() -> None:
+    base = compiled("health: {check: {type: tcp, port: 80}}")
+    health = compiled("health: {check: {type: tcp, port: 81}}")
+    assert base.fingerprint == health.fingerprint
+    other = compiled("").fingerprint
+    assert other == base.fingerprint
+    loaded = load_ok(service_text().replace("nginx", '"nginx:2"'))
+    desired, _ = compile_specs([loaded], "rev", CompileInputs())
+    assert desired is not None
+    assert desired.services[("demo", "web")].fingerprint != base.fingerprint
+
+
+def test_replica_counts_by_scale_mode_and_rtype() -> None:
+    assert compiled("").replicas == 1  # omitted scale: adaptive, min 1
+    assert compiled("scale: {mode: adaptive, min: 2, max: 5}").replicas == 2
+    assert compiled("scale: {mode: manual}").replicas is None
+    assert compiled("scale: {mode: fixed, replicas: 0}").replicas == 0
+    job = compiled("rtype: job")
+    assert (job.replicas, job.is_definition) == (0, True)
+
+
+def test_secrets_are_keyed_hashes_in_config_and_masked_everywhere() -> None:
+    inputs = CompileInputs(secret_key=KEY, secret={"db": "hunter2"}.get)
+    service = compiled('env: {DB_PASSWORD: "$S:db", URL: "$secret://db", PLAIN: x}', inputs)
+    env = service.config["env"]
+    assert env["DB_PASSWORD"]["secret"] == "db"
+    assert env["DB_PASSWORD"]["hmac"].startswith("hmac-sha256:")
+    assert env["URL"] == env["DB_PASSWORD"]
+    assert "hunter2" not in repr(service)
+    assert "hunter2" not in str(service.config)
+    assert repr(service.secrets["URL"]) == "SecretValue(***)"
+    assert service.runtime_env() == {"DB_PASSWORD": "hunter2", "URL": "hunter2", "PLAIN": "x"}
+    assert service.sensitive == {"DB_PASSWORD", "URL"}
+
+
+def test_a_changed_secret_changes_the_fingerprint_and_another_key_too() -> None:
+    def fp(value: str, key: bytes = KEY) -> str:
+        inputs = CompileInputs(secret_key=key, secret={"db": value}.get)
+        return compiled('env: {P: "$S:db"}', inputs).fingerprint
+
+    assert fp("a") == fp("a")
+    assert fp("a") != fp("b")
+    assert fp("a") != fp("a", key=b"another")
+
+
+def test_secret_looking_keys_are_sensitive_without_being_secrets() -> None:
+    service = compiled("env: {API_TOKEN: t, aws_secret_access_key: s, LOG_LEVEL: info}")
+    assert service.sensitive == {"API_TOKEN", "aws_secret_access_key"}
+
+
+@pytest.mark.parametrize(
+    ("env", "inputs", "message"),
+    [
+        ('{A: "$E:NOPE_UNSET"}', CompileInputs(secret_key=KEY), r"\$E:NOPE_UNSET is not set"),
+        ('{A: "$S:missing"}', CompileInputs(secret_key=KEY), "secret missing is not set"),
+        ('{A: "$S:../etc/passwd"}', CompileInputs(secret_key=KEY), "is not valid"),
+    ],
+)
+def test_unresolvable_references_are_problems_with_positions(
+    env: str, inputs: CompileInputs, message: str
+) -> None:
+    loaded = load_ok(service_text(f"env: {env}"))
+    desired, problems = compile_specs([loaded], "rev", inputs)
+    assert desired is None
+    (problem,) = problems
+    assert problem.where == "services.web.env.A"
+    assert problem.mark is not None and problem.mark.line == 6
+    assert "deployment demo, service web, env A" in problem.message
+    assert pytest.importorskip("re").search(message, problem.message)
+
+
+def test_offline_compile_records_secret_names_only() -> None:
+    service = compiled('env: {P: "$S:db"}', CompileInputs(secret_key=None))
+    assert service.config["env"] == {"P": {"secret": "db"}}
+    assert service.offline_secrets
+    assert service.sensitive == {"P"}
+
+
+def test_content_revision_ignores_names_and_order_but_not_content() -> None:
+    a, b = SourceFile("a.yaml", b"x"), SourceFile("b.yaml", b"y")
+    assert content_revision([a, b]) == content_revision([SourceFile("z.yaml", b"y"), a])
+    assert content_revision([a, b]) != content_revision([a, SourceFile("b.yaml", b"y2")])
+
+
+def test_as_running_and_snapshot_round_trip() -> None:
+    loaded = load_ok(service_text("scale: {mode: fixed, replicas: 2}"))
+    desired, _ = compile_specs([loaded], "rev", CompileInputs())
+    assert desired is not None
+    state = as_running(desired)
+    assert [str(w.id) for w in state.workloads] == ["demo/web/1", "demo/web/2"]
+    again = load_snapshot(state.to_json())
+    assert again == state
+    assert again.fingerprint() == state.fingerprint()
+
+
+def _workload(**changes: object) -> Workload:
+    base: dict[str, object] = {
+        "deployment": "d",
+        "service": "s",
+        "replica": 1,
+        "fingerprint": "f",
+        "status": "running",
+    }
+    return Workload.model_validate({**base, **changes})
+
+
+def test_observed_fingerprint_ignores_health_and_start_time_but_not_status() -> None:
+    base = ObservedState(runtime="x", workloads=(_workload(),))
+    healthier = ObservedState(
+        runtime="x", workloads=(_workload(health="unhealthy", started_at="2026-01-01"),)
+    )
+    crashed = ObservedState(runtime="x", workloads=(_workload(status="exited", exit_code=1),))
+    assert base.fingerprint() == healthier.fingerprint()
+    assert base.fingerprint() != crashed.fingerprint()
+
+
+def test_snapshot_refuses_duplicates_and_unknown_fields() -> None:
+    with pytest.raises(SnapshotError, match="listed twice"):
+        load_snapshot(
+            ObservedState.model_construct(
+                runtime="x", workloads=(_workload(), _workload())
+            ).model_dump_json()
+        )
+    with pytest.raises(SnapshotError, match="Extra inputs"):
+        load_snapshot('{"runtime": "x", "surprise": 1}')
+
+
+def test_explain_keeps_order_and_collapses_sensitive_values() -> None:
+    before = {"command": {"args": ["a", "b"]}, "env": {"T": "x", "S": {"secret": "s", "hmac": "1"}}}
+    after = {"command": {"args": ["b", "a"]}, "env": {"T": "y", "S": {"secret": "s", "hmac": "2"}}}
+    changes = explain(before, after, frozenset({"T"}))
+    assert [describe(c) for c in changes] == [
+        "command.args[0] a → b",
+        "command.args[1] b → a",
+        "env.S changed (sensitive)",
+        "env.T changed (sensitive)",
+    ]
+    assert all(c.before is None and c.after is None for c in changes if c.sensitive)
+
+
+def test_explain_reports_added_and_removed_fields() -> None:
+    changes = explain({"user": "1", "tty": True}, {"user": "1", "privileged": True})
+    assert [describe(c) for c in changes] == ["privileged added: true", "tty removed (was true)"]
+
+
+def test_fake_driver_follows_runtime_rules() -> None:
+    loaded = load_ok(service_text())
+    desired, _ = compile_specs([loaded], "rev", CompileInputs())
+    assert desired is not None
+    service = desired.services[("demo", "web")]
+
+    async def scenario() -> None:
+        async with FakeDriver() as driver:
+            await driver.create(service, 1, "rev")
+            with pytest.raises(Conflict):
+                await driver.create(service, 1, "rev")
+            with pytest.raises(NotFound):
+                await driver.remove(WorkloadId("demo", "web", 2))
+            driver.crash(WorkloadId("demo", "web", 1), 137)
+            (crashed,) = (await driver.observe()).workloads
+            assert (crashed.status, crashed.exit_code) == ("exited", 137)
+            await driver.restart(WorkloadId("demo", "web", 1))
+            (restarted,) = (await driver.observe()).workloads
+            assert (restarted.status, restarted.restart_count) == ("running", 1)
+            assert (await driver.observe(["other"])).workloads == ()
+
+    asyncio.run(scenario())
+
+
+def test_secret_value_str_is_masked() -> None:
+    assert str(SecretValue("x")) == "SecretValue(***)"
