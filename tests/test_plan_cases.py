@@ -26,6 +26,8 @@ from reconciler.plan.model import Plan
 from reconciler.plan.planner import plan_changes
 from reconciler.spec.load import SourceFile, load_sources
 
+from .conftest import assert_runs_exactly
+
 CASES = sorted((Path(__file__).parent / "plan_cases").glob("*.yaml"))
 SECRET_KEY = b"plan-cases-key"
 
@@ -131,6 +133,9 @@ def test_plan_case(path: Path) -> None:
     _check_expectations(plan, expect)
 
     after = asyncio.run(_apply(plan, desired, observed))
+    options = case.get("options", {})
+    if not options.get("targets"):
+        assert_runs_exactly(after, desired, observed, options.get("prune", True))
     again = _plan(case, desired, after)
     assert [a.id for a in again.actions] == [], "applying the plan did not converge"
 
