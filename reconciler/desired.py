@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,7 +110,6 @@ class DesiredService:
     replicas: int | None
     depends: tuple[Dependency, ...]
     pull_policy: str
-    spec: ServiceSpec
     file: str
     secrets: Mapping[str, SecretValue] = field(default_factory=dict)
     sensitive: frozenset[str] = frozenset()
@@ -158,14 +157,18 @@ def content_revision(files: Iterable[SourceFile]) -> str:
 
 
 def compile_specs(
-    specs: Sequence[LoadedSpec], revision: str, inputs: CompileInputs
+    specs: Iterable[LoadedSpec], revision: str, inputs: CompileInputs
 ) -> tuple[DesiredState | None, list[Problem]]:
     """Compile every service of every spec; returns every problem found (unset
-    ``$E:`` variables, missing secrets) with its file:line:col, and no state then."""
+    ``$E:`` variables, missing secrets) with its file:line:col, and no state then.
+
+    ``specs`` is consumed once, so it can be a generator that loads file by file."""
     services: dict[tuple[str, str], DesiredService] = {}
     problems: list[Problem] = []
+    deployments: set[str] = set()
     for loaded in specs:
         deployment = loaded.spec.deployment
+        deployments.add(deployment)
         for name, service in loaded.spec.services.items():
             compiled, found = compile_service(deployment, name, service, inputs, loaded.file)
             problems.extend(
@@ -176,8 +179,7 @@ def compile_specs(
                 services[(deployment, name)] = compiled
     if problems:
         return None, problems
-    deployments = frozenset(loaded.spec.deployment for loaded in specs)
-    return DesiredState(revision, dict(sorted(services.items())), deployments), []
+    return DesiredState(revision, dict(sorted(services.items())), frozenset(deployments)), []
 
 
 Finding = tuple[Path, str, str | None]
@@ -218,7 +220,6 @@ def compile_service(
             for d in service.depends
         ),
         pull_policy=service.image.pull_policy,
-        spec=service,
         file=file,
         secrets=secrets,
         sensitive=sensitive,
@@ -313,13 +314,14 @@ def as_running(desired: DesiredState, runtime: str = "specs") -> ObservedState:
     """The observed state of a host that runs ``desired`` exactly and healthily: what
     ``plan --against-ref`` compares the working tree with."""
     workloads = []
+    configs = {}
     for service in desired.services.values():
+        configs[service.fingerprint] = dict(service.config)
         depends = tuple(d.service for d in service.depends)
         common: dict[str, Any] = {
             "deployment": service.deployment,
             "service": service.name,
             "fingerprint": service.fingerprint,
-            "config": dict(service.config),
             "revision": desired.revision,
             "depends": depends,
         }
@@ -328,4 +330,4 @@ def as_running(desired: DesiredState, runtime: str = "specs") -> ObservedState:
             continue
         for index in range(1, (service.replicas or 0) + 1):
             workloads.append(Workload(replica=index, status="running", health="healthy", **common))
-    return ObservedState(runtime=runtime, workloads=tuple(workloads))
+    return ObservedState(runtime=runtime, workloads=tuple(workloads), configs=configs)

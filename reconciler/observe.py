@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -15,7 +14,6 @@ from reconciler.drivers.base import Observer
 from reconciler.drivers.fake import FakeDriver
 from reconciler.errors import SnapshotError
 from reconciler.observed import ObservedState, load_snapshot
-from reconciler.sources.git import files_at_ref
 from reconciler.spec.load import load_sources
 from reconciler.spec.problems import Problem
 
@@ -24,6 +22,8 @@ RUNTIMES: dict[str, Callable[[], Observer]] = {"fake": FakeDriver}
 
 
 def observe_runtime(name: str) -> ObservedState:
+    import asyncio
+
     return asyncio.run(RUNTIMES[name]().observe())
 
 
@@ -40,6 +40,8 @@ def observe_ref(
 ) -> tuple[ObservedState | None, str, list[Problem]]:
     """The state of a host running exactly the specs at ``ref``: (state, commit id,
     problems of those specs). Specs that were invalid at ``ref`` give no state."""
+    from reconciler.sources.git import files_at_ref  # gitpython is slow to import
+
     collected, commit = files_at_ref(paths, ref)
     loaded = load_sources(collected.files)
     problems = [*collected.problems, *loaded.problems]

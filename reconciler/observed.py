@@ -43,7 +43,6 @@ class Workload(BaseModel):
     service: str
     replica: Annotated[int, Field(ge=1)] | None = None
     fingerprint: str
-    config: dict[str, Any] | None = None
     revision: str | None = None
     status: Status
     exit_code: int | None = None
@@ -72,6 +71,10 @@ class ObservedState(BaseModel):
     format_version: Literal[1] = SNAPSHOT_VERSION
     runtime: str
     workloads: tuple[Workload, ...] = ()
+    configs: dict[str, dict[str, Any]] = {}
+    """The canonical config behind each fingerprint, recorded once however many
+    replicas share it (secrets as keyed hashes). A fingerprint without an entry
+    can still be compared, but a replace can then only say that it changed."""
 
     @model_validator(mode="after")
     def _unique(self) -> ObservedState:
@@ -94,7 +97,9 @@ class ObservedState(BaseModel):
     def to_json(self) -> str:
         """Deterministic snapshot text: workloads sorted by identity."""
         ordered = sorted(self.workloads, key=lambda w: (w.deployment, w.service, w.replica or 0))
-        return self.model_copy(update={"workloads": tuple(ordered)}).model_dump_json(indent=2)
+        configs = dict(sorted(self.configs.items()))
+        copy = self.model_copy(update={"workloads": tuple(ordered), "configs": configs})
+        return copy.model_dump_json(indent=1)
 
 
 def load_snapshot(text: str | bytes, name: str = "snapshot") -> ObservedState:

@@ -55,6 +55,7 @@ def _compile(files: dict[str, str], inputs: CompileInputs, revision: str) -> Des
 def _observed(case: dict[str, Any]) -> ObservedState:
     running = case.get("running")
     workloads: dict[tuple[str, str, int | None], dict[str, Any]] = {}
+    base = ObservedState(runtime="fake")
     if running:
         base = as_running(_compile(running, _inputs(case, "running_secrets"), "rev-running"))
         for w in base.workloads:
@@ -66,8 +67,11 @@ def _observed(case: dict[str, Any]) -> ObservedState:
             del workloads[key]
             continue
         workloads[key] = {**workloads.get(key, {}), **edit}
+    configs = {**base.configs, **case.get("observed_configs", {})}
     return ObservedState(
-        runtime="fake", workloads=tuple(Workload.model_validate(w) for w in workloads.values())
+        runtime="fake",
+        workloads=tuple(Workload.model_validate(w) for w in workloads.values()),
+        configs=configs,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,13 +14,15 @@ from rich.console import Console
 from reconciler.cli.plan_render import render_markdown, render_text
 from reconciler.cli.render import problems_text
 from reconciler.cli.state import SecretsDir, default_state_dir, read_secret_key
-from reconciler.cli.validate import DEFAULT_PATH, load_paths
+from reconciler.cli.validate import DEFAULT_PATH
 from reconciler.desired import CompileInputs, DesiredState, compile_specs, content_revision
 from reconciler.errors import ZlayerError
 from reconciler.observe import RUNTIMES, observe_ref, observe_runtime, read_snapshot
 from reconciler.observed import ObservedState
 from reconciler.plan.planner import plan_changes
 from reconciler.plan.serialize import plan_to_json
+from reconciler.sources.files import collect
+from reconciler.spec.load import LoadedSpec, gc_paused, iter_sources
 from reconciler.spec.problems import Problem
 
 EXIT_CHANGES = 2
@@ -49,12 +52,21 @@ def _inputs(state_dir: Path, secrets_dir: Path | None, offline: bool) -> Compile
 
 
 def _desired(paths: tuple[str, ...], inputs: CompileInputs) -> DesiredState:
-    result, files = load_paths(paths)
-    if result.problems:
-        _fail(result.problems, len(files), "The specs are not valid; nothing was planned.")
-    desired, problems = compile_specs(result.specs, content_revision(files), inputs)
+    collected = collect(paths or (DEFAULT_PATH,))
+    load_problems = list(collected.problems)
+
+    def loaded_specs() -> Iterator[LoadedSpec]:
+        for loaded, found in iter_sources(collected.files):
+            load_problems.extend(found)
+            if loaded is not None:
+                yield loaded
+
+    desired, problems = compile_specs(loaded_specs(), content_revision(collected.files), inputs)
+    files = len(collected.files)
+    if load_problems:
+        _fail(load_problems, files, "The specs are not valid; nothing was planned.")
     if desired is None:
-        _fail(problems, len(files), "The specs cannot be compiled; nothing was planned.")
+        _fail(problems, files, "The specs cannot be compiled; nothing was planned.")
         raise AssertionError("unreachable")
     return desired
 
@@ -187,10 +199,13 @@ def plan(
     """
     _check_sources(snapshot, ref, runtime)
     inputs = _inputs(state_dir or default_state_dir(), secrets_dir, bool(snapshot or ref))
+    # Planning builds many acyclic objects at once and exits; the cyclic GC would
+    # only rescan them (a third of the time for 10,000 services).
     try:
-        desired = _desired(paths, inputs)
-        observed = _observe(paths, snapshot, ref, runtime, inputs)
-        result = plan_changes(desired, observed.state, prune=not no_prune, targets=targets)
+        with gc_paused():
+            desired = _desired(paths, inputs)
+            observed = _observe(paths, snapshot, ref, runtime, inputs)
+            result = plan_changes(desired, observed.state, prune=not no_prune, targets=targets)
     except ZlayerError as exc:
         raise click.ClickException(str(exc)) from exc
     document = plan_to_json(result, observed.description)

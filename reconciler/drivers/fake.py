@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from reconciler.desired import DesiredService
 from reconciler.errors import Conflict, NotFound
@@ -24,6 +24,7 @@ class FakeDriver:
         self.workloads: dict[WorkloadId, Workload] = {
             w.id: w for w in (initial.workloads if initial else ())
         }
+        self.configs: dict[str, dict[str, Any]] = dict(initial.configs) if initial else {}
         self.calls: list[tuple[str, str]] = []
         """Every action performed, as (kind, workload id), in order."""
 
@@ -43,7 +44,12 @@ class FakeDriver:
             w for w in self.workloads.values() if deployments is None or w.deployment in deployments
         ]
         found.sort(key=lambda w: (w.deployment, w.service, w.replica or 0))
-        return ObservedState(runtime=self.name, workloads=tuple(found))
+        configs = {
+            w.fingerprint: self.configs[w.fingerprint]
+            for w in found
+            if w.fingerprint in self.configs
+        }
+        return ObservedState(runtime=self.name, workloads=tuple(found), configs=configs)
 
     def crash(self, target: WorkloadId, exit_code: int) -> None:
         """Test helper: the workload exits with ``exit_code``."""
@@ -102,17 +108,16 @@ class FakeDriver:
     def _update(self, target: WorkloadId, **changes: object) -> None:
         self.workloads[target] = self._get(target).model_copy(update=changes)
 
-    @staticmethod
     def _workload(
-        service: DesiredService, replica: int | None, revision: str, status: str
+        self, service: DesiredService, replica: int | None, revision: str, status: str
     ) -> Workload:
+        self.configs[service.fingerprint] = dict(service.config)
         return Workload.model_validate(
             {
                 "deployment": service.deployment,
                 "service": service.name,
                 "replica": replica,
                 "fingerprint": service.fingerprint,
-                "config": dict(service.config),
                 "revision": revision,
                 "status": status,
                 "health": "healthy" if status == "running" else "none",

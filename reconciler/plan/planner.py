@@ -61,7 +61,7 @@ def plan_changes(
         if selected is not None and key not in selected:
             continue
         found = by_service.get(key, [])
-        actions += _plan_service(service, found, notes)
+        actions += _plan_service(service, found, observed.configs, notes)
         warnings += [Note(f"{key[0]}/{key[1]}", w) for w in service.warnings]
     for key, found in sorted(by_service.items()):
         if key in desired.services or (selected is not None and key not in selected):
@@ -93,8 +93,12 @@ def _action(
     return Action(f"{kind}:{target}", kind, target, reason, changes, (), conditions)
 
 
+Configs = Mapping[str, Mapping[str, Any]]
+"""Recorded canonical configs by fingerprint (:attr:`ObservedState.configs`)."""
+
+
 def _plan_service(
-    service: DesiredService, found: list[Workload], notes: list[Note]
+    service: DesiredService, found: list[Workload], configs: Configs, notes: list[Note]
 ) -> list[Action]:
     replicas = sorted((w for w in found if w.replica is not None), key=lambda w: w.replica or 0)
     definitions = [w for w in found if w.replica is None]
@@ -104,19 +108,22 @@ def _plan_service(
         listed = ", ".join(f"env.{k}" for k in names)
         notes.append(Note(subject, f"secrets are not available here; {listed} assumed unchanged"))
     if service.is_definition:
-        return _plan_definition(service, definitions, replicas)
-    out = [_action("unregister", w.id, f"{_rtype(w)} → service") for w in definitions]
-    return out + _plan_replicas(service, replicas, notes)
+        return _plan_definition(service, definitions, replicas, configs)
+    out = [
+        _action("unregister", w.id, f"{_rtype(configs.get(w.fingerprint))} → service")
+        for w in definitions
+    ]
+    return out + _plan_replicas(service, replicas, configs, notes)
 
 
-def _rtype(workload: Workload) -> str:
+def _rtype(recorded: Mapping[str, Any] | None) -> str:
     """How a definition's recorded config names its kind (``rtype job``), if it does."""
-    rtype = (workload.config or {}).get("rtype")
+    rtype = (recorded or {}).get("rtype")
     return f"rtype {rtype}" if rtype else "rtype job or cron (not recorded)"
 
 
 def _plan_definition(
-    service: DesiredService, definitions: list[Workload], replicas: list[Workload]
+    service: DesiredService, definitions: list[Workload], replicas: list[Workload], configs: Configs
 ) -> list[Action]:
     out = [
         _action(
@@ -134,15 +141,16 @@ def _plan_definition(
             reason += f" (schedule {service.config.get('schedule')})"
         out.append(_action("register", target, reason))
         return out
-    config, digest = _effective(service, current)
+    recorded = configs.get(current.fingerprint)
+    config, digest = _effective(service, recorded)
     if digest != current.fingerprint:
-        changes = _changes(service, current, config)
+        changes = _changes(service, recorded, config)
         out.append(_action("register", target, _reason(changes), changes or ()))
     return out
 
 
 def _plan_replicas(
-    service: DesiredService, replicas: list[Workload], notes: list[Note]
+    service: DesiredService, replicas: list[Workload], configs: Configs, notes: list[Note]
 ) -> list[Action]:
     by_index = {w.replica or 0: w for w in replicas}
     want = service.replicas
@@ -175,7 +183,7 @@ def _plan_replicas(
                 )
             )
             continue
-        action = _existing(service, current, conditions)
+        action = _existing(service, current, configs.get(current.fingerprint), conditions)
         if action is not None:
             out.append(action)
     if want is not None:
@@ -201,11 +209,14 @@ def _create_reason(index: int, have: int, highest: int, want: int | None) -> str
 
 
 def _existing(
-    service: DesiredService, current: Workload, conditions: tuple[Condition, ...]
+    service: DesiredService,
+    current: Workload,
+    recorded: Mapping[str, Any] | None,
+    conditions: tuple[Condition, ...],
 ) -> Action | None:
-    config, digest = _effective(service, current)
+    config, digest = _effective(service, recorded)
     if digest != current.fingerprint:
-        changes = _changes(service, current, config)
+        changes = _changes(service, recorded, config)
         return _action("replace", current.id, _reason(changes), changes or (), conditions)
     if current.status in ("exited", "dead"):
         code = current.exit_code
@@ -217,13 +228,15 @@ def _existing(
     return None
 
 
-def _effective(service: DesiredService, current: Workload) -> tuple[Mapping[str, Any], str]:
-    """The config and fingerprint to compare with ``current``. Planning offline,
-    secret hashes are unknown here; the ones the runtime recorded for the same
-    secret names are taken as they are (and a note says so)."""
-    if not service.offline_secrets or current.config is None:
+def _effective(
+    service: DesiredService, recorded: Mapping[str, Any] | None
+) -> tuple[Mapping[str, Any], str]:
+    """The config and fingerprint to compare with the ``recorded`` config. Planning
+    offline, secret hashes are unknown here; the ones the runtime recorded for the
+    same secret names are taken as they are (and a note says so)."""
+    if not service.offline_secrets or recorded is None:
         return service.config, service.fingerprint
-    observed_env = current.config.get("env", {})
+    observed_env = recorded.get("env", {})
     env = dict(service.config.get("env", {}))
     for key, value in env.items():
         seen = observed_env.get(key)
@@ -238,12 +251,12 @@ def _effective(service: DesiredService, current: Workload) -> tuple[Mapping[str,
 
 
 def _changes(
-    service: DesiredService, current: Workload, config: Mapping[str, Any]
+    service: DesiredService, recorded: Mapping[str, Any] | None, config: Mapping[str, Any]
 ) -> tuple[Change, ...] | None:
     """The explained changes; None when the runtime recorded no config to compare."""
-    if current.config is None:
+    if recorded is None:
         return None
-    return explain(current.config, config, service.sensitive)
+    return explain(recorded, config, service.sensitive)
 
 
 def _reason(changes: tuple[Change, ...] | None) -> str:
