@@ -210,6 +210,18 @@ def test_bad_snapshot_is_a_clear_error(host: Path, content: str, message: str) -
     assert "Traceback" not in run.stderr
 
 
+def test_unwritable_out_and_unreadable_secret_are_clear_errors(host: Path) -> None:
+    run = zlayer(*plan_args("--out", "no/such/dir/plan.json"), cwd=host)
+    assert run.returncode == 1
+    assert "--out no/such/dir/plan.json: cannot write: No such file or directory" in run.stderr
+    (host / "state/secrets/db-password").unlink()
+    (host / "state/secrets/db-password").mkdir()
+    run = zlayer(*plan_args("--secrets-dir", "state/secrets"), cwd=host)
+    assert run.returncode == 1
+    assert "secret db-password: cannot read" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
 def test_missing_snapshot_and_conflicting_sources_are_errors(host: Path) -> None:
     run = zlayer("plan", "specs", "--observed", "nope.json", cwd=host)
     assert run.returncode == 1

@@ -210,7 +210,10 @@ def plan(
         raise click.ClickException(str(exc)) from exc
     document = plan_to_json(result, observed.description)
     if out is not None:
-        Path(out).write_text(document, encoding="utf-8")
+        try:
+            Path(out).write_text(document, encoding="utf-8")
+        except OSError as exc:
+            raise click.ClickException(f"--out {out}: cannot write: {exc.strerror}") from exc
     if fmt == "json":
         click.echo(document, nl=False)
     elif fmt == "markdown":

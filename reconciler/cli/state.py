@@ -12,6 +12,7 @@ import secrets as random
 from pathlib import Path
 
 from reconciler.desired import SECRET_NAME_RE
+from reconciler.errors import SourceError
 
 KEY_FILE = "secret.key"
 
@@ -43,8 +44,11 @@ class SecretsDir:
     def __call__(self, name: str) -> str | None:
         if not SECRET_NAME_RE.fullmatch(name):
             return None
+        path = self.path / name
         try:
-            text = (self.path / name).read_text(encoding="utf-8")
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            text = path.read_text(encoding="utf-8")
+        except (FileNotFoundError, NotADirectoryError):
             return None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SourceError(f"secret {name}: cannot read {path}: {exc}") from exc
         return text.removesuffix("\n")
