@@ -112,8 +112,6 @@ class DesiredService:
     pull_policy: str
     file: str
     secrets: Mapping[str, SecretValue] = field(default_factory=dict)
-    sensitive: frozenset[str] = frozenset()
-    offline_secrets: bool = False
     warnings: tuple[str, ...] = ()
 
     @property
@@ -123,6 +121,21 @@ class DesiredService:
     @property
     def is_definition(self) -> bool:
         return self.rtype != "service"
+
+    @property
+    def sensitive(self) -> frozenset[str]:
+        """Env keys whose values no output may show: secret references and keys
+        that look secret."""
+        env = self.config.get("env", {})
+        return frozenset(
+            k for k, v in env.items() if isinstance(v, dict) or SENSITIVE_KEY_RE.search(k)
+        )
+
+    @property
+    def offline_secrets(self) -> bool:
+        """Compiled offline: some secret is known by name only, without its hash."""
+        env = self.config.get("env", {})
+        return any(isinstance(v, dict) and "hmac" not in v for v in env.values())
 
     def workload_id(self, replica: int | None) -> WorkloadId:
         return WorkloadId(self.deployment, self.name, replica)
@@ -198,11 +211,6 @@ def compile_service(
     config["image"] = service.image.name
     if env:
         config["env"] = env
-    sensitive = frozenset(
-        key for key in service.env if key in secrets or SENSITIVE_KEY_RE.search(key)
-    )
-    if inputs.secret_key is None:
-        sensitive |= {k for k, v in env.items() if isinstance(v, dict)}
     return DesiredService(
         deployment=deployment,
         name=name,
@@ -222,9 +230,6 @@ def compile_service(
         pull_policy=service.image.pull_policy,
         file=file,
         secrets=secrets,
-        sensitive=sensitive,
-        offline_secrets=inputs.secret_key is None
-        and any(isinstance(v, dict) for v in env.values()),
         warnings=_warnings(service),
     ), []
 

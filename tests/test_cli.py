@@ -25,14 +25,18 @@ BAD = service_text(
 )
 
 
-def zlayer(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+def zlayer(
+    *args: str, cwd: Path = REPO, env: dict[str, str] | None = None, unset: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """Run ``zlayer`` as users do; ``env`` adds variables, ``unset`` removes them."""
+    base = {k: v for k, v in os.environ.items() if k not in unset}
     return subprocess.run(
         [sys.executable, "-m", "reconciler", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200"},
+        env={**base, "NO_COLOR": "1", "COLUMNS": "200", **(env or {})},
     )
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 
 from reconciler.desired import (
     CompileInputs,
+    DesiredService,
     SecretValue,
     as_running,
     compile_specs,
@@ -24,7 +26,7 @@ from .conftest import load_ok, service_text
 KEY = b"unit-test-key"
 
 
-def compiled(fields: str, inputs: CompileInputs | None = None, name: str = "web"):  # type: ignore[no-untyped-def]
+def compiled(fields: str, inputs: CompileInputs | None = None, name: str = "web") -> DesiredService:
     loaded = load_ok(service_text(fields, name=name))
     desired, problems = compile_specs([loaded], "rev", inputs or CompileInputs(secret_key=KEY))
     assert desired is not None, [p.render() for p in problems]
@@ -114,7 +116,7 @@ def test_unresolvable_references_are_problems_with_positions(
     assert problem.where == "services.web.env.A"
     assert problem.mark is not None and problem.mark.line == 6
     assert "deployment demo, service web, env A" in problem.message
-    assert pytest.importorskip("re").search(message, problem.message)
+    assert re.search(message, problem.message)
 
 
 def test_offline_compile_records_secret_names_only() -> None:

@@ -17,6 +17,7 @@ from reconciler.observed import ObservedState, load_snapshot
 from reconciler.spec.load import SourceFile, load_sources
 
 from .conftest import REPO
+from .test_cli import zlayer
 
 PLAN_SCHEMA = json.loads((REPO / "docs/schemas/plan-v1.schema.json").read_text())
 
@@ -43,19 +44,6 @@ services:
 
 def app(web_image: str = "shop:1.2", replicas: int = 2, token: str = "tok-visible-1") -> str:
     return APP.format(web_image=web_image, replicas=replicas, token=token)
-
-
-def zlayer(
-    *args: str, cwd: Path, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "reconciler", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "NO_COLOR": "1", "COLUMNS": "80", **(env or {})},
-    )
 
 
 @pytest.fixture
@@ -167,15 +155,7 @@ def test_unset_env_reference_is_an_error_naming_where(host: Path) -> None:
     assert change == [
         {"path": "env.LOG_LEVEL", "kind": "changed", "before": "info", "after": "debug"}
     ]
-    unset = {k: v for k, v in os.environ.items() if k != "ZL_LVL"}
-    run = subprocess.run(
-        [sys.executable, "-m", "reconciler", *plan_args()],
-        cwd=host,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**unset, "NO_COLOR": "1"},
-    )
+    run = zlayer(*plan_args(), cwd=host, unset=("ZL_LVL",))
     assert run.returncode == 1
     assert "specs/shop.yaml:12:22: services.web.env.LOG_LEVEL:" in run.stderr
     assert "deployment shop, service web, env LOG_LEVEL: $E:ZL_LVL is not set" in run.stderr
@@ -275,15 +255,20 @@ def git(repo: Path, *args: str) -> str:
     ).stdout
 
 
+def init_repo(root: Path, specs_dir: str) -> None:
+    """A git repository on branch main whose one commit holds ``specs_dir/shop.yaml``."""
+    git(root, "init", "-q", "-b", "main")
+    git(root, "config", "user.email", "t@example.invalid")
+    git(root, "config", "user.name", "t")
+    (root / specs_dir).mkdir()
+    (root / specs_dir / "shop.yaml").write_text(app().replace("$S:db-password", "plain"))
+    git(root, "add", ".")
+    git(root, "commit", "-q", "-m", "base")
+
+
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    git(tmp_path, "init", "-q", "-b", "main")
-    git(tmp_path, "config", "user.email", "t@example.invalid")
-    git(tmp_path, "config", "user.name", "t")
-    (tmp_path / "deploy").mkdir()
-    (tmp_path / "deploy/shop.yaml").write_text(app().replace("$S:db-password", "plain"))
-    git(tmp_path, "add", ".")
-    git(tmp_path, "commit", "-q", "-m", "base")
+    init_repo(tmp_path, "deploy")
     return tmp_path
 
 
@@ -378,15 +363,9 @@ def test_the_example_pull_request_workflow_runs_real_commands(tmp_path: Path) ->
     steps = {s.get("name"): s for s in workflow["jobs"]["plan"]["steps"]}
     assert "--format github" in steps["Validate"]["run"]
     script = steps["Plan"]["run"].replace("${{ github.base_ref }}", "main")
-    git(tmp_path, "init", "-q", "-b", "main")
-    git(tmp_path, "config", "user.email", "t@example.invalid")
-    git(tmp_path, "config", "user.name", "t")
-    (tmp_path / "specs").mkdir()
-    (tmp_path / "specs/a.yaml").write_text(app().replace("$S:db-password", "plain"))
-    git(tmp_path, "add", ".")
-    git(tmp_path, "commit", "-q", "-m", "base")
+    init_repo(tmp_path, "specs")
     git(tmp_path, "update-ref", "refs/remotes/origin/main", "HEAD")
-    (tmp_path / "specs/a.yaml").write_text(app(replicas=3).replace("$S:db-password", "plain"))
+    (tmp_path / "specs/shop.yaml").write_text(app(replicas=3).replace("$S:db-password", "plain"))
     bin_dir = Path(sys.executable).parent
     output = tmp_path / "github-output"
     env = {
