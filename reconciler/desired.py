@@ -15,6 +15,7 @@ Secrets (``$S:NAME``, ``$secret://NAME``) enter the config only as a keyed hash
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -23,6 +24,7 @@ from typing import Any
 
 from reconciler.fingerprint import fingerprint, keyed_hash
 from reconciler.observed import ObservedState, Workload, WorkloadId
+from reconciler.policy import DEFAULT_POLICY, ServicePolicy, service_policy
 from reconciler.spec.blocks import AdaptiveScale, FixedScale
 from reconciler.spec.load import LoadedSpec, SourceFile
 from reconciler.spec.models import ServiceSpec
@@ -113,6 +115,8 @@ class DesiredService:
     file: str
     secrets: Mapping[str, SecretValue] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    policy: ServicePolicy = DEFAULT_POLICY
+    """Health check, init steps and error handling: how zlayer treats the replicas."""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -231,6 +235,7 @@ def compile_service(
         file=file,
         secrets=secrets,
         warnings=_warnings(service),
+        policy=service_policy(service),
     ), []
 
 
@@ -313,6 +318,29 @@ def _resolve_env(
         else:
             env[key] = value
     return env, secrets, findings
+
+
+def restore_service(
+    service: DesiredService, config: Mapping[str, Any], fingerprint_: str, inputs: CompileInputs
+) -> DesiredService:
+    """``service`` as it was with an earlier ``config`` (as recorded by the runtime), for
+    rolling back. Secrets are resolved again by name; raises :class:`ValueError` when
+    one is gone or no longer matches the recorded hash, since the earlier replica
+    cannot then be recreated exactly."""
+    secrets: dict[str, SecretValue] = {}
+    for key, value in config.get("env", {}).items():
+        if not isinstance(value, dict):
+            continue
+        name = value.get("secret", "")
+        resolved = inputs.secret(name)
+        if resolved is None or inputs.secret_key is None:
+            raise ValueError(f"env {key}: secret {name} is not available any more")
+        if keyed_hash(inputs.secret_key, resolved) != value.get("hmac"):
+            raise ValueError(f"env {key}: secret {name} has changed since that config ran")
+        secrets[key] = SecretValue(resolved)
+    return dataclasses.replace(
+        service, config=dict(config), fingerprint=fingerprint_, secrets=secrets
+    )
 
 
 def as_running(desired: DesiredState, runtime: str = "specs") -> ObservedState:

@@ -1,20 +1,446 @@
-"""Carrying out plan actions through a driver.
+"""Carrying out a plan: a dependency graph of driver calls under a concurrency limit.
 
-:func:`perform` maps one action to the driver call for its kind. Running a
-whole plan in dependency order under a concurrency limit, with health-gated
-conditions, builds on it (see the apply command).
+Each action starts as soon as every action it waits for has succeeded and its
+``depends`` conditions hold; the dependents of a failure are skipped with that
+reason while independent branches go on. Replaces are health-gated: a new
+replica that misses its health deadline stops its service's rollout, and every
+replica that rollout already replaced goes back to the config the runtime
+recorded for it. Progress is a stream of :class:`Event` values; the result is a
+:class:`Report` of one :class:`Outcome` per action.
 """
 
 from __future__ import annotations
 
-from reconciler.desired import DesiredState
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Literal, NoReturn
+
+from reconciler import probes
+from reconciler.desired import CompileInputs, DesiredService, DesiredState, restore_service
 from reconciler.drivers.base import Driver
-from reconciler.plan.model import Action
+from reconciler.errors import DriverError, TemporaryDriverError
+from reconciler.observed import ObservedState, WorkloadId
+from reconciler.plan.model import Action, Condition, Plan
+from reconciler.policy import HealthPolicy, InitStep
+
+DEFAULT_CONCURRENCY = 8
+"""Chosen by measurement on a 2-core host (bench/apply_docker.py --concurrency):
+the engine serialises most of the work, so more parallel calls bought nothing."""
+
+EventKind = Literal[
+    "started", "waiting", "retrying", "warning", "succeeded", "failed", "skipped", "rolled_back"
+]
+Status = Literal["succeeded", "failed", "skipped", "rolled_back"]
+Prober = Callable[[HealthPolicy, probes.Resolve, Mapping[str, str]], Awaitable[str | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One step of progress: ``action`` is an action id, ``elapsed`` seconds since
+    the run began."""
+
+    action: str
+    kind: EventKind
+    message: str
+    elapsed: float
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    action: str
+    status: Status
+    message: str
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    outcomes: tuple[Outcome, ...]
+    elapsed: float
+
+    @property
+    def ok(self) -> bool:
+        return all(o.status == "succeeded" for o in self.outcomes)
+
+    def counts(self) -> dict[str, int]:
+        out = {"succeeded": 0, "failed": 0, "skipped": 0, "rolled_back": 0}
+        for outcome in self.outcomes:
+            out[outcome.status] += 1
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    concurrency: int | None = DEFAULT_CONCURRENCY
+    """Driver calls in flight at once; ``None`` for no limit."""
+    attempts: int = 3
+    """Tries of a driver call that fails temporarily, each after the delay it asks for."""
+    poll: float = 0.5
+    """Longest pause between probes while something waits on health."""
+    init_backoff: tuple[float, ...] = (1.0, 2.0, 4.0)
+    """``errors.on_init_failure: backoff``: pauses before each further try (ZLayer's)."""
+
+
+class Failed(Exception):
+    """An action could not be done; the message says why (internal to the executor)."""
+
+
+@dataclass
+class _Rollout:
+    """Replicas of one service this run replaced, with what they ran before."""
+
+    done: list[tuple[WorkloadId, DesiredService | None]] = field(default_factory=list)
+    action_ids: list[str] = field(default_factory=list)
+
+
+class Executor:
+    def __init__(
+        self,
+        driver: Driver,
+        desired: DesiredState,
+        observed: ObservedState,
+        *,
+        inputs: CompileInputs,
+        settings: Settings | None = None,
+        on_event: Callable[[Event], None] = lambda _event: None,
+        prober: Prober = probes.health_probe,
+    ) -> None:
+        self.driver = driver
+        self.desired = desired
+        self.observed = {w.id: w for w in observed.workloads}
+        self.configs = observed.configs
+        self.inputs = inputs
+        self.settings = settings or Settings()
+        self.on_event = on_event
+        self.prober = prober
+        self._finished: dict[str, asyncio.Event] = {}
+        self._results: dict[str, Outcome] = {}
+        self._rollouts: dict[tuple[str, str], _Rollout] = {}
+        self._t0 = 0.0
+
+    async def run(self, plan: Plan) -> Report:
+        loop = asyncio.get_running_loop()
+        self._t0 = loop.time()
+        limit = self.settings.concurrency
+        slots = asyncio.Semaphore(limit) if limit else None
+        self._finished = {a.id: asyncio.Event() for a in plan.actions}
+        async with asyncio.TaskGroup() as group:
+            for action in plan.actions:
+                group.create_task(self._run(action, slots))
+        return Report(
+            tuple(self._results[a.id] for a in plan.actions), round(loop.time() - self._t0, 3)
+        )
+
+    # --- one action ---------------------------------------------------------------------
+
+    async def _run(self, action: Action, slots: asyncio.Semaphore | None) -> None:
+        warnings: list[str] = []
+        try:
+            for prior in action.waits_for:
+                await self._finished[prior].wait()
+                result = self._results[prior]
+                if result.status != "succeeded":
+                    self._finish(action, "skipped", f"{prior} {_done(result)}")
+                    return
+            for condition in action.conditions:
+                warning = await self._condition(action, condition)
+                if warning:
+                    warnings.append(warning)
+            if slots is None:
+                message = await self._perform(action, warnings)
+            else:
+                async with slots:
+                    message = await self._perform(action, warnings)
+        except Failed as failure:
+            status: Status = "rolled_back" if isinstance(failure, RolledBack) else "failed"
+            self._finish(action, status, str(failure), warnings)
+        except DriverError as error:
+            self._finish(action, "failed", str(error), warnings)
+        else:
+            self._finish(action, "succeeded", message, warnings)
+
+    def _finish(
+        self, action: Action, status: Status, message: str, warnings: list[str] | None = None
+    ) -> None:
+        self._results[action.id] = Outcome(action.id, status, message, tuple(warnings or ()))
+        self._emit(action.id, status, message)
+        self._finished[action.id].set()
+
+    def _emit(self, action: str, kind: EventKind, message: str) -> None:
+        elapsed = asyncio.get_running_loop().time() - self._t0
+        self.on_event(Event(action, kind, message, round(elapsed, 3)))
+
+    async def _perform(self, action: Action, warnings: list[str]) -> str:
+        self._emit(action.id, "started", action.reason)
+        target = action.target
+        if action.kind in ("create", "replace", "start", "restart"):
+            await self._init_steps(action, self._service(target), warnings)
+        if action.kind == "replace":
+            return await self._replace(action, warnings)
+        await self._call(action, lambda: perform(self.driver, action, self.desired))
+        if action.kind in ("create", "start", "restart"):
+            status = await self.driver.status(target)
+            if status is None or status.status != "running":
+                state = status.status if status else "gone"
+                code = f" (exit code {status.exit_code})" if status and status.exit_code else ""
+                raise Failed(f"{target} is {state}{code} right after it was started")
+            return f"{target} running"
+        return f"{target} {_PAST[action.kind]}"
+
+    async def _call(self, action: Action, call: Callable[[], Awaitable[None]]) -> None:
+        """A driver call, tried again after temporary failures."""
+        attempts = max(1, self.settings.attempts)
+        for attempt in range(1, attempts + 1):
+            try:
+                await call()
+                return
+            except TemporaryDriverError as error:
+                if attempt == attempts:
+                    raise
+                self._emit(action.id, "retrying", f"{error}; retrying in {error.delay:g}s")
+                await asyncio.sleep(error.delay)
+
+    def _service(self, target: WorkloadId) -> DesiredService:
+        return self.desired.services[(target.deployment, target.service)]
+
+    # --- conditions and health ----------------------------------------------------------
+
+    async def _condition(self, action: Action, condition: Condition) -> str | None:
+        """Wait until ``condition`` holds; a warning to keep, or raises :class:`Failed`."""
+        key = (action.target.deployment, condition.service)
+        timeout = 300.0 if condition.timeout is None else condition.timeout
+        wanted = "running" if condition.condition == "started" else condition.condition
+        self._emit(action.id, "waiting", f"for {condition.service} to be {wanted}")
+        problem = await self._service_state(key, condition.condition, timeout)
+        if problem is None:
+            return None
+        message = f"{condition.service} not {wanted} within {timeout:g}s: {problem}"
+        if condition.on_timeout == "fail":
+            raise Failed(message)
+        if condition.on_timeout == "warn":
+            self._emit(action.id, "warning", f"{message}; going on (on_timeout: warn)")
+            return message
+        return None
+
+    async def _service_state(
+        self, key: tuple[str, str], condition: str, timeout: float
+    ) -> str | None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        service = self.desired.services.get(key)
+        observed = await self.driver.observe([key[0]])
+        replicas = [
+            w.id for w in observed.workloads if (w.deployment, w.service) == key and w.replica
+        ]
+        if not replicas:
+            return f"{key[0]}/{key[1]} has no replicas"
+        policy = service.policy.health if service else HealthPolicy("tcp")
+        for replica in sorted(replicas):
+            remaining = max(0.0, deadline - loop.time())
+            if condition == "started":
+                problem = await self._wait_running(replica, remaining)
+            else:
+                problem = await self._wait_healthy(replica, policy, remaining)
+            if problem:
+                return problem
+        return None
+
+    async def _wait_running(self, target: WorkloadId, timeout: float) -> str | None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            status = await self.driver.status(target)
+            if status is not None and status.status == "running":
+                return None
+            if loop.time() >= deadline:
+                return f"{target} is {status.status if status else 'gone'}"
+            await asyncio.sleep(min(self.settings.poll, max(0.0, deadline - loop.time())))
+
+    async def _wait_healthy(
+        self, target: WorkloadId, policy: HealthPolicy, timeout: float
+    ) -> str | None:
+        """Probe until the check passes (``None``), the replica stops running, or
+        ``timeout`` runs out (the last failure then says why)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        resolve = self._resolver(target)
+        env = await self._probe_env(target, policy)
+        while True:
+            status = await self.driver.status(target)
+            if status is None or status.status != "running":
+                state = status.status if status else "gone"
+                code = f" with exit code {status.exit_code}" if status and status.exit_code else ""
+                return f"{target} is {state}{code}"
+            problem = await self.prober(policy, resolve, env)
+            if problem is None:
+                return None
+            if loop.time() >= deadline:
+                return problem
+            pause = min(policy.interval, self.settings.poll, max(0.0, deadline - loop.time()))
+            await asyncio.sleep(pause)
+
+    def _resolver(self, target: WorkloadId) -> probes.Resolve:
+        async def resolve(host: str, port: int) -> tuple[str, int]:
+            if host in probes.LOCAL_HOSTS:
+                return await self.driver.address(target, port)
+            peer = self.desired.services.get((target.deployment, host))
+            if peer is not None and not peer.is_definition:
+                return await self.driver.address(WorkloadId(target.deployment, host, 1), port)
+            return host, port
+
+        return resolve
+
+    async def _probe_env(self, target: WorkloadId, policy: HealthPolicy) -> dict[str, str]:
+        env = {
+            "ZLAYER_DEPLOYMENT": target.deployment,
+            "ZLAYER_SERVICE": target.service,
+            "ZLAYER_REPLICA": str(target.replica or ""),
+        }
+        if policy.kind == "command":
+            host, _ = await self.driver.address(target, policy.port or 0)
+            env["ZLAYER_REPLICA_ADDRESS"] = host
+        return env
+
+    # --- init steps -------------------------------------------------------------------
+
+    async def _init_steps(
+        self, action: Action, service: DesiredService, warnings: list[str]
+    ) -> None:
+        steps = service.policy.init
+        if not steps:
+            return
+        pauses = {"fail": (), "restart": (0.0,), "backoff": self.settings.init_backoff}
+        retries = pauses.get(service.policy.on_init_failure, ())
+        env = {"ZLAYER_DEPLOYMENT": service.deployment, "ZLAYER_SERVICE": service.name}
+        resolve = self._resolver(action.target)
+        for attempt in range(len(retries) + 1):
+            problem = await self._init_once(action, steps, resolve, env, warnings)
+            if problem is None:
+                return
+            if attempt == len(retries):
+                raise Failed(problem)
+            pause = retries[attempt]
+            policy = service.policy.on_init_failure
+            self._emit(action.id, "retrying", f"{problem}; init again in {pause:g}s ({policy})")
+            await asyncio.sleep(pause)
+
+    async def _init_once(
+        self,
+        action: Action,
+        steps: tuple[InitStep, ...],
+        resolve: probes.Resolve,
+        env: Mapping[str, str],
+        warnings: list[str],
+    ) -> str | None:
+        for step in steps:
+            self._emit(action.id, "waiting", f"init step {step.id} ({step.uses})")
+            problem: str | None = None
+            for _ in range(1 + step.retry):
+                problem = await probes.run_init_step(step, resolve, env)
+                if problem is None:
+                    break
+            if problem is None or step.on_failure == "continue":
+                continue
+            message = f"init step {step.id} failed: {problem}"
+            if step.on_failure == "fail":
+                return message
+            warnings.append(message)
+            self._emit(action.id, "warning", f"{message}; going on (on_failure: warn)")
+        return None
+
+    # --- rolling replace --------------------------------------------------------------
+
+    async def _replace(self, action: Action, warnings: list[str]) -> str:
+        target = action.target
+        service = self._service(target)
+        rollout = self._rollouts.setdefault(service.key, _Rollout())
+        previous = self._previous(target, service, warnings)
+        rollout.done.append((target, previous))
+        rollout.action_ids.append(action.id)
+        try:
+            await self._call(action, lambda: perform(self.driver, action, self.desired))
+        except DriverError as error:
+            await self._roll_back(action, rollout, str(error))
+        policy = service.policy.health
+        deadline = policy.start_grace + policy.retries * policy.interval + policy.timeout
+        self._emit(action.id, "waiting", f"for {target} to be healthy (up to {deadline:g}s)")
+        problem = await self._wait_healthy(target, policy, deadline)
+        if problem is not None:
+            await self._roll_back(action, rollout, f"{target} not healthy: {problem}")
+        return f"{target} replaced and healthy"
+
+    def _previous(
+        self, target: WorkloadId, service: DesiredService, warnings: list[str]
+    ) -> DesiredService | None:
+        """What ``target`` runs now, rebuilt from the config the runtime recorded."""
+        workload = self.observed.get(target)
+        config = self.configs.get(workload.fingerprint) if workload else None
+        if workload is None or config is None:
+            warnings.append(f"{target}: no recorded config; it cannot be rolled back")
+            return None
+        try:
+            restored = restore_service(service, config, workload.fingerprint, self.inputs)
+        except ValueError as exc:
+            warnings.append(f"{target}: cannot be rolled back: {exc}")
+            return None
+        return replace(restored, pull_policy="if_not_present")
+
+    async def _roll_back(self, action: Action, rollout: _Rollout, why: str) -> NoReturn:
+        restored: list[str] = []
+        problems: list[str] = []
+        for target, previous in reversed(rollout.done):
+            if previous is None or target.replica is None:
+                problems.append(f"{target} kept the new config (no earlier config to restore)")
+                continue
+            try:
+                await self.driver.replace(previous, target.replica, self._revision(target))
+                restored.append(str(target))
+            except DriverError as error:
+                problems.append(f"{target}: rollback failed: {error}")
+        for earlier in rollout.action_ids[:-1]:
+            old = self._results[earlier]
+            self._results[earlier] = replace(
+                old, status="rolled_back", message=f"rolled back: {why}"
+            )
+            self._emit(earlier, "rolled_back", f"rolled back: {why}")
+        rollout.done.clear()
+        rollout.action_ids.clear()
+        summary = f"{why}; rolled back {', '.join(restored) or 'nothing'}"
+        if problems:
+            raise Failed(f"{summary}; {'; '.join(problems)}")
+        raise RolledBack(summary)
+
+    def _revision(self, target: WorkloadId) -> str:
+        workload = self.observed.get(target)
+        return (workload.revision if workload else None) or self.desired.revision
+
+
+class RolledBack(Failed):
+    """A rollout failed its health gate and was rolled back."""
+
+
+_PAST = {
+    "stop": "stopped",
+    "remove": "removed",
+    "prune": "removed",
+    "register": "registered",
+    "unregister": "unregistered",
+}
+
+
+def _done(outcome: Outcome) -> str:
+    return {
+        "failed": "failed",
+        "skipped": "was skipped",
+        "rolled_back": "was rolled back",
+        "succeeded": "succeeded",
+    }[outcome.status]
 
 
 async def perform(driver: Driver, action: Action, desired: DesiredState) -> None:
-    """Do what ``action`` says. Creates and replaces take the compiled service from
-    ``desired``; everything else needs only the workload's identity."""
+    """Do what ``action`` says, one driver call. Creates and replaces take the
+    compiled service from ``desired``; everything else needs only the identity."""
     target = action.target
     if action.kind in ("create", "replace", "register"):
         service = desired.services[(target.deployment, target.service)]
@@ -36,3 +462,20 @@ async def perform(driver: Driver, action: Action, desired: DesiredState) -> None
         "unregister": driver.unregister,
     }
     await calls[action.kind](target)
+
+
+async def execute(
+    plan: Plan,
+    driver: Driver,
+    desired: DesiredState,
+    observed: ObservedState,
+    *,
+    inputs: CompileInputs,
+    settings: Settings | None = None,
+    on_event: Callable[[Event], None] = lambda _event: None,
+) -> Report:
+    """Run ``plan`` (computed from ``desired`` and ``observed``) through ``driver``."""
+    executor = Executor(
+        driver, desired, observed, inputs=inputs, settings=settings, on_event=on_event
+    )
+    return await executor.run(plan)

@@ -8,12 +8,22 @@ library's errors into :class:`reconciler.errors.DriverError` subclasses.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import AsyncIterator, Collection
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self
 
 from reconciler.desired import DesiredService
-from reconciler.observed import ObservedState, WorkloadId
+from reconciler.observed import ObservedState, Workload, WorkloadId
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What a runtime cannot do with a service: ``errors`` stop an apply before it
+    touches anything (and fail ``validate --runtime``); ``warnings`` go into the plan."""
+
+    errors: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
 
 
 class Observer(Protocol):
@@ -23,6 +33,10 @@ class Observer(Protocol):
 
     async def observe(self, deployments: Collection[str] | None = None) -> ObservedState:
         """Every workload zlayer manages (of ``deployments`` only, when given)."""
+        ...
+
+    def limits(self, service: DesiredService) -> Limits:
+        """Fields of ``service`` this runtime cannot honour (no I/O beyond cached facts)."""
         ...
 
 
@@ -59,3 +73,19 @@ class Driver(Observer, Protocol):
         ...
 
     async def unregister(self, target: WorkloadId) -> None: ...
+
+    async def status(self, target: WorkloadId) -> Workload | None:
+        """The replica as the runtime reports it now, ``None`` when it does not exist."""
+        ...
+
+    async def address(self, target: WorkloadId, port: int) -> tuple[str, int]:
+        """Where zlayer, on the host, reaches ``port`` of the replica (for health
+        checks): its own address, or a port published on the host."""
+        ...
+
+    def logs(
+        self, target: WorkloadId, *, follow: bool = False, tail: int | None = None
+    ) -> AsyncIterator[str]:
+        """The replica's output lines (stdout and stderr), the last ``tail`` of them,
+        then new ones as they come when ``follow``."""
+        ...

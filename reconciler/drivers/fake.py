@@ -8,12 +8,13 @@ It never substitutes for testing a real driver against its real backend.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import AsyncIterator, Collection
 from types import TracebackType
 from typing import Any, Self
 
 from reconciler.desired import DesiredService
-from reconciler.errors import Conflict, NotFound
+from reconciler.drivers.base import Limits
+from reconciler.errors import Conflict, DriverError, NotFound
 from reconciler.observed import ObservedState, Workload, WorkloadId
 
 
@@ -27,6 +28,9 @@ class FakeDriver:
         self.configs: dict[str, dict[str, Any]] = dict(initial.configs) if initial else {}
         self.calls: list[tuple[str, str]] = []
         """Every action performed, as (kind, workload id), in order."""
+        self.failures: dict[tuple[str, str], DriverError] = {}
+        """(kind, workload id) → the error that action raises (once), for tests."""
+        self.output: dict[WorkloadId, list[str]] = {}
 
     async def __aenter__(self) -> Self:
         return self
@@ -50,6 +54,27 @@ class FakeDriver:
             if w.fingerprint in self.configs
         }
         return ObservedState(runtime=self.name, workloads=tuple(found), configs=configs)
+
+    def limits(self, service: DesiredService) -> Limits:
+        return Limits()
+
+    def fail_next(self, kind: str, target: WorkloadId | str, error: DriverError) -> None:
+        """Test helper: the next ``kind`` action on ``target`` raises ``error``."""
+        self.failures[(kind, str(target))] = error
+
+    async def status(self, target: WorkloadId) -> Workload | None:
+        return self.workloads.get(target)
+
+    async def address(self, target: WorkloadId, port: int) -> tuple[str, int]:
+        self._get(target)
+        return ("127.0.0.1", port)
+
+    async def logs(
+        self, target: WorkloadId, *, follow: bool = False, tail: int | None = None
+    ) -> AsyncIterator[str]:
+        lines = self.output.get(target, [])
+        for line in lines[-tail:] if tail else lines:
+            yield line
 
     def crash(self, target: WorkloadId, exit_code: int) -> None:
         """Test helper: the workload exits with ``exit_code``."""
@@ -97,6 +122,9 @@ class FakeDriver:
         self.calls[-1] = ("unregister", str(target))
 
     def _record(self, kind: str, target: WorkloadId) -> None:
+        error = self.failures.pop((kind, str(target)), None)
+        if error is not None:
+            raise error
         self.calls.append((kind, str(target)))
 
     def _get(self, target: WorkloadId) -> Workload:

@@ -1,0 +1,111 @@
+"""How zlayer itself treats a service's replicas: health checks, init steps, errors (pure).
+
+These come from the spec's ``health``, ``init`` and ``errors`` blocks and steer
+the executor; they are not part of a replica's config, so editing them never
+replaces a running replica. Omitted values take ZLayer's agent defaults.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from reconciler.spec.blocks import CommandCheck, HealthSpec, HttpCheck, TcpCheck
+from reconciler.spec.models import ServiceSpec
+
+DEFAULT_START_GRACE = 5.0
+DEFAULT_INTERVAL = 10.0
+DEFAULT_CHECK_TIMEOUT = 5.0
+DEFAULT_STEP_TIMEOUT = 300.0
+SUPPORTED_INIT_ACTIONS = frozenset({"init.wait_tcp", "init.wait_http", "init.run"})
+
+
+@dataclass(frozen=True, slots=True)
+class HealthPolicy:
+    """A health check run by zlayer from the host against one replica.
+
+    ``kind`` ``tcp`` connects to ``port`` (0 resolved to the first endpoint's
+    target port; ``None`` when the service has no endpoint to probe, and the
+    replica counts as healthy once it runs); ``http`` GETs ``url`` with a
+    ``localhost``/``127.0.0.1`` host replaced by the replica's address;
+    ``command`` runs ``sh -c`` on the host.
+    """
+
+    kind: Literal["tcp", "http", "command"]
+    port: int | None = None
+    url: str = ""
+    expect_status: int = 200
+    command: str = ""
+    start_grace: float = DEFAULT_START_GRACE
+    interval: float = DEFAULT_INTERVAL
+    timeout: float = DEFAULT_CHECK_TIMEOUT
+    retries: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class InitStep:
+    """One ``init.steps`` entry: run on the host, in order, before a replica starts."""
+
+    id: str
+    uses: str
+    with_: Mapping[str, Any] = field(default_factory=dict)
+    retry: int = 0
+    timeout: float = DEFAULT_STEP_TIMEOUT
+    on_failure: str = "fail"
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePolicy:
+    health: HealthPolicy
+    init: tuple[InitStep, ...] = ()
+    on_init_failure: str = "fail"
+    on_panic: str = "restart"
+
+
+DEFAULT_POLICY = ServicePolicy(HealthPolicy("tcp"))
+"""For services built without a spec (tests): no probe, no init steps."""
+
+
+def _seconds(value: Any, default: float) -> float:
+    return default if value is None else float(value.seconds)
+
+
+def health_policy(spec: HealthSpec, endpoint_ports: tuple[int, ...]) -> HealthPolicy:
+    common: dict[str, Any] = {
+        "start_grace": _seconds(spec.start_grace, DEFAULT_START_GRACE),
+        "interval": _seconds(spec.interval, DEFAULT_INTERVAL),
+        "timeout": _seconds(spec.timeout, DEFAULT_CHECK_TIMEOUT),
+        "retries": spec.retries,
+    }
+    check = spec.check
+    if isinstance(check, TcpCheck):
+        port: int | None = check.port
+        if port == 0:
+            port = endpoint_ports[0] if endpoint_ports else None
+        return HealthPolicy("tcp", port=port, **common)
+    if isinstance(check, HttpCheck):
+        return HealthPolicy("http", url=check.url, expect_status=check.expect_status, **common)
+    assert isinstance(check, CommandCheck)
+    return HealthPolicy("command", command=check.command, **common)
+
+
+def service_policy(service: ServiceSpec) -> ServicePolicy:
+    ports = tuple(e.target_port or e.port for e in service.endpoints)
+    steps = tuple(
+        InitStep(
+            id=step.id,
+            uses=step.uses,
+            with_=dict(step.with_),
+            retry=step.retry or 0,
+            timeout=_seconds(step.timeout, DEFAULT_STEP_TIMEOUT),
+            on_failure=step.on_failure,
+        )
+        for step in service.init.steps
+    )
+    return ServicePolicy(
+        health=health_policy(service.health, ports),
+        init=steps,
+        on_init_failure=service.errors.on_init_failure.action,
+        on_panic=service.errors.on_panic.action,
+    )
