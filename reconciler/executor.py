@@ -20,7 +20,7 @@ from reconciler import probes
 from reconciler.desired import CompileInputs, DesiredService, DesiredState, restore_service
 from reconciler.drivers.base import Driver
 from reconciler.errors import DriverError, TemporaryDriverError
-from reconciler.observed import ObservedState, WorkloadId
+from reconciler.observed import ObservedState, Workload, WorkloadId
 from reconciler.plan.model import Action, Condition, Plan
 from reconciler.policy import HealthPolicy, InitStep
 
@@ -175,16 +175,14 @@ class Executor:
         self._emit(action.id, "started", action.reason)
         target = action.target
         if action.kind in ("create", "replace", "start", "restart"):
+            if action.kind == "replace":
+                return await self._replace(action, warnings)
             await self._init_steps(action, self._service(target), warnings)
-        if action.kind == "replace":
-            return await self._replace(action, warnings)
         await self._call(action, lambda: perform(self.driver, action, self.desired))
         if action.kind in ("create", "start", "restart"):
             status = await self.driver.status(target)
             if status is None or status.status != "running":
-                state = status.status if status else "gone"
-                code = f" (exit code {status.exit_code})" if status and status.exit_code else ""
-                raise Failed(f"{target} is {state}{code} right after it was started")
+                raise Failed(f"{_state(target, status)} right after it was started")
             return f"{target} running"
         return f"{target} {_PAST[action.kind]}"
 
@@ -246,16 +244,27 @@ class Executor:
                 return problem
         return None
 
-    async def _wait_running(self, target: WorkloadId, timeout: float) -> str | None:
+    async def _wait_running(
+        self, target: WorkloadId, timeout: float, hold: float = 0.0
+    ) -> str | None:
+        """Until ``target`` runs (within ``timeout``); with ``hold``, it must then
+        keep running that long."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
             status = await self.driver.status(target)
             if status is not None and status.status == "running":
-                return None
+                break
             if loop.time() >= deadline:
-                return f"{target} is {status.status if status else 'gone'}"
+                return _state(target, status)
             await asyncio.sleep(min(self.settings.poll, max(0.0, deadline - loop.time())))
+        until = loop.time() + hold
+        while loop.time() < until:
+            await asyncio.sleep(min(self.settings.poll, until - loop.time()))
+            status = await self.driver.status(target)
+            if status is None or status.status != "running":
+                return _state(target, status)
+        return None
 
     async def _wait_healthy(
         self, target: WorkloadId, policy: HealthPolicy, timeout: float
@@ -269,9 +278,7 @@ class Executor:
         while True:
             status = await self.driver.status(target)
             if status is None or status.status != "running":
-                state = status.status if status else "gone"
-                code = f" with exit code {status.exit_code}" if status and status.exit_code else ""
-                return f"{target} is {state}{code}"
+                return _state(target, status)
             problem = await self.prober(policy, resolve, env)
             if problem is None:
                 return None
@@ -280,9 +287,13 @@ class Executor:
             pause = min(policy.interval, self.settings.poll, max(0.0, deadline - loop.time()))
             await asyncio.sleep(pause)
 
-    def _resolver(self, target: WorkloadId) -> probes.Resolve:
+    def _resolver(self, target: WorkloadId, *, before_start: bool = False) -> probes.Resolve:
         async def resolve(host: str, port: int) -> tuple[str, int]:
             if host in probes.LOCAL_HOSTS:
+                if before_start:
+                    # Init steps run on the host before the replica starts: there is
+                    # no replica to reach yet (or only the one about to be replaced).
+                    return host, port
                 return await self.driver.address(target, port)
             peer = self.desired.services.get((target.deployment, host))
             if peer is not None and not peer.is_definition:
@@ -313,7 +324,7 @@ class Executor:
         pauses = {"fail": (), "restart": (0.0,), "backoff": self.settings.init_backoff}
         retries = pauses.get(service.policy.on_init_failure, ())
         env = {"ZLAYER_DEPLOYMENT": service.deployment, "ZLAYER_SERVICE": service.name}
-        resolve = self._resolver(action.target)
+        resolve = self._resolver(action.target, before_start=True)
         for attempt in range(len(retries) + 1):
             problem = await self._init_once(action, steps, resolve, env, warnings)
             if problem is None:
@@ -355,6 +366,13 @@ class Executor:
         target = action.target
         service = self._service(target)
         rollout = self._rollouts.setdefault(service.key, _Rollout())
+        try:
+            await self._init_steps(action, service, warnings)
+        except Failed as failure:
+            # This replica still runs its old config; the ones before it go back too.
+            if rollout.done:
+                await self._roll_back(action, rollout, str(failure))
+            raise
         previous = self._previous(target, service, warnings)
         rollout.done.append((target, previous))
         rollout.action_ids.append(action.id)
@@ -363,9 +381,21 @@ class Executor:
         except DriverError as error:
             await self._roll_back(action, rollout, str(error))
         policy = service.policy.health
-        deadline = policy.start_grace + policy.retries * policy.interval + policy.timeout
-        self._emit(action.id, "waiting", f"for {target} to be healthy (up to {deadline:g}s)")
-        problem = await self._wait_healthy(target, policy, deadline)
+        # As ZLayer's agent: the first check comes after start_grace; `retries` failed
+        # checks `interval` apart mark the replica unhealthy. A replica that exits
+        # during the grace period fails at once.
+        deadline = policy.retries * policy.interval + policy.timeout
+        self._emit(
+            action.id,
+            "waiting",
+            f"for {target} to be healthy ({policy.start_grace:g}s grace, then up to {deadline:g}s)",
+        )
+        try:
+            problem = await self._wait_running(target, 0.0, hold=policy.start_grace)
+            if problem is None:
+                problem = await self._wait_healthy(target, policy, deadline)
+        except DriverError as error:
+            problem = str(error)
         if problem is not None:
             await self._roll_back(action, rollout, f"{target} not healthy: {problem}")
         return f"{target} replaced and healthy"
@@ -427,6 +457,14 @@ _PAST = {
     "register": "registered",
     "unregister": "unregistered",
 }
+
+
+def _state(target: WorkloadId, status: Workload | None) -> str:
+    """``demo/web/1 is exited (exit code 3)``."""
+    if status is None:
+        return f"{target} is gone"
+    code = f" (exit code {status.exit_code})" if status.exit_code else ""
+    return f"{target} is {status.status}{code}"
 
 
 def _done(outcome: Outcome) -> str:

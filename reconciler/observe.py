@@ -6,25 +6,44 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from reconciler.desired import CompileInputs, as_running, compile_specs
-from reconciler.drivers.base import Observer
+from reconciler.drivers.base import Driver
 from reconciler.drivers.fake import FakeDriver
 from reconciler.errors import SnapshotError
 from reconciler.observed import ObservedState, load_snapshot
 from reconciler.spec.load import load_sources
 from reconciler.spec.problems import Problem
 
-RUNTIMES: dict[str, Callable[[], Observer]] = {"fake": FakeDriver}
-"""Runtime name → observer factory. ``fake`` is the in-memory runtime: it starts empty."""
+
+def _docker() -> Driver:
+    from reconciler.drivers.docker import DockerDriver  # aiodocker only when asked for
+
+    publish = os.environ.get("ZLAYER_PUBLISH_ADDRESS", "0.0.0.0")
+    return DockerDriver(publish_address=publish)
+
+
+RUNTIMES: dict[str, Callable[[], Driver]] = {"docker": _docker, "fake": FakeDriver}
+"""Runtime name → driver factory. ``fake`` is the in-memory runtime: it starts empty.
+``docker`` talks to the engine at ``DOCKER_HOST`` (or the default socket) and
+publishes public endpoints on ``ZLAYER_PUBLISH_ADDRESS`` (default 0.0.0.0)."""
+
+
+def open_runtime(name: str) -> Driver:
+    return RUNTIMES[name]()
 
 
 def observe_runtime(name: str) -> ObservedState:
     import asyncio
 
-    return asyncio.run(RUNTIMES[name]().observe())
+    async def observe() -> ObservedState:
+        async with open_runtime(name) as driver:
+            return await driver.observe()
+
+    return asyncio.run(observe())
 
 
 def read_snapshot(path: str | Path) -> ObservedState:

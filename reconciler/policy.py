@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from reconciler.spec.blocks import CommandCheck, HealthSpec, HttpCheck, TcpCheck
 from reconciler.spec.models import ServiceSpec
+from reconciler.spec.scalars import parse_duration
 
 DEFAULT_START_GRACE = 5.0
 DEFAULT_INTERVAL = 10.0
@@ -90,22 +91,47 @@ def health_policy(spec: HealthSpec, endpoint_ports: tuple[int, ...]) -> HealthPo
     return HealthPolicy("command", command=check.command, **common)
 
 
+def with_timeout(value: Any) -> float | None:
+    """Seconds from a ``with.timeout`` value (a number of seconds or a duration like
+    ``30s``), ``None`` when it is neither."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value) if value >= 0 else None
+    if isinstance(value, str):
+        try:
+            return parse_duration(value) / 1e9
+        except ValueError:
+            return None
+    return None
+
+
 def service_policy(service: ServiceSpec) -> ServicePolicy:
     ports = tuple(e.target_port or e.port for e in service.endpoints)
-    steps = tuple(
-        InitStep(
-            id=step.id,
-            uses=step.uses,
-            with_=dict(step.with_),
-            retry=step.retry or 0,
-            timeout=_seconds(step.timeout, DEFAULT_STEP_TIMEOUT),
-            on_failure=step.on_failure,
+    steps = []
+    for step in service.init.steps:
+        params = dict(step.with_)
+        timeout = _seconds(step.timeout, DEFAULT_STEP_TIMEOUT)
+        if "timeout" in params:
+            # ``with: {timeout: 30s}`` (as ZLayer's actions take it) sets the step's
+            # timeout; a value that is not a duration stays for the check to report.
+            parsed = with_timeout(params["timeout"])
+            if parsed is not None:
+                timeout = parsed
+                del params["timeout"]
+        steps.append(
+            InitStep(
+                id=step.id,
+                uses=step.uses,
+                with_=params,
+                retry=step.retry or 0,
+                timeout=timeout,
+                on_failure=step.on_failure,
+            )
         )
-        for step in service.init.steps
-    )
     return ServicePolicy(
         health=health_policy(service.health, ports),
-        init=steps,
+        init=tuple(steps),
         on_init_failure=service.errors.on_init_failure.action,
         on_panic=service.errors.on_panic.action,
     )

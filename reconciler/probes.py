@@ -16,6 +16,7 @@ import signal
 from collections.abc import Awaitable, Callable, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
+from reconciler.errors import DriverError
 from reconciler.policy import HealthPolicy, InitStep
 
 Resolve = Callable[[str, int], Awaitable[tuple[str, int]]]
@@ -115,7 +116,7 @@ async def run_init_step(step: InitStep, resolve: Resolve, env: Mapping[str, str]
     """Run one init step to completion (waits poll until their timeout); ``None``
     when it succeeded, else why not."""
     params = step.with_
-    timeout = float(params.get("timeout", step.timeout))
+    timeout = step.timeout
     if step.uses == "init.run":
         return await command_probe(str(params.get("command", "")), timeout, env)
     loop = asyncio.get_running_loop()
@@ -123,14 +124,19 @@ async def run_init_step(step: InitStep, resolve: Resolve, env: Mapping[str, str]
     last: str | None = "never checked"
     while loop.time() < deadline:
         remaining = max(0.1, min(5.0, deadline - loop.time()))
-        if step.uses == "init.wait_tcp":
-            host, port = await resolve(str(params.get("host", "localhost")), int(params["port"]))
-            last = await tcp_probe(host, port, remaining)
-        elif step.uses == "init.wait_http":
-            expect = int(params.get("expect_status", 200))
-            last = await http_probe(str(params["url"]), expect, remaining, resolve)
-        else:
-            return f"{step.uses} is not supported by this runtime"
+        try:
+            if step.uses == "init.wait_tcp":
+                host, port = await resolve(
+                    str(params.get("host", "localhost")), int(params["port"])
+                )
+                last = await tcp_probe(host, port, remaining)
+            elif step.uses == "init.wait_http":
+                expect = int(params.get("expect_status", 200))
+                last = await http_probe(str(params["url"]), expect, remaining, resolve)
+            else:
+                return f"{step.uses} is not supported by this runtime"
+        except DriverError as exc:
+            last = str(exc)  # a peer with no replica yet: wait for it like for a port
         if last is None:
             return None
         await asyncio.sleep(min(0.25, max(0.0, deadline - loop.time())))
@@ -139,6 +145,8 @@ async def run_init_step(step: InitStep, resolve: Resolve, env: Mapping[str, str]
 
 def init_step_problem(step: InitStep) -> str | None:
     """Why ``step`` cannot run at all (checked before anything is touched)."""
+    if "timeout" in step.with_:
+        return f"with.timeout {step.with_['timeout']!r} is not a duration (like 30s)"
     if step.uses == "init.run":
         return None if step.with_.get("command") else "init.run needs with.command"
     if step.uses == "init.wait_tcp":

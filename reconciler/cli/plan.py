@@ -34,14 +34,14 @@ class Observed:
     description: str
 
 
-def _fail(problems: list[Problem] | tuple[Problem, ...], files: int, heading: str) -> None:
+def fail_with(problems: list[Problem] | tuple[Problem, ...], files: int, heading: str) -> None:
     console = Console(file=sys.stderr)
     console.print(heading, highlight=False, soft_wrap=True)
     problems_text(console, problems, files)
     raise SystemExit(1)
 
 
-def _inputs(state_dir: Path, secrets_dir: Path | None, offline: bool) -> CompileInputs:
+def compile_inputs(state_dir: Path, secrets_dir: Path | None, offline: bool) -> CompileInputs:
     if offline and secrets_dir is None:
         return CompileInputs(env=dict(os.environ), secret_key=None)
     return CompileInputs(
@@ -51,7 +51,10 @@ def _inputs(state_dir: Path, secrets_dir: Path | None, offline: bool) -> Compile
     )
 
 
-def _desired(paths: tuple[str, ...], inputs: CompileInputs) -> DesiredState:
+def compile_paths(
+    paths: tuple[str, ...], inputs: CompileInputs, verb: str = "planned"
+) -> DesiredState:
+    """The desired state of the specs under ``paths``; exits 1 listing every problem."""
     collected = collect(paths or (DEFAULT_PATH,))
     load_problems = list(collected.problems)
 
@@ -64,9 +67,9 @@ def _desired(paths: tuple[str, ...], inputs: CompileInputs) -> DesiredState:
     desired, problems = compile_specs(loaded_specs(), content_revision(collected.files), inputs)
     files = len(collected.files)
     if load_problems:
-        _fail(load_problems, files, "The specs are not valid; nothing was planned.")
+        fail_with(load_problems, files, f"The specs are not valid; nothing was {verb}.")
     if desired is None:
-        _fail(problems, files, "The specs cannot be compiled; nothing was planned.")
+        fail_with(problems, files, f"The specs cannot be compiled; nothing was {verb}.")
         raise AssertionError("unreachable")
     return desired
 
@@ -91,7 +94,9 @@ def _observe(
     if ref is not None:
         found, commit, problems = observe_ref(paths or (DEFAULT_PATH,), ref, inputs)
         if found is None:
-            _fail(problems, len({p.file for p in problems}), f"The specs at {ref} are not valid.")
+            fail_with(
+                problems, len({p.file for p in problems}), f"The specs at {ref} are not valid."
+            )
             raise AssertionError("unreachable")
         return Observed(found, f"git ref {ref} at {commit[:12]}")
     assert runtime is not None, "checked by _check_sources"
@@ -198,12 +203,12 @@ def plan(
     status: 0 success, 1 error, 2 changes present (only with --detailed-exitcode).
     """
     _check_sources(snapshot, ref, runtime)
-    inputs = _inputs(state_dir or default_state_dir(), secrets_dir, bool(snapshot or ref))
+    inputs = compile_inputs(state_dir or default_state_dir(), secrets_dir, bool(snapshot or ref))
     # Planning builds many acyclic objects at once and exits; the cyclic GC would
     # only rescan them (a third of the time for 10,000 services).
     try:
         with gc_paused():
-            desired = _desired(paths, inputs)
+            desired = compile_paths(paths, inputs)
             observed = _observe(paths, snapshot, ref, runtime, inputs)
             result = plan_changes(desired, observed.state, prune=not no_prune, targets=targets)
     except ZlayerError as exc:

@@ -52,3 +52,23 @@ class SecretsDir:
         except (OSError, UnicodeDecodeError) as exc:
             raise SourceError(f"secret {name}: cannot read {path}: {exc}") from exc
         return text.removesuffix("\n")
+
+
+def ensure_secret_key(state_dir: Path) -> bytes:
+    """The host's key for keyed secret hashes, created (0600) by the first apply."""
+    path = state_dir / KEY_FILE
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        pass
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = random.token_bytes(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, key)
+    except BaseException:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    return key

@@ -1,0 +1,351 @@
+"""``zlayer apply`` and ``zlayer destroy``: make the host match the specs (or remove a
+deployment), after showing the plan and getting a yes.
+
+Order of work, so bad input changes nothing: take the host's apply lock, compile
+and check every spec against what the runtime can do, observe, plan, show the
+plan, confirm, and only then act. A saved plan (``zlayer plan --out``) is applied
+only if the specs and the runtime are exactly as they were when it was made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from reconciler.cli.apply_render import EventPrinter, event_json, render_report
+from reconciler.cli.plan import compile_paths
+from reconciler.cli.plan_render import render_text
+from reconciler.cli.state import SecretsDir, default_state_dir, ensure_secret_key
+from reconciler.desired import CompileInputs, DesiredState
+from reconciler.drivers.base import Driver
+from reconciler.errors import ZlayerError
+from reconciler.executor import DEFAULT_CONCURRENCY, Event, Report, Settings, execute
+from reconciler.lock import ApplyLock, LockHeld
+from reconciler.observe import open_runtime
+from reconciler.observed import ObservedState
+from reconciler.plan.model import Plan
+from reconciler.plan.planner import plan_changes
+from reconciler.plan.serialize import PLAN_FORMAT, plan_to_json
+from reconciler.probes import init_step_problem
+
+EXIT_LOCKED = 3
+EXIT_INTERRUPTED = 130
+APPLY_RUNTIMES = ("docker",)
+
+
+@dataclass(frozen=True)
+class Options:
+    runtime: str
+    state_dir: Path
+    secrets_dir: Path | None
+    auto_approve: bool
+    fmt: str
+    lock_timeout: float
+    concurrency: int | None
+
+
+def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option(
+            "--runtime",
+            type=click.Choice(APPLY_RUNTIMES),
+            default="docker",
+            show_default=True,
+            help="The runtime to act on (docker: DOCKER_HOST or the default socket).",
+        ),
+        click.option("--auto-approve", is_flag=True, help="Do not ask before acting."),
+        click.option(
+            "--format",
+            "fmt",
+            type=click.Choice(["text", "json"]),
+            default="text",
+            show_default=True,
+            help="text: the plan, then live progress. json: one JSON event per line.",
+        ),
+        click.option(
+            "--lock-timeout",
+            type=click.FloatRange(min=0),
+            default=0.0,
+            show_default=True,
+            help="Seconds to wait for another apply on this host to finish (then exit 3).",
+        ),
+        click.option(
+            "--concurrency",
+            type=click.IntRange(min=0),
+            default=DEFAULT_CONCURRENCY,
+            show_default=True,
+            help="Runtime calls in flight at once (0: no limit).",
+        ),
+        click.option(
+            "--state-dir",
+            type=click.Path(file_okay=False, path_type=Path),
+            help="zlayer's state directory (lock, secret key) [default: $ZLAYER_STATE_DIR, "
+            "/var/lib/zlayer as root, else ~/.local/state/zlayer].",
+        ),
+        click.option(
+            "--secrets-dir",
+            type=click.Path(file_okay=False, path_type=Path),
+            help="One file per secret for $S:NAME [default: STATE_DIR/secrets].",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _options(**kw: Any) -> Options:
+    return Options(
+        runtime=kw["runtime"],
+        state_dir=kw["state_dir"] or default_state_dir(),
+        secrets_dir=kw["secrets_dir"],
+        auto_approve=kw["auto_approve"],
+        fmt=kw["fmt"],
+        lock_timeout=kw["lock_timeout"],
+        concurrency=kw["concurrency"] or None,
+    )
+
+
+@click.command(
+    epilog="""Examples:
+
+\b
+    zlayer apply specs/
+    zlayer apply specs/ --auto-approve --format json
+    zlayer plan specs/ --runtime docker --out plan.json && zlayer apply plan.json specs/
+""",
+)
+@click.argument("paths", nargs=-1, type=click.Path())
+@click.option(
+    "--target",
+    "targets",
+    multiple=True,
+    metavar="SERVICE",
+    help="Apply only SERVICE (or DEPLOYMENT/SERVICE) and what it depends on. Repeatable.",
+)
+@click.option("--no-prune", is_flag=True, help="Keep workloads whose service left the specs.")
+@common_options
+def apply(paths: tuple[str, ...], targets: tuple[str, ...], no_prune: bool, **kw: Any) -> int:
+    """Make the host match the specs: plan, confirm, then act in dependency order.
+
+    PATHS are spec files or directories (default: specs/). If the first is a plan
+    saved by `zlayer plan --out`, that plan is applied, without asking, only when the
+    specs and the runtime are unchanged since it was made. Exit status: 0 every
+    action succeeded (or nothing to do), 1 an error or a failed action, 3 another
+    apply holds the host's lock, 130 interrupted.
+    """
+    opts = _options(**kw)
+    saved = _saved_plan(paths[0]) if paths else None
+    spec_paths = paths[1:] if saved is not None else paths
+    prune = saved["prune"] if saved is not None else not no_prune
+    chosen = tuple(saved["targets"]) if saved is not None else targets
+
+    def make_plan(desired: DesiredState, observed: ObservedState) -> Plan:
+        result = plan_changes(desired, observed, prune=prune, targets=chosen)
+        if saved is not None:
+            _check_fresh(saved, paths[0], result)
+        return result
+
+    return _run(opts, spec_paths, make_plan, confirm=saved is None)
+
+
+@click.command(
+    epilog="""Example:
+
+\b
+    zlayer destroy demo
+""",
+)
+@click.argument("deployment")
+@common_options
+def destroy(deployment: str, **kw: Any) -> int:
+    """Stop and remove every workload of DEPLOYMENT, dependents first.
+
+    Named volumes are kept (they hold data). Same confirmation, lock and exit
+    status as apply.
+    """
+    opts = _options(**kw)
+
+    def make_plan(_desired: DesiredState, observed: ObservedState) -> Plan:
+        nothing = DesiredState(revision="destroy", services={}, deployments=frozenset())
+        result = plan_changes(nothing, observed, prune=True)
+        actions = tuple(
+            dataclasses.replace(
+                a, kind="remove" if a.kind == "prune" else a.kind, reason=f"destroy {deployment}"
+            )
+            for a in result.actions
+            if a.target.deployment == deployment
+        )
+        return dataclasses.replace(result, actions=actions, notes=(), warnings=())
+
+    return _run(opts, None, make_plan, confirm=True, scope=deployment)
+
+
+def _run(
+    opts: Options,
+    spec_paths: tuple[str, ...] | None,
+    make_plan: Callable[[DesiredState, ObservedState], Plan],
+    *,
+    confirm: bool,
+    scope: str | None = None,
+) -> int:
+    out = Console(file=sys.stdout, highlight=False, soft_wrap=True)
+    err = Console(file=sys.stderr, highlight=False, soft_wrap=True)
+    if confirm and not opts.auto_approve and not sys.stdin.isatty():
+        raise click.UsageError(
+            "apply asks for confirmation: run it in a terminal or pass --auto-approve"
+        )
+    try:
+        with ApplyLock(opts.state_dir, opts.lock_timeout):
+            inputs = CompileInputs(
+                env=dict(os.environ),
+                secret_key=ensure_secret_key(opts.state_dir),
+                secret=SecretsDir(opts.secrets_dir or opts.state_dir / "secrets"),
+            )
+            desired = (
+                compile_paths(spec_paths, inputs, verb="applied")
+                if spec_paths is not None
+                else DesiredState("destroy", {})
+            )
+            return asyncio.run(_act(opts, desired, inputs, make_plan, confirm, scope, out, err))
+    except LockHeld as exc:
+        err.print(f"Error: {exc}")
+        raise SystemExit(EXIT_LOCKED) from exc
+    except KeyboardInterrupt:
+        err.print("Interrupted. What was done stays done; run apply again to converge from there.")
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    except ZlayerError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+async def _act(
+    opts: Options,
+    desired: DesiredState,
+    inputs: CompileInputs,
+    make_plan: Callable[[DesiredState, ObservedState], Plan],
+    confirm: bool,
+    scope: str | None,
+    out: Console,
+    err: Console,
+) -> int:
+    async with open_runtime(opts.runtime) as driver:
+        desired = _checked(driver, desired)
+        observed = await driver.observe([scope] if scope else None)
+        plan = make_plan(desired, observed)
+        description = f"the {opts.runtime} runtime"
+        if opts.fmt == "json":
+            document = json.loads(plan_to_json(plan, description))
+            click.echo(json.dumps({"event": "plan", "plan": document}, sort_keys=False))
+        else:
+            render_text(out, plan, description)
+        if plan.empty:
+            return 0
+        if confirm and not opts.auto_approve:
+            question = f"Apply these {len(plan.actions)} actions to {description}?"
+            if not click.confirm(question, default=False, err=True):
+                err.print("Nothing was changed.")
+                return 1
+        printer = EventPrinter(out) if opts.fmt == "text" else None
+
+        def on_event(event: Event) -> None:
+            if printer is not None:
+                printer(event)
+            else:
+                click.echo(event_json(event))
+
+        report: Report = await execute(
+            plan,
+            driver,
+            desired,
+            observed,
+            inputs=inputs,
+            settings=Settings(concurrency=opts.concurrency),
+            on_event=on_event,
+        )
+        if opts.fmt == "json":
+            click.echo(
+                json.dumps(
+                    {
+                        "event": "summary",
+                        "ok": report.ok,
+                        **report.counts(),
+                        "elapsed": report.elapsed,
+                    }
+                )
+            )
+        else:
+            render_report(out, report)
+        return 0 if report.ok else 1
+
+
+def _checked(driver: Driver, desired: DesiredState) -> DesiredState:
+    """Every service checked against what the runtime can do, before anything is
+    touched; the runtime's warnings join the services' own."""
+    errors: list[str] = []
+    services = {}
+    for key, service in desired.services.items():
+        limits = driver.limits(service)
+        subject = f"{service.file + ': ' if service.file else ''}{key[0]}/{key[1]}"
+        errors += [f"{subject}: {e}" for e in limits.errors]
+        for step in service.policy.init:
+            problem = init_step_problem(step)
+            if problem:
+                errors.append(f"{subject}: init step {step.id}: {problem}")
+        services[key] = dataclasses.replace(service, warnings=service.warnings + limits.warnings)
+    if errors:
+        listing = "\n  ".join(errors)
+        raise click.ClickException(
+            f"the specs ask for what the {driver.name} runtime cannot do; "
+            f"nothing was applied:\n  {listing}"
+        )
+    return dataclasses.replace(desired, services=services)
+
+
+def _saved_plan(path: str) -> dict[str, Any] | None:
+    """The plan saved at ``path``, or ``None`` when ``path`` is not a plan file."""
+    file = Path(path)
+    if file.suffix != ".json" or not file.is_file():
+        return None
+    try:
+        document = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"{path}: cannot read the saved plan: {exc}") from exc
+    if not isinstance(document, dict) or document.get("format") != PLAN_FORMAT:
+        raise click.ClickException(f"{path}: not a plan saved by `zlayer plan --out`")
+    return document
+
+
+def _check_fresh(saved: dict[str, Any], path: str, now: Plan) -> None:
+    """Refuse a saved plan whose inputs moved, saying what moved."""
+    moved = []
+    if saved.get("runtime") != now.runtime:
+        moved.append(f"it was made for the {saved.get('runtime')} runtime, not {now.runtime}")
+    if saved.get("spec_revision") != now.spec_revision:
+        moved.append(
+            f"the specs changed: revision {str(saved.get('spec_revision'))[:19]} "
+            f"is now {now.spec_revision[:19]}"
+        )
+    elif saved.get("desired_fingerprint") != now.desired_fingerprint:
+        moved.append("the compiled specs changed (environment or secrets)")
+    if saved.get("observed_fingerprint") != now.observed_fingerprint:
+        moved.append("the runtime changed since the plan was made")
+    if not moved:
+        return
+    before = {a["id"] for a in saved.get("actions", [])}
+    after = {a.id for a in now.actions}
+    moved += [f"no longer planned: {a}" for a in sorted(before - after)]
+    moved += [f"now also needed: {a}" for a in sorted(after - before)]
+    listing = "\n  ".join(moved)
+    raise click.ClickException(
+        f"{path} is stale; nothing was applied:\n  {listing}\n"
+        "Run `zlayer plan --out` again, review it, and apply that."
+    )

@@ -1,0 +1,151 @@
+"""``zlayer status`` and ``zlayer logs``: what runs now, and what it says (read-only)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from datetime import UTC, datetime
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from reconciler.cli.apply import APPLY_RUNTIMES
+from reconciler.drivers.base import Driver
+from reconciler.errors import ZlayerError
+from reconciler.observe import open_runtime
+from reconciler.observed import ObservedState, Workload, WorkloadId
+
+_RUNTIME = click.option(
+    "--runtime",
+    type=click.Choice(APPLY_RUNTIMES),
+    default="docker",
+    show_default=True,
+    help="The runtime to read.",
+)
+
+
+def _age(started_at: str | None, now: datetime) -> str:
+    if not started_at:
+        return "-"
+    try:
+        started = datetime.fromisoformat(started_at.replace("Z", "+00:00"))
+    except ValueError:
+        return "-"
+    seconds = int((now - started).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{max(seconds, 0)}s"
+
+
+def _image(state: ObservedState, workload: Workload) -> str:
+    config = state.configs.get(workload.fingerprint) or {}
+    return str(config.get("image", "?"))
+
+
+@click.command(epilog="Example:\n\n    zlayer status --deployment demo")
+@click.option(
+    "--deployment", "deployments", multiple=True, help="Only this deployment. Repeatable."
+)
+@_RUNTIME
+def status(deployments: tuple[str, ...], runtime: str) -> int:
+    """Every workload zlayer manages: state, health, restarts, age and image."""
+
+    async def observe() -> ObservedState:
+        async with open_runtime(runtime) as driver:
+            return await driver.observe(deployments or None)
+
+    try:
+        state = asyncio.run(observe())
+    except ZlayerError as exc:
+        raise click.ClickException(str(exc)) from exc
+    console = Console(file=sys.stdout, highlight=False, soft_wrap=True)
+    if not state.workloads:
+        console.print(f"No workloads managed by zlayer on the {runtime} runtime.")
+        return 0
+    table = Table(box=None, pad_edge=False)
+    for column in (
+        "DEPLOYMENT",
+        "SERVICE",
+        "REPLICA",
+        "STATE",
+        "HEALTH",
+        "RESTARTS",
+        "AGE",
+        "IMAGE",
+    ):
+        table.add_column(column, no_wrap=True)
+    now = datetime.now(UTC)
+    for w in state.workloads:
+        table.add_row(
+            w.deployment,
+            w.service,
+            str(w.replica) if w.replica is not None else "-",
+            w.status if w.exit_code is None else f"{w.status} ({w.exit_code})",
+            w.health,
+            str(w.restart_count),
+            _age(w.started_at, now),
+            _image(state, w),
+        )
+    console.print(table)
+    return 0
+
+
+@click.command(
+    epilog="Examples:\n\n\b\n    zlayer logs web\n    zlayer logs demo/web --replica 2 -f"
+)
+@click.argument("service")
+@click.option("--replica", type=click.IntRange(min=1), help="Only this replica.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
+@click.option("--tail", type=click.IntRange(min=0), help="Only the last N lines of each replica.")
+@_RUNTIME
+def logs(service: str, replica: int | None, follow: bool, tail: int | None, runtime: str) -> int:
+    """Output of SERVICE's replicas (SERVICE or DEPLOYMENT/SERVICE), each line
+    prefixed with its replica when there are several."""
+    try:
+        return asyncio.run(_logs(service, replica, follow, tail, runtime))
+    except KeyboardInterrupt:
+        return 0
+    except ZlayerError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+async def _logs(
+    service: str, replica: int | None, follow: bool, tail: int | None, runtime: str
+) -> int:
+    async with open_runtime(runtime) as driver:
+        targets = _targets(await driver.observe(), service, replica)
+        prefix = len(targets) > 1
+        await asyncio.gather(*(_print_logs(driver, t, follow, tail, prefix) for t in targets))
+    return 0
+
+
+def _targets(state: ObservedState, service: str, replica: int | None) -> list[WorkloadId]:
+    deployment, _, name = service.rpartition("/")
+    found = [
+        w.id
+        for w in state.workloads
+        if w.service == name
+        and (not deployment or w.deployment == deployment)
+        and (replica is None or w.replica == replica)
+    ]
+    deployments = {t.deployment for t in found}
+    if len(deployments) > 1:
+        listed = ", ".join(f"{d}/{name}" for d in sorted(deployments))
+        raise click.ClickException(f"{service} is in several deployments; say which: {listed}")
+    if not found:
+        which = f" replica {replica}" if replica else ""
+        raise click.ClickException(
+            f"{service}{which}: no such workload on the {state.runtime} runtime"
+        )
+    return found
+
+
+async def _print_logs(
+    driver: Driver, target: WorkloadId, follow: bool, tail: int | None, prefix: bool
+) -> None:
+    label = f"{target.service}/{target.replica} | " if prefix and target.replica else ""
+    async for line in driver.logs(target, follow=follow, tail=tail):
+        sys.stdout.write(f"{label}{line}\n")
+        sys.stdout.flush()

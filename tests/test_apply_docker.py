@@ -1,0 +1,483 @@
+"""``zlayer apply`` end to end on a real Docker engine (the private one from tests/with-docker).
+
+Every test runs the CLI as a subprocess, as users do, on a deployment of its own
+(``deployment_name``) whose containers, network and volumes are removed afterwards.
+Workloads the test process connects to use host networking on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO
+from tests.docker_support import deployment_name, docker_url, test_image  # noqa: F401
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Host:
+    """One test's view of the engine: spec files in a directory, a state directory,
+    and the zlayer CLI run against the private engine."""
+
+    def __init__(self, tmp: Path, url: str, image: str, deployment: str) -> None:
+        self.specs = tmp / "specs"
+        self.specs.mkdir()
+        self.state = tmp / "state"
+        self.url = url
+        self.image = image
+        self.deployment = deployment
+        self.env = {
+            **os.environ,
+            "DOCKER_HOST": url,
+            "ZLAYER_STATE_DIR": str(self.state),
+            "ZLAYER_PUBLISH_ADDRESS": "127.0.0.1",
+            "NO_COLOR": "1",
+            "COLUMNS": "200",
+        }
+
+    def write(self, services: str, name: str = "app.yaml") -> None:
+        body = textwrap.indent(textwrap.dedent(services).strip("\n"), "  ")
+        body = body.replace("IMAGE", self.image)
+        text = f"version: v1\ndeployment: {self.deployment}\nservices:\n{body}\n"
+        (self.specs / name).write_text(text)
+
+    def command(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "reconciler", *args]
+
+    def run(self, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.command(*args),
+            cwd=REPO,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def apply(self, *extra: str) -> tuple[int, list[dict[str, Any]], str]:
+        """``apply --auto-approve --format json``: (exit code, events, stderr)."""
+        run = self.run("apply", str(self.specs), "--auto-approve", "--format", "json", *extra)
+        events = [json.loads(line) for line in run.stdout.splitlines() if line.strip()]
+        return run.returncode, events, run.stderr
+
+    def plan(self) -> dict[str, Any]:
+        run = self.run("plan", str(self.specs), "--runtime", "docker", "--format", "json")
+        assert run.returncode == 0, run.stderr
+        return dict(json.loads(run.stdout))
+
+    def containers(self) -> dict[str, dict[str, Any]]:
+        """Name → inspect data of every container of this deployment."""
+        ids = docker(
+            self.url, "ps", "-aq", "--filter", f"label=zlayer.deployment={self.deployment}"
+        )
+        if not ids.split():
+            return {}
+        data = json.loads(docker(self.url, "inspect", *ids.split()))
+        return {c["Name"].lstrip("/"): c for c in data}
+
+
+def docker(url: str, *args: str) -> str:
+    run = subprocess.run(
+        ["docker", *args],
+        env={**os.environ, "DOCKER_HOST": url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    return run.stdout
+
+
+@pytest.fixture
+def host(tmp_path: Path, docker_url: str, test_image: str, deployment_name: str) -> Host:  # noqa: F811
+    return Host(tmp_path, docker_url, test_image, deployment_name)
+
+
+def outcomes(events: list[dict[str, Any]]) -> dict[str, str]:
+    """Action id → its last terminal status."""
+    final = {}
+    for e in events:
+        if e["event"] == "action" and e["kind"] in (
+            "succeeded",
+            "failed",
+            "skipped",
+            "rolled_back",
+        ):
+            final[e["action"]] = e["kind"]
+    return final
+
+
+def index_of(events: list[dict[str, Any]], match: Callable[[dict[str, Any]], bool]) -> int:
+    for i, e in enumerate(events):
+        if match(e):
+            return i
+    raise AssertionError("no such event")
+
+
+def sleeper(name: str, extra: str = "", script: str = "exec sleep 3600") -> str:
+    """A service running ``sh -c script`` with an always-passing health check."""
+    return f"""
+    {name}:
+      image: {{name: IMAGE, pull_policy: never}}
+      command:
+        entrypoint: [sh]
+        args: ["-c", {json.dumps(script)}]
+      stop_grace_period: 1s
+      health: {{start_grace: 1s, check: {{type: command, command: "true"}}}}
+    """ + textwrap.indent(textwrap.dedent(extra).strip("\n"), "  ")
+
+
+def http_server(name: str, port: int, extra: str = "", serve_port: int | None = None) -> str:
+    """A busybox httpd on the host network answering on 127.0.0.1:port."""
+    listen = f"127.0.0.1:{serve_port or port}"
+    return f"""
+    {name}:
+      image: {{name: IMAGE, pull_policy: never}}
+      network_mode: host
+      stop_grace_period: 1s
+      command:
+        entrypoint: [httpd]
+        args: ["-f", "-p", "{listen}", "-h", "/srv"]
+      health:
+        start_grace: 1s
+        interval: 1s
+        timeout: 1s
+        retries: 3
+        check: {{type: http, url: "http://localhost:{port}/index.html"}}
+    """ + textwrap.indent(textwrap.dedent(extra).strip("\n"), "  ")
+
+
+def test_apply_creates_in_dependency_order_gated_on_health_then_is_a_no_op(host: Host) -> None:
+    port = free_port()
+    # api only runs if db answers when api starts: it exits 7 otherwise.
+    host.write(
+        http_server("db", port)
+        + sleeper(
+            "api",
+            """
+            network_mode: host
+            depends: [{service: db, condition: healthy, timeout: 60s}]
+            """,
+            script=f"wget -q -O /dev/null http://127.0.0.1:{port}/index.html || exit 7; "
+            "exec sleep 3600",
+        )
+    )
+    code, events, err = host.apply()
+    assert code == 0, (events, err)
+    dep = host.deployment
+    db_ok = index_of(
+        events, lambda e: e.get("action") == f"create:{dep}/db/1" and e["kind"] == "succeeded"
+    )
+    api_start = index_of(
+        events, lambda e: e.get("action") == f"create:{dep}/api/1" and e["kind"] == "started"
+    )
+    api_wait = index_of(
+        events, lambda e: e.get("action") == f"create:{dep}/api/1" and e["kind"] == "waiting"
+    )
+    assert db_ok < api_start and api_wait < api_start
+    time.sleep(1)
+    running = host.containers()
+    assert {n: c["State"]["Status"] for n, c in running.items()} == {
+        f"{dep}-db-1": "running",
+        f"{dep}-api-1": "running",
+    }
+    labels = running[f"{dep}-api-1"]["Config"]["Labels"]
+    assert labels["zlayer.deployment"] == dep and labels["zlayer.replica"] == "1"
+    assert running[f"{dep}-api-1"]["HostConfig"]["RestartPolicy"]["Name"] in ("no", "")
+    # A second apply changes nothing and says so.
+    ids = {n: c["Id"] for n, c in running.items()}
+    code, events, err = host.apply()
+    assert code == 0, err
+    assert events[0]["plan"]["actions"] == [] and len(events) == 1
+    assert {n: c["Id"] for n, c in host.containers().items()} == ids
+
+
+def test_a_failed_dependency_skips_its_dependents_and_independent_branches_go_on(
+    host: Host,
+) -> None:
+    # An image that is not there, under pull_policy never: the create fails for sure.
+    host.write(
+        sleeper("broken").replace("name: IMAGE", "name: zlayer-test/missing:none")
+        + sleeper("needs-broken", "depends: [{service: broken, condition: started, timeout: 5s}]")
+        + sleeper("alone")
+    )
+    code, events, _ = host.apply()
+    assert code == 1
+    dep = host.deployment
+    final = outcomes(events)
+    assert final[f"create:{dep}/broken/1"] == "failed"
+    assert final[f"create:{dep}/needs-broken/1"] == "skipped"
+    assert final[f"create:{dep}/alone/1"] == "succeeded"
+    skipped = [e for e in events if e.get("action") == f"create:{dep}/needs-broken/1"]
+    assert f"create:{dep}/broken/1 failed" in skipped[-1]["message"]
+    assert "never" in outcomes_message(events, f"create:{dep}/broken/1")
+    assert f"{dep}-needs-broken-1" not in host.containers()
+
+
+def test_independent_services_start_in_parallel(host: Host) -> None:
+    # Each create holds its slot for a second in an init step; both must overlap.
+    step = """
+    init: {steps: [{id: pause, uses: init.run, with: {command: "sleep 1"}}]}
+    """
+    host.write(sleeper("left", step) + sleeper("right", step))
+    code, events, err = host.apply("--concurrency", "2")
+    assert code == 0, err
+    dep = host.deployment
+    starts = [
+        index_of(
+            events,
+            lambda e, s=s: e.get("action") == f"create:{dep}/{s}/1" and e["kind"] == "started",
+        )
+        for s in ("left", "right")
+    ]
+    ends = [
+        index_of(
+            events,
+            lambda e, s=s: e.get("action") == f"create:{dep}/{s}/1" and e["kind"] == "succeeded",
+        )
+        for s in ("left", "right")
+    ]
+    assert max(starts) < min(ends)
+
+
+def test_scale_up_and_down_keeps_the_lowest_replicas(host: Host) -> None:
+    def write(n: int) -> None:
+        host.write(sleeper("web", f"scale: {{mode: fixed, replicas: {n}}}"))
+
+    dep = host.deployment
+    write(2)
+    assert host.apply()[0] == 0
+    first = {n: c["Id"] for n, c in host.containers().items()}
+    assert sorted(first) == [f"{dep}-web-1", f"{dep}-web-2"]
+    write(3)
+    assert host.apply()[0] == 0
+    now = {n: c["Id"] for n, c in host.containers().items()}
+    assert sorted(now) == [f"{dep}-web-1", f"{dep}-web-2", f"{dep}-web-3"]
+    assert all(now[n] == first[n] for n in first)
+    write(1)
+    assert host.apply()[0] == 0
+    assert {n: c["Id"] for n, c in host.containers().items()} == {
+        f"{dep}-web-1": first[f"{dep}-web-1"]
+    }
+
+
+def test_replace_that_fails_health_is_rolled_back(host: Host) -> None:
+    port = free_port()
+    host.write(http_server("web", port, "env: {VERSION: '1'}"))
+    assert host.apply()[0] == 0
+    dep = host.deployment
+    before = host.containers()[f"{dep}-web-1"]["Config"]["Labels"]["zlayer.fingerprint"]
+    # Version 2 serves on another port than its health check asks.
+    host.write(http_server("web", port, "env: {VERSION: '2'}", serve_port=free_port()))
+    code, events, _ = host.apply()
+    assert code == 1
+    assert outcomes(events)[f"replace:{dep}/web/1"] == "rolled_back"
+    message = [e for e in events if e.get("action") == f"replace:{dep}/web/1"][-1]["message"]
+    assert "rolled back" in message and f"{dep}/web/1" in message
+    after = host.containers()[f"{dep}-web-1"]
+    assert after["Config"]["Labels"]["zlayer.fingerprint"] == before
+    assert "VERSION=1" in after["Config"]["Env"]
+    time.sleep(1)
+    with socket.create_connection(("127.0.0.1", port), timeout=5):
+        pass  # version 1 serves again
+
+
+def test_rollout_stops_at_the_first_unhealthy_replica_and_the_rest_stay(host: Host) -> None:
+    host.write(sleeper("work", "scale: {mode: fixed, replicas: 3}\nenv: {V: '1'}"))
+    assert host.apply()[0] == 0
+    dep = host.deployment
+    ids = {n: c["Id"] for n, c in host.containers().items()}
+    broken = sleeper("work", "scale: {mode: fixed, replicas: 3}\nenv: {V: '2'}", script="exit 0")
+    host.write(broken)
+    code, events, _ = host.apply()
+    assert code == 1
+    final = outcomes(events)
+    assert final[f"replace:{dep}/work/1"] == "rolled_back"
+    assert final[f"replace:{dep}/work/2"] == "skipped"
+    assert final[f"replace:{dep}/work/3"] == "skipped"
+    now = host.containers()
+    assert now[f"{dep}-work-2"]["Id"] == ids[f"{dep}-work-2"]
+    assert now[f"{dep}-work-3"]["Id"] == ids[f"{dep}-work-3"]
+    assert "V=1" in now[f"{dep}-work-1"]["Config"]["Env"]
+    assert now[f"{dep}-work-1"]["State"]["Status"] == "running"
+
+
+def test_init_steps_run_before_the_replica_starts(host: Host, tmp_path: Path) -> None:
+    port = free_port()
+    marker = tmp_path / "init-ran"
+    host.write(
+        sleeper(
+            "app",
+            f"""
+            init:
+              steps:
+                - id: wait
+                  uses: init.wait_tcp
+                  with: {{host: localhost, port: {port}}}
+                  timeout: 2s
+                - {{id: mark, uses: init.run, with: {{command: "touch {marker}"}}}}
+            """,
+        )
+    )
+    code, events, _ = host.apply()
+    assert code == 1 and not marker.exists()
+    assert "init step wait failed" in outcomes_message(events, f"create:{host.deployment}/app/1")
+    assert host.containers() == {}
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", port))
+        listener.listen()
+        code, events, err = host.apply()
+    assert code == 0, (events, err)
+    assert marker.exists()
+    assert list(host.containers()) == [f"{host.deployment}-app-1"]
+
+
+def outcomes_message(events: list[dict[str, Any]], action: str) -> str:
+    return str([e for e in events if e.get("action") == action][-1]["message"])
+
+
+def test_prune_removes_what_left_the_specs_and_a_crashed_replica_is_restarted(host: Host) -> None:
+    dep = host.deployment
+    host.write(sleeper("keep") + sleeper("gone"))
+    assert host.apply()[0] == 0
+    docker(host.url, "kill", f"{dep}-keep-1")
+    host.write(sleeper("keep"))
+    plan = host.plan()
+    reasons = {a["id"]: a["reason"] for a in plan["actions"]}
+    assert sorted(reasons) == [f"prune:{dep}/gone/1", f"restart:{dep}/keep/1"]
+    assert "exited with status 137" in reasons[f"restart:{dep}/keep/1"]
+    code, events, err = host.apply()
+    assert code == 0, (events, err)
+    containers = host.containers()
+    assert list(containers) == [f"{dep}-keep-1"]
+    assert containers[f"{dep}-keep-1"]["State"]["Status"] == "running"
+    assert host.plan()["actions"] == []
+
+
+def test_a_stale_saved_plan_is_refused_and_a_fresh_one_applied(host: Host, tmp_path: Path) -> None:
+    dep = host.deployment
+    saved = tmp_path / "plan.json"
+    host.write(sleeper("one"))
+    run = host.run("plan", str(host.specs), "--runtime", "docker", "--out", str(saved))
+    assert run.returncode == 0, run.stderr
+    host.write(sleeper("one") + sleeper("two"))
+    run = host.run("apply", str(saved), str(host.specs))
+    assert run.returncode == 1
+    assert "stale" in run.stderr and "the specs changed" in run.stderr
+    assert f"now also needed: create:{dep}/two/1" in run.stderr
+    assert host.containers() == {}
+    run = host.run("plan", str(host.specs), "--runtime", "docker", "--out", str(saved))
+    docker(
+        host.url,
+        "run",
+        "-d",
+        "--name",
+        f"{dep}-one-1",
+        "--label",
+        f"zlayer.deployment={dep}",
+        "--label",
+        "zlayer.service=one",
+        "--label",
+        "zlayer.replica=1",
+        host.image,
+        "sleep",
+        "60",
+    )
+    run = host.run("apply", str(saved), str(host.specs))
+    assert run.returncode == 1 and "the runtime changed" in run.stderr
+    docker(host.url, "rm", "-f", f"{dep}-one-1")
+    run = host.run("apply", str(saved), str(host.specs))
+    assert run.returncode == 0, run.stderr
+    assert sorted(host.containers()) == [f"{dep}-one-1", f"{dep}-two-1"]
+
+
+def test_a_second_apply_waits_for_the_lock_then_exits_3_naming_the_holder(host: Host) -> None:
+    host.write(sleeper("one"))
+    ready = host.state / "held"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import pathlib, sys, time\n"
+            "from reconciler.lock import ApplyLock\n"
+            f"with ApplyLock(pathlib.Path({str(host.state)!r})):\n"
+            f"    pathlib.Path({str(ready)!r}).touch()\n"
+            "    time.sleep(60)\n",
+        ],
+        cwd=REPO,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            assert time.monotonic() < deadline and holder.poll() is None
+            time.sleep(0.05)
+        run = host.run("apply", str(host.specs), "--auto-approve", "--lock-timeout", "0.5")
+        assert run.returncode == 3
+        assert f"pid {holder.pid}" in run.stderr
+        assert host.containers() == {}
+    finally:
+        holder.kill()
+        holder.wait()
+    run = host.run("apply", str(host.specs), "--auto-approve")
+    assert run.returncode == 0, run.stderr
+
+
+def test_apply_without_a_terminal_or_auto_approve_is_refused(host: Host) -> None:
+    host.write(sleeper("one"))
+    run = host.run("apply", str(host.specs))
+    assert run.returncode == 1
+    assert "--auto-approve" in run.stderr
+    assert host.containers() == {}
+
+
+def test_kill_9_at_random_moments_then_apply_converges(host: Host) -> None:
+    dep = host.deployment
+    services = "".join(
+        sleeper(
+            f"s{i}",
+            f"depends: [{{service: s{i - 1}, condition: started, timeout: 30s}}]" if i % 3 else "",
+        )
+        for i in range(6)
+    )
+    host.write(services)
+    rng = random.Random(20261122)
+    points = [rng.uniform(0.3, 3.0) for _ in range(5)]
+    for version, delay in enumerate(points):
+        # Each round changes the config, so every round has replaces to interrupt.
+        host.write(
+            services.replace('sleep], args: ["3600"]', f'sleep], args: ["{3600 + version}"]')
+        )
+        process = subprocess.Popen(
+            host.command("apply", str(host.specs), "--auto-approve", "--format", "json"),
+            cwd=REPO,
+            env=host.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(delay)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        code, events, err = host.apply()
+        assert code == 0, (delay, events, err)
+        names = sorted(host.containers())
+        assert names == sorted(f"{dep}-s{i}-1" for i in range(6)), (delay, names)
+        assert host.plan()["actions"] == [], delay
