@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -54,10 +53,10 @@ class Host:
             "COLUMNS": "200",
         }
 
-    def write(self, services: str, name: str = "app.yaml") -> None:
-        body = textwrap.indent(textwrap.dedent(services).strip("\n"), "  ")
-        body = body.replace("IMAGE", self.image)
-        text = f"version: v1\ndeployment: {self.deployment}\nservices:\n{body}\n"
+    def write(self, services: dict[str, Any], name: str = "app.yaml") -> None:
+        """One spec file holding ``services`` (written as JSON, which is YAML)."""
+        spec = {"version": "v1", "deployment": self.deployment, "services": services}
+        text = json.dumps(spec, indent=1).replace('"IMAGE"', json.dumps(self.image))
         (self.specs / name).write_text(text)
 
     def command(self, *args: str) -> list[str]:
@@ -133,53 +132,48 @@ def index_of(events: list[dict[str, Any]], match: Callable[[dict[str, Any]], boo
     raise AssertionError("no such event")
 
 
-def sleeper(name: str, extra: str = "", script: str = "exec sleep 3600") -> str:
+def sleeper(name: str, script: str = "exec sleep 3600", **extra: Any) -> dict[str, Any]:
     """A service running ``sh -c script`` with an always-passing health check."""
-    return f"""
-    {name}:
-      image: {{name: IMAGE, pull_policy: never}}
-      command:
-        entrypoint: [sh]
-        args: ["-c", {json.dumps(script)}]
-      stop_grace_period: 1s
-      health: {{start_grace: 1s, check: {{type: command, command: "true"}}}}
-    """ + textwrap.indent(textwrap.dedent(extra).strip("\n"), "  ")
+    service = {
+        "image": {"name": "IMAGE", "pull_policy": "never"},
+        "command": {"entrypoint": ["sh"], "args": ["-c", script]},
+        "stop_grace_period": "1s",
+        "health": {"start_grace": "1s", "check": {"type": "command", "command": "true"}},
+    }
+    return {name: {**service, **extra}}
 
 
-def http_server(name: str, port: int, extra: str = "", serve_port: int | None = None) -> str:
+def http_server(
+    name: str, port: int, serve_port: int | None = None, **extra: Any
+) -> dict[str, Any]:
     """A busybox httpd on the host network answering on 127.0.0.1:port."""
     listen = f"127.0.0.1:{serve_port or port}"
-    return f"""
-    {name}:
-      image: {{name: IMAGE, pull_policy: never}}
-      network_mode: host
-      stop_grace_period: 1s
-      command:
-        entrypoint: [httpd]
-        args: ["-f", "-p", "{listen}", "-h", "/srv"]
-      health:
-        start_grace: 1s
-        interval: 1s
-        timeout: 1s
-        retries: 3
-        check: {{type: http, url: "http://localhost:{port}/index.html"}}
-    """ + textwrap.indent(textwrap.dedent(extra).strip("\n"), "  ")
+    service = {
+        "image": {"name": "IMAGE", "pull_policy": "never"},
+        "network_mode": "host",
+        "stop_grace_period": "1s",
+        "command": {"entrypoint": ["httpd"], "args": ["-f", "-p", listen, "-h", "/srv"]},
+        "health": {
+            "start_grace": "1s",
+            "interval": "1s",
+            "timeout": "1s",
+            "retries": 3,
+            "check": {"type": "http", "url": f"http://localhost:{port}/index.html"},
+        },
+    }
+    return {name: {**service, **extra}}
+
+
+def healthy(service: str, timeout: str = "60s", condition: str = "healthy") -> list[Any]:
+    return [{"service": service, "condition": condition, "timeout": timeout}]
 
 
 def test_apply_creates_in_dependency_order_gated_on_health_then_is_a_no_op(host: Host) -> None:
     port = free_port()
     # api only runs if db answers when api starts: it exits 7 otherwise.
+    script = f"wget -q -O /dev/null http://127.0.0.1:{port}/index.html || exit 7; exec sleep 3600"
     host.write(
-        http_server("db", port)
-        + sleeper(
-            "api",
-            """
-            network_mode: host
-            depends: [{service: db, condition: healthy, timeout: 60s}]
-            """,
-            script=f"wget -q -O /dev/null http://127.0.0.1:{port}/index.html || exit 7; "
-            "exec sleep 3600",
-        )
+        http_server("db", port) | sleeper("api", script, network_mode="host", depends=healthy("db"))
     )
     code, events, err = host.apply()
     assert code == 0, (events, err)
@@ -216,9 +210,9 @@ def test_a_failed_dependency_skips_its_dependents_and_independent_branches_go_on
 ) -> None:
     # An image that is not there, under pull_policy never: the create fails for sure.
     host.write(
-        sleeper("broken").replace("name: IMAGE", "name: zlayer-test/missing:none")
-        + sleeper("needs-broken", "depends: [{service: broken, condition: started, timeout: 5s}]")
-        + sleeper("alone")
+        sleeper("broken", image={"name": "zlayer-test/missing:none", "pull_policy": "never"})
+        | sleeper("needs-broken", depends=healthy("broken", "5s", "started"))
+        | sleeper("alone")
     )
     code, events, _ = host.apply()
     assert code == 1
@@ -235,10 +229,8 @@ def test_a_failed_dependency_skips_its_dependents_and_independent_branches_go_on
 
 def test_independent_services_start_in_parallel(host: Host) -> None:
     # Each create holds its slot for a second in an init step; both must overlap.
-    step = """
-    init: {steps: [{id: pause, uses: init.run, with: {command: "sleep 1"}}]}
-    """
-    host.write(sleeper("left", step) + sleeper("right", step))
+    step = {"steps": [{"id": "pause", "uses": "init.run", "with": {"command": "sleep 1"}}]}
+    host.write(sleeper("left", init=step) | sleeper("right", init=step))
     code, events, err = host.apply("--concurrency", "2")
     assert code == 0, err
     dep = host.deployment
@@ -261,7 +253,7 @@ def test_independent_services_start_in_parallel(host: Host) -> None:
 
 def test_scale_up_and_down_keeps_the_lowest_replicas(host: Host) -> None:
     def write(n: int) -> None:
-        host.write(sleeper("web", f"scale: {{mode: fixed, replicas: {n}}}"))
+        host.write(sleeper("web", scale={"mode": "fixed", "replicas": n}))
 
     dep = host.deployment
     write(2)
@@ -282,12 +274,12 @@ def test_scale_up_and_down_keeps_the_lowest_replicas(host: Host) -> None:
 
 def test_replace_that_fails_health_is_rolled_back(host: Host) -> None:
     port = free_port()
-    host.write(http_server("web", port, "env: {VERSION: '1'}"))
+    host.write(http_server("web", port, env={"VERSION": "1"}))
     assert host.apply()[0] == 0
     dep = host.deployment
     before = host.containers()[f"{dep}-web-1"]["Config"]["Labels"]["zlayer.fingerprint"]
     # Version 2 serves on another port than its health check asks.
-    host.write(http_server("web", port, "env: {VERSION: '2'}", serve_port=free_port()))
+    host.write(http_server("web", port, serve_port=free_port(), env={"VERSION": "2"}))
     code, events, _ = host.apply()
     assert code == 1
     assert outcomes(events)[f"replace:{dep}/web/1"] == "rolled_back"
@@ -302,12 +294,12 @@ def test_replace_that_fails_health_is_rolled_back(host: Host) -> None:
 
 
 def test_rollout_stops_at_the_first_unhealthy_replica_and_the_rest_stay(host: Host) -> None:
-    host.write(sleeper("work", "scale: {mode: fixed, replicas: 3}\nenv: {V: '1'}"))
+    three = {"mode": "fixed", "replicas": 3}
+    host.write(sleeper("work", scale=three, env={"V": "1"}))
     assert host.apply()[0] == 0
     dep = host.deployment
     ids = {n: c["Id"] for n, c in host.containers().items()}
-    broken = sleeper("work", "scale: {mode: fixed, replicas: 3}\nenv: {V: '2'}", script="exit 0")
-    host.write(broken)
+    host.write(sleeper("work", "exit 0", scale=three, env={"V": "2"}))
     code, events, _ = host.apply()
     assert code == 1
     final = outcomes(events)
@@ -327,15 +319,17 @@ def test_init_steps_run_before_the_replica_starts(host: Host, tmp_path: Path) ->
     host.write(
         sleeper(
             "app",
-            f"""
-            init:
-              steps:
-                - id: wait
-                  uses: init.wait_tcp
-                  with: {{host: localhost, port: {port}}}
-                  timeout: 2s
-                - {{id: mark, uses: init.run, with: {{command: "touch {marker}"}}}}
-            """,
+            init={
+                "steps": [
+                    {
+                        "id": "wait",
+                        "uses": "init.wait_tcp",
+                        "with": {"host": "localhost", "port": port},
+                        "timeout": "2s",
+                    },
+                    {"id": "mark", "uses": "init.run", "with": {"command": f"touch {marker}"}},
+                ]
+            },
         )
     )
     code, events, _ = host.apply()
@@ -357,7 +351,7 @@ def outcomes_message(events: list[dict[str, Any]], action: str) -> str:
 
 def test_prune_removes_what_left_the_specs_and_a_crashed_replica_is_restarted(host: Host) -> None:
     dep = host.deployment
-    host.write(sleeper("keep") + sleeper("gone"))
+    host.write(sleeper("keep") | sleeper("gone"))
     assert host.apply()[0] == 0
     docker(host.url, "kill", f"{dep}-keep-1")
     host.write(sleeper("keep"))
@@ -379,32 +373,25 @@ def test_a_stale_saved_plan_is_refused_and_a_fresh_one_applied(host: Host, tmp_p
     host.write(sleeper("one"))
     run = host.run("plan", str(host.specs), "--runtime", "docker", "--out", str(saved))
     assert run.returncode == 0, run.stderr
-    host.write(sleeper("one") + sleeper("two"))
+    host.write(sleeper("one") | sleeper("two"))
     run = host.run("apply", str(saved), str(host.specs))
     assert run.returncode == 1
     assert "stale" in run.stderr and "the specs changed" in run.stderr
     assert f"now also needed: create:{dep}/two/1" in run.stderr
     assert host.containers() == {}
+    # Once `one` runs, a plan to add `two` is saved; then the host moves under it.
+    host.write(sleeper("one"))
+    assert host.apply()[0] == 0
+    host.write(sleeper("one") | sleeper("two"))
     run = host.run("plan", str(host.specs), "--runtime", "docker", "--out", str(saved))
-    docker(
-        host.url,
-        "run",
-        "-d",
-        "--name",
-        f"{dep}-one-1",
-        "--label",
-        f"zlayer.deployment={dep}",
-        "--label",
-        "zlayer.service=one",
-        "--label",
-        "zlayer.replica=1",
-        host.image,
-        "sleep",
-        "60",
-    )
+    assert run.returncode == 0, run.stderr
+    docker(host.url, "kill", f"{dep}-one-1")
     run = host.run("apply", str(saved), str(host.specs))
-    assert run.returncode == 1 and "the runtime changed" in run.stderr
-    docker(host.url, "rm", "-f", f"{dep}-one-1")
+    assert run.returncode == 1 and "the runtime changed" in run.stderr, run.stderr
+    assert f"now also needed: restart:{dep}/one/1" in run.stderr
+    assert f"{dep}-two-1" not in host.containers()
+    # Back as it was when the plan was made: the saved plan applies, without asking.
+    docker(host.url, "start", f"{dep}-one-1")
     run = host.run("apply", str(saved), str(host.specs))
     assert run.returncode == 0, run.stderr
     assert sorted(host.containers()) == [f"{dep}-one-1", f"{dep}-two-1"]
@@ -451,21 +438,19 @@ def test_apply_without_a_terminal_or_auto_approve_is_refused(host: Host) -> None
 
 def test_kill_9_at_random_moments_then_apply_converges(host: Host) -> None:
     dep = host.deployment
-    services = "".join(
-        sleeper(
-            f"s{i}",
-            f"depends: [{{service: s{i - 1}, condition: started, timeout: 30s}}]" if i % 3 else "",
-        )
-        for i in range(6)
-    )
-    host.write(services)
+
+    def services(version: int) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for i in range(6):
+            after = {"depends": healthy(f"s{i - 1}", "30s", "started")} if i % 3 else {}
+            out |= sleeper(f"s{i}", f"exec sleep {3600 + version}", **after)
+        return out
+
     rng = random.Random(20261122)
     points = [rng.uniform(0.3, 3.0) for _ in range(5)]
     for version, delay in enumerate(points):
         # Each round changes the config, so every round has replaces to interrupt.
-        host.write(
-            services.replace('sleep], args: ["3600"]', f'sleep], args: ["{3600 + version}"]')
-        )
+        host.write(services(version))
         process = subprocess.Popen(
             host.command("apply", str(host.specs), "--auto-approve", "--format", "json"),
             cwd=REPO,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from datetime import UTC, datetime
 
@@ -146,6 +147,7 @@ async def _print_logs(
     driver: Driver, target: WorkloadId, follow: bool, tail: int | None, prefix: bool
 ) -> None:
     label = f"{target.service}/{target.replica} | " if prefix and target.replica else ""
-    async for line in driver.logs(target, follow=follow, tail=tail):
-        sys.stdout.write(f"{label}{line}\n")
-        sys.stdout.flush()
+    async with contextlib.aclosing(driver.logs(target, follow=follow, tail=tail)) as lines:
+        async for line in lines:
+            sys.stdout.write(f"{label}{line}\n")
+            sys.stdout.flush()

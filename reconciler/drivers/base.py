@@ -8,7 +8,7 @@ library's errors into :class:`reconciler.errors.DriverError` subclasses.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncGenerator, Collection
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self
@@ -55,7 +55,8 @@ class Driver(Observer, Protocol):
         ...
 
     async def replace(self, service: DesiredService, replica: int, revision: str) -> None:
-        """Swap the existing replica for one with ``service``'s current config."""
+        """Swap the replica for one with ``service``'s current config (creating it when
+        it is missing: a rollback after a failed start must still restore it)."""
         ...
 
     async def start(self, target: WorkloadId) -> None: ...
@@ -85,7 +86,7 @@ class Driver(Observer, Protocol):
 
     def logs(
         self, target: WorkloadId, *, follow: bool = False, tail: int | None = None
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         """The replica's output lines (stdout and stderr), the last ``tail`` of them,
         then new ones as they come when ``follow``."""
         ...

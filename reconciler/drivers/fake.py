@@ -8,7 +8,7 @@ It never substitutes for testing a real driver against its real backend.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncGenerator, Collection
 from types import TracebackType
 from typing import Any, Self
 
@@ -71,7 +71,7 @@ class FakeDriver:
 
     async def logs(
         self, target: WorkloadId, *, follow: bool = False, tail: int | None = None
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         lines = self.output.get(target, [])
         for line in lines[-tail:] if tail else lines:
             yield line
