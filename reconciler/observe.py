@@ -6,15 +6,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from reconciler.desired import CompileInputs, as_running, compile_specs
+from reconciler.desired import CompileInputs, DesiredState, as_running, compile_specs
 from reconciler.drivers.base import Driver
 from reconciler.drivers.fake import FakeDriver
 from reconciler.errors import SnapshotError
 from reconciler.observed import ObservedState, load_snapshot
+from reconciler.probes import init_step_problem
 from reconciler.spec.load import load_sources
 from reconciler.spec.problems import Problem
 
@@ -42,6 +44,50 @@ def observe_runtime(name: str) -> ObservedState:
     async def observe() -> ObservedState:
         async with open_runtime(name) as driver:
             return await driver.observe()
+
+    return asyncio.run(observe())
+
+
+def check_runtime(driver: Driver, desired: DesiredState) -> tuple[DesiredState, list[str]]:
+    """``desired`` checked against what the runtime can do: (the state with the
+    runtime's warnings added to each service's own, every error). Errors mean the
+    specs cannot be applied there, so nothing may be touched."""
+    errors: list[str] = []
+    services = {}
+    for key, service in desired.services.items():
+        limits = driver.limits(service)
+        subject = f"{key[0]}/{key[1]}"
+        where = f"{service.file}: {subject}" if service.file else subject
+        errors += [f"{where}: {_unprefixed(e, subject)}" for e in limits.errors]
+        for step in service.policy.init:
+            if problem := init_step_problem(step):
+                errors.append(f"{where}: init step {step.id}: {problem}")
+        warnings = tuple(_unprefixed(w, subject) for w in limits.warnings)
+        services[key] = dataclasses.replace(service, warnings=service.warnings + warnings)
+    return dataclasses.replace(desired, services=services), errors
+
+
+def limits_message(runtime: str, errors: list[str], verb: str) -> str:
+    listing = "\n  ".join(errors)
+    return (
+        f"the specs ask for what the {runtime} runtime cannot do; nothing was {verb}:\n  {listing}"
+    )
+
+
+def _unprefixed(message: str, subject: str) -> str:
+    return message.removeprefix(f"{subject}: ")
+
+
+def observe_checked(
+    name: str, desired: DesiredState
+) -> tuple[ObservedState, DesiredState, list[str]]:
+    """Observe runtime ``name`` and check ``desired`` against it (see :func:`check_runtime`)."""
+    import asyncio
+
+    async def observe() -> tuple[ObservedState, DesiredState, list[str]]:
+        async with open_runtime(name) as driver:
+            checked, errors = check_runtime(driver, desired)
+            return await driver.observe(), checked, errors
 
     return asyncio.run(observe())
 

@@ -466,3 +466,49 @@ def test_kill_9_at_random_moments_then_apply_converges(host: Host) -> None:
         names = sorted(host.containers())
         assert names == sorted(f"{dep}-s{i}-1" for i in range(6)), (delay, names)
         assert host.plan()["actions"] == [], delay
+
+
+def test_status_logs_and_destroy(host: Host) -> None:
+    dep = host.deployment
+    host.write(
+        sleeper("db", "echo db says hello; exec sleep 3600")
+        | sleeper(
+            "api", depends=healthy("db", "30s", "started"), scale={"mode": "fixed", "replicas": 2}
+        )
+    )
+    assert host.apply()[0] == 0
+    run = host.run("status", "--deployment", dep)
+    assert run.returncode == 0, run.stderr
+    rows = [line.split() for line in run.stdout.splitlines()]
+    assert rows[0][:4] == ["DEPLOYMENT", "SERVICE", "REPLICA", "STATE"]
+    assert sorted((r[1], r[2], r[3]) for r in rows[1:]) == [
+        ("api", "1", "running"),
+        ("api", "2", "running"),
+        ("db", "1", "running"),
+    ]
+    run = host.run("logs", f"{dep}/db")
+    assert run.returncode == 0 and run.stdout == "db says hello\n", run.stderr
+    run = host.run("logs", "nosuch")
+    assert run.returncode == 1 and "nosuch: no such workload" in run.stderr
+    run = host.run("destroy", dep, "--auto-approve", "--format", "json")
+    assert run.returncode == 0, run.stderr
+    events = [json.loads(line) for line in run.stdout.splitlines()]
+    assert set(outcomes(events)) == {
+        f"remove:{dep}/api/1",
+        f"remove:{dep}/api/2",
+        f"remove:{dep}/db/1",
+    }
+    db_started = index_of(
+        events, lambda e: e.get("action") == f"remove:{dep}/db/1" and e["kind"] == "started"
+    )
+    for replica in (1, 2):
+        api_done = index_of(
+            events,
+            lambda e, r=replica: (
+                e.get("action") == f"remove:{dep}/api/{r}" and e["kind"] == "succeeded"
+            ),
+        )
+        assert api_done < db_started  # dependents go first
+    assert host.containers() == {}
+    networks = docker(host.url, "network", "ls", "--filter", f"label=zlayer.deployment={dep}", "-q")
+    assert networks.strip() == ""

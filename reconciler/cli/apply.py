@@ -31,12 +31,11 @@ from reconciler.drivers.base import Driver
 from reconciler.errors import ZlayerError
 from reconciler.executor import DEFAULT_CONCURRENCY, Event, Report, Settings, execute
 from reconciler.lock import ApplyLock, LockHeld
-from reconciler.observe import open_runtime
+from reconciler.observe import check_runtime, limits_message, open_runtime
 from reconciler.observed import ObservedState
 from reconciler.plan.model import Plan
 from reconciler.plan.planner import plan_changes
 from reconciler.plan.serialize import PLAN_FORMAT, plan_to_json
-from reconciler.probes import init_step_problem
 
 EXIT_LOCKED = 3
 EXIT_INTERRUPTED = 130
@@ -178,9 +177,14 @@ def destroy(deployment: str, **kw: Any) -> int:
     def make_plan(_desired: DesiredState, observed: ObservedState) -> Plan:
         nothing = DesiredState(revision="destroy", services={}, deployments=frozenset())
         result = plan_changes(nothing, observed, prune=True)
+        ids = {a.id: f"remove:{a.target}" for a in result.actions}
         actions = tuple(
             dataclasses.replace(
-                a, kind="remove" if a.kind == "prune" else a.kind, reason=f"destroy {deployment}"
+                a,
+                id=ids[a.id],
+                kind="remove",
+                reason=f"destroy {deployment}",
+                waits_for=tuple(ids[w] for w in a.waits_for),
             )
             for a in result.actions
             if a.target.deployment == deployment
@@ -288,26 +292,11 @@ async def _act(
 
 
 def _checked(driver: Driver, desired: DesiredState) -> DesiredState:
-    """Every service checked against what the runtime can do, before anything is
-    touched; the runtime's warnings join the services' own."""
-    errors: list[str] = []
-    services = {}
-    for key, service in desired.services.items():
-        limits = driver.limits(service)
-        subject = f"{service.file + ': ' if service.file else ''}{key[0]}/{key[1]}"
-        errors += [f"{subject}: {e}" for e in limits.errors]
-        for step in service.policy.init:
-            problem = init_step_problem(step)
-            if problem:
-                errors.append(f"{subject}: init step {step.id}: {problem}")
-        services[key] = dataclasses.replace(service, warnings=service.warnings + limits.warnings)
+    """Every service checked against what the runtime can do, before anything is touched."""
+    checked, errors = check_runtime(driver, desired)
     if errors:
-        listing = "\n  ".join(errors)
-        raise click.ClickException(
-            f"the specs ask for what the {driver.name} runtime cannot do; "
-            f"nothing was applied:\n  {listing}"
-        )
-    return dataclasses.replace(desired, services=services)
+        raise click.ClickException(limits_message(driver.name, errors, "applied"))
+    return checked
 
 
 def _saved_plan(path: str) -> dict[str, Any] | None:

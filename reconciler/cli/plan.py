@@ -17,7 +17,14 @@ from reconciler.cli.state import SecretsDir, default_state_dir, read_secret_key
 from reconciler.cli.validate import DEFAULT_PATH
 from reconciler.desired import CompileInputs, DesiredState, compile_specs, content_revision
 from reconciler.errors import ZlayerError
-from reconciler.observe import RUNTIMES, observe_ref, observe_runtime, read_snapshot
+from reconciler.observe import (
+    RUNTIMES,
+    limits_message,
+    observe_checked,
+    observe_ref,
+    observe_runtime,
+    read_snapshot,
+)
 from reconciler.observed import ObservedState
 from reconciler.plan.planner import plan_changes
 from reconciler.plan.serialize import plan_to_json
@@ -78,16 +85,8 @@ def _observe(
     paths: tuple[str, ...],
     snapshot: str | None,
     ref: str | None,
-    runtime: str | None,
     inputs: CompileInputs,
 ) -> Observed:
-    chosen = [
-        o
-        for o, v in (("--observed", snapshot), ("--against-ref", ref), ("--runtime", runtime))
-        if v
-    ]
-    if len(chosen) > 1:
-        raise click.UsageError(f"{' and '.join(chosen)} exclude each other; give one")
     if snapshot is not None:
         state = read_snapshot(snapshot)
         return Observed(state, f"snapshot {snapshot} of a {state.runtime} runtime")
@@ -99,8 +98,7 @@ def _observe(
             )
             raise AssertionError("unreachable")
         return Observed(found, f"git ref {ref} at {commit[:12]}")
-    assert runtime is not None, "checked by _check_sources"
-    return Observed(observe_runtime(runtime), f"the {runtime} runtime")
+    raise AssertionError("checked by _check_sources")
 
 
 def _check_sources(snapshot: str | None, ref: str | None, runtime: str | None) -> None:
@@ -209,7 +207,13 @@ def plan(
     try:
         with gc_paused():
             desired = compile_paths(paths, inputs)
-            observed = _observe(paths, snapshot, ref, runtime, inputs)
+            if runtime is not None:
+                state, desired, errors = observe_checked(runtime, desired)
+                if errors:
+                    raise click.ClickException(limits_message(runtime, errors, "planned"))
+                observed = Observed(state, f"the {runtime} runtime")
+            else:
+                observed = _observe(paths, snapshot, ref, inputs)
             result = plan_changes(desired, observed.state, prune=not no_prune, targets=targets)
     except ZlayerError as exc:
         raise click.ClickException(str(exc)) from exc

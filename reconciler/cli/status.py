@@ -8,8 +8,6 @@ import sys
 from datetime import UTC, datetime
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from reconciler.cli.apply import APPLY_RUNTIMES
 from reconciler.drivers.base import Driver
@@ -53,43 +51,40 @@ def _image(state: ObservedState, workload: Workload) -> str:
 def status(deployments: tuple[str, ...], runtime: str) -> int:
     """Every workload zlayer manages: state, health, restarts, age and image."""
 
-    async def observe() -> ObservedState:
+    async def observe() -> tuple[ObservedState, list[Workload]]:
         async with open_runtime(runtime) as driver:
-            return await driver.observe(deployments or None)
+            state = await driver.observe(deployments or None)
+            # The list call leaves out start times and restart counts; ask per replica.
+            detailed = await asyncio.gather(*(driver.status(w.id) for w in state.workloads))
+            return state, [d or w for d, w in zip(detailed, state.workloads, strict=True)]
 
     try:
-        state = asyncio.run(observe())
+        state, workloads = asyncio.run(observe())
     except ZlayerError as exc:
         raise click.ClickException(str(exc)) from exc
-    console = Console(file=sys.stdout, highlight=False, soft_wrap=True)
-    if not state.workloads:
-        console.print(f"No workloads managed by zlayer on the {runtime} runtime.")
+    if not workloads:
+        click.echo(f"No workloads managed by zlayer on the {runtime} runtime.")
         return 0
-    table = Table(box=None, pad_edge=False)
-    for column in (
-        "DEPLOYMENT",
-        "SERVICE",
-        "REPLICA",
-        "STATE",
-        "HEALTH",
-        "RESTARTS",
-        "AGE",
-        "IMAGE",
-    ):
-        table.add_column(column, no_wrap=True)
     now = datetime.now(UTC)
-    for w in state.workloads:
-        table.add_row(
-            w.deployment,
-            w.service,
-            str(w.replica) if w.replica is not None else "-",
-            w.status if w.exit_code is None else f"{w.status} ({w.exit_code})",
-            w.health,
-            str(w.restart_count),
-            _age(w.started_at, now),
-            _image(state, w),
+    rows = [("DEPLOYMENT", "SERVICE", "REPLICA", "STATE", "HEALTH", "RESTARTS", "AGE", "IMAGE")]
+    for w in workloads:
+        rows.append(
+            (
+                w.deployment,
+                w.service,
+                str(w.replica) if w.replica is not None else "-",
+                w.status if w.exit_code is None else f"{w.status} ({w.exit_code})",
+                w.health,
+                str(w.restart_count),
+                _age(w.started_at, now) if w.status == "running" else "-",
+                _image(state, w),
+            )
         )
-    console.print(table)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
     return 0
 
 
