@@ -22,7 +22,12 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO
-from tests.docker_support import deployment_name, docker_url, test_image  # noqa: F401
+from tests.docker_support import (  # noqa: F401
+    deployment_name,
+    docker_url,
+    remove_deployment,
+    test_image,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -512,3 +517,33 @@ def test_status_logs_and_destroy(host: Host) -> None:
     assert host.containers() == {}
     networks = docker(host.url, "network", "ls", "--filter", f"label=zlayer.deployment={dep}", "-q")
     assert networks.strip() == ""
+
+
+def test_the_readme_main_job_applies_the_bundled_specs(tmp_path: Path, docker_url: str) -> None:  # noqa: F811
+    """The README's Quickstart on a Docker host: import busybox, apply specs/, status,
+    destroy. web's public endpoint is published on 127.0.0.1:8080 here."""
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", 8080)) != 0, "port 8080 is taken on this host"
+    env = {**os.environ, "DOCKER_HOST": docker_url}
+    try:
+        subprocess.run(
+            ["contrib/docker/import-busybox"], cwd=REPO, env=env, check=True, timeout=120
+        )
+        host = Host(tmp_path, docker_url, "busybox:1.36", "demo")
+        run = host.run("apply", "specs/", "--auto-approve")
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert "Apply complete: 6 succeeded" in run.stdout
+        with socket.create_connection(("127.0.0.1", 8080), timeout=5) as web:
+            web.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            assert b"200 OK" in web.recv(1024)
+        status = host.run("status")
+        assert status.returncode == 0
+        assert sum(" running " in line for line in status.stdout.splitlines()) == 4
+        assert host.run("apply", "specs/", "--auto-approve").stdout.count("No changes.") == 1
+        for deployment in ("demo", "observability"):
+            run = host.run("destroy", deployment, "--auto-approve")
+            assert run.returncode == 0, run.stderr
+        assert "No workloads" in host.run("status").stdout
+    finally:
+        for deployment in ("demo", "observability"):
+            remove_deployment(docker_url, deployment)

@@ -241,7 +241,7 @@ def test_observe_writes_a_snapshot_that_plan_reads(tmp_path: Path) -> None:
     assert state.workloads == ()
     plan = zlayer("plan", str(REPO / "specs"), "--observed", "o.json", cwd=tmp_path)
     assert plan.returncode == 0, plan.stderr
-    assert "+ create     demo/web/1  new service, replicas 0 → 2" in plan.stdout
+    assert "+ create     demo/web/1  new service, replicas 0 → 1" in plan.stdout
 
 
 def test_observed_schema_document_matches_the_model() -> None:
@@ -328,8 +328,8 @@ def test_against_ref_with_invalid_specs_at_the_ref_reports_them(repo: Path) -> N
 
 def test_the_bundled_example_snapshot_gives_the_documented_plan() -> None:
     """The README's main-job command: specs/ planned against contrib/snapshots/demo-host.json
-    (a host running an older demo: busybox 1.35, LOG_LEVEL debug, one web replica, a
-    crashed worker, another cron schedule and a service since removed)."""
+    (a host running an older demo: busybox 1.35, LOG_LEVEL debug, a crashed worker,
+    another cron schedule and a service since removed)."""
     run = zlayer(
         "plan", "specs", "--observed", "contrib/snapshots/demo-host.json", "--format", "json",
         cwd=REPO,
@@ -340,17 +340,16 @@ def test_the_bundled_example_snapshot_gives_the_documented_plan() -> None:
     assert [(a["id"], a["reason"]) for a in data["actions"]] == [
         ("prune:demo/legacy-cache/1", "service removed from specs"),
         ("register:demo/nightly-report", "schedule 0 0 2 * * * → 0 30 2 * * *"),
-        ("create:demo/web/2", "replicas 1 → 2"),
         (
             "replace:demo/web/1",
             "env.LOG_LEVEL debug → info; image busybox:1.35 → busybox:1.36",
         ),
         ("restart:demo/worker/1", "exited with status 137"),
     ]
-    assert data["actions"][-1]["waits_for"] == ["replace:demo/web/1", "create:demo/web/2"]
+    assert data["actions"][-1]["waits_for"] == ["replace:demo/web/1"]
     text = zlayer("plan", "specs", "--observed", "contrib/snapshots/demo-host.json", cwd=REPO)
     assert text.stdout.rstrip().endswith(
-        "Plan: 1 to create, 1 to replace, 1 to restart, 1 to register, 0 to remove, 1 to prune."
+        "Plan: 0 to create, 1 to replace, 1 to restart, 1 to register, 0 to remove, 1 to prune."
     )
 
 
