@@ -157,6 +157,8 @@ class Executor:
             self._finish(action, status, str(failure), warnings)
         except DriverError as error:
             self._finish(action, "failed", str(error), warnings)
+        except Exception as error:  # a bug must not take the other branches down
+            self._finish(action, "failed", f"internal error: {error!r}", warnings)
         else:
             self._finish(action, "succeeded", message, warnings)
 
@@ -428,7 +430,9 @@ class Executor:
                 restored.append(str(target))
             except DriverError as error:
                 problems.append(f"{target}: rollback failed: {error}")
-        for earlier in rollout.action_ids[:-1]:
+        for earlier in rollout.action_ids:
+            if earlier == action.id:
+                continue
             old = self._results[earlier]
             self._results[earlier] = replace(
                 old, status="rolled_back", message=f"rolled back: {why}"

@@ -427,6 +427,54 @@ async def test_healthy_rollout_replaces_every_replica_in_order() -> None:
     assert all(w.revision == "rB" for w in driver.workloads.values())
 
 
+async def test_init_failure_mid_rollout_rolls_back_the_replicas_already_replaced(
+    tmp_path: Path,
+) -> None:
+    """Replacing replica 1 leaves a marker that replica 2's init step refuses: replica
+    2 keeps its old container, replica 1 goes back to it, replica 3 is not touched."""
+    marker = tmp_path / "replaced-once"
+    gate = f'{{id: gate, uses: init.run, with: {{command: "test ! -e {marker}"}}}}'
+    init = f"\n        init: {{steps: [{gate}]}}\n"
+    a = desired_from(ROLLING.format(version="a").rstrip() + init, revision="rA")
+    b = desired_from(ROLLING.format(version="b").rstrip() + init, revision="rB")
+
+    class MarkingDriver(FakeDriver):
+        async def replace(self, service: DesiredService, replica: int, revision: str) -> None:
+            await super().replace(service, replica, revision)
+            marker.touch()
+
+    driver = MarkingDriver(as_running(a))
+    run = await apply(driver, b)
+    second = run.outcome("replace:demo/web/2")
+    assert second.status == "rolled_back"
+    assert "init step gate failed" in second.message and "rolled back demo/web/1" in second.message
+    assert run.status("replace:demo/web/1") == "rolled_back"
+    assert run.status("replace:demo/web/3") == "skipped"
+    assert on_config(driver, a) == [1, 2, 3]
+    assert driver.calls == [("replace", "demo/web/1"), ("replace", "demo/web/1")]
+
+
+async def test_an_unexpected_error_fails_its_action_only() -> None:
+    desired = desired_from(
+        """
+        services:
+          odd: {image: {name: nginx}}
+          fine: {image: {name: nginx}}
+        """
+    )
+
+    class BuggyDriver(FakeDriver):
+        async def create(self, service: DesiredService, replica: int, revision: str) -> None:
+            if service.name == "odd":
+                raise KeyError("bug")
+            await super().create(service, replica, revision)
+
+    run = await apply(BuggyDriver(), desired)
+    assert run.status("create:demo/odd/1") == "failed"
+    assert run.outcome("create:demo/odd/1").message == "internal error: KeyError('bug')"
+    assert run.status("create:demo/fine/1") == "succeeded"
+
+
 # --- init steps -----------------------------------------------------------------------
 
 
