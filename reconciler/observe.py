@@ -17,8 +17,8 @@ from reconciler.drivers.fake import FakeDriver
 from reconciler.errors import SnapshotError
 from reconciler.observed import ObservedState, load_snapshot
 from reconciler.probes import init_step_problem
-from reconciler.spec.load import load_sources
-from reconciler.spec.problems import Problem
+from reconciler.spec.load import LoadedSpec, load_sources
+from reconciler.spec.problems import Problem, format_path
 
 
 def _docker() -> Driver:
@@ -65,6 +65,42 @@ def check_runtime(driver: Driver, desired: DesiredState) -> tuple[DesiredState, 
         warnings = tuple(_unprefixed(w, subject) for w in limits.warnings)
         services[key] = dataclasses.replace(service, warnings=service.warnings + warnings)
     return dataclasses.replace(desired, services=services), errors
+
+
+class _AnyEnv(dict[str, str]):
+    """Every variable set (to an empty value): for checking specs without their host."""
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __missing__(self, key: str) -> str:
+        return ""
+
+
+def runtime_problems(name: str, specs: Sequence[LoadedSpec]) -> list[Problem]:
+    """What runtime ``name`` cannot run in valid ``specs``, at the services' positions.
+    Needs no engine: environment and secrets are stood in for, engine facts are the
+    defaults (the engine's own are checked by ``plan --runtime`` and ``apply``)."""
+    driver = open_runtime(name)
+    inputs = CompileInputs(env=_AnyEnv(), secret_key=b"validate", secret=lambda _name: "")
+    problems: list[Problem] = []
+    for loaded in specs:
+        desired, found = compile_specs([loaded], "validate", inputs)
+        problems += found
+        for (_, service_name), service in (desired.services if desired else {}).items():
+            subject = f"{loaded.spec.deployment}/{service_name}"
+            path = ("services", service_name)
+            messages = [_unprefixed(e, subject) for e in driver.limits(service).errors]
+            messages += [
+                f"init step {step.id}: {problem}"
+                for step in service.policy.init
+                if (problem := init_step_problem(step))
+            ]
+            problems += [
+                Problem(loaded.file, loaded.mark_for(path), format_path(path), message)
+                for message in messages
+            ]
+    return problems
 
 
 def limits_message(runtime: str, errors: list[str], verb: str) -> str:

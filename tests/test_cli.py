@@ -153,3 +153,27 @@ def test_usage_errors_exit_1_not_2() -> None:
     run = zlayer("validate", "--format", "xml")
     assert run.returncode == 1
     assert "'xml' is not one of" in run.stderr
+
+
+def test_validate_for_a_runtime_reports_what_it_cannot_run(tmp_path: Path) -> None:
+    (tmp_path / "shop.yaml").write_text(
+        "version: v1\ndeployment: shop\nservices:\n"
+        "  web:\n"
+        "    image: {name: nginx}\n"
+        '    env: {PW: "$S:db-pass", HOME_URL: "$E:SURELY_UNSET_VARIABLE"}\n'
+        "    labels: {zlayer.owner: me}\n"
+        "    init:\n"
+        "      steps:\n"
+        "        - {id: fetch, uses: init.s3_pull, with: {bucket: b}}\n"
+        "  fine:\n"
+        "    image: {name: nginx}\n"
+    )
+    plain = zlayer("validate", str(tmp_path))
+    assert plain.returncode == 0, plain.stdout
+    run = zlayer("validate", str(tmp_path), "--runtime", "docker", "--format", "json")
+    assert run.returncode == 1
+    problems = json.loads(run.stdout)["problems"]
+    assert [(p["path"], p["line"]) for p in problems] == [("services.web", 5)] * 2
+    messages = " | ".join(p["message"] for p in problems)
+    assert "init step 'fetch' uses init.s3_pull" in messages
+    assert "label 'zlayer.owner'" in messages

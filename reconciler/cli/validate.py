@@ -49,13 +49,22 @@ def load_paths(
     is_flag=True,
     help="Also fail when a $E:NAME value names a variable unset in this environment.",
 )
-def validate(paths: tuple[str, ...], fmt: str, check_env: bool) -> int:
+@click.option(
+    "--runtime",
+    type=click.Choice(["docker"]),
+    help="Also fail on what this runtime cannot run (S3 init steps, reserved labels, …).",
+)
+def validate(paths: tuple[str, ...], fmt: str, check_env: bool, runtime: str | None) -> int:
     """Validate ZLayer specs (files, or directories searched for *.yaml / *.yml).
 
     Reports every problem in every file as PATH:LINE:COL: WHERE: MESSAGE and exits 1
     when there is any; exits 0 when all specs are valid. Changes nothing.
     """
     result, files = load_paths(paths, check_env=check_env)
+    if runtime is not None and not result.problems:
+        from reconciler.observe import runtime_problems
+
+        result = LoadResult(result.specs, tuple(runtime_problems(runtime, result.specs)))
     if fmt == "json":
         deployments = [s.spec.deployment for s in result.specs]
         click.echo(problems_json(result.problems, [s.file for s in result.specs], deployments))
