@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import collections
+import contextlib
 import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Collection, Iterator
@@ -94,6 +96,12 @@ class DockerDriver:
         """What ``docker info`` said when the session opened (for :meth:`limits`)."""
         self._client: aiodocker.Docker | None = None
         self._locks: dict[str, asyncio.Lock] = {}
+        self._networks_ready: set[str] = set()
+        """Deployments whose network this session made sure of (skips an inspect)."""
+        self._network_users: collections.Counter[str] = collections.Counter()
+        """Creates in flight per deployment: the network must not go meanwhile."""
+        self._images_present: set[str] = set()
+        """Images this session found or pulled (skips an inspect per replica)."""
 
     # --- session ------------------------------------------------------------------------
 
@@ -272,7 +280,8 @@ class DockerDriver:
         target = service.workload_id(replica)
         await self._prepare(service, target, "create")
         try:
-            container = await self._create_container(service, replica, revision)
+            async with self._network_in_use(service, target):
+                container = await self._create_container(service, replica, revision)
         except DriverError:
             await self._release_network(target.deployment)
             raise
@@ -293,14 +302,14 @@ class DockerDriver:
             with _engine(target, "replace"):
                 await old.stop()
         try:
-            async with self._lock(target.deployment):
+            async with self._network_in_use(service, target):
                 if existing is not None:
                     try:
                         with _engine(target, "replace"):
                             await old.delete(v=True, force=True)
                     except NotFound:
                         pass
-                container = await self._create_container(service, replica, revision, locked=True)
+                container = await self._create_container(service, replica, revision)
         except DriverError:
             await self._release_network(target.deployment)
             raise
@@ -338,11 +347,11 @@ class DockerDriver:
         target = service.workload_id(None)
         await self._prepare(service, target, "register")
         try:
-            async with self._lock(target.deployment):
+            async with self._network_in_use(service, target):
                 if await self._managed_or_none(target, "register") is not None:
                     with _engine(target, "register"):
                         await self._handle(target).delete(v=True, force=True)
-                await self._create_container(service, None, revision, locked=True)
+                await self._create_container(service, None, revision)
         except DriverError:
             await self._release_network(target.deployment)
             raise
@@ -416,6 +425,8 @@ class DockerDriver:
                 if not await self._image_present(image, target):
                     raise
                 log.warning("%s; using the local image %s (pull_policy newer)", exc, image)
+        elif image in self._images_present:
+            return
         elif not await self._image_present(image, target):
             if policy == "never":
                 raise PermanentDriverError(
@@ -423,6 +434,7 @@ class DockerDriver:
                     "pull_policy is never"
                 )
             await self._pull(service, target, action)
+        self._images_present.add(image)
 
     async def _image_present(self, image: str, target: WorkloadId) -> bool:
         try:
@@ -486,6 +498,9 @@ class DockerDriver:
         name = dc.network_name(deployment)
         filters = json.dumps({"label": [f"{dc.DEPLOYMENT}={deployment}"]})
         async with self._lock(deployment):
+            self._networks_ready.discard(deployment)
+            if self._network_users[deployment]:
+                return  # a create is under way; the last remove takes the network
             try:
                 with _engine(deployment, f"remove network {name}"):
                     if await self.docker.containers.list(all=True, filters=filters, limit=1):
@@ -503,11 +518,8 @@ class DockerDriver:
         service: DesiredService,
         replica: int | None,
         revision: str,
-        *,
-        locked: bool = False,
     ) -> DockerContainer:
-        """Create (not start) the container; with the deployment's network first. The
-        lock keeps a concurrent remove from taking the network away in between."""
+        """Create (not start) the container. Call inside :meth:`_network_in_use`."""
         target = service.workload_id(replica)
         try:
             body = dc.create_body(
@@ -519,19 +531,28 @@ class DockerDriver:
             )
         except ValueError as exc:
             raise PermanentDriverError(f"{target}: create failed: {exc}") from exc
-        name = dc.container_name(target)
-        if locked:
-            return await self._create_locked(target, service, name, body)
-        async with self._lock(target.deployment):
-            return await self._create_locked(target, service, name, body)
-
-    async def _create_locked(
-        self, target: WorkloadId, service: DesiredService, name: str, body: dict[str, Any]
-    ) -> DockerContainer:
-        if service.config.get("network_mode", "default") == "default":
-            await self._ensure_network(target.deployment, target)
         with _engine(target, "create", missing=PermanentDriverError):
-            return await self.docker.containers.create(body, name=name)
+            return await self.docker.containers.create(body, name=dc.container_name(target))
+
+    @contextlib.asynccontextmanager
+    async def _network_in_use(
+        self, service: DesiredService, target: WorkloadId
+    ) -> AsyncIterator[None]:
+        """The deployment's network exists (when the service uses it) and stays while
+        the block runs: :meth:`_release_network` leaves it while a block is inside.
+        Creates run in parallel; only the first of a session inspects the network."""
+        deployment = target.deployment
+        self._network_users[deployment] += 1
+        try:
+            wanted = service.config.get("network_mode", "default") == "default"
+            if wanted and deployment not in self._networks_ready:
+                async with self._lock(deployment):
+                    if deployment not in self._networks_ready:
+                        await self._ensure_network(deployment, target)
+                        self._networks_ready.add(deployment)
+            yield
+        finally:
+            self._network_users[deployment] -= 1
 
     async def _start_new(self, target: WorkloadId, container: DockerContainer) -> None:
         """Start a container just created; if the engine refuses, remove it again so
