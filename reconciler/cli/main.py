@@ -8,23 +8,47 @@ they exit 1 here instead.
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
 
 from reconciler import __version__
-from reconciler.cli.apply import EXIT_LOCKED, apply, destroy
-from reconciler.cli.plan import observe, plan
-from reconciler.cli.spec import schema, spec
-from reconciler.cli.status import logs, status
-from reconciler.cli.validate import validate
 
 EXIT_OK = 0
 EXIT_ERROR = 1
-__all__ = ["EXIT_ERROR", "EXIT_LOCKED", "EXIT_OK", "cli", "main"]
+EXIT_LOCKED = 3
+
+COMMANDS = {
+    "validate": "reconciler.cli.validate",
+    "spec": "reconciler.cli.spec",
+    "schema": "reconciler.cli.spec",
+    "plan": "reconciler.cli.plan",
+    "observe": "reconciler.cli.plan",
+    "apply": "reconciler.cli.apply",
+    "destroy": "reconciler.cli.apply",
+    "status": "reconciler.cli.status",
+    "logs": "reconciler.cli.status",
+}
+"""Command → its module, imported only when the command runs (or for --help):
+``zlayer plan`` need not load the executor, nor ``validate`` the Docker client."""
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMANDS.get(cmd_name)
+        if module is None:
+            return None
+        command = getattr(importlib.import_module(module), cmd_name)
+        assert isinstance(command, click.Command)
+        return command
 
 
 @click.group(
+    cls=LazyGroup,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog="Example:\n\n    zlayer validate specs/",
 )
@@ -35,17 +59,6 @@ def cli() -> None:
     Validate specs, plan (see exactly what would change on the host, and why),
     then apply.
     """
-
-
-cli.add_command(validate)
-cli.add_command(spec)
-cli.add_command(schema)
-cli.add_command(plan)
-cli.add_command(observe)
-cli.add_command(apply)
-cli.add_command(destroy)
-cli.add_command(status)
-cli.add_command(logs)
 
 
 def main(argv: list[str] | None = None) -> None:
