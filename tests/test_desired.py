@@ -14,6 +14,7 @@ from reconciler.desired import (
     as_running,
     compile_specs,
     content_revision,
+    restore_service,
 )
 from reconciler.drivers.fake import FakeDriver
 from reconciler.errors import Conflict, NotFound, SnapshotError
@@ -91,6 +92,22 @@ def test_a_changed_secret_changes_the_fingerprint_and_another_key_too() -> None:
     assert fp("a") == fp("a")
     assert fp("a") != fp("b")
     assert fp("a") != fp("a", key=b"another")
+
+
+def test_restore_service_rebuilds_an_earlier_config_only_with_the_same_secrets() -> None:
+    old_inputs = CompileInputs(secret_key=KEY, secret={"db": "one"}.get)
+    old = compiled('env: {P: "$S:db", LEVEL: debug}', old_inputs)
+    new = compiled('env: {P: "$S:db", LEVEL: info}', old_inputs)
+    back = restore_service(new, old.config, old.fingerprint, old_inputs)
+    assert back.fingerprint == old.fingerprint
+    assert back.runtime_env() == {"P": "one", "LEVEL": "debug"}
+    assert back.policy == new.policy and back.depends == new.depends
+    rotated = CompileInputs(secret_key=KEY, secret={"db": "two"}.get)
+    with pytest.raises(ValueError, match="env P: secret db has changed since that config ran"):
+        restore_service(new, old.config, old.fingerprint, rotated)
+    gone = CompileInputs(secret_key=KEY, secret=lambda _name: None)
+    with pytest.raises(ValueError, match="env P: secret db is not available any more"):
+        restore_service(new, old.config, old.fingerprint, gone)
 
 
 def test_secret_looking_keys_are_sensitive_without_being_secrets() -> None:
