@@ -11,7 +11,13 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from reconciler.desired import CompileInputs, DesiredState, as_running, compile_specs
+from reconciler.desired import (
+    CompileInputs,
+    DesiredService,
+    DesiredState,
+    as_running,
+    compile_specs,
+)
 from reconciler.drivers.base import Driver
 from reconciler.drivers.fake import FakeDriver
 from reconciler.errors import SnapshotError
@@ -55,16 +61,26 @@ def check_runtime(driver: Driver, desired: DesiredState) -> tuple[DesiredState, 
     errors: list[str] = []
     services = {}
     for key, service in desired.services.items():
-        limits = driver.limits(service)
+        found, warnings = _service_limits(driver, service)
         subject = f"{key[0]}/{key[1]}"
         where = f"{service.file}: {subject}" if service.file else subject
-        errors += [f"{where}: {_unprefixed(e, subject)}" for e in limits.errors]
-        for step in service.policy.init:
-            if problem := init_step_problem(step):
-                errors.append(f"{where}: init step {step.id}: {problem}")
-        warnings = tuple(_unprefixed(w, subject) for w in limits.warnings)
+        errors += [f"{where}: {message}" for message in found]
         services[key] = dataclasses.replace(service, warnings=service.warnings + warnings)
     return dataclasses.replace(desired, services=services), errors
+
+
+def _service_limits(driver: Driver, service: DesiredService) -> tuple[list[str], tuple[str, ...]]:
+    """(errors, warnings) of ``service`` on ``driver``'s runtime, without the
+    ``deployment/service:`` prefix the driver may give them."""
+    limits = driver.limits(service)
+    subject = f"{service.deployment}/{service.name}: "
+    errors = [e.removeprefix(subject) for e in limits.errors]
+    errors += [
+        f"init step {step.id}: {problem}"
+        for step in service.policy.init
+        if (problem := init_step_problem(step))
+    ]
+    return errors, tuple(w.removeprefix(subject) for w in limits.warnings)
 
 
 class _AnyEnv(dict[str, str]):
@@ -88,14 +104,8 @@ def runtime_problems(name: str, specs: Sequence[LoadedSpec]) -> list[Problem]:
         desired, found = compile_specs([loaded], "validate", inputs)
         problems += found
         for (_, service_name), service in (desired.services if desired else {}).items():
-            subject = f"{loaded.spec.deployment}/{service_name}"
             path = ("services", service_name)
-            messages = [_unprefixed(e, subject) for e in driver.limits(service).errors]
-            messages += [
-                f"init step {step.id}: {problem}"
-                for step in service.policy.init
-                if (problem := init_step_problem(step))
-            ]
+            messages, _ = _service_limits(driver, service)
             problems += [
                 Problem(loaded.file, loaded.mark_for(path), format_path(path), message)
                 for message in messages
@@ -108,10 +118,6 @@ def limits_message(runtime: str, errors: list[str], verb: str) -> str:
     return (
         f"the specs ask for what the {runtime} runtime cannot do; nothing was {verb}:\n  {listing}"
     )
-
-
-def _unprefixed(message: str, subject: str) -> str:
-    return message.removeprefix(f"{subject}: ")
 
 
 def observe_checked(

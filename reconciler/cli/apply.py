@@ -53,15 +53,18 @@ class Options:
     concurrency: int | None
 
 
+RUNTIME_OPTION = click.option(
+    "--runtime",
+    type=click.Choice(APPLY_RUNTIMES),
+    default="docker",
+    show_default=True,
+    help="The runtime (docker: DOCKER_HOST or the default socket).",
+)
+
+
 def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
     options = [
-        click.option(
-            "--runtime",
-            type=click.Choice(APPLY_RUNTIMES),
-            default="docker",
-            show_default=True,
-            help="The runtime to act on (docker: DOCKER_HOST or the default socket).",
-        ),
+        RUNTIME_OPTION,
         click.option("--auto-approve", is_flag=True, help="Do not ask before acting."),
         click.option(
             "--format",

@@ -9,19 +9,11 @@ from datetime import UTC, datetime
 
 import click
 
-from reconciler.cli.apply import APPLY_RUNTIMES
+from reconciler.cli.apply import RUNTIME_OPTION
 from reconciler.drivers.base import Driver
 from reconciler.errors import ZlayerError
 from reconciler.observe import open_runtime
 from reconciler.observed import ObservedState, Workload, WorkloadId
-
-_RUNTIME = click.option(
-    "--runtime",
-    type=click.Choice(APPLY_RUNTIMES),
-    default="docker",
-    show_default=True,
-    help="The runtime to read.",
-)
 
 
 def _age(started_at: str | None, now: datetime) -> str:
@@ -47,7 +39,7 @@ def _image(state: ObservedState, workload: Workload) -> str:
 @click.option(
     "--deployment", "deployments", multiple=True, help="Only this deployment. Repeatable."
 )
-@_RUNTIME
+@RUNTIME_OPTION
 def status(deployments: tuple[str, ...], runtime: str) -> int:
     """Every workload zlayer manages: state, health, restarts, age and image."""
 
@@ -95,7 +87,7 @@ def status(deployments: tuple[str, ...], runtime: str) -> int:
 @click.option("--replica", type=click.IntRange(min=1), help="Only this replica.")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
 @click.option("--tail", type=click.IntRange(min=0), help="Only the last N lines of each replica.")
-@_RUNTIME
+@RUNTIME_OPTION
 def logs(service: str, replica: int | None, follow: bool, tail: int | None, runtime: str) -> int:
     """Output of SERVICE's replicas (SERVICE or DEPLOYMENT/SERVICE), each line
     prefixed with its replica when there are several."""
