@@ -144,6 +144,17 @@ class DesiredService:
     def workload_id(self, replica: int | None) -> WorkloadId:
         return WorkloadId(self.deployment, self.name, replica)
 
+    @property
+    def network_mode(self) -> str:
+        return str(self.config.get("network_mode", "default"))
+
+    @property
+    def wants_network(self) -> bool:
+        """Joins its deployment's network (``network_mode`` default or bridge), where
+        a runtime keeps one: not ``host``, ``none`` or another container's."""
+        mode = self.network_mode
+        return mode in ("default", "bridge") or mode.startswith("bridge:")
+
     def runtime_env(self) -> dict[str, str]:
         """The env a runtime passes to the workload, secrets revealed."""
         env: dict[str, str] = {}

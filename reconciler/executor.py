@@ -21,7 +21,7 @@ from reconciler.desired import CompileInputs, DesiredService, DesiredState, rest
 from reconciler.drivers.base import Driver
 from reconciler.errors import DriverError, TemporaryDriverError
 from reconciler.observed import ObservedState, Workload, WorkloadId
-from reconciler.plan.model import Action, Condition, Plan
+from reconciler.plan.model import STARTUP_KINDS, Action, Condition, Plan
 from reconciler.policy import HealthPolicy, InitStep
 
 DEFAULT_CONCURRENCY = 4
@@ -178,6 +178,9 @@ class Executor:
     async def _perform(self, action: Action, warnings: list[str]) -> str:
         self._emit(action.id, "started", action.reason)
         target = action.target
+        if target.is_network:
+            await self._call(action, lambda: perform(self.driver, action, self.desired))
+            return f"{target} {'ready' if action.kind in STARTUP_KINDS else 'removed'}"
         if action.kind in ("create", "replace", "start", "restart"):
             if action.kind == "replace":
                 return await self._replace(action, warnings)
@@ -486,6 +489,12 @@ async def perform(driver: Driver, action: Action, desired: DesiredState) -> None
     """Do what ``action`` says, one driver call. Creates and replaces take the
     compiled service from ``desired``; everything else needs only the identity."""
     target = action.target
+    if target.is_network:
+        if action.kind in STARTUP_KINDS:
+            await driver.create_network(target.deployment)
+        else:
+            await driver.remove_network(target.deployment)
+        return
     if action.kind in ("create", "replace", "register"):
         service = desired.services[(target.deployment, target.service)]
         if action.kind == "register":

@@ -22,8 +22,15 @@ Status = Literal["created", "running", "paused", "restarting", "exited", "dead",
 Health = Literal["none", "starting", "healthy", "unhealthy"]
 
 
+NETWORK = "(network)"
+"""The ``service`` part of a deployment network's identity: a deployment's network
+is planned like a workload, ``WorkloadId(deployment, NETWORK, None)``. The
+parentheses keep it apart from service names, which cannot contain them."""
+
+
 class WorkloadId(NamedTuple):
-    """``deployment/service/replica``; ``replica`` is None for a job or cron definition."""
+    """``deployment/service/replica``; ``replica`` is None for a job or cron definition
+    (and for a deployment network, whose ``service`` is :data:`NETWORK`)."""
 
     deployment: str
     service: str
@@ -32,6 +39,14 @@ class WorkloadId(NamedTuple):
     def __str__(self) -> str:
         base = f"{self.deployment}/{self.service}"
         return base if self.replica is None else f"{base}/{self.replica}"
+
+    @property
+    def is_network(self) -> bool:
+        return self.service == NETWORK
+
+    @staticmethod
+    def network(deployment: str) -> WorkloadId:
+        return WorkloadId(deployment, NETWORK, None)
 
 
 class Workload(BaseModel):
@@ -51,6 +66,9 @@ class Workload(BaseModel):
     health: Health = "none"
     depends: tuple[str, ...] = ()
     runtime_id: str | None = None
+    problem: str | None = None
+    """Drift the runtime noticed in a replica that still runs (its network namespace
+    deleted behind zlayer's back, …): the plan restarts it, giving this as the reason."""
 
     @model_validator(mode="after")
     def _status_fits_kind(self) -> Workload:
@@ -64,6 +82,20 @@ class Workload(BaseModel):
         return WorkloadId(self.deployment, self.service, self.replica)
 
 
+class Network(BaseModel):
+    """A deployment's network, as a runtime that manages networks reports it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    deployment: str
+    name: str
+    """The runtime's name for it (the process runtime: the bridge's interface name)."""
+    subnet: str | None = None
+    problem: str | None = None
+    """Why it is not usable as it is (its bridge deleted behind zlayer's back, …):
+    the plan creates it again, giving this as the reason."""
+
+
 class ObservedState(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -71,6 +103,11 @@ class ObservedState(BaseModel):
     format_version: Literal[1] = SNAPSHOT_VERSION
     runtime: str
     workloads: tuple[Workload, ...] = ()
+    networks_managed: bool = False
+    """The runtime keeps one network per deployment as a resource of its own, which
+    the plan creates and removes (the process runtime as root). Otherwise networks
+    are the driver's business and never appear in a plan."""
+    networks: tuple[Network, ...] = ()
     configs: dict[str, dict[str, Any]] = {}
     """The canonical config behind each fingerprint, recorded once however many
     replicas share it (secrets as keyed hashes). A fingerprint without an entry
@@ -83,6 +120,9 @@ class ObservedState(BaseModel):
             if workload.id in seen:
                 raise ValueError(f"workload {workload.id} is listed twice")
             seen.add(workload.id)
+        deployments = [n.deployment for n in self.networks]
+        if len(set(deployments)) != len(deployments):
+            raise ValueError("a deployment's network is listed twice")
         return self
 
     def fingerprint(self) -> str:
@@ -90,15 +130,21 @@ class ObservedState(BaseModel):
         codes (not health or start times, which change without changing any plan)."""
         rows = sorted(
             (w.deployment, w.service, w.replica or 0, w.fingerprint, w.status, w.exit_code)
+            + ((w.problem,) if w.problem is not None else ())
             for w in self.workloads
         )
-        return fingerprint(rows)
+        if not self.networks_managed:
+            return fingerprint(rows)
+        networks = sorted((n.deployment, n.name, n.subnet, n.problem) for n in self.networks)
+        return fingerprint([rows, networks])
 
     def to_json(self) -> str:
         """Deterministic snapshot text: workloads sorted by identity."""
         ordered = sorted(self.workloads, key=lambda w: (w.deployment, w.service, w.replica or 0))
+        networks = sorted(self.networks, key=lambda n: n.deployment)
         configs = dict(sorted(self.configs.items()))
-        copy = self.model_copy(update={"workloads": tuple(ordered), "configs": configs})
+        update = {"workloads": tuple(ordered), "networks": tuple(networks), "configs": configs}
+        copy = self.model_copy(update=update)
         return copy.model_dump_json(indent=1)
 
 

@@ -415,6 +415,7 @@ def test_workload_from_a_list_entry() -> None:
         "health": "healthy",
         "depends": ("db", "cache"),
         "runtime_id": "c0ffee",
+        "problem": None,
     }
     starting = dc.workload_from_summary({**summary, "Status": "Up 1 second (health: starting)"})
     assert starting is not None

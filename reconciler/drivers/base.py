@@ -75,6 +75,15 @@ class Driver(Observer, Protocol):
 
     async def unregister(self, target: WorkloadId) -> None: ...
 
+    async def create_network(self, deployment: str) -> None:
+        """Make the deployment's network ready: create it, or repair it when it is
+        broken (runtimes whose :class:`ObservedState` says ``networks_managed``)."""
+        ...
+
+    async def remove_network(self, deployment: str) -> None:
+        """Remove the deployment's network; no error when it is already gone."""
+        ...
+
     async def status(self, target: WorkloadId) -> Workload | None:
         """The replica as the runtime reports it now, ``None`` when it does not exist."""
         ...

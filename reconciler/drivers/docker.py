@@ -470,6 +470,16 @@ class DockerDriver:
         except Conflict:
             pass  # created meanwhile
 
+    async def create_network(self, deployment: str) -> None:
+        """Docker's networks follow their containers (made by the first create, gone
+        with the last remove), so plans never carry them; this is for completeness."""
+        async with self._lock(deployment):
+            await self._ensure_network(deployment, WorkloadId.network(deployment))
+            self._networks_ready.add(deployment)
+
+    async def remove_network(self, deployment: str) -> None:
+        await self._release_network(deployment)
+
     async def _ensure_network(self, deployment: str, target: WorkloadId) -> None:
         """The deployment's network (call with the deployment's lock held)."""
         name = dc.network_name(deployment)

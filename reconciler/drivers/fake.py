@@ -15,13 +15,20 @@ from typing import Any, Self
 from reconciler.desired import DesiredService
 from reconciler.drivers.base import Limits
 from reconciler.errors import Conflict, DriverError, NotFound
-from reconciler.observed import ObservedState, Workload, WorkloadId
+from reconciler.observed import Network, ObservedState, Workload, WorkloadId
 
 
 class FakeDriver:
     name = "fake"
 
-    def __init__(self, initial: ObservedState | None = None) -> None:
+    def __init__(
+        self, initial: ObservedState | None = None, *, networks_managed: bool = False
+    ) -> None:
+        self.networks_managed = networks_managed or bool(initial and initial.networks_managed)
+        """Keep deployment networks as plan resources, like the process runtime as root."""
+        self.networks: dict[str, Network] = {
+            n.deployment: n for n in (initial.networks if initial else ())
+        }
         self.workloads: dict[WorkloadId, Workload] = {
             w.id: w for w in (initial.workloads if initial else ())
         }
@@ -53,7 +60,16 @@ class FakeDriver:
             for w in found
             if w.fingerprint in self.configs
         }
-        return ObservedState(runtime=self.name, workloads=tuple(found), configs=configs)
+        networks = tuple(
+            n for d, n in sorted(self.networks.items()) if deployments is None or d in deployments
+        )
+        return ObservedState(
+            runtime=self.name,
+            workloads=tuple(found),
+            configs=configs,
+            networks_managed=self.networks_managed,
+            networks=networks,
+        )
 
     def limits(self, service: DesiredService) -> Limits:
         return Limits()
@@ -120,6 +136,14 @@ class FakeDriver:
     async def unregister(self, target: WorkloadId) -> None:
         await self.remove(target)
         self.calls[-1] = ("unregister", str(target))
+
+    async def create_network(self, deployment: str) -> None:
+        self._record("create", WorkloadId.network(deployment))
+        self.networks[deployment] = Network(deployment=deployment, name=f"fake-{deployment}")
+
+    async def remove_network(self, deployment: str) -> None:
+        self._record("remove", WorkloadId.network(deployment))
+        self.networks.pop(deployment, None)
 
     def _record(self, kind: str, target: WorkloadId) -> None:
         error = self.failures.pop((kind, str(target)), None)

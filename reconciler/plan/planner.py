@@ -20,7 +20,7 @@ from typing import Any
 from reconciler.desired import DesiredService, DesiredState
 from reconciler.errors import PlanError
 from reconciler.fingerprint import fingerprint
-from reconciler.observed import ObservedState, Workload, WorkloadId
+from reconciler.observed import Network, ObservedState, Workload, WorkloadId
 from reconciler.plan.diff import describe, explain
 from reconciler.plan.model import (
     KINDS,
@@ -67,6 +67,8 @@ def plan_changes(
         if key in desired.services or (selected is not None and key not in selected):
             continue
         actions += _plan_removed(key, found, prune, key[0] in desired.deployments, notes)
+    if observed.networks_managed:
+        actions += _plan_networks(desired, observed.networks, prune, selected, notes)
     if selected is not None:
         notes.insert(0, _target_note(targets, selected))
     ordered = _order(_with_waits(actions, desired, by_service))
@@ -225,6 +227,8 @@ def _existing(
     if current.status in ("created", "paused"):
         reason = "created but never started" if current.status == "created" else "paused"
         return _action("start", current.id, reason, (), conditions)
+    if current.problem is not None:
+        return _action("restart", current.id, current.problem, (), conditions)
     return None
 
 
@@ -282,6 +286,43 @@ def _plan_removed(
     return [_action("prune", w.id, reason) for w in ordered]
 
 
+def _plan_networks(
+    desired: DesiredState,
+    observed: Sequence[Network],
+    prune: bool,
+    selected: set[ServiceKey] | None,
+    notes: list[Note],
+) -> list[Action]:
+    """One network per deployment that has a service joining it, on runtimes that
+    manage networks: created when missing or broken, removed when no longer needed."""
+    wanted = {key[0] for key, s in desired.services.items() if s.wants_network}
+    found = {n.deployment: n for n in observed}
+    if selected is not None:
+        scope = {key[0] for key in selected}
+        wanted &= scope
+        found = {d: n for d, n in found.items() if d in scope}
+    out: list[Action] = []
+    for deployment in sorted(wanted):
+        target = WorkloadId.network(deployment)
+        network = found.get(deployment)
+        if network is None:
+            out.append(_action("create", target, "new deployment network"))
+        elif network.problem is not None:
+            out.append(_action("create", target, f"{network.problem}; creating it again"))
+    for deployment, network in sorted(found.items()):
+        if deployment in wanted:
+            continue
+        target = WorkloadId.network(deployment)
+        if deployment in desired.deployments:
+            reason = "no service of the deployment joins its network any more"
+            out.append(_action("remove", target, f"{reason} ({network.name})"))
+        elif prune:
+            out.append(_action("prune", target, f"deployment removed from specs ({network.name})"))
+        else:
+            notes.append(Note(str(target), "deployment removed from specs; kept by --no-prune"))
+    return out
+
+
 def _select(
     desired: DesiredState, observed: Mapping[ServiceKey, list[Workload]], targets: Sequence[str]
 ) -> set[ServiceKey] | None:
@@ -322,8 +363,15 @@ def _with_waits(
 ) -> list[Action]:
     startup: dict[ServiceKey, list[str]] = defaultdict(list)
     teardown: dict[ServiceKey, list[str]] = defaultdict(list)
+    networks: dict[str, str] = {}
+    by_deployment: dict[str, list[str]] = defaultdict(list)
     for action in actions:
         key = (action.target.deployment, action.target.service)
+        if action.target.is_network:
+            if action.kind in STARTUP_KINDS:
+                networks[key[0]] = action.id
+            continue
+        by_deployment[key[0]].append(action.id)
         if action.kind == "register":
             continue
         (startup if action.kind in STARTUP_KINDS else teardown)[key].append(action.id)
@@ -333,9 +381,15 @@ def _with_waits(
     for action in actions:
         key = (action.target.deployment, action.target.service)
         waits: list[str] = []
-        if action.kind == "register":
+        if action.target.is_network:
+            if action.kind not in STARTUP_KINDS:
+                # the network goes last: after everything else of its deployment
+                waits += by_deployment.get(key[0], [])
+        elif action.kind == "register":
             pass
         elif action.kind in STARTUP_KINDS:
+            if key[0] in networks:
+                waits.append(networks[key[0]])
             service = desired.services[key]
             for dep in service.depends:
                 waits += startup.get((key[0], dep.service), [])
