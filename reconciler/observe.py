@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -23,32 +24,90 @@ from reconciler.drivers.fake import FakeDriver
 from reconciler.errors import SnapshotError
 from reconciler.observed import ObservedState, load_snapshot
 from reconciler.probes import init_step_problem
+from reconciler.settings import Settings, default_state_dir
 from reconciler.spec.load import LoadedSpec, load_sources
 from reconciler.spec.problems import Problem, format_path
 
+DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 
-def _docker() -> Driver:
+
+def _docker(settings: Settings) -> Driver:
     from reconciler.drivers.docker import DockerDriver  # aiodocker only when asked for
 
-    publish = os.environ.get("ZLAYER_PUBLISH_ADDRESS", "0.0.0.0")
-    return DockerDriver(publish_address=publish)
+    return DockerDriver(publish_address=settings.publish_address)
 
 
-RUNTIMES: dict[str, Callable[[], Driver]] = {"docker": _docker, "fake": FakeDriver}
-"""Runtime name → driver factory. ``fake`` is the in-memory runtime: it starts empty.
-``docker`` talks to the engine at ``DOCKER_HOST`` (or the default socket) and
-publishes public endpoints on ``ZLAYER_PUBLISH_ADDRESS`` (default 0.0.0.0)."""
+def _process(settings: Settings) -> Driver:
+    from reconciler.drivers.process import ProcessDriver
+
+    state_dir = settings.state_dir or default_state_dir()
+    return ProcessDriver(state_dir, pool=settings.network_pool)
 
 
-def open_runtime(name: str) -> Driver:
-    return RUNTIMES[name]()
+RUNTIMES: dict[str, Callable[[Settings], Driver]] = {
+    "docker": _docker,
+    "process": _process,
+    "fake": lambda _settings: FakeDriver(),
+}
+"""Runtime name → driver factory. ``docker`` talks to the engine at ``DOCKER_HOST``
+(or the default socket); ``process`` runs host processes with records in the state
+directory; ``fake`` is the in-memory runtime, which starts empty. ``auto`` is not a
+runtime but a choice between the first two (:func:`resolve_runtime`)."""
 
 
-def observe_runtime(name: str) -> ObservedState:
+def open_runtime(name: str, settings: Settings | None = None) -> Driver:
+    return RUNTIMES[name](settings or Settings())
+
+
+def docker_problem(timeout: float = 2.0) -> str | None:
+    """None when a Docker engine answers ``/_ping`` at ``DOCKER_HOST`` (or the default
+    socket); else what went wrong. Plain sockets: deciding costs no aiodocker import."""
+    url = os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
+    try:
+        if url.startswith("unix://"):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            sock.connect(url.removeprefix("unix://"))
+        elif url.startswith("tcp://"):
+            host, _, port = url.removeprefix("tcp://").rstrip("/").rpartition(":")
+            sock = socket.create_connection((host, int(port)), timeout=timeout)
+        else:
+            return f"DOCKER_HOST {url} is neither unix:// nor tcp://"
+        with sock:
+            sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            answer = b""
+            while chunk := sock.recv(4096):
+                answer += chunk
+    except (OSError, ValueError) as exc:
+        return f"no Docker engine at {url} ({getattr(exc, 'strerror', None) or exc})"
+    status = answer.split(b"\r\n", 1)[0].decode(errors="replace")
+    if " 200 " not in f"{status} ":
+        return f"the Docker engine at {url} answered {status!r}"
+    return None
+
+
+def resolve_runtime(name: str | None, settings: Settings) -> tuple[str, str]:
+    """(the runtime to use, why): ``name`` (from ``--runtime``) or the settings' choice;
+    ``auto`` picks docker when an engine answers and the process runtime otherwise."""
+    if name is None:
+        name = settings.runtime
+        origin = "ZLAYER_RUNTIME" if os.environ.get("ZLAYER_RUNTIME") else settings.source
+        if name != "auto":
+            return name, f"runtime {name} from {origin}"
+    elif name != "auto":
+        return name, f"--runtime {name}"
+    problem = docker_problem()
+    if problem is None:
+        url = os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
+        return "docker", f"auto: a Docker engine answered at {url}"
+    return "process", f"auto: {problem}"
+
+
+def observe_runtime(name: str, settings: Settings | None = None) -> ObservedState:
     import asyncio
 
     async def observe() -> ObservedState:
-        async with open_runtime(name) as driver:
+        async with open_runtime(name, settings) as driver:
             return await driver.observe()
 
     return asyncio.run(observe())
@@ -93,11 +152,13 @@ class _AnyEnv(dict[str, str]):
         return ""
 
 
-def runtime_problems(name: str, specs: Sequence[LoadedSpec]) -> list[Problem]:
+def runtime_problems(
+    name: str, specs: Sequence[LoadedSpec], settings: Settings | None = None
+) -> list[Problem]:
     """What runtime ``name`` cannot run in valid ``specs``, at the services' positions.
     Needs no engine: environment and secrets are stood in for, engine facts are the
     defaults (the engine's own are checked by ``plan --runtime`` and ``apply``)."""
-    driver = open_runtime(name)
+    driver = open_runtime(name, settings)
     inputs = CompileInputs(env=_AnyEnv(), secret_key=b"validate", secret=lambda _name: "")
     problems: list[Problem] = []
     for loaded in specs:
@@ -121,13 +182,13 @@ def limits_message(runtime: str, errors: list[str], verb: str) -> str:
 
 
 def observe_checked(
-    name: str, desired: DesiredState
+    name: str, desired: DesiredState, settings: Settings | None = None
 ) -> tuple[ObservedState, DesiredState, list[str]]:
     """Observe runtime ``name`` and check ``desired`` against it (see :func:`check_runtime`)."""
     import asyncio
 
     async def observe() -> tuple[ObservedState, DesiredState, list[str]]:
-        async with open_runtime(name) as driver:
+        async with open_runtime(name, settings) as driver:
             checked, errors = check_runtime(driver, desired)
             return await driver.observe(), checked, errors
 

@@ -93,7 +93,7 @@ def test_github_format_escapes_properties_and_newlines(tmp_path: Path) -> None:
 def test_ok_json_lists_deployments() -> None:
     report = json.loads(zlayer("validate", "--format", "json").stdout)
     assert report["ok"] is True and report["problems"] == []
-    assert sorted(report["deployments"]) == ["demo", "observability"]
+    assert sorted(report["deployments"]) == ["demo", "hello", "observability"]
 
 
 def test_spec_dump_yaml_round_trips_to_the_same_spec() -> None:

@@ -327,11 +327,12 @@ def test_against_ref_with_invalid_specs_at_the_ref_reports_them(repo: Path) -> N
 
 
 def test_the_bundled_example_snapshot_gives_the_documented_plan() -> None:
-    """The README's main-job command: specs/ planned against contrib/snapshots/demo-host.json
-    (a host running an older demo: busybox 1.35, LOG_LEVEL debug, a crashed worker,
-    another cron schedule and a service since removed)."""
+    """The README's no-engine command: the demo specs planned against
+    contrib/snapshots/demo-host.json (a host running an older demo: busybox 1.35,
+    LOG_LEVEL debug, a crashed worker, another cron schedule and a service since removed)."""
     run = zlayer(
-        "plan", "specs", "--observed", "contrib/snapshots/demo-host.json", "--format", "json",
+        "plan", "specs/demo.yaml", "specs/observability.yaml",
+        "--observed", "contrib/snapshots/demo-host.json", "--format", "json",
         cwd=REPO,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
@@ -347,7 +348,10 @@ def test_the_bundled_example_snapshot_gives_the_documented_plan() -> None:
         ("restart:demo/worker/1", "exited with status 137"),
     ]
     assert data["actions"][-1]["waits_for"] == ["replace:demo/web/1"]
-    text = zlayer("plan", "specs", "--observed", "contrib/snapshots/demo-host.json", cwd=REPO)
+    text = zlayer(
+        "plan", "specs/demo.yaml", "specs/observability.yaml",
+        "--observed", "contrib/snapshots/demo-host.json", cwd=REPO,
+    )  # fmt: skip
     assert text.stdout.rstrip().endswith(
         "Plan: 0 to create, 1 to replace, 1 to restart, 1 to register, 0 to remove, 1 to prune."
     )

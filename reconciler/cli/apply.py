@@ -25,6 +25,7 @@ from rich.console import Console
 from reconciler.cli.apply_render import EventPrinter, event_json, render_report
 from reconciler.cli.plan import compile_paths
 from reconciler.cli.plan_render import render_text
+from reconciler.cli.runtime import RUNTIME_OPTION, STATE_DIR_OPTION, pick_runtime, settings_for
 from reconciler.cli.state import SecretsDir, default_state_dir, ensure_secret_key
 from reconciler.desired import CompileInputs, DesiredState
 from reconciler.drivers.base import Driver
@@ -36,30 +37,22 @@ from reconciler.observed import ObservedState
 from reconciler.plan.model import Plan
 from reconciler.plan.planner import plan_changes
 from reconciler.plan.serialize import PLAN_FORMAT, plan_to_json
+from reconciler.settings import Settings as RuntimeSettings
 
 EXIT_LOCKED = 3
 EXIT_INTERRUPTED = 130
-APPLY_RUNTIMES = ("docker",)
 
 
 @dataclass(frozen=True)
 class Options:
     runtime: str
+    settings: RuntimeSettings
     state_dir: Path
     secrets_dir: Path | None
     auto_approve: bool
     fmt: str
     lock_timeout: float
     concurrency: int | None
-
-
-RUNTIME_OPTION = click.option(
-    "--runtime",
-    type=click.Choice(APPLY_RUNTIMES),
-    default="docker",
-    show_default=True,
-    help="The runtime (docker: DOCKER_HOST or the default socket).",
-)
 
 
 def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -88,12 +81,7 @@ def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
             show_default=True,
             help="Runtime calls in flight at once (0: no limit).",
         ),
-        click.option(
-            "--state-dir",
-            type=click.Path(file_okay=False, path_type=Path),
-            help="zlayer's state directory (lock, secret key) [default: $ZLAYER_STATE_DIR, "
-            "/var/lib/zlayer as root, else ~/.local/state/zlayer].",
-        ),
+        STATE_DIR_OPTION,
         click.option(
             "--secrets-dir",
             type=click.Path(file_okay=False, path_type=Path),
@@ -106,9 +94,13 @@ def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _options(**kw: Any) -> Options:
+    settings = settings_for(kw["state_dir"])
+    state_dir = settings.state_dir or default_state_dir()
+    settings = dataclasses.replace(settings, state_dir=state_dir)
     return Options(
-        runtime=kw["runtime"],
-        state_dir=kw["state_dir"] or default_state_dir(),
+        runtime=pick_runtime(kw["runtime"], settings),
+        settings=settings,
+        state_dir=state_dir,
         secrets_dir=kw["secrets_dir"],
         auto_approve=kw["auto_approve"],
         fmt=kw["fmt"],
@@ -244,7 +236,7 @@ async def _act(
     out: Console,
     err: Console,
 ) -> int:
-    async with open_runtime(opts.runtime) as driver:
+    async with open_runtime(opts.runtime, opts.settings) as driver:
         desired = _checked(driver, desired)
         observed = await driver.observe([scope] if scope else None)
         plan = make_plan(desired, observed)

@@ -13,6 +13,7 @@ from rich.console import Console
 
 from reconciler.cli.plan_render import render_markdown, render_text
 from reconciler.cli.render import problems_text
+from reconciler.cli.runtime import STATE_DIR_OPTION, pick_runtime, settings_for
 from reconciler.cli.state import SecretsDir, default_state_dir, read_secret_key
 from reconciler.cli.validate import DEFAULT_PATH
 from reconciler.desired import CompileInputs, DesiredState, compile_specs, content_revision
@@ -136,7 +137,9 @@ def _check_sources(snapshot: str | None, ref: str | None, runtime: str | None) -
     help="Plan against the same spec paths at git REF, as if REF were running.",
 )
 @click.option(
-    "--runtime", type=click.Choice(sorted(RUNTIMES)), help="Observe this runtime (read-only)."
+    "--runtime",
+    type=click.Choice(["auto", *sorted(RUNTIMES)]),
+    help="Observe this runtime (read-only); auto: docker when an engine answers, else process.",
 )
 @click.option(
     "--target",
@@ -169,12 +172,7 @@ def _check_sources(snapshot: str | None, ref: str | None, runtime: str | None) -
     is_flag=True,
     help="Exit 2 when the plan has changes, 0 when it has none.",
 )
-@click.option(
-    "--state-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="zlayer's state directory [default: $ZLAYER_STATE_DIR, /var/lib/zlayer as "
-    "root, else ~/.local/state/zlayer].",
-)
+@STATE_DIR_OPTION
 @click.option(
     "--secrets-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -201,14 +199,18 @@ def plan(
     status: 0 success, 1 error, 2 changes present (only with --detailed-exitcode).
     """
     _check_sources(snapshot, ref, runtime)
-    inputs = compile_inputs(state_dir or default_state_dir(), secrets_dir, bool(snapshot or ref))
+    settings = settings_for(state_dir)
+    state_dir = settings.state_dir or default_state_dir()
+    if runtime is not None:
+        runtime = pick_runtime(runtime, settings)
+    inputs = compile_inputs(state_dir, secrets_dir, bool(snapshot or ref))
     # Planning builds many acyclic objects at once and exits; the cyclic GC would
     # only rescan them (a third of the time for 10,000 services).
     try:
         with gc_paused():
             desired = compile_paths(paths, inputs)
             if runtime is not None:
-                state, desired, errors = observe_checked(runtime, desired)
+                state, desired, errors = observe_checked(runtime, desired, settings)
                 if errors:
                     raise click.ClickException(limits_message(runtime, errors, "planned"))
                 observed = Observed(state, f"the {runtime} runtime")
@@ -241,7 +243,7 @@ def plan(
 )
 @click.option(
     "--runtime",
-    type=click.Choice(sorted(RUNTIMES)),
+    type=click.Choice(["auto", *sorted(RUNTIMES)]),
     required=True,
     help="The runtime to observe (read-only).",
 )
@@ -251,13 +253,16 @@ def plan(
     metavar="FILE",
     help="Write the snapshot here instead of standard output.",
 )
-def observe(runtime: str, out: str | None) -> int:
+@STATE_DIR_OPTION
+def observe(runtime: str, out: str | None, state_dir: Path | None) -> int:
     """Write what a runtime reports as a snapshot (JSON, format zlayer-observed).
 
     `zlayer plan --observed FILE` plans against it with no access to the runtime.
     """
+    settings = settings_for(state_dir)
+    runtime = pick_runtime(runtime, settings)
     try:
-        text = observe_runtime(runtime).to_json() + "\n"
+        text = observe_runtime(runtime, settings).to_json() + "\n"
     except ZlayerError as exc:
         raise click.ClickException(str(exc)) from exc
     if out is None:

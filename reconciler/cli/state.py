@@ -13,19 +13,16 @@ from pathlib import Path
 
 from reconciler.desired import SECRET_NAME_RE
 from reconciler.errors import SourceError
+from reconciler.settings import default_state_dir as settings_default_state_dir
+from reconciler.settings import load_settings
 
 KEY_FILE = "secret.key"
 
 
 def default_state_dir() -> Path:
-    """``$ZLAYER_STATE_DIR``; else ``/var/lib/zlayer`` for root and
-    ``$XDG_STATE_HOME/zlayer`` (``~/.local/state/zlayer``) for everyone else."""
-    if configured := os.environ.get("ZLAYER_STATE_DIR"):
-        return Path(configured)
-    if os.geteuid() == 0:
-        return Path("/var/lib/zlayer")
-    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-    return Path(base) / "zlayer"
+    """The state directory in effect: ``state_dir`` of the config file, else
+    :func:`reconciler.settings.default_state_dir`."""
+    return load_settings().state_dir or settings_default_state_dir()
 
 
 def read_secret_key(state_dir: Path) -> bytes:

@@ -6,14 +6,16 @@ import asyncio
 import contextlib
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 import click
 
-from reconciler.cli.apply import RUNTIME_OPTION
+from reconciler.cli.runtime import RUNTIME_OPTION, STATE_DIR_OPTION, pick_runtime, settings_for
 from reconciler.drivers.base import Driver
 from reconciler.errors import ZlayerError
 from reconciler.observe import open_runtime
 from reconciler.observed import ObservedState, Workload, WorkloadId
+from reconciler.settings import Settings
 
 
 def _age(started_at: str | None, now: datetime) -> str:
@@ -40,11 +42,14 @@ def _image(state: ObservedState, workload: Workload) -> str:
     "--deployment", "deployments", multiple=True, help="Only this deployment. Repeatable."
 )
 @RUNTIME_OPTION
-def status(deployments: tuple[str, ...], runtime: str) -> int:
+@STATE_DIR_OPTION
+def status(deployments: tuple[str, ...], runtime: str | None, state_dir: Path | None) -> int:
     """Every workload zlayer manages: state, health, restarts, age and image."""
+    settings = settings_for(state_dir)
+    runtime = pick_runtime(runtime, settings)
 
     async def observe() -> tuple[ObservedState, list[Workload]]:
-        async with open_runtime(runtime) as driver:
+        async with open_runtime(runtime, settings) as driver:
             state = await driver.observe(deployments or None)
             # The list call leaves out start times and restart counts; ask per replica.
             detailed = await asyncio.gather(*(driver.status(w.id) for w in state.workloads))
@@ -88,11 +93,21 @@ def status(deployments: tuple[str, ...], runtime: str) -> int:
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
 @click.option("--tail", type=click.IntRange(min=0), help="Only the last N lines of each replica.")
 @RUNTIME_OPTION
-def logs(service: str, replica: int | None, follow: bool, tail: int | None, runtime: str) -> int:
+@STATE_DIR_OPTION
+def logs(
+    service: str,
+    replica: int | None,
+    follow: bool,
+    tail: int | None,
+    runtime: str | None,
+    state_dir: Path | None,
+) -> int:
     """Output of SERVICE's replicas (SERVICE or DEPLOYMENT/SERVICE), each line
     prefixed with its replica when there are several."""
+    settings = settings_for(state_dir)
+    chosen = pick_runtime(runtime, settings)
     try:
-        return asyncio.run(_logs(service, replica, follow, tail, runtime))
+        return asyncio.run(_logs(service, replica, follow, tail, chosen, settings))
     except KeyboardInterrupt:
         return 0
     except ZlayerError as exc:
@@ -100,9 +115,14 @@ def logs(service: str, replica: int | None, follow: bool, tail: int | None, runt
 
 
 async def _logs(
-    service: str, replica: int | None, follow: bool, tail: int | None, runtime: str
+    service: str,
+    replica: int | None,
+    follow: bool,
+    tail: int | None,
+    runtime: str,
+    settings: Settings,
 ) -> int:
-    async with open_runtime(runtime) as driver:
+    async with open_runtime(runtime, settings) as driver:
         targets = _targets(await driver.observe(), service, replica)
         prefix = len(targets) > 1
         await asyncio.gather(*(_print_logs(driver, t, follow, tail, prefix) for t in targets))

@@ -51,8 +51,9 @@ def load_paths(
 )
 @click.option(
     "--runtime",
-    type=click.Choice(["docker"]),
-    help="Also fail on what this runtime cannot run (S3 init steps, reserved labels, …).",
+    type=click.Choice(["auto", "docker", "process"]),
+    help="Also fail on what this runtime cannot run (S3 init steps, reserved labels, "
+    "no command.entrypoint for process, …).",
 )
 def validate(paths: tuple[str, ...], fmt: str, check_env: bool, runtime: str | None) -> int:
     """Validate ZLayer specs (files, or directories searched for *.yaml / *.yml).
@@ -62,9 +63,13 @@ def validate(paths: tuple[str, ...], fmt: str, check_env: bool, runtime: str | N
     """
     result, files = load_paths(paths, check_env=check_env)
     if runtime is not None and not result.problems:
+        from reconciler.cli.runtime import pick_runtime, settings_for
         from reconciler.observe import runtime_problems
 
-        result = LoadResult(result.specs, tuple(runtime_problems(runtime, result.specs)))
+        settings = settings_for()
+        runtime = pick_runtime(runtime, settings)
+        problems = runtime_problems(runtime, result.specs, settings)
+        result = LoadResult(result.specs, tuple(problems))
     if fmt == "json":
         deployments = [s.spec.deployment for s in result.specs]
         click.echo(problems_json(result.problems, [s.file for s in result.specs], deployments))

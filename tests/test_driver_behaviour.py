@@ -1,0 +1,206 @@
+"""The same driver behaviour, checked against both real runtimes: the Docker engine
+(the private one ``tests/with-docker`` starts) and host processes.
+
+Each case runs once per runtime with the same spec text: create, observe, stop,
+start, restart, replace, remove, logs, observing again from a new driver (as
+after a restart of zlayer), and a crashed replica that the plan restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler.desired import DesiredService, DesiredState
+from reconciler.drivers.base import Driver
+from reconciler.drivers.docker import DockerDriver
+from reconciler.drivers.process import ProcessDriver
+from reconciler.errors import Conflict, NotFound
+from reconciler.observed import ObservedState, Workload, WorkloadId
+from reconciler.plan.planner import plan_changes
+
+from .docker_support import compile_services, engine_request
+
+pytest_plugins = ["tests.docker_support", "tests.process_support"]
+
+SERVICE = """
+app:
+  image: {name: IMAGE, pull_policy: never}
+  command:
+    entrypoint: [sh, -c]
+    args: ['trap "exit 0" TERM; echo "ready $GREETING"; sleep 600 & wait']
+  env: {GREETING: GREETING_VALUE}
+  stop_grace_period: 5s
+"""
+
+
+@dataclass
+class Backend:
+    name: str
+    driver: Driver
+    deployment: str
+    image: str
+    crash: Callable[[WorkloadId], Awaitable[None]]
+    """Kill the replica's workload with SIGKILL, behind the driver's back."""
+    reopen: Callable[[], contextlib.AbstractAsyncContextManager[Driver]]
+    """A new driver on the same runtime: zlayer restarted."""
+
+    def service(self, greeting: str = "hello") -> DesiredService:
+        text = SERVICE.replace("IMAGE", json.dumps(self.image)).replace("GREETING_VALUE", greeting)
+        return compile_services(self.deployment, text)["app"]
+
+    def target(self, replica: int | None = 1) -> WorkloadId:
+        return WorkloadId(self.deployment, "app", replica)
+
+
+@pytest.fixture(params=["docker", "process"])
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    if request.param == "docker":
+        url: str = request.getfixturevalue("docker_url")
+        image: str = request.getfixturevalue("test_image")
+        deployment: str = request.getfixturevalue("deployment_name")
+
+        async def kill_container(target: WorkloadId) -> None:
+            name = f"{target.deployment}-{target.service}-{target.replica}"
+            engine_request(url, "POST", f"/containers/{name}/kill", {"signal": "KILL"})
+
+        def reopen_docker() -> contextlib.AbstractAsyncContextManager[Driver]:
+            return DockerDriver(url, publish_address="127.0.0.1")
+
+        async with DockerDriver(url, publish_address="127.0.0.1") as docker:
+            yield Backend("docker", docker, deployment, image, kill_container, reopen_docker)
+        return
+    state: Path = request.getfixturevalue("process_state")
+    deployment = request.getfixturevalue("process_deployment")
+
+    def reopen_process() -> contextlib.AbstractAsyncContextManager[Driver]:
+        return ProcessDriver(state)
+
+    async def kill_process(target: WorkloadId) -> None:
+        leaf = state / "process/deployments" / target.deployment / "services"
+        run = json.loads((leaf / target.service / str(target.replica) / "run.json").read_text())
+        os.killpg(int(run["pid"]), signal.SIGKILL)
+
+    async with ProcessDriver(state) as process:
+        yield Backend(
+            "process", process, deployment, "zlayer-test/none:1", kill_process, reopen_process
+        )
+
+
+async def until_status(driver: Driver, target: WorkloadId, wanted: str) -> Workload:
+    async with asyncio.timeout(30):
+        while True:
+            found = await driver.status(target)
+            if found is not None and found.status == wanted:
+                return found
+            await asyncio.sleep(0.05)
+
+
+async def output(driver: Driver, target: WorkloadId, tail: int | None = None) -> list[str]:
+    return [line async for line in driver.logs(target, tail=tail)]
+
+
+async def until_output(driver: Driver, target: WorkloadId, text: str) -> list[str]:
+    async with asyncio.timeout(30):
+        while True:
+            lines = await output(driver, target)
+            if text in lines:
+                return lines
+            await asyncio.sleep(0.05)
+
+
+def mine(state: ObservedState, deployment: str) -> list[Workload]:
+    return [w for w in state.workloads if w.deployment == deployment]
+
+
+async def test_create_observe_and_observe_again_from_a_new_driver(backend: Backend) -> None:
+    service = backend.service()
+    await backend.driver.create(service, 1, "rev-1")
+    await until_output(backend.driver, backend.target(), "ready hello")
+    state = await backend.driver.observe([backend.deployment])
+    (workload,) = mine(state, backend.deployment)
+    assert (workload.status, workload.fingerprint, workload.revision) == (
+        "running",
+        service.fingerprint,
+        "rev-1",
+    )
+    assert state.configs[service.fingerprint]["env"] == {"GREETING": "hello"}
+    async with backend.reopen() as again:
+        other = await again.observe([backend.deployment])
+    assert mine(other, backend.deployment) == [workload]
+    assert other.configs[service.fingerprint] == state.configs[service.fingerprint]
+    with pytest.raises(Conflict):
+        await backend.driver.create(service, 1, "rev-1")
+
+
+async def test_stop_start_restart_remove(backend: Backend) -> None:
+    driver, target = backend.driver, backend.target()
+    await driver.create(backend.service(), 1, "rev-1")
+    await until_output(driver, target, "ready hello")
+    await driver.stop(target)
+    stopped = await until_status(driver, target, "exited")
+    assert stopped.exit_code == 0  # the trap answered SIGTERM
+    await driver.start(target)
+    first = await until_status(driver, target, "running")
+    await driver.restart(target)
+    second = await until_status(driver, target, "running")
+    assert second.started_at is not None and second.started_at >= (first.started_at or "")
+    await driver.remove(target)
+    assert await driver.status(target) is None
+    assert mine(await driver.observe([backend.deployment]), backend.deployment) == []
+    with pytest.raises(NotFound):
+        await driver.remove(target)
+
+
+async def test_replace_runs_the_new_config_in_one_replica(backend: Backend) -> None:
+    driver, target = backend.driver, backend.target()
+    await driver.create(backend.service("old"), 1, "rev-1")
+    await until_output(driver, target, "ready old")
+    new = backend.service("new")
+    await driver.replace(new, 1, "rev-2")
+    lines = await until_output(driver, target, "ready new")
+    assert "ready old" not in lines
+    (workload,) = mine(await driver.observe([backend.deployment]), backend.deployment)
+    assert (workload.fingerprint, workload.revision, workload.status) == (
+        new.fingerprint,
+        "rev-2",
+        "running",
+    )
+
+
+async def test_logs_give_the_last_lines_in_order(backend: Backend) -> None:
+    text = SERVICE.replace(
+        """args: ['trap "exit 0" TERM; echo "ready $GREETING"; sleep 600 & wait']""",
+        "args: ['for i in 1 2 3 4 5; do echo line $i; done; echo oops >&2; sleep 600']",
+    )
+    service = compile_services(backend.deployment, text.replace("IMAGE", json.dumps(backend.image)))
+    await backend.driver.create(service["app"], 1, "rev-1")
+    lines = await until_output(backend.driver, backend.target(), "oops")
+    assert lines == ["line 1", "line 2", "line 3", "line 4", "line 5", "oops"]
+    assert await output(backend.driver, backend.target(), tail=2) == ["line 5", "oops"]
+
+
+async def test_a_crashed_replica_is_planned_for_restart_and_restarted(backend: Backend) -> None:
+    driver, target = backend.driver, backend.target()
+    service = backend.service()
+    await driver.create(service, 1, "rev-1")
+    await until_output(driver, target, "ready hello")
+    await backend.crash(target)
+    crashed = await until_status(driver, target, "exited")
+    assert crashed.exit_code == 137
+    desired = DesiredState("rev-1", {service.key: service}, frozenset({backend.deployment}))
+    state = await driver.observe([backend.deployment])
+    plan = plan_changes(desired, state)
+    replica_actions: list[Any] = [a for a in plan.actions if not a.target.is_network]
+    assert [(a.kind, a.reason) for a in replica_actions] == [("restart", "exited with status 137")]
+    await driver.restart(target)
+    await until_status(driver, target, "running")
