@@ -32,6 +32,7 @@ from typing import Any
 from reconciler.drivers import proc
 
 CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
 CLONE_NEWNET = 0x40000000
 MS_BIND = 4096
 MS_REC = 16384
@@ -84,6 +85,12 @@ def _enter(spec: dict[str, Any]) -> None:
         _call(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "cannot make / private")
         hosts = str(spec["hosts"]).encode()
         _call(libc.mount(hosts, b"/etc/hosts", None, MS_BIND, None), "cannot mount the hosts file")
+    if spec.get("hostname"):
+        # Its own name, which its hosts file maps: a lookup of the host's name would go
+        # to a DNS server the namespace may not reach (Python's http.server does one).
+        hostname = str(spec["hostname"]).encode()
+        _call(libc.unshare(CLONE_NEWUTS), "cannot make a UTS namespace")
+        _call(libc.sethostname(hostname, len(hostname)), "cannot set the host name")
     if spec.get("netns"):
         name = str(spec["netns"])
         try:

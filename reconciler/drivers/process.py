@@ -390,6 +390,8 @@ class ProcessDriver:
             namespace = record.get("network", {}).get("netns")
             if namespace:
                 own = entries if record["network"].get("address") else []
+                if not own:  # network_mode none: its own name, on loopback
+                    own = [("127.0.1.1", [f"{record['service']}-{record['replica']}"])]
                 await asyncio.to_thread(netns.write_hosts, namespace, own)
 
     # --- launching and stopping ----------------------------------------------------------
@@ -447,6 +449,7 @@ class ProcessDriver:
             "dir": str(where),
             "netns": network.get("netns"),
             "hosts": network.get("hosts"),
+            "hostname": f"{target.service}-{target.replica}" if network.get("netns") else None,
             "cgroup": None,
             "log": self.log,
         }
