@@ -519,9 +519,9 @@ def test_status_logs_and_destroy(host: Host) -> None:
     assert networks.strip() == ""
 
 
-def test_the_readme_main_job_applies_the_bundled_specs(tmp_path: Path, docker_url: str) -> None:  # noqa: F811
-    """The README's Quickstart on a Docker host: import busybox, apply specs/, status,
-    destroy. web's public endpoint is published on 127.0.0.1:8080 here."""
+def test_the_demo_specs_apply_on_docker(tmp_path: Path, docker_url: str) -> None:  # noqa: F811
+    """The bundled demo specs on a Docker host: import busybox, apply, status, destroy.
+    web's public endpoint is published on 127.0.0.1:8080 here."""
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", 8080)) != 0, "port 8080 is taken on this host"
     env = {**os.environ, "DOCKER_HOST": docker_url}
@@ -530,7 +530,8 @@ def test_the_readme_main_job_applies_the_bundled_specs(tmp_path: Path, docker_ur
             ["contrib/docker/import-busybox"], cwd=REPO, env=env, check=True, timeout=120
         )
         host = Host(tmp_path, docker_url, "busybox:1.36", "demo")
-        run = host.run("apply", "specs/", "--auto-approve")
+        demo = ("specs/demo.yaml", "specs/observability.yaml")
+        run = host.run("apply", *demo, "--auto-approve")
         assert run.returncode == 0, run.stdout + run.stderr
         assert "Apply complete: 6 succeeded" in run.stdout
         with socket.create_connection(("127.0.0.1", 8080), timeout=5) as web:
@@ -539,7 +540,7 @@ def test_the_readme_main_job_applies_the_bundled_specs(tmp_path: Path, docker_ur
         status = host.run("status")
         assert status.returncode == 0
         assert sum(" running " in line for line in status.stdout.splitlines()) == 4
-        assert host.run("apply", "specs/", "--auto-approve").stdout.count("No changes.") == 1
+        assert host.run("apply", *demo, "--auto-approve").stdout.count("No changes.") == 1
         for deployment in ("demo", "observability"):
             run = host.run("destroy", deployment, "--auto-approve")
             assert run.returncode == 0, run.stderr
@@ -547,3 +548,32 @@ def test_the_readme_main_job_applies_the_bundled_specs(tmp_path: Path, docker_ur
     finally:
         for deployment in ("demo", "observability"):
             remove_deployment(docker_url, deployment)
+
+
+def test_the_readme_main_job_runs_hello_on_docker(tmp_path: Path, docker_url: str) -> None:  # noqa: F811
+    """The README's main job where a Docker engine answers: the auto runtime picks
+    docker, hello runs on the host's Python imported as an image, worker reaches web
+    by name, web's public endpoint is published on 127.0.0.1:8080; then destroy."""
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", 8080)) != 0, "port 8080 is taken on this host"
+    env = {**os.environ, "DOCKER_HOST": docker_url}
+    try:
+        subprocess.run(["contrib/docker/import-python"], cwd=REPO, env=env, check=True, timeout=300)
+        host = Host(tmp_path, docker_url, "zlayer-example/python:3", "hello")
+        run = host.run("apply", "specs/hello.yaml", "--auto-approve")
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert "Runtime: docker (auto: a Docker engine answered" in run.stderr
+        assert "Apply complete: 3 succeeded" in run.stdout  # Docker networks are implicit
+        with socket.create_connection(("127.0.0.1", 8080), timeout=5) as web:
+            web.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            assert b"200 OK" in web.recv(1024)
+        deadline = time.monotonic() + 30
+        while "web answered 200" not in (logs := host.run("logs", "worker").stdout):
+            assert time.monotonic() < deadline, logs
+            time.sleep(0.5)
+        status = host.run("status")
+        assert sum(" running " in line for line in status.stdout.splitlines()) == 2
+        assert host.run("destroy", "hello", "--auto-approve").returncode == 0
+        assert "No workloads" in host.run("status").stdout
+    finally:
+        remove_deployment(docker_url, "hello")

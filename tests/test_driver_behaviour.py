@@ -97,11 +97,14 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
 
 
 async def until_status(driver: Driver, target: WorkloadId, wanted: str) -> Workload:
+    """Until the replica has status ``wanted`` (and, when exited, its exit code is
+    known: a runtime may report the exit a moment before its code)."""
     async with asyncio.timeout(30):
         while True:
             found = await driver.status(target)
             if found is not None and found.status == wanted:
-                return found
+                if wanted != "exited" or found.exit_code is not None:
+                    return found
             await asyncio.sleep(0.05)
 
 
