@@ -66,8 +66,12 @@ def docker_problem(timeout: float = 2.0) -> str | None:
     try:
         if url.startswith("unix://"):
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(timeout)
-            sock.connect(url.removeprefix("unix://"))
+            try:
+                sock.settimeout(timeout)
+                sock.connect(url.removeprefix("unix://"))
+            except OSError:
+                sock.close()
+                raise
         elif url.startswith("tcp://"):
             host, _, port = url.removeprefix("tcp://").rstrip("/").rpartition(":")
             sock = socket.create_connection((host, int(port)), timeout=timeout)

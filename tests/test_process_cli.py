@@ -1,0 +1,94 @@
+"""The README's main job on a host with no Docker engine: ``zlayer apply
+specs/hello.yaml`` picks the process runtime, hello runs (as root, in network
+namespaces), ``status``/``logs`` show it, a re-apply changes nothing, and
+``destroy`` leaves nothing behind — checked on the host, not in zlayer's records."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from reconciler.drivers import proc
+from tests.conftest import REPO
+from tests.process_support import kill_recorded, needs_root, remove_networks
+
+pytest_plugins = ["tests.process_support"]
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """The environment of a host without an engine, with its own state directory;
+    hello's processes and networks are removed afterwards, pass or fail."""
+    needs_root("the README main job (network namespaces)")
+    state = tmp_path / "state"
+    env = {
+        **os.environ,
+        "DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock",
+        "ZLAYER_STATE_DIR": str(state),
+        "NO_COLOR": "1",
+        "COLUMNS": "200",
+    }
+    env.pop("ZLAYER_RUNTIME", None)
+    try:
+        yield env
+    finally:
+        kill_recorded(state)
+        remove_networks("hello")
+
+
+def zlayer(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "reconciler", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_the_readme_main_job_runs_hello_as_processes(host: dict[str, str]) -> None:
+    from reconciler.drivers import netns
+
+    run = zlayer(host, "apply", "specs/hello.yaml", "--auto-approve")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "Runtime: process (auto: no Docker engine at" in run.stderr
+    assert "Apply complete: 4 succeeded" in run.stdout
+    assert "+ create     hello/(network)  new deployment network" in run.stdout
+
+    record = proc.read_json(
+        Path(host["ZLAYER_STATE_DIR"]) / "process/deployments/hello/services/web/1/record.json"
+    )
+    assert record is not None
+    address = record["network"]["address"]
+    with urllib.request.urlopen(f"http://{address}:8080/", timeout=5) as answer:
+        assert answer.status == 200
+
+    deadline = time.monotonic() + 30
+    while "web answered 200" not in (logs := zlayer(host, "logs", "worker").stdout):
+        assert time.monotonic() < deadline, logs
+        time.sleep(0.5)
+    status = zlayer(host, "status").stdout.splitlines()
+    assert sum(" running " in line for line in status) == 2
+    assert any(line.split()[:4] == ["hello", "report", "-", "registered"] for line in status)
+
+    again = zlayer(host, "apply", "specs/hello.yaml", "--auto-approve")
+    assert "No changes." in again.stdout, again.stdout
+
+    gone = zlayer(host, "destroy", "hello", "--auto-approve")
+    assert gone.returncode == 0, gone.stdout + gone.stderr
+    assert "No workloads" in zlayer(host, "status").stdout
+    found = netns.inventory()
+    assert "hello" not in found.bridges
+    assert not [p for p in found.ports if p.startswith("hello/")]
+    assert not [n for n in found.namespaces if n.startswith("zlayer-hello-")]
+    assert not list(Path("/etc/netns").glob("zlayer-hello-*"))
+    assert not [rule for rule in netns.forward_rules() if "zlayer:hello" in rule]
+    assert not list(Path(host["ZLAYER_STATE_DIR"]).glob("process/deployments/hello/**/*.json"))
