@@ -102,9 +102,9 @@ async def until_status(driver: Driver, target: WorkloadId, wanted: str) -> Workl
     async with asyncio.timeout(30):
         while True:
             found = await driver.status(target)
-            if found is not None and found.status == wanted:
-                if wanted != "exited" or found.exit_code is not None:
-                    return found
+            known = found is not None and (wanted != "exited" or found.exit_code is not None)
+            if found is not None and found.status == wanted and known:
+                return found
             await asyncio.sleep(0.05)
 
 

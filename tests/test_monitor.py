@@ -12,12 +12,14 @@ under ``CI=true`` where they fail.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -125,6 +127,7 @@ class Launcher:
             "user": None,
             "netns": None,
             "hosts": None,
+            "hostname": None,
             "cgroup": None,
             "log": {"max_bytes": 64 * 1024, "keep": 2},
             "stop_signal": int(signal.SIGTERM),
@@ -169,10 +172,8 @@ class Launcher:
 
 def _kill(pid: int, start: int, *, group: bool) -> None:
     if proc.alive(pid, start):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             (os.killpg if group else os.kill)(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 @pytest.fixture
@@ -247,6 +248,10 @@ def test_working_directory(launch: Launcher, tmp_path: Path, given: str | None) 
             {"argv": ["true"], "netns": "zlayer-t-missing"},
             "cannot start: join network namespace zlayer-t-missing: No such file",
         ),
+        (
+            {"argv": ["true"], "cgroup": ["/nonexistent/zlayer-t"]},
+            "cannot start: join cgroup /nonexistent/zlayer-t: No such file",
+        ),
     ],
 )
 def test_cannot_start(launch: Launcher, fields: dict[str, Any], message: str) -> None:
@@ -283,10 +288,11 @@ def test_monitor_is_detached_and_workload_has_its_own_session(launch: Launcher) 
     assert proc.alive(monitor, run["monitor_start"])
     assert proc.alive(workload, run["start"])
 
-    state, ppid, pgrp, session = _stat(monitor)[:4]
+    _, ppid, pgrp, session = _stat(monitor)[:4]
     assert int(ppid) not in (os.getpid(), launcher.pid)  # reparented: nobody's child of ours
     assert int(session) != os.getsid(0)  # a session of its own ...
     assert int(session) != monitor  # ... but not its leader: it can never get a terminal
+    assert pgrp == session
     for fd in (0, 1, 2):
         assert os.readlink(f"/proc/{monitor}/fd/{fd}") == "/dev/null"
     assert os.readlink(f"/proc/{monitor}/cwd") == "/"
@@ -297,11 +303,26 @@ def test_monitor_is_detached_and_workload_has_its_own_session(launch: Launcher) 
     assert os.readlink(f"/proc/{workload}/fd/0") == "/dev/null"
     assert os.readlink(f"/proc/{workload}/fd/1") == os.readlink(f"/proc/{workload}/fd/2")
     assert os.readlink(f"/proc/{workload}/fd/1").startswith("pipe:")
+    # the monitor ignores SIGHUP, SIGINT and SIGPIPE; the workload inherits none of that
+    ignored = {signal.SIGHUP, signal.SIGINT, signal.SIGPIPE}
+    assert _ignored_signals(monitor) >= ignored
+    assert _ignored_signals(workload) == set()
+    assert re.search(r"^SigBlk:\s*0+$", Path(f"/proc/{workload}/status").read_text(), re.M)
 
     time.sleep(0.3)  # the launcher is long gone: both run on
     assert proc.alive(monitor, run["monitor_start"])
     assert proc.alive(workload, run["start"])
     assert record.read("exit.json") is None
+
+
+def _ignored_signals(pid: int) -> set[signal.Signals]:
+    status = Path(f"/proc/{pid}/status").read_text()
+    mask = int(re.search(r"^SigIgn:\s*([0-9a-f]+)$", status, re.M)[1], 16)  # type: ignore[index]
+    return {
+        signal.Signals(n)
+        for n in range(1, 65)
+        if mask >> (n - 1) & 1 and n in signal.valid_signals()
+    }
 
 
 def test_killed_by_a_signal(launch: Launcher) -> None:
@@ -340,6 +361,7 @@ def test_stragglers_in_the_group_are_killed(launch: Launcher, tmp_path: Path) ->
     done = record.exit()
     assert done["exit_code"] == 0
     child = int((tmp_path / "child.pid").read_text())
+    launch.track(child)  # killed afterwards should this fail
     wait_until(lambda: gone(child), f"straggler {child} to be killed", 5)
 
 
@@ -480,7 +502,7 @@ def test_network_namespace_and_hosts_file(launch: Launcher, namespace: str, tmp_
     hosts = tmp_path / "hosts"
     hosts.write_text("127.0.0.1 localhost\n10.9.9.9 db\n")
     host_hosts = Path("/etc/hosts").read_bytes()
-    host_mounts = Path("/proc/self/mountinfo").read_text()
+    host_mounts = _mounts_on("/etc/hosts")
     record = launch(
         ["sh", "-c", "cat /etc/hosts; cat /proc/net/dev"], netns=namespace, hosts=str(hosts)
     )
@@ -490,7 +512,64 @@ def test_network_namespace_and_hosts_file(launch: Launcher, namespace: str, tmp_
     interfaces = {line.split(":")[0].strip() for line in output.splitlines() if ":" in line}
     assert interfaces == {"lo"}, output
     assert Path("/etc/hosts").read_bytes() == host_hosts
-    assert Path("/proc/self/mountinfo").read_text() == host_mounts
+    assert _mounts_on("/etc/hosts") == host_mounts  # the bind mount stayed the workload's
+
+
+def _mounts_on(point: str) -> list[str]:
+    """This mount namespace's mounts at ``point`` (field 5 of /proc/self/mountinfo)."""
+    lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    return [line for line in lines if line.split()[4] == point]
+
+
+def test_own_host_name(launch: Launcher) -> None:
+    needs_root("a UTS namespace")
+    before = socket.gethostname()
+    record = launch(["cat", "/proc/sys/kernel/hostname"], hostname="web-1")
+    assert record.exit()["exit_code"] == 0
+    assert record.output() == "web-1\n"
+    assert socket.gethostname() == before
+
+
+@pytest.fixture
+def cgroup_dirs() -> Iterator[dict[str, Path]]:
+    """A fresh cgroup in the cgroup2 hierarchy and in v1's pids one, those mounted,
+    by their controller field in /proc/<pid>/cgroup ("" for cgroup2). Afterwards
+    whatever is still in them is killed (only our workloads were put there) and
+    they are removed."""
+    needs_root("joining a cgroup")
+    mounts = [line.split() for line in Path("/proc/self/mounts").read_text().splitlines()]
+    roots: dict[str, str] = {}
+    for _, point, kind, options, *_ in mounts:
+        if kind == "cgroup2":
+            roots.setdefault("", point)
+        elif kind == "cgroup" and "pids" in options.split(","):
+            roots.setdefault("pids", point)
+    if not roots:
+        pytest.skip("no cgroup2 or pids cgroup hierarchy is mounted")
+    name = f"zlayer-t-{secrets.token_hex(4)}"
+    made: dict[str, Path] = {}
+    try:
+        for controller, root in roots.items():
+            (Path(root) / name).mkdir()
+            made[controller] = Path(root) / name
+        yield made
+    finally:
+        for group in made.values():
+            for pid in (group / "cgroup.procs").read_text().split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+        for group in made.values():
+            wait_until(lambda g=group: not (g / "cgroup.procs").read_text(), "empty cgroup", 10)
+            group.rmdir()
+
+
+def test_joins_the_cgroups(launch: Launcher, cgroup_dirs: dict[str, Path]) -> None:
+    groups = [str(g) for g in cgroup_dirs.values()]
+    record = launch(["cat", "/proc/self/cgroup"], cgroup=groups)
+    assert record.exit()["exit_code"] == 0
+    output = record.output()
+    for controller, group in cgroup_dirs.items():
+        assert re.search(rf"^\d+:{controller}:/{group.name}$", output, re.M), (group, output)
 
 
 # --- proc helpers ----------------------------------------------------------------------
@@ -551,6 +630,8 @@ def test_json_files(tmp_path: Path) -> None:
         ({"log": {"max_bytes": 100, "keep": 1}}, "log must be"),
         ({"user": {"uid": -1, "gid": 0, "groups": []}}, "user must be"),
         ({"netns": "../x"}, "netns must be"),
+        ({"hostname": "x" * 65}, "hostname must be"),
+        ({"cgroup": ["relative"]}, "cgroup must be"),
         ({"stop_signal": 0}, "stop_signal must be"),
     ],
 )

@@ -1,11 +1,14 @@
-"""Small host facts and file helpers shared by the process driver and its monitor
-(standard library only: the monitor imports this for every replica it starts)."""
+"""Small host facts and file helpers shared by the process driver and its monitor.
+
+Standard library only, and cheap to import: the monitor imports this for every
+replica it starts (hence no ``tempfile``, whose imports cost more than the rest).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,86 +16,91 @@ from typing import Any
 
 
 def atomic_write_json(path: Path, data: Mapping[str, Any], mode: int = 0o644) -> None:
-    """Write ``data`` so that readers see the old file or the new one, never a part:
-    a temp file in the same directory, fsync, rename over ``path``, fsync the directory."""
+    """Write ``data`` (sorted keys, indent 1) so that readers see the old file or the
+    new one, never a part of it, even across a crash: a temp file in the same
+    directory, fsync, chmod ``mode``, rename over ``path``, fsync the directory."""
     text = json.dumps(data, sort_keys=True, indent=1) + "\n"
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    temp = path.parent / f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fchmod(handle.fileno(), mode)
-            os.fsync(handle.fileno())
+        try:
+            os.fchmod(fd, mode)  # not the umask's say
+            view = memoryview(text.encode("utf-8"))
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(temp, path)
     except BaseException:
-        with _quiet():
+        with contextlib.suppress(OSError):
             os.unlink(temp)
         raise
-    directory = os.open(path.parent, os.O_RDONLY)
+    directory = os.open(path.parent, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        os.fsync(directory)
+        os.fsync(directory)  # the rename itself survives a crash
     finally:
         os.close(directory)
 
 
-class _quiet:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> bool:
-        return True
-
-
 def read_json(path: Path) -> dict[str, Any] | None:
-    """The JSON object in ``path``; None when it is missing or not a JSON object.
-    Atomic writes cannot leave a torn file, but a hand-edited or corrupt one must
-    not break observing everything else."""
+    """The JSON object in ``path``; None when it is missing or is not a JSON object.
+
+    Atomic writes cannot leave a torn file, but a hand-edited or corrupt one must not
+    make observing everything else fail: it reads as absent, like a missing record."""
     try:
         data = json.loads(path.read_bytes())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
 
 
 def _stat_fields(pid: int) -> list[str] | None:
-    """The fields of /proc/<pid>/stat after the command name (which may hold spaces
-    and parentheses: split at the last ')'); field 3 (state) comes first."""
+    """The fields of /proc/<pid>/stat after the command name, state (field 3) first;
+    None when there is no such process. The name may hold spaces and parentheses
+    (a program is free to call itself ``a) (b``): it ends at the LAST ')'."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_bytes()
     except OSError:
         return None
-    _, _, rest = raw.rpartition(b")")
-    return rest.decode("ascii", "replace").split()
+    _, paren, rest = raw.rpartition(b")")
+    fields = rest.decode("ascii", "replace").split()
+    return fields if paren and len(fields) > 19 else None
 
 
 def start_time(pid: int) -> int | None:
     """When ``pid`` started (field 22 of /proc/<pid>/stat: clock ticks since boot);
-    None when there is no such process."""
+    None when there is no such process. A zombie still has its start time."""
     fields = _stat_fields(pid)
-    return int(fields[19]) if fields and len(fields) > 19 else None
+    return int(fields[19]) if fields else None
 
 
 def process_state(pid: int) -> str | None:
-    """The one-letter state of ``pid`` (R, S, D, Z, …); None when there is none."""
+    """The one-letter state of ``pid`` (R, S, D, T, Z, …); None when there is none."""
     fields = _stat_fields(pid)
     return fields[0] if fields else None
 
 
+def is_zombie(pid: int) -> bool:
+    """``pid`` has ended but its parent has not collected its exit status yet."""
+    return process_state(pid) == "Z"
+
+
 def alive(pid: int, start: int) -> bool:
-    """``pid`` is the process that started at ``start`` and has not ended (a zombie has
-    ended): a recycled pid is never mistaken for it."""
+    """``pid`` is the process that started at ``start`` and has not ended (a zombie
+    has ended): a recycled pid is never mistaken for it."""
     fields = _stat_fields(pid)
-    if fields is None or len(fields) <= 19:
-        return False
-    return fields[0] != "Z" and int(fields[19]) == start
+    return fields is not None and fields[0] != "Z" and int(fields[19]) == start
 
 
 def boot_id() -> str:
-    """This boot's id: pids and start times of another boot mean nothing."""
+    """This boot's id: pids and start times recorded in another boot mean nothing."""
     return Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
 
 
 def now_iso() -> str:
-    """UTC now, ISO 8601 with milliseconds and ``Z``."""
+    """UTC now, ISO 8601 with milliseconds and ``Z`` (``2026-11-22T10:00:00.123Z``)."""
     now = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+    whole = int(now)
+    millis = int((now - whole) * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"

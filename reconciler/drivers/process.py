@@ -44,7 +44,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from reconciler.desired import DesiredService
-from reconciler.drivers import proc
+from reconciler.drivers import cgroups, proc
 from reconciler.drivers import process_config as pc
 from reconciler.drivers.base import Limits
 from reconciler.errors import Conflict, NotFound, PermanentDriverError
@@ -85,12 +85,14 @@ class ProcessDriver:
         self._isolation = isolation
         self.facts = pc.HostFacts(root=os.geteuid() == 0, isolation="not checked", cgroups=None)
         self._locks: dict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
+        self._cgroups: cgroups.Layout | None = None
 
     async def __aenter__(self) -> Self:
+        self._cgroups, problem = cgroups.detect()
         self.facts = pc.HostFacts(
             root=os.geteuid() == 0,
             isolation=await self._isolation_problem(),
-            cgroups="the process runtime does not set cgroup limits yet",
+            cgroups=problem,
         )
         return self
 
@@ -208,8 +210,10 @@ class ProcessDriver:
         )
 
     def _networks(self, deployments: Collection[str] | None, inventory: Any) -> list[Network]:
-        from reconciler.drivers import netns
-
+        """The networks this state directory records, checked against the host. The
+        record is written before the bridge is made, so a crash never leaves a bridge
+        of ours unrecorded; a bridge without a record here belongs to another state
+        directory (another zlayer on this host, or a test) and is left alone."""
         found: dict[str, Network] = {}
         if self.root.is_dir():
             for deployment in sorted(self.root.iterdir()):
@@ -231,14 +235,6 @@ class ProcessDriver:
                     subnet=str(record["subnet"]),
                     problem=problem,
                 )
-        for name, bridge in inventory.bridges.items():
-            if name not in found:  # made by an apply that was killed before recording it
-                found[name] = Network(
-                    deployment=name,
-                    name=bridge.name,
-                    problem=f"bridge {bridge.name} has no record of its subnet",
-                )
-        del netns
         return [n for d, n in sorted(found.items()) if deployments is None or d in deployments]
 
     # --- actions -----------------------------------------------------------------------
@@ -278,6 +274,8 @@ class ProcessDriver:
         where, record = self._record(target)
         if target.replica is not None:
             await self._stop(target, where, record)
+            name = cgroups.group_name(target.deployment, target.service, target.replica)
+            cgroups.remove(self._cgroups, name)
         network = record.get("network", {})
         if network.get("netns"):
             from reconciler.drivers import netns
@@ -440,6 +438,11 @@ class ProcessDriver:
         network = record.get("network", {})
         if network.get("netns"):
             await self._sandbox(target, network)
+        joined: list[str] = []
+        resources = record.get("config", {}).get("resources", {})
+        if self._cgroups is not None and cgroups.wanted(resources):
+            name = cgroups.group_name(target.deployment, target.service, target.replica or 0)
+            joined = cgroups.create(self._cgroups, name, resources)
         launch_id = uuid.uuid4().hex
         record = {**record, "launch": launch_id}
         proc.atomic_write_json(where / "record.json", record)
@@ -450,7 +453,7 @@ class ProcessDriver:
             "netns": network.get("netns"),
             "hosts": network.get("hosts"),
             "hostname": f"{target.service}-{target.replica}" if network.get("netns") else None,
-            "cgroup": None,
+            "cgroup": joined or None,
             "log": self.log,
         }
         process = await asyncio.create_subprocess_exec(
