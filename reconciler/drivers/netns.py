@@ -330,12 +330,14 @@ def ensure_bridge(deployment: str, subnet: IPv4Network) -> None:
 
 
 def remove_bridge(deployment: str) -> None:
-    """Delete the deployment's bridge; nothing happens when it is not there. Its ports
-    (the replicas' veths) stay, detached; :func:`remove_sandbox` removes those."""
+    """Delete the deployment's bridge and its FORWARD rule; no error when they are not
+    there (the rule goes even when the bridge was deleted behind zlayer's back). Its
+    ports (the replicas' veths) stay, detached; :func:`remove_sandbox` removes those."""
     name = bridge_name(deployment)
     with _failing(f"remove bridge {name} of deployment {deployment}"), IPRoute() as ipr:
         link = _lookup(ipr, name)
         if link is None:
+            _forward_rule(deployment, add=False)
             return
         if link.alias not in (None, ALIAS_PREFIX + deployment):
             raise PermanentDriverError(

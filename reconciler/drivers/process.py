@@ -405,16 +405,6 @@ class ProcessDriver:
         network: dict[str, Any] = {"mode": mode}
         if mode == "bridge" and self._network_record(target.deployment) is None:
             await self.create_network(target.deployment)  # the plan normally did
-        async with self._locks[target.deployment]:
-            if mode == "bridge":
-                network["address"] = self._allocate_address(target.deployment)
-            if mode != "host":
-                from reconciler.drivers import netns
-
-                network["netns"] = netns.netns_name(target.deployment, target.service, replica)
-            where.mkdir(parents=True, exist_ok=True, mode=0o700)
-            record = _record(service, replica, revision, network)
-            proc.atomic_write_json(where / "record.json", record)
         launch = {
             "argv": command,
             "cwd": (service.config.get("command") or {}).get("workdir"),
@@ -424,7 +414,19 @@ class ProcessDriver:
             else {"uid": user.uid, "gid": user.gid, "groups": list(user.groups)},
             "stop_signal": pc.stop_signal(service.config),
         }
-        proc.atomic_write_json(where / "launch.json", launch, mode=0o600)
+        async with self._locks[target.deployment]:
+            if mode == "bridge":
+                network["address"] = self._allocate_address(target.deployment)
+            if mode != "host":
+                from reconciler.drivers import netns
+
+                network["netns"] = netns.netns_name(target.deployment, target.service, replica)
+            where.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # launch.json first: record.json is what observe sees, so an apply killed
+            # between the two leaves nothing observed, and the next create starts over.
+            proc.atomic_write_json(where / "launch.json", launch, mode=0o600)
+            record = _record(service, replica, revision, network)
+            proc.atomic_write_json(where / "record.json", record)
         try:
             await self._launch(target, where, record)
         except PermanentDriverError:
@@ -471,27 +473,22 @@ class ProcessDriver:
         await self._started(target, where, launch_id)
 
     async def _sandbox(self, target: WorkloadId, network: dict[str, Any]) -> None:
-        """The replica's namespace, made again when it is missing (deleted behind our
-        back, or a reboot), and its hosts file."""
+        """The replica's namespace, veth and hosts file, made afresh for every launch:
+        nothing runs in them now, and whatever is there may be half made (an apply
+        killed midway), deleted behind our back, or gone with a reboot."""
         from reconciler.drivers import netns
 
-        replica = target.replica or 0
         namespace = str(network["netns"])
-        if not Path("/run/netns", namespace).exists():
-            address = network.get("address")
-            record = self._network_record(target.deployment) if address else None
-            subnet = ipaddress.IPv4Network(record["subnet"]) if record else None
-            await asyncio.to_thread(
-                netns.remove_sandbox, target.deployment, target.service, replica
-            )
-            await asyncio.to_thread(
-                netns.create_sandbox,
-                target.deployment,
-                target.service,
-                replica,
-                address=ipaddress.IPv4Address(address) if address else None,
-                subnet=subnet,
-            )
+        address = network.get("address")
+        record = self._network_record(target.deployment) if address else None
+        await asyncio.to_thread(
+            netns.create_sandbox,
+            target.deployment,
+            target.service,
+            target.replica or 0,
+            address=ipaddress.IPv4Address(address) if address else None,
+            subnet=ipaddress.IPv4Network(record["subnet"]) if record else None,
+        )
         network["hosts"] = str(netns.hosts_path(namespace))
         await self._write_hosts(target.deployment)
 
