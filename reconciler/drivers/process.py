@@ -283,6 +283,9 @@ class ProcessDriver:
             await asyncio.to_thread(
                 netns.remove_sandbox, target.deployment, target.service, target.replica or 0
             )
+        # record.json first: once it is gone nothing is observed, whatever a kill
+        # leaves of the rest (which the next create of this replica starts over)
+        (where / "record.json").unlink(missing_ok=True)
         shutil.rmtree(where, ignore_errors=True)
         _prune_empty(where.parent, self.root)
         if network.get("address"):
