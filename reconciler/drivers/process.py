@@ -377,7 +377,12 @@ class ProcessDriver:
 
     async def _write_hosts(self, deployment: str) -> None:
         """Every replica's hosts file maps each service of the deployment (and each
-        replica as ``<service>-<n>``) to the replicas' addresses."""
+        replica as ``<service>-<n>``) to the replicas' addresses. Under the deployment's
+        lock: the files are rewritten in place, and two writers would interleave."""
+        async with self._locks[deployment]:
+            await self._write_hosts_locked(deployment)
+
+    async def _write_hosts_locked(self, deployment: str) -> None:
         from reconciler.drivers import netns
 
         records = [proc.read_json(w / "record.json") or {} for w in self._records([deployment])]
