@@ -183,7 +183,8 @@ async def test_replace_runs_the_new_config_in_one_replica(backend: Backend) -> N
 async def test_logs_give_the_last_lines_in_order(backend: Backend) -> None:
     text = SERVICE.replace(
         """args: ['trap "exit 0" TERM; echo "ready $GREETING"; sleep 600 & wait']""",
-        "args: ['for i in 1 2 3 4 5; do echo line $i; done; echo oops >&2; sleep 600']",
+        # Docker copies stdout and stderr apart: their order holds only a moment apart.
+        "args: ['for i in 1 2 3 4 5; do echo line $i; done; sleep 1; echo oops >&2; sleep 600']",
     )
     service = compile_services(backend.deployment, text.replace("IMAGE", json.dumps(backend.image)))
     await backend.driver.create(service["app"], 1, "rev-1")
