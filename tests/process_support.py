@@ -28,18 +28,29 @@ import pytest
 from reconciler.drivers import proc
 from reconciler.drivers.process import ProcessDriver
 
-__all__ = ["kill_recorded", "needs_root", "process_deployment", "process_driver", "process_state"]
+__all__ = [
+    "kill_recorded",
+    "needs_root",
+    "process_deployment",
+    "process_driver",
+    "process_state",
+    "unavailable",
+]
 
 
-def needs_root(what: str) -> None:
-    """Skip (fail under ``CI=true``) a test that needs root."""
-    if os.geteuid() == 0:
-        return
-    message = f"NOT ROOT: {what} needs root (network namespaces, bridges)"
+def unavailable(message: str) -> None:
+    """Skip the test saying why, loudly; under ``CI=true``, where root and the host's
+    facilities are there, fail instead."""
     if os.environ.get("CI") == "true":
         pytest.fail(message + " — and CI=true, where these tests must run", pytrace=False)
     print(message)
     pytest.skip(message)
+
+
+def needs_root(what: str) -> None:
+    """Skip (fail under ``CI=true``) a test that needs root."""
+    if os.geteuid() != 0:
+        unavailable(f"NOT ROOT: {what} needs root")
 
 
 def kill_recorded(state_dir: Path) -> list[int]:

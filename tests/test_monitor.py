@@ -31,21 +31,11 @@ import pytest
 
 from reconciler.drivers import proc
 from reconciler.drivers.monitor import _Log
+from tests.process_support import needs_root
 
 REPO = Path(__file__).resolve().parent.parent
 DEADLINE = 20.0  # seconds for the monitor to report; generous for loaded CI machines
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-def needs_root(what: str) -> None:
-    """Skip a test that needs root; under ``CI=true`` (where tests run as root) fail."""
-    if os.geteuid() == 0:
-        return
-    message = f"NOT ROOT: {what} needs root"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message + " — and CI=true, where these tests must run", pytrace=False)
-    print(message)
-    pytest.skip(message)
 
 
 def run_monitor(spec: Any) -> subprocess.CompletedProcess[str]:

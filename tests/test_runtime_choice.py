@@ -21,6 +21,17 @@ from tests.conftest import REPO
 from .docker_support import compile_services
 
 
+def zlayer(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "reconciler", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("ZLAYER_RUNTIME", "ZLAYER_CONFIG", "ZLAYER_STATE_DIR", "ZLAYER_PUBLISH_ADDRESS"):
@@ -134,14 +145,7 @@ def test_a_bad_config_file_stops_a_command_before_it_acts(tmp_path: Path) -> Non
     config = tmp_path / "config.toml"
     config.write_text('runtime = "podman"\n')
     env = {**os.environ, "ZLAYER_CONFIG": str(config), "ZLAYER_STATE_DIR": str(tmp_path / "s")}
-    run = subprocess.run(
-        [sys.executable, "-m", "reconciler", "apply", "specs/hello.yaml", "--auto-approve"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    run = zlayer("apply", "specs/hello.yaml", "--auto-approve", env=env)
     assert run.returncode == 1
     assert f"runtime 'podman' (from {config}) is not one of auto, docker, process" in run.stderr
     assert not (tmp_path / "s").exists()
@@ -209,13 +213,7 @@ def test_another_containers_network_cannot_be_joined_by_a_process() -> None:
 def test_validate_runtime_process_points_at_the_service(tmp_path: Path) -> None:
     spec = tmp_path / "app.yaml"
     spec.write_text("version: v1\ndeployment: demo\nservices:\n  app:\n    image: {name: x}\n")
-    run = subprocess.run(
-        [sys.executable, "-m", "reconciler", "validate", str(spec), "--runtime", "process"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    run = zlayer("validate", str(spec), "--runtime", "process")
     assert run.returncode == 1
     assert f"{spec}:5:5: services.app: no command.entrypoint" in run.stdout
     assert "Runtime: process (--runtime process)" in run.stderr

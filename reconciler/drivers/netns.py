@@ -69,8 +69,6 @@ ALIAS_PREFIX = "zlayer:"
 """Start of the interface alias of every link zlayer creates."""
 NETNS_PREFIX = "zlayer-"
 """Start of the name of every network namespace zlayer creates."""
-DEFAULT_POOL = "10.213.0.0/16"
-"""Where the driver allocates deployment subnets unless configured otherwise."""
 NETNS_RUN_DIR = Path("/run/netns")
 """Where network namespaces are bound by name (iproute2's ``ip netns``)."""
 NETNS_ETC_DIR = Path("/etc/netns")

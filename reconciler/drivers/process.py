@@ -49,8 +49,8 @@ from reconciler.drivers import process_config as pc
 from reconciler.drivers.base import Limits
 from reconciler.errors import Conflict, NotFound, PermanentDriverError
 from reconciler.observed import Network, ObservedState, Workload, WorkloadId
+from reconciler.settings import DEFAULT_POOL
 
-DEFAULT_POOL = "10.213.0.0/16"
 LOG_MAX_BYTES = 10 * 1024 * 1024
 LOG_KEEP = 3
 DEFINITION = "definition"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import grp
 import pwd
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -185,7 +185,7 @@ def _network_limits(
         )
     public = [
         str(e.get("name"))
-        for e in config_endpoints(service.config)
+        for e in service.config.get("endpoints", ())
         if e.get("expose", "internal") == "public"
     ]
     if public and planned != "host":
@@ -193,10 +193,6 @@ def _network_limits(
             f"{subject}: public endpoint {', '.join(public)} is not reachable from outside: "
             "replicas in their own network namespace need the proxy, which does not exist yet"
         )
-
-
-def config_endpoints(config: Mapping[str, Any]) -> Sequence[Mapping[str, Any]]:
-    return tuple(config.get("endpoints", ()))
 
 
 def _resource_limits(
