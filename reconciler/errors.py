@@ -48,6 +48,11 @@ class SourceError(ZlayerError):
     """Specs cannot be read from a source: an unknown git ref, a path outside the repo."""
 
 
+class SourceUnreachable(SourceError):
+    """The source's remote cannot be reached now (network, host down, repository gone);
+    the daemon keeps the last good revision and retries with backoff."""
+
+
 class DriverError(ZlayerError):
     """A runtime failed an action or an observation."""
 

@@ -184,7 +184,7 @@ class Executor:
         if action.kind in ("create", "replace", "start", "restart"):
             if action.kind == "replace":
                 return await self._replace(action, warnings)
-            await self._init_steps(action, self._service(target), warnings)
+            await self.init_steps(action, self._service(target), warnings)
         await self._call(action, lambda: perform(self.driver, action, self.desired))
         if action.kind in ("create", "start", "restart"):
             status = await self.driver.status(target)
@@ -295,34 +295,14 @@ class Executor:
             await asyncio.sleep(pause)
 
     def _resolver(self, target: WorkloadId, *, before_start: bool = False) -> probes.Resolve:
-        async def resolve(host: str, port: int) -> tuple[str, int]:
-            if host in probes.LOCAL_HOSTS:
-                if before_start:
-                    # Init steps run on the host before the replica starts: there is
-                    # no replica to reach yet (or only the one about to be replaced).
-                    return host, port
-                return await self.driver.address(target, port)
-            peer = self.desired.services.get((target.deployment, host))
-            if peer is not None and not peer.is_definition:
-                return await self.driver.address(WorkloadId(target.deployment, host, 1), port)
-            return host, port
-
-        return resolve
+        return resolver(self.driver, self.desired, target, before_start=before_start)
 
     async def _probe_env(self, target: WorkloadId, policy: HealthPolicy) -> dict[str, str]:
-        env = {
-            "ZLAYER_DEPLOYMENT": target.deployment,
-            "ZLAYER_SERVICE": target.service,
-            "ZLAYER_REPLICA": str(target.replica or ""),
-        }
-        if policy.kind == "command":
-            host, _ = await self.driver.address(target, policy.port or 0)
-            env["ZLAYER_REPLICA_ADDRESS"] = host
-        return env
+        return await probe_env(self.driver, target, policy)
 
     # --- init steps -------------------------------------------------------------------
 
-    async def _init_steps(
+    async def init_steps(
         self, action: Action, service: DesiredService, warnings: list[str]
     ) -> None:
         steps = service.policy.init
@@ -374,7 +354,7 @@ class Executor:
         service = self._service(target)
         rollout = self._rollouts.setdefault(service.key, _Rollout())
         try:
-            await self._init_steps(action, service, warnings)
+            await self.init_steps(action, service, warnings)
         except Failed as failure:
             # This replica still runs its old config; the ones before it go back too.
             if rollout.done:
@@ -483,6 +463,40 @@ def _done(outcome: Outcome) -> str:
         "rolled_back": "was rolled back",
         "succeeded": "succeeded",
     }[outcome.status]
+
+
+def resolver(
+    driver: Driver, desired: DesiredState, target: WorkloadId, *, before_start: bool = False
+) -> probes.Resolve:
+    """How health checks and init steps of ``target`` reach a host name: ``localhost``
+    is the replica itself, a service of its deployment is that service's first replica."""
+
+    async def resolve(host: str, port: int) -> tuple[str, int]:
+        if host in probes.LOCAL_HOSTS:
+            if before_start or target.replica is None:
+                # Init steps run on the host before the replica starts: there is
+                # no replica to reach yet (or only the one about to be replaced).
+                return host, port
+            return await driver.address(target, port)
+        peer = desired.services.get((target.deployment, host))
+        if peer is not None and not peer.is_definition:
+            return await driver.address(WorkloadId(target.deployment, host, 1), port)
+        return host, port
+
+    return resolve
+
+
+async def probe_env(driver: Driver, target: WorkloadId, policy: HealthPolicy) -> dict[str, str]:
+    """The environment of a command health check of ``target``."""
+    env = {
+        "ZLAYER_DEPLOYMENT": target.deployment,
+        "ZLAYER_SERVICE": target.service,
+        "ZLAYER_REPLICA": str(target.replica or ""),
+    }
+    if policy.kind == "command":
+        host, _ = await driver.address(target, policy.port or 0)
+        env["ZLAYER_REPLICA_ADDRESS"] = host
+    return env
 
 
 async def perform(driver: Driver, action: Action, desired: DesiredState) -> None:

@@ -49,6 +49,39 @@ class WorkloadId(NamedTuple):
         return WorkloadId(deployment, NETWORK, None)
 
 
+class RunId(NamedTuple):
+    """One run of a job or cron service: ``deployment/service#run``."""
+
+    deployment: str
+    service: str
+    run: str
+
+    def __str__(self) -> str:
+        return f"{self.deployment}/{self.service}#{self.run}"
+
+
+RunStatus = Literal["running", "exited"]
+
+
+class RunState(BaseModel):
+    """A run-to-completion instance of a job or cron service, as the runtime reports it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    deployment: str
+    service: str
+    run: str
+    status: RunStatus
+    exit_code: int | None = None
+    """``None`` while running, and when the runtime lost the exit status."""
+    started_at: str | None = None
+    finished_at: str | None = None
+
+    @property
+    def id(self) -> RunId:
+        return RunId(self.deployment, self.service, self.run)
+
+
 class Workload(BaseModel):
     """One managed replica (``replica`` ≥ 1) or registered job/cron definition."""
 

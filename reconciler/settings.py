@@ -12,6 +12,30 @@ The file is TOML: ``--config FILE``, else ``$ZLAYER_CONFIG``, else
 
     [docker]
     publish_address = "0.0.0.0"       # public endpoints ($ZLAYER_PUBLISH_ADDRESS)
+
+    [daemon]                          # zlayer daemon; its options override these
+    source = "dir"                    # dir | git
+    path = "/etc/zlayer/specs"        # dir: the spec directory (or file)
+    repo = "https://git.example/ops.git"  # git: anything git clone takes
+    branch = "main"                   # git: the branch to follow (or ref = "v1.2")
+    subdir = "hosts/web1"             # git: where the specs are in the repository
+    interval = 60                     # git: seconds between fetches (±10% jitter)
+    resync = 30                       # seconds between full reconciles
+    allow_rewrite = false             # git: follow force-pushes
+    verify_signatures = false         # git: apply only commits signed by trusted_keys
+    trusted_keys = "/etc/zlayer/trusted-keys"
+    socket = "/run/zlayer/zlayer.sock"
+    listen = "127.0.0.1:9464"         # optional loopback TCP for the API
+    token_file = "/etc/zlayer/token"  # bearer token for mutating calls over TCP
+    webhook_secret_file = "/etc/zlayer/webhook-secret"
+    journal_retention = 14            # days of reconciles, events and runs kept
+
+    [backoff]                         # crash restarts (seconds)
+    initial = 1
+    factor = 2
+    cap = 300
+    reset_after = 600
+    jitter = 0.1
 """
 
 from __future__ import annotations
@@ -19,10 +43,11 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reconciler.backoff import BackoffPolicy
 from reconciler.errors import ZlayerError
 
 DEFAULT_CONFIG = Path("/etc/zlayer/config.toml")
@@ -32,6 +57,43 @@ DEFAULT_POOL = "10.213.0.0/16"
 
 class ConfigError(ZlayerError):
     """The config file cannot be read or holds a wrong value."""
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonSettings:
+    """``[daemon]``: what ``zlayer daemon`` follows and how it answers."""
+
+    source: str | None = None
+    """``dir`` or ``git``; None: taken from which of ``path`` / ``repo`` is set."""
+    path: str | None = None
+    repo: str | None = None
+    branch: str | None = None
+    ref: str | None = None
+    subdir: str = ""
+    interval: float = 60.0
+    """Seconds between fetches of a git source (±10% jitter)."""
+    resync: float = 30.0
+    """Seconds between full reconciles when nothing else triggers one."""
+    allow_rewrite: bool = False
+    verify_signatures: bool = False
+    trusted_keys: Path | None = None
+    socket: Path | None = None
+    """The API's unix socket; None: ``STATE_DIR/zlayer.sock``."""
+    listen: str | None = None
+    """``HOST:PORT`` on loopback for the API over TCP; None: unix socket only."""
+    token_file: Path | None = None
+    webhook_secret_file: Path | None = None
+    journal_retention: float = 14.0
+    """Days of reconciles, events and job runs the journal keeps."""
+
+
+DAEMON_KEYS = {
+    "source": str, "path": str, "repo": str, "branch": str, "ref": str, "subdir": str,
+    "interval": float, "resync": float, "allow_rewrite": bool, "verify_signatures": bool,
+    "trusted_keys": Path, "socket": Path, "listen": str, "token_file": Path,
+    "webhook_secret_file": Path, "journal_retention": float,
+}  # fmt: skip
+BACKOFF_KEYS = {"initial", "factor", "cap", "reset_after", "jitter"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +108,8 @@ class Settings:
     """The host address the docker runtime publishes public endpoints on."""
     source: str = "defaults"
     """Where the settings came from, for messages."""
+    daemon: DaemonSettings = field(default_factory=DaemonSettings)
+    backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
 
 
 def default_state_dir() -> Path:
@@ -77,7 +141,7 @@ def load_settings(path: Path | None = None) -> Settings:
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     where = str(path) if path else "defaults"
-    known = {"runtime", "state_dir", "process", "docker"}
+    known = {"runtime", "state_dir", "process", "docker", "daemon", "backoff"}
     for key in sorted(set(data) - known):
         raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
     process = _table(data, "process", {"network_pool"}, where)
@@ -107,7 +171,47 @@ def load_settings(path: Path | None = None) -> Settings:
         network_pool=str(network),
         publish_address=publish,
         source=where,
+        daemon=_daemon(_table(data, "daemon", set(DAEMON_KEYS), where), where),
+        backoff=_backoff(_table(data, "backoff", BACKOFF_KEYS, where), where),
     )
+
+
+def _daemon(table: dict[str, Any], where: str) -> DaemonSettings:
+    values: dict[str, Any] = {}
+    for key, kind in DAEMON_KEYS.items():
+        if key not in table:
+            continue
+        value = table[key]
+        if kind is float:
+            values[key] = _number(value, f"daemon.{key}", where)
+        elif kind is bool:
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where}: daemon.{key} must be true or false, not {value!r}")
+            values[key] = value
+        else:
+            if not isinstance(value, str):
+                raise ConfigError(f"{where}: daemon.{key} must be a string, not {value!r}")
+            values[key] = Path(value) if kind is Path else value
+    if values.get("source") not in (None, "dir", "git"):
+        raise ConfigError(f"{where}: daemon.source {values['source']!r} is not dir or git")
+    for key in ("interval", "resync"):
+        if key in values and values[key] <= 0:
+            raise ConfigError(f"{where}: daemon.{key} must be more than 0 seconds")
+    return DaemonSettings(**values)
+
+
+def _backoff(table: dict[str, Any], where: str) -> BackoffPolicy:
+    values = {key: _number(value, f"backoff.{key}", where) for key, value in table.items()}
+    try:
+        return BackoffPolicy(**values)
+    except ZlayerError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def _number(value: Any, key: str, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ConfigError(f"{where}: {key} must be a number of at least 0, not {value!r}")
+    return float(value)
 
 
 def _table(data: dict[str, Any], name: str, keys: set[str], where: str) -> dict[str, Any]:

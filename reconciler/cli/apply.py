@@ -26,7 +26,6 @@ from reconciler.cli.apply_render import EventPrinter, event_json, render_report
 from reconciler.cli.plan import compile_paths
 from reconciler.cli.plan_render import render_text
 from reconciler.cli.runtime import RUNTIME_OPTION, STATE_DIR_OPTION, pick_runtime, settings_for
-from reconciler.cli.state import SecretsDir, default_state_dir, ensure_secret_key
 from reconciler.desired import CompileInputs, DesiredState
 from reconciler.drivers.base import Driver
 from reconciler.errors import ZlayerError
@@ -38,6 +37,7 @@ from reconciler.plan.model import Plan
 from reconciler.plan.planner import plan_changes
 from reconciler.plan.serialize import PLAN_FORMAT, plan_to_json
 from reconciler.settings import Settings as RuntimeSettings
+from reconciler.statedir import SecretsDir, default_state_dir, ensure_secret_key
 
 EXIT_LOCKED = 3
 EXIT_INTERRUPTED = 130

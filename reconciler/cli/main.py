@@ -29,6 +29,10 @@ COMMANDS = {
     "destroy": "reconciler.cli.apply",
     "status": "reconciler.cli.status",
     "logs": "reconciler.cli.status",
+    "daemon": "reconciler.cli.daemon",
+    "job": "reconciler.cli.daemon",
+    "history": "reconciler.cli.daemon",
+    "events": "reconciler.cli.daemon",
 }
 """Command → its module, imported only when the command runs (or for --help):
 ``zlayer plan`` need not load the executor, nor ``validate`` the Docker client."""

@@ -14,7 +14,6 @@ from rich.console import Console
 from reconciler.cli.plan_render import render_markdown, render_text
 from reconciler.cli.render import problems_text
 from reconciler.cli.runtime import STATE_DIR_OPTION, pick_runtime, settings_for
-from reconciler.cli.state import SecretsDir, default_state_dir, read_secret_key
 from reconciler.cli.validate import DEFAULT_PATH
 from reconciler.desired import CompileInputs, DesiredState, compile_specs, content_revision
 from reconciler.errors import ZlayerError
@@ -32,6 +31,7 @@ from reconciler.plan.serialize import plan_to_json
 from reconciler.sources.files import collect
 from reconciler.spec.load import LoadedSpec, gc_paused, iter_sources
 from reconciler.spec.problems import Problem
+from reconciler.statedir import SecretsDir, default_state_dir, read_secret_key
 
 EXIT_CHANGES = 2
 

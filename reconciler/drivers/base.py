@@ -14,7 +14,7 @@ from types import TracebackType
 from typing import Protocol, Self
 
 from reconciler.desired import DesiredService
-from reconciler.observed import ObservedState, Workload, WorkloadId
+from reconciler.observed import ObservedState, RunId, RunState, Workload, WorkloadId
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,4 +98,34 @@ class Driver(Observer, Protocol):
     ) -> AsyncGenerator[str, None]:
         """The replica's output lines (stdout and stderr), the last ``tail`` of them,
         then new ones as they come when ``follow``."""
+        ...
+
+    # --- runs of jobs and cron services (run to completion; never in observe()) ---------
+
+    async def run_job(self, service: DesiredService, run: str, revision: str) -> None:
+        """Start run ``run`` of the job or cron ``service``: a workload with the
+        service's config that runs to completion. ``Conflict`` if that run exists."""
+        ...
+
+    async def job_status(self, run: RunId) -> RunState | None:
+        """The run as the runtime reports it now, ``None`` when it does not exist."""
+        ...
+
+    async def job_runs(self, deployments: Collection[str] | None = None) -> list[RunState]:
+        """Every run the runtime still has (running or exited, not yet removed)."""
+        ...
+
+    def job_logs(
+        self, run: RunId, *, follow: bool = False, tail: int | None = None
+    ) -> AsyncGenerator[str, None]:
+        """The run's output lines, as :meth:`logs` for a replica."""
+        ...
+
+    async def remove_job(self, run: RunId) -> None:
+        """Stop the run if it still runs and remove it; no error when it is gone."""
+        ...
+
+    def exits(self) -> AsyncGenerator[WorkloadId | RunId, None]:
+        """A hint, as soon as the runtime notices, that a replica or run stopped. It may
+        miss some (the periodic full observe is the truth) and repeat others."""
         ...

@@ -1,4 +1,4 @@
-"""The state directory and what planning reads from it: the secrets and their hash key.
+"""The state directory and what commands read from it: the secrets and their hash key.
 
 Planning only reads. The key for keyed secret hashes is created by the first
 command that records secrets on a host (``apply``); until then there is nothing

@@ -1,0 +1,177 @@
+"""Crash supervision: which restarts of a plan run now, which wait, which never run.
+
+The planner restarts every replica that is not running, at once. The daemon puts
+``errors.on_panic`` and the crash backoff in between: a replica that exited (or
+failed its health check ``retries`` times in a row) counts one crash; under
+``restart`` it is restarted when its backoff delay has passed, under
+``shutdown`` it stays stopped, under ``isolate`` it stays as it is, marked. The
+state lives in the journal, so a daemon restart neither resets a crash loop's
+pace nor its counters. Actions that wait for a held restart are held with it
+(a dependent comes up after what it depends on, in the run that restarts both).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from reconciler.backoff import BackoffPolicy, describe_wait
+from reconciler.daemon.journal import Crash, Journal
+from reconciler.desired import DesiredState
+from reconciler.observed import ObservedState, Workload, WorkloadId
+from reconciler.plan.model import Note, Plan
+
+
+@dataclass(frozen=True, slots=True)
+class Supervised:
+    plan: Plan
+    """The plan to run now: held restarts (and what waits for them) taken out, their
+    reasons in the notes."""
+    held: dict[str, Crash]
+    """Replicas not restarted now, by target."""
+    wake_at: float | None
+    """When the earliest held restart is due (a reconcile should run then)."""
+    stop: tuple[WorkloadId, ...] = ()
+    """Unhealthy replicas whose on_panic is ``shutdown``: stop them."""
+
+
+class Supervisor:
+    def __init__(
+        self,
+        journal: Journal,
+        policy: BackoffPolicy,
+        *,
+        clock: Callable[[], float],
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.journal = journal
+        self.policy = policy
+        self.clock = clock
+        self.rng = rng
+
+    def crash_of(self, workload: Workload, health_problem: str | None) -> str | None:
+        """Why ``workload`` counts as crashed, or None."""
+        if workload.replica is None:
+            return None
+        if workload.status in ("exited", "dead"):
+            code = workload.exit_code
+            return f"exited with status {code}" if code is not None else workload.status
+        if health_problem is not None and workload.status == "running":
+            return health_problem
+        return None
+
+    def supervise(
+        self,
+        plan: Plan,
+        desired: DesiredState,
+        observed: ObservedState,
+        unhealthy: Mapping[WorkloadId, str],
+    ) -> Supervised:
+        now = self.clock()
+        by_id = {w.id: w for w in observed.workloads}
+        held: dict[str, Crash] = {}
+        dropped: dict[str, str] = {}
+        stop: list[WorkloadId] = []
+        wake: float | None = None
+        for action in plan.actions:
+            if action.kind != "restart":
+                continue
+            workload = by_id.get(action.target)
+            service = desired.services.get((action.target.deployment, action.target.service))
+            if workload is None or service is None:
+                continue
+            why = self.crash_of(workload, unhealthy.get(action.target))
+            if why is None:
+                continue
+            crash = self._record(workload, why, service.policy.on_panic, now)
+            if crash.held is not None:
+                held[str(action.target)] = crash
+                dropped[action.id] = crash.describe(now)
+                if crash.held == "shutdown" and workload.status == "running":
+                    stop.append(action.target)
+                continue
+            if crash.next_at is not None and crash.next_at > now:
+                held[str(action.target)] = crash
+                dropped[action.id] = crash.describe(now)
+                wake = crash.next_at if wake is None else min(wake, crash.next_at)
+                continue
+            self.journal.count_restart(str(action.target), now)
+        self._end_streaks(observed, unhealthy, now)
+        if not dropped:
+            return Supervised(plan, held, wake, tuple(stop))
+        notes = [Note(a.split(":", 1)[1], why) for a, why in dropped.items()]
+        changed = True
+        while changed:  # what waits for a held action is held with it
+            changed = False
+            for action in plan.actions:
+                if action.id in dropped:
+                    continue
+                blocking = [w for w in action.waits_for if w in dropped]
+                if blocking:
+                    waited = blocking[0].split(":", 1)[1]
+                    dropped[action.id] = f"waits for {waited}"
+                    notes.append(Note(str(action.target), f"{action.kind} waits for {waited}"))
+                    changed = True
+        actions = tuple(a for a in plan.actions if a.id not in dropped)
+        kept = dataclasses.replace(plan, actions=actions, notes=(*plan.notes, *notes))
+        return Supervised(kept, held, wake, tuple(stop))
+
+    def _record(self, workload: Workload, why: str, on_panic: str, now: float) -> Crash:
+        target = str(workload.id)
+        current = self.journal.crash(target)
+        # One crash per run of the replica: the runtime's id, and the restarts the
+        # daemon made so far, name the run; the same exited run seen again by a later
+        # reconcile is the same crash.
+        instance = (
+            f"{workload.runtime_id}|{workload.fingerprint}|{current.restarts if current else 0}"
+        )
+        if current is not None and current.last_instance == instance:
+            return current
+        streak = (current.streak if current else 0) + 1
+        held = None if on_panic == "restart" else on_panic
+        next_at = None if held else now + self.policy.delay(streak, self.rng())
+        crash = self.journal.record_crash(
+            target,
+            instance=instance,
+            exit_code=workload.exit_code,
+            at=now,
+            next_at=next_at,
+            held=held,
+        )
+        if held:
+            message = f"{why}; not restarted (errors.on_panic: {held})"
+        else:
+            wait = describe_wait((next_at or now) - now)
+            message = f"{why}; restart {crash.streak} of this crash loop in {wait}"
+        self.journal.event(target, "crashed", message, now)
+        return crash
+
+    def _end_streaks(
+        self, observed: ObservedState, unhealthy: Mapping[WorkloadId, str], now: float
+    ) -> None:
+        """A replica running (and not failing its check) ``reset_after`` seconds since
+        its last restart ends its streak: its next crash waits the initial delay."""
+        crashes = self.journal.crashes()
+        if not crashes:
+            return
+        for workload in observed.workloads:
+            crash = crashes.get(str(workload.id))
+            if crash is None or crash.streak == 0 or crash.held is not None:
+                continue
+            since = crash.restarted_at or crash.crashed_at
+            if (
+                workload.status == "running"
+                and workload.id not in unhealthy
+                and since is not None
+                and now - since >= self.policy.reset_after
+            ):
+                self.journal.end_streak(str(workload.id))
+                self.journal.event(
+                    str(workload.id),
+                    "recovered",
+                    f"running for {describe_wait(now - since)} since its last restart;"
+                    " crash backoff reset",
+                    now,
+                )

@@ -1,0 +1,220 @@
+"""Crash backoff, the journal and cron timing: the daemon's bookkeeping, on a clock the
+tests move (the loop itself runs against real runtimes in test_daemon*.py)."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from reconciler.backoff import BackoffPolicy, describe_wait
+from reconciler.daemon.cron import Cron
+from reconciler.daemon.journal import MAX_ROWS, Journal
+from reconciler.daemon.supervise import Supervisor
+from reconciler.desired import CompileInputs, DesiredState, compile_specs
+from reconciler.errors import ZlayerError
+from reconciler.observed import ObservedState, Workload
+from reconciler.plan.planner import plan_changes
+from tests.conftest import load_ok, spec_text
+
+SPEC = spec_text(
+    """
+    services:
+      db:
+        image: {name: postgres}
+        errors: {on_panic: {action: restart}}
+      web:
+        image: {name: nginx}
+        depends:
+          - {service: db, condition: started}
+      stopper:
+        image: {name: nginx}
+        errors: {on_panic: {action: shutdown}}
+      keeper:
+        image: {name: nginx}
+        errors: {on_panic: {action: isolate}}
+      nightly:
+        rtype: cron
+        image: {name: busybox}
+        schedule: "0 0 3 * * *"
+    """
+)
+
+
+class Clock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _desired() -> DesiredState:
+    desired, problems = compile_specs([load_ok(SPEC)], "r1", CompileInputs(env={}))
+    assert desired is not None, problems
+    return desired
+
+
+def _observed(desired: DesiredState, status: dict[str, tuple[str, int | None, str]]) -> ObservedState:
+    """Replica 1 of each long-running service; ``status`` overrides (status, code, id)."""
+    workloads = []
+    for (dep, name), service in desired.services.items():
+        if service.is_definition:
+            workloads.append(
+                Workload(deployment=dep, service=name, fingerprint=service.fingerprint,
+                         status="registered")
+            )  # fmt: skip
+            continue
+        state, code, rid = status.get(name, ("running", None, f"id-{name}"))
+        workloads.append(
+            Workload(deployment=dep, service=name, replica=1, fingerprint=service.fingerprint,
+                     status=state, exit_code=code, runtime_id=rid)  # type: ignore[arg-type]
+        )  # fmt: skip
+    return ObservedState(runtime="fake", workloads=tuple(workloads))
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Journal:
+    opened = Journal(tmp_path / "journal.db")
+    yield opened  # type: ignore[misc]
+    opened.close()
+
+
+def test_backoff_doubles_from_initial_to_the_cap() -> None:
+    policy = BackoffPolicy(initial=1, factor=2, cap=300)
+    assert [policy.base_delay(n) for n in range(1, 12)] == [
+        1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300,
+    ]  # fmt: skip
+    assert policy.base_delay(10_000) == 300
+    jittered = BackoffPolicy(initial=10, jitter=0.1)
+    assert jittered.delay(1, 0.0) == pytest.approx(9.0)
+    assert jittered.delay(1, 0.999999) == pytest.approx(11.0, abs=1e-4)
+    with pytest.raises(ZlayerError, match="factor"):
+        BackoffPolicy(factor=0.5)
+    assert describe_wait(40) == "40s" and describe_wait(150) == "2m30s"
+
+
+def test_crash_loop_follows_the_schedule_and_counts_only_up(journal: Journal) -> None:
+    clock = Clock()
+    policy = BackoffPolicy(initial=1, factor=2, cap=8, jitter=0)
+    supervisor = Supervisor(journal, policy, clock=clock, rng=lambda: 0.5)
+    desired = _desired()
+    waits = []
+    for attempt in range(1, 7):
+        observed = _observed(desired, {"db": ("exited", 1, "id-db")})
+        first = supervisor.supervise(plan_changes(desired, observed), desired, observed, {})
+        held = first.held["demo/db/1"]
+        assert "restart:demo/db/1" not in {a.id for a in first.plan.actions}
+        # the same exited run seen again by the next resync is the same crash
+        again = supervisor.supervise(plan_changes(desired, observed), desired, observed, {})
+        assert again.held["demo/db/1"].streak == held.streak == attempt
+        assert first.wake_at is not None
+        waits.append(first.wake_at - clock.now)
+        clock.now = first.wake_at
+        due = supervisor.supervise(plan_changes(desired, observed), desired, observed, {})
+        assert "restart:demo/db/1" in {a.id for a in due.plan.actions}
+        crash = journal.crash("demo/db/1")
+        assert crash is not None and crash.restarts == attempt
+        clock.now += 0.5  # it restarts, and crashes again
+    assert waits == [1, 2, 4, 8, 8, 8]
+    # running long enough ends the streak; the count stays
+    clock.now += policy.reset_after + 1
+    running = _observed(desired, {})
+    supervisor.supervise(plan_changes(desired, running), desired, running, {})
+    crash = journal.crash("demo/db/1")
+    assert crash is not None and (crash.streak, crash.restarts) == (0, 6)
+    assert "crash backoff reset" in journal.events(5, target="demo/db/1")[0]["message"]
+
+
+def test_dependents_wait_with_a_held_restart(journal: Journal) -> None:
+    clock = Clock()
+    supervisor = Supervisor(journal, BackoffPolicy(jitter=0), clock=clock)
+    desired = _desired()
+    observed = _observed(desired, {"db": ("exited", 2, "a"), "web": ("exited", 0, "b")})
+    result = supervisor.supervise(plan_changes(desired, observed), desired, observed, {})
+    ids = {a.id for a in result.plan.actions}
+    assert "restart:demo/db/1" not in ids and "restart:demo/web/1" not in ids
+    notes = {n.subject: n.message for n in result.plan.notes}
+    assert notes["demo/db/1"].startswith("crash-looping: 0 restarts, next in 1s")
+    clock.now += 5
+    result = supervisor.supervise(plan_changes(desired, observed), desired, observed, {})
+    restart_web = result.plan.action("restart:demo/web/1")
+    assert "restart:demo/db/1" in restart_web.waits_for
+
+
+def test_on_panic_shutdown_and_isolate_are_never_restarted(journal: Journal) -> None:
+    clock = Clock()
+    supervisor = Supervisor(journal, BackoffPolicy(jitter=0), clock=clock)
+    desired = _desired()
+    observed = _observed(desired, {"stopper": ("exited", 1, "s")})
+    unhealthy = {w.id: "health check failed 3 times in a row: refused"
+                 for w in observed.workloads if w.service == "keeper"}  # fmt: skip
+    for _ in range(3):
+        result = supervisor.supervise(
+            plan_changes(desired, observed), desired, observed, unhealthy
+        )
+        clock.now += 3600
+        assert result.held["demo/stopper/1"].held == "shutdown"
+        assert result.wake_at is None
+    assert "stopped after a crash (on_panic: shutdown)" in result.held["demo/stopper/1"].describe(
+        clock.now
+    )
+    # the unhealthy isolate replica is only counted when the planner restarts it
+    assert result.stop == ()
+    released = journal.release_held()
+    assert released == ["demo/stopper/1"]
+
+
+def test_journal_survives_reopening_and_counters_never_go_down(tmp_path: Path) -> None:
+    path = tmp_path / "journal.db"
+    first = Journal(path)
+    first.record_crash("d/s/1", instance="a", exit_code=1, at=1.0, next_at=2.0, held=None)
+    first.count_restart("d/s/1", 2.0)
+    first.close()
+    second = Journal(path)
+    crash = second.crash("d/s/1")
+    assert crash is not None and (crash.restarts, crash.streak) == (1, 1)
+    second.end_streak("d/s/1")
+    second.count_restart("d/s/1", 3.0)
+    crash = second.crash("d/s/1")
+    assert crash is not None and (crash.restarts, crash.streak) == (2, 0)
+    second.close()
+    mode = sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_journal_retention_bounds_history(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.db", retention_days=1)
+    old = journal.start_reconcile("old", 1000.0)
+    journal.finish_reconcile(old, at=1001.0, revision="r", outcome="applied", summary="")
+    journal.event("x", "old", "long ago", 1000.0)
+    now = 1000.0 + 2 * 86400
+    new = journal.start_reconcile("new", now)
+    journal.finish_reconcile(new, at=now + 1, revision="r", outcome="applied", summary="")
+    assert [r["trigger"] for r in journal.reconciles()] == ["new"]
+    assert journal.events() == []
+    assert MAX_ROWS >= 1000
+    journal.close()
+
+
+def test_cron_fires_on_schedule_once_for_missed_runs(journal: Journal) -> None:
+    start = datetime(2026, 11, 22, 2, 0, tzinfo=UTC).timestamp()
+    clock = Clock(start)
+    cron = Cron(journal, clock)
+    desired = _desired()
+    assert cron.due(desired) == []  # first seen at 02:00: nothing from the past
+    wake = cron.next_wake(desired)
+    assert wake == datetime(2026, 11, 22, 3, 0, tzinfo=UTC).timestamp()
+    clock.now = wake
+    fired = cron.due(desired)
+    assert [(s.name, t) for s, t in fired] == [("nightly", "cron 2026-11-22T03:00:00Z")]
+    assert cron.due(desired) == []  # fired once
+    # down for three days: one run when back, marked as missed
+    clock.now = wake + 3 * 86400 + 60
+    fired = cron.due(desired)
+    assert len(fired) == 1 and "missed" in fired[0][1]
+    assert cron.due(desired) == []
+    assert cron.next_wake(desired) == datetime(2026, 11, 26, 3, 0, tzinfo=UTC).timestamp()
