@@ -57,7 +57,10 @@ def _desired() -> DesiredState:
     return desired
 
 
-def _observed(desired: DesiredState, status: dict[str, tuple[str, int | None, str]]) -> ObservedState:
+Overrides = dict[str, tuple[str, int | None, str]]
+
+
+def _observed(desired: DesiredState, status: Overrides) -> ObservedState:
     """Replica 1 of each long-running service; ``status`` overrides (status, code, id)."""
     workloads = []
     for (dep, name), service in desired.services.items():
@@ -152,9 +155,7 @@ def test_on_panic_shutdown_and_isolate_are_never_restarted(journal: Journal) -> 
     unhealthy = {w.id: "health check failed 3 times in a row: refused"
                  for w in observed.workloads if w.service == "keeper"}  # fmt: skip
     for _ in range(3):
-        result = supervisor.supervise(
-            plan_changes(desired, observed), desired, observed, unhealthy
-        )
+        result = supervisor.supervise(plan_changes(desired, observed), desired, observed, unhealthy)
         clock.now += 3600
         assert result.held["demo/stopper/1"].held == "shutdown"
         assert result.wake_at is None

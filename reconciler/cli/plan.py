@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from reconciler.observe import (
     read_snapshot,
 )
 from reconciler.observed import ObservedState
+from reconciler.plan.model import Plan
 from reconciler.plan.planner import plan_changes
 from reconciler.plan.serialize import plan_to_json
 from reconciler.sources.files import collect
@@ -47,6 +49,20 @@ def fail_with(problems: list[Problem] | tuple[Problem, ...], files: int, heading
     console.print(heading, highlight=False, soft_wrap=True)
     problems_text(console, problems, files)
     raise SystemExit(1)
+
+
+def _with_crash_loops(plan: Plan, state_dir: Path) -> Plan:
+    """The daemon's crash backoff of this host, as notes on the restarts it holds."""
+    from reconciler.daemon.journal import Journal
+    from reconciler.daemon.loop import crash_notes
+
+    if not Journal.exists(state_dir):
+        return plan
+    journal = Journal.in_state_dir(state_dir)
+    try:
+        return crash_notes(plan, journal, time.time())
+    finally:
+        journal.close()
 
 
 def compile_inputs(state_dir: Path, secrets_dir: Path | None, offline: bool) -> CompileInputs:
@@ -217,6 +233,8 @@ def plan(
             else:
                 observed = _observe(paths, snapshot, ref, inputs)
             result = plan_changes(desired, observed.state, prune=not no_prune, targets=targets)
+            if runtime is not None:
+                result = _with_crash_loops(result, state_dir)
     except ZlayerError as exc:
         raise click.ClickException(str(exc)) from exc
     document = plan_to_json(result, observed.description)

@@ -11,11 +11,13 @@ from pathlib import Path
 import click
 
 from reconciler.cli.runtime import RUNTIME_OPTION, STATE_DIR_OPTION, pick_runtime, settings_for
+from reconciler.daemon.journal import Crash, Journal
 from reconciler.drivers.base import Driver
 from reconciler.errors import ZlayerError
 from reconciler.observe import open_runtime
 from reconciler.observed import ObservedState, Workload, WorkloadId
 from reconciler.settings import Settings
+from reconciler.statedir import default_state_dir
 
 
 def _age(started_at: str | None, now: datetime) -> str:
@@ -63,6 +65,7 @@ def status(deployments: tuple[str, ...], runtime: str | None, state_dir: Path | 
         click.echo(f"No workloads managed by zlayer on the {runtime} runtime.")
         return 0
     now = datetime.now(UTC)
+    crashes = _crash_loops(settings)
     rows = [("DEPLOYMENT", "SERVICE", "REPLICA", "STATE", "HEALTH", "RESTARTS", "AGE", "IMAGE")]
     for w in workloads:
         rows.append(
@@ -72,7 +75,9 @@ def status(deployments: tuple[str, ...], runtime: str | None, state_dir: Path | 
                 str(w.replica) if w.replica is not None else "-",
                 w.status if w.exit_code is None else f"{w.status} ({w.exit_code})",
                 w.health,
-                str(w.restart_count),
+                str(max(w.restart_count, crashes[str(w.id)].restarts))
+                if str(w.id) in crashes
+                else str(w.restart_count),
                 _age(w.started_at, now) if w.status == "running" else "-",
                 _image(state, w),
             )
@@ -82,7 +87,23 @@ def status(deployments: tuple[str, ...], runtime: str | None, state_dir: Path | 
         click.echo(
             "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         )
+    shown = {str(w.id) for w in workloads}
+    for target, crash in sorted(crashes.items()):
+        if target in shown and (crash.streak or crash.held):
+            click.echo(f"{target}: {crash.describe(now.timestamp())}")
     return 0
+
+
+def _crash_loops(settings: Settings) -> dict[str, Crash]:
+    """The daemon's crash records of this host (its journal), if a daemon ever ran."""
+    state_dir = settings.state_dir or default_state_dir()
+    if not Journal.exists(state_dir):
+        return {}
+    journal = Journal.in_state_dir(state_dir)
+    try:
+        return journal.crashes()
+    finally:
+        journal.close()
 
 
 @click.command(

@@ -1,0 +1,293 @@
+"""The daemon for real on the process runtime: a spec directory it follows, real
+processes it keeps running, its journal and its API on a unix socket.
+
+Checked on the runtime (the workloads' ids and start times through /v1/observed,
+which is the driver's observe), not only in what the daemon says about itself."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+from reconciler.daemon.journal import Journal
+from tests.daemon_support import Daemon, observed_workloads, wait_for
+from tests.process_support import needs_root
+
+pytest_plugins = ["tests.daemon_support"]
+
+DEP = "dmn"
+
+
+def write_specs(directory: Path, services: dict[str, Any], name: str = "app.yaml") -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    document = {"version": "v1", "deployment": DEP, "services": services}
+    target = directory / name
+    temporary = directory / f".{name}.tmp"
+    temporary.write_text(json.dumps(document, indent=2))
+    temporary.rename(target)
+
+
+def sleeper(replicas: int = 1, **extra: Any) -> dict[str, Any]:
+    return {
+        "image": {"name": "busybox"},
+        "command": {"entrypoint": ["sleep"], "args": ["3600"]},
+        "network_mode": "host",
+        "stop_grace_period": "1s",
+        "scale": {"mode": "fixed", "replicas": replicas},
+        **extra,
+    }
+
+
+def shell(script: str, rtype: str = "service", **extra: Any) -> dict[str, Any]:
+    return {
+        "rtype": rtype,
+        "image": {"name": "busybox"},
+        "command": {"entrypoint": ["sh"], "args": ["-c", script]},
+        "network_mode": "host",
+        "stop_grace_period": "1s",
+        **extra,
+    }
+
+
+def running(daemon: Daemon, prefix: str = f"{DEP}/") -> dict[str, tuple[str, str]]:
+    """Running replicas → (runtime id, start time)."""
+    return {
+        key: (w["runtime_id"], w.get("started_at") or "")
+        for key, w in observed_workloads(daemon).items()
+        if key.startswith(prefix) and w["status"] == "running"
+    }
+
+
+def test_a_directory_change_converges_a_broken_one_keeps_the_last_good(
+    daemon_host: Daemon,
+) -> None:
+    needs_root("the process runtime's replicas")
+    specs = daemon_host.root / "specs"
+    write_specs(specs, {"a": sleeper(1)})
+    daemon_host.configure(f'path = "{specs}"\nresync = 1')
+    daemon_host.start()
+    first = wait_for(lambda: len(running(daemon_host)) == 1 and running(daemon_host), "a/1")
+
+    write_specs(specs, {"a": sleeper(2)})
+    both = wait_for(lambda: len(running(daemon_host)) == 2 and running(daemon_host), "a/2")
+    assert both[f"{DEP}/a/1"] == first[f"{DEP}/a/1"]  # scale-up touched only the new one
+
+    (specs / "app.yaml").write_text(
+        textwrap.dedent(
+            f"""\
+            version: v1
+            deployment: {DEP}
+            services:
+              a:
+                image: {{name: busybox}}
+                scale: {{mode: fixed, replicas: three}}
+            """
+        )
+    )
+    invalid = wait_for(
+        lambda: daemon_host.events(kind="revision-invalid"), "the broken revision recorded"
+    )
+    assert "app.yaml:5:" in invalid[0]["message"], invalid[0]["message"]
+    status = daemon_host.status()
+    assert "not valid" in status["problem"] and "app.yaml:5:" in status["problem"]
+    time.sleep(2.5)  # two resyncs later, the last good revision still runs, untouched
+    assert running(daemon_host) == both
+    assert daemon_host.get("/readyz")[0] == 200
+
+    write_specs(specs, {"a": sleeper(1)})
+    wait_for(lambda: set(running(daemon_host)) == {f"{DEP}/a/1"}, "scale back to 1")
+    assert daemon_host.status()["problem"] is None
+
+    assert daemon_host.terminate() == 0
+    assert "workloads left running" in daemon_host.events(kind="stopped")[0]["message"]
+    alive = _recorded_pids(daemon_host.state)
+    assert alive and all(_alive(pid) for pid in alive), "SIGTERM must leave workloads running"
+
+
+def _recorded_pids(state: Path) -> list[int]:
+    return [
+        int(json.loads(p.read_text())["pid"])
+        for p in state.glob(f"process/deployments/{DEP}/services/*/*/run.json")
+    ]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_kill_9_of_the_daemon_five_times_restarts_no_workload(daemon_host: Daemon) -> None:
+    needs_root("the process runtime's replicas")
+    specs = daemon_host.root / "specs"
+    write_specs(specs, {"many": sleeper(6), "few": sleeper(4)})
+    daemon_host.configure(f'path = "{specs}"\nresync = 1')
+    daemon_host.start()
+    before = wait_for(lambda: len(running(daemon_host)) == 10 and running(daemon_host), "10 up")
+    for round_ in range(5):
+        daemon_host.kill9()
+        done = len(daemon_host.reconciles())
+        daemon_host.start()
+        daemon_host.wait_reconciles(done + 1)
+        assert running(daemon_host) == before, f"after kill -9 number {round_ + 1}"
+    assert daemon_host.events(kind="crashed") == []
+    recent = daemon_host.reconciles()[:5]
+    assert all(r["outcome"] == "no-changes" for r in recent if r["finished"]), recent
+
+
+def test_a_crash_loop_backs_off_on_schedule_and_its_counters_survive_kill_9(
+    daemon_host: Daemon,
+) -> None:
+    needs_root("the process runtime's replicas")
+    specs = daemon_host.root / "specs"
+    write_specs(specs, {"crasher": shell("exit 3")})
+    daemon_host.configure(
+        f'path = "{specs}"\nresync = 30',
+        backoff="initial = 0.4\nfactor = 2\ncap = 1.6\njitter = 0\nreset_after = 600",
+    )
+    daemon_host.start()
+    target = f"{DEP}/crasher/1"
+
+    def crash() -> Any:
+        journal = Journal.in_state_dir(daemon_host.state)
+        try:
+            return journal.crash(target)
+        finally:
+            journal.close()
+
+    seen: list[tuple[int, int, float]] = []  # (streak, restarts, next_at - crashed_at)
+    deadline = time.monotonic() + 60
+    while len({s for s, _, _ in seen}) < 5 and time.monotonic() < deadline:
+        current = crash()
+        if current is not None and current.next_at is not None:
+            row = (current.streak, current.restarts, round(current.next_at - current.crashed_at, 3))
+            if row not in seen:
+                seen.append(row)
+        time.sleep(0.05)
+    streaks = sorted({s: d for s, _, d in seen}.items())
+    assert streaks[:5] == [(1, 0.4), (2, 0.8), (3, 1.6), (4, 1.6), (5, 1.6)], seen
+    # each restart came no sooner than its backoff: from the journal's own times
+    restarts = [e for e in daemon_host.events(target=target) if e["kind"] == "succeeded"]
+    crashes = [e for e in daemon_host.events(target=target) if e["kind"] == "crashed"]
+    assert len(restarts) >= 3 and len(crashes) >= 4
+    status = daemon_host.status()["crash_loops"][target]
+    assert status.startswith("crash-looping: "), status
+
+    before = crash()
+    daemon_host.kill9()
+    daemon_host.start()
+    wait_for(lambda: crash().restarts > before.restarts, "a restart by the new daemon")
+    after = crash()
+    assert after.restarts > before.restarts and after.streak > before.streak
+    # plan and status show it too
+    shown = daemon_host.zlayer("status", "--runtime", "process")
+    assert "crash-looping" in shown.stdout, shown.stdout + shown.stderr
+
+
+def test_an_unhealthy_replica_is_restarted_as_a_crash(daemon_host: Daemon) -> None:
+    needs_root("the process runtime's replicas")
+    specs = daemon_host.root / "specs"
+    health = {
+        "start_grace": "0s", "interval": "0.3s", "timeout": "0.3s", "retries": 2,
+        "check": {"type": "tcp", "port": 1},  # nothing listens on port 1
+    }  # fmt: skip
+    write_specs(specs, {"sick": sleeper(1, health=health)})
+    daemon_host.configure(f'path = "{specs}"\nresync = 30', backoff="initial = 0.2\njitter = 0")
+    daemon_host.start(wait_ready=False)
+    target = f"{DEP}/sick/1"
+    wait_for(lambda: daemon_host.events(target=target, kind="unhealthy"), "unhealthy")
+    crashed = wait_for(lambda: daemon_host.events(target=target, kind="crashed"), "a crash")
+    assert "health check failed 2 times in a row" in crashed[-1]["message"]
+    wait_for(
+        lambda: any(e["kind"] == "succeeded" and "restart" in e["message"]
+                    for e in daemon_host.events(target=target)),
+        "the restart",
+    )  # fmt: skip
+
+
+def test_cron_runs_never_overlap_and_jobs_run_through_the_daemon(daemon_host: Daemon) -> None:
+    needs_root("the process runtime's replicas")
+    specs = daemon_host.root / "specs"
+    write_specs(
+        specs,
+        {
+            "tick": shell("echo tick; sleep 2.2", rtype="cron", schedule="* * * * * *"),
+            "once": shell("echo hello from the job; exit 0", rtype="job"),
+        },
+    )
+    daemon_host.configure(f'path = "{specs}"\nresync = 30')
+    daemon_host.start()
+
+    def runs() -> list[Any]:
+        journal = Journal.in_state_dir(daemon_host.state)
+        try:
+            return journal.runs(limit=100, service="tick")
+        finally:
+            journal.close()
+
+    wait_for(lambda: len([r for r in runs() if r.status == "succeeded"]) >= 2, "two runs", 40)
+    done = sorted((r for r in runs() if r.status == "succeeded"), key=lambda r: r.started)
+    for earlier, later in itertools.pairwise(done):
+        assert later.started >= earlier.finished, "cron runs overlapped"
+    skipped = [r for r in runs() if r.status == "skipped"]
+    assert skipped and "still running" in skipped[0].note
+    assert "tick" in done[0].log_tail
+
+    started = daemon_host.zlayer("job", "run", f"{DEP}/once")
+    assert started.returncode == 0, started.stderr
+    assert "through the daemon" in started.stdout
+    run_id = started.stdout.split()[1]
+    wait_for(
+        lambda: "succeeded" in daemon_host.zlayer("job", "ls").stdout.split(run_id)[-1][:200],
+        "the job to succeed",
+    )
+    logs = daemon_host.zlayer("job", "logs", run_id)
+    assert "hello from the job" in logs.stdout, logs
+
+    # without a daemon the same command runs the job itself and exits with its status
+    assert daemon_host.terminate() == 0
+    direct = daemon_host.zlayer(
+        "job", "run", f"{DEP}/once", str(specs), "--runtime", "process",
+    )  # fmt: skip
+    assert direct.returncode == 0, direct.stderr
+    assert "hello from the job" in direct.stdout
+
+
+def test_once_history_events_and_retry_without_a_daemon(daemon_host: Daemon) -> None:
+    needs_root("the process runtime's replicas")
+    specs = daemon_host.root / "specs"
+    write_specs(specs, {"a": sleeper(1)})
+    daemon_host.configure(f'path = "{specs}"')
+    once = daemon_host.once()
+    assert once.returncode == 0, once.stderr
+    history = daemon_host.zlayer("history")
+    assert history.returncode == 0 and "applied" in history.stdout and "once" in history.stdout
+    events = daemon_host.zlayer("events", "--format", "json")
+    kinds = {e["kind"] for e in json.loads(events.stdout)}
+    assert "applied" in kinds
+    again = daemon_host.once()
+    assert again.returncode == 0
+    assert daemon_host.reconciles()[0]["outcome"] == "no-changes"
+    retry = daemon_host.zlayer("daemon", "retry")
+    assert retry.returncode == 0 and "No daemon runs" in retry.stdout
+
+
+def test_bad_input_is_refused_before_anything_runs(tmp_path: Path, daemon_host: Daemon) -> None:
+    daemon_host.configure("")
+    nothing = daemon_host.once()
+    assert nothing.returncode == 1 and "nothing to follow" in nothing.stderr
+    missing = daemon_host.once("--dir", str(tmp_path / "nope"))
+    assert missing.returncode == 1 and "no such file or directory" in missing.stderr
+    both = daemon_host.once("--dir", str(tmp_path), "--repo", str(tmp_path))
+    assert both.returncode == 1 and "not both" in both.stderr
+    daemon_host.config.write_text('[daemon]\nresync = "soon"\n')
+    bad = daemon_host.once("--dir", str(tmp_path))
+    assert bad.returncode == 1 and "daemon.resync must be a number" in bad.stderr
+    assert not (daemon_host.state / "journal.db").exists()
