@@ -96,7 +96,7 @@ def _journal(settings: Settings) -> Journal:
 @RUNTIME_OPTION
 @STATE_DIR_OPTION
 @click.pass_context
-def daemon(ctx: click.Context, config: Path | None, once: bool, runtime: str | None,
+def daemon(ctx: click.Context, /, config: Path | None, once: bool, runtime: str | None,
            state_dir: Path | None, **options: Any) -> int:  # fmt: skip
     """Keep this host converged on a spec directory or a git repository, unattended.
 
@@ -124,6 +124,7 @@ def daemon(ctx: click.Context, config: Path | None, once: bool, runtime: str | N
     logging.basicConfig(
         level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)
     try:
         runner = Daemon(settings, name, source, state_dir=state, once=once)
         code = asyncio.run(runner.run())

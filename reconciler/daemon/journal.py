@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,7 +210,7 @@ class Journal:
         outcome: str,
         summary: str,
         plan: Mapping[str, Any] | None = None,
-        outcomes: list[Mapping[str, Any]] | None = None,
+        outcomes: Sequence[Mapping[str, Any]] | None = None,
     ) -> None:
         with self._write():
             self._db.execute(

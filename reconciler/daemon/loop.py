@@ -474,15 +474,21 @@ class Daemon:
             self.journal.event(target, event.kind, f"{event.action}: {event.message}", self.clock())
 
     def _schedule_backoff(self, wake_at: float | None) -> None:
+        """A reconcile when the earliest held restart comes due (one timer at a time)."""
         if wake_at is None:
             return
         loop = asyncio.get_running_loop()
         delay = max(0.0, wake_at - self.clock())
-        if self._backoff_timer is not None:
-            if self._backoff_timer.when() <= loop.time() + delay:
-                return
-            self._backoff_timer.cancel()
-        self._backoff_timer = loop.call_later(delay, self.trigger, "crash backoff due")
+        timer = self._backoff_timer
+        if timer is not None and not timer.cancelled() and timer.when() <= loop.time() + delay:
+            return
+        if timer is not None:
+            timer.cancel()
+        self._backoff_timer = loop.call_later(delay, self._backoff_due)
+
+    def _backoff_due(self) -> None:
+        self._backoff_timer = None
+        self.trigger("crash backoff due")
 
     # --- choosing the revision --------------------------------------------------------------
 
@@ -504,14 +510,17 @@ class Daemon:
         desired, problems = compile_files(candidate.files, candidate.revision, self.inputs)
         if desired is None:
             listing = "\n".join(p.render() for p in problems[:50])
-            self._mark(candidate.revision, "invalid", listing)
-            return self._fallback(f"revision {candidate.revision[:19]} is not valid:\n{listing}")
+            why = f"revision {candidate.revision[:19]} is not valid:\n{listing}"
+            self._mark(candidate.revision, "invalid", why)
+            return self._fallback(why)
         assert self.driver is not None
         checked, errors = check_runtime(self.driver, desired)
         if errors:
-            message = limits_message(self.driver.name, errors, "applied")
-            self._mark(candidate.revision, "invalid", message)
-            return self._fallback(f"revision {candidate.revision[:19]}: {message}")
+            why = f"revision {candidate.revision[:19]}: " + limits_message(
+                self.driver.name, errors, "applied"
+            )
+            self._mark(candidate.revision, "invalid", why)
+            return self._fallback(why)
         self.problem = None
         return Choice(checked, candidate.revision, candidate.files.files)
 

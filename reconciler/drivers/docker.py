@@ -37,7 +37,7 @@ from reconciler.errors import (
     PermanentDriverError,
     TemporaryDriverError,
 )
-from reconciler.observed import ObservedState, Workload, WorkloadId
+from reconciler.observed import ObservedState, RunId, RunState, Workload, WorkloadId
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,18 @@ def _engine(
         reason = str(exc) or type(exc).__name__
         message = f"{subject}: {action} failed: no answer from the engine ({reason})"
         raise TemporaryDriverError(message, delay=5.0) from exc
+
+
+def _stopped(labels: dict[str, str]) -> WorkloadId | RunId | None:
+    deployment, service = labels.get(dc.DEPLOYMENT), labels.get(dc.SERVICE)
+    if not deployment or not service:
+        return None
+    if labels.get(dc.RUN):
+        return RunId(deployment, service, labels[dc.RUN])
+    replica = labels.get(dc.REPLICA)
+    if replica and replica.isdigit():
+        return WorkloadId(deployment, service, int(replica))
+    return None
 
 
 async def _frames(response: aiohttp.ClientResponse, *, tty: bool) -> AsyncIterator[bytes]:
@@ -147,7 +159,9 @@ class DockerDriver:
         filters = json.dumps(dc.deployment_filter(wanted))
         with _engine("docker", "observe"):
             containers = await self.docker.containers.list(all=True, filters=filters)
-        summaries = [c._container for c in containers]  # the list entries, as listed
+        summaries = [  # the list entries, as listed; runs of jobs are not workloads
+            c._container for c in containers if dc.RUN not in (c._container.get("Labels") or {})
+        ]
         if wanted is not None:
             summaries = [
                 s for s in summaries if (s.get("Labels") or {}).get(dc.DEPLOYMENT) in wanted
@@ -243,24 +257,30 @@ class DockerDriver:
         """Close the iterator (``contextlib.aclosing``) when stopping early while
         following: that ends the request to the engine."""
         info = await self._managed(target, "logs")
+        tty = bool((info.get("Config") or {}).get("Tty"))
+        async for line in self._log_lines(dc.container_name(target), target, tty, follow, tail):
+            yield line
+
+    async def _log_lines(
+        self, name: str, subject: object, tty: bool, follow: bool, tail: int | None
+    ) -> AsyncGenerator[str, None]:
         count = "all" if tail is None else str(tail)
         if not follow:
-            with _engine(target, "logs"):
-                chunks = await self._handle(target).log(stdout=True, stderr=True, tail=count)
+            with _engine(subject, "logs"):
+                chunks = await self.docker.containers.container(name).log(
+                    stdout=True, stderr=True, tail=count
+                )
             for line in "".join(chunks).splitlines():
                 yield line
             return
-        tty = bool((info.get("Config") or {}).get("Tty"))
         params = {"stdout": "1", "stderr": "1", "follow": "1", "tail": count}
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         pending = ""
-        with _engine(target, "logs"):
+        with _engine(subject, "logs"):
             # aiodocker's own follow stream leaves its response open when the reader
             # stops early, so the request is made here and released for certain.
             async with self.docker._query(
-                f"containers/{dc.container_name(target)}/logs",
-                params=params,
-                timeout=_STREAM_TIMEOUT,
+                f"containers/{name}/logs", params=params, timeout=_STREAM_TIMEOUT
             ) as response:
                 try:
                     async for chunk in _frames(response, tty=tty):
@@ -273,6 +293,99 @@ class DockerDriver:
         pending += decoder.decode(b"", final=True)
         if pending:
             yield pending
+
+    # --- runs of jobs ---------------------------------------------------------------------
+
+    async def run_job(self, service: DesiredService, run: str, revision: str) -> None:
+        """A container from the service's config, labelled as run ``run``, started once;
+        no restart policy, kept after it exits (for its status and logs) until
+        :meth:`remove_job`."""
+        rid = RunId(service.deployment, service.name, run)
+        target = service.workload_id(None)
+        await self._prepare(service, target, "run")
+        try:
+            body = dc.run_body(
+                service, run, revision, publish_address=self.publish_address, gpu=self.facts.gpu
+            )
+        except ValueError as exc:
+            raise PermanentDriverError(f"{rid}: run failed: {exc}") from exc
+        try:
+            async with self._network_in_use(service, target):
+                with _engine(rid, "run", missing=PermanentDriverError):
+                    container = await self.docker.containers.create(
+                        body, name=dc.run_container_name(rid)
+                    )
+        except DriverError:
+            await self._release_network(rid.deployment)
+            raise
+        try:
+            with _engine(rid, "start"):
+                await container.start()
+        except DriverError:
+            await self.remove_job(rid)
+            raise
+
+    async def job_status(self, run: RunId) -> RunState | None:
+        info = await self._inspect_id(dc.run_container_name(run))
+        return dc.run_from_inspect(info) if info is not None else None
+
+    async def job_runs(self, deployments: Collection[str] | None = None) -> list[RunState]:
+        filters = json.dumps({"label": [dc.RUN]})
+        with _engine("docker", "list runs"):
+            listed = await self.docker.containers.list(all=True, filters=filters)
+        found = []
+        for container in listed:
+            labels = container._container.get("Labels") or {}
+            if deployments is not None and labels.get(dc.DEPLOYMENT) not in deployments:
+                continue
+            info = await self._inspect_id(str(container._container["Id"]))
+            state = dc.run_from_inspect(info) if info is not None else None
+            if state is not None:
+                found.append(state)
+        return sorted(found, key=lambda r: (r.deployment, r.service, r.run))
+
+    async def job_logs(
+        self, run: RunId, *, follow: bool = False, tail: int | None = None
+    ) -> AsyncGenerator[str, None]:
+        name = dc.run_container_name(run)
+        info = await self._inspect_id(name)
+        if info is None or dc.run_from_inspect(info) is None:
+            raise NotFound(f"{run}: logs failed: no container {name}")
+        tty = bool((info.get("Config") or {}).get("Tty"))
+        async for line in self._log_lines(name, run, tty, follow, tail):
+            yield line
+
+    async def remove_job(self, run: RunId) -> None:
+        try:
+            with _engine(run, "remove"):
+                await self.docker.containers.container(dc.run_container_name(run)).delete(
+                    v=True, force=True
+                )
+        except NotFound:
+            return
+        await self._release_network(run.deployment)
+
+    async def exits(self) -> AsyncGenerator[WorkloadId | RunId, None]:
+        """The engine's ``die`` events of zlayer's containers. A broken stream is opened
+        again after a pause; what it missed meanwhile the next observe finds."""
+        filters = json.dumps({"type": ["container"], "event": ["die"], "label": [dc.DEPLOYMENT]})
+        while True:
+            try:
+                async with self.docker._query(
+                    "events", params={"filters": filters}, timeout=_STREAM_TIMEOUT
+                ) as response:
+                    async for raw in response.content:
+                        try:
+                            event = json.loads(raw)
+                        except ValueError:
+                            continue
+                        labels = (event.get("Actor") or {}).get("Attributes") or {}
+                        stopped = _stopped(labels)
+                        if stopped is not None:
+                            yield stopped
+            except (DockerError, TimeoutError, aiohttp.ClientError) as exc:
+                log.warning("docker: event stream broken (%s); opening it again", exc)
+            await asyncio.sleep(2.0)
 
     # --- actions ------------------------------------------------------------------------
 

@@ -43,7 +43,7 @@ from reconciler.errors import (
     TemporaryDriverError,
 )
 from reconciler.fingerprint import canonical_json
-from reconciler.observed import Health, Status, Workload, WorkloadId
+from reconciler.observed import Health, RunId, RunState, Status, Workload, WorkloadId
 from reconciler.spec.scalars import parse_duration
 
 LABEL_PREFIX = "zlayer."
@@ -121,6 +121,39 @@ def container_name(target: WorkloadId) -> str:
     """``<deployment>-<service>-<n>``, or ``<deployment>-<service>`` for a definition."""
     base = f"{target.deployment}-{target.service}"
     return base if target.replica is None else f"{base}-{target.replica}"
+
+
+RUN = "zlayer.run"
+
+
+def run_container_name(run: RunId) -> str:
+    """``<deployment>-<service>-run-<run>``: a run of a job or cron service."""
+    return f"{run.deployment}-{run.service}-run-{run.run}"
+
+
+def run_body(service: DesiredService, run: str, revision: str, **options: Any) -> dict[str, Any]:
+    """The create body of a run: the definition's, marked as run ``run``."""
+    body = create_body(service, None, revision, **options)
+    body["Labels"] = {**body["Labels"], RUN: run}
+    return body
+
+
+def run_from_inspect(info: Mapping[str, Any]) -> RunState | None:
+    labels = (info.get("Config") or {}).get("Labels") or {}
+    if RUN not in labels or DEPLOYMENT not in labels or SERVICE not in labels:
+        return None
+    state = info.get("State") or {}
+    running = state.get("Status") in ("created", "running", "restarting", "paused")
+    finished = str(state.get("FinishedAt") or "")
+    return RunState(
+        deployment=labels[DEPLOYMENT],
+        service=labels[SERVICE],
+        run=labels[RUN],
+        status="running" if running else "exited",
+        exit_code=None if running else int(state.get("ExitCode", 0)),
+        started_at=str(state.get("StartedAt") or "") or None,
+        finished_at=None if running or finished.startswith("0001-") else finished or None,
+    )
 
 
 def network_name(deployment: str) -> str:

@@ -8,6 +8,7 @@ It never substitutes for testing a real driver against its real backend.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, Collection
 from types import TracebackType
 from typing import Any, Self
@@ -15,7 +16,7 @@ from typing import Any, Self
 from reconciler.desired import DesiredService
 from reconciler.drivers.base import Limits
 from reconciler.errors import Conflict, DriverError, NotFound
-from reconciler.observed import Network, ObservedState, Workload, WorkloadId
+from reconciler.observed import Network, ObservedState, RunId, RunState, Workload, WorkloadId
 
 
 class FakeDriver:
@@ -38,6 +39,12 @@ class FakeDriver:
         self.failures: dict[tuple[str, str], DriverError] = {}
         """(kind, workload id) → the error that action raises (once), for tests."""
         self.output: dict[WorkloadId, list[str]] = {}
+        self.runs: dict[RunId, RunState] = {}
+        self.run_output: dict[RunId, list[str]] = {}
+        self.job_script: dict[tuple[str, str], tuple[int, list[str]]] = {}
+        """(deployment, service) → (exit code, output) its runs end with when
+        :meth:`finish_runs` is called (default: 0, no output)."""
+        self._exits: asyncio.Queue[WorkloadId | RunId] = asyncio.Queue()
 
     async def __aenter__(self) -> Self:
         return self
@@ -95,6 +102,55 @@ class FakeDriver:
     def crash(self, target: WorkloadId, exit_code: int) -> None:
         """Test helper: the workload exits with ``exit_code``."""
         self._update(target, status="exited", exit_code=exit_code)
+        self._exits.put_nowait(target)
+
+    def finish_runs(self) -> list[RunId]:
+        """Test helper: every running run ends as :attr:`job_script` says."""
+        done = []
+        for rid, state in list(self.runs.items()):
+            if state.status != "running":
+                continue
+            code, lines = self.job_script.get((rid.deployment, rid.service), (0, []))
+            self.runs[rid] = state.model_copy(
+                update={"status": "exited", "exit_code": code, "finished_at": "now"}
+            )
+            self.run_output[rid] = list(lines)
+            self._exits.put_nowait(rid)
+            done.append(rid)
+        return done
+
+    async def run_job(self, service: DesiredService, run: str, revision: str) -> None:
+        rid = RunId(service.deployment, service.name, run)
+        if rid in self.runs:
+            raise Conflict(f"{rid}: already exists")
+        self._record("run", service.workload_id(None))
+        self.runs[rid] = RunState(
+            deployment=rid.deployment, service=rid.service, run=run, status="running",
+            started_at="now",
+        )  # fmt: skip
+
+    async def job_status(self, run: RunId) -> RunState | None:
+        return self.runs.get(run)
+
+    async def job_runs(self, deployments: Collection[str] | None = None) -> list[RunState]:
+        return [
+            s for r, s in self.runs.items() if deployments is None or r.deployment in deployments
+        ]
+
+    async def job_logs(
+        self, run: RunId, *, follow: bool = False, tail: int | None = None
+    ) -> AsyncGenerator[str, None]:
+        lines = self.run_output.get(run, [])
+        for line in lines[-tail:] if tail else lines:
+            yield line
+
+    async def remove_job(self, run: RunId) -> None:
+        self.runs.pop(run, None)
+        self.run_output.pop(run, None)
+
+    async def exits(self) -> AsyncGenerator[WorkloadId | RunId, None]:
+        while True:
+            yield await self._exits.get()
 
     async def create(self, service: DesiredService, replica: int, revision: str) -> None:
         target = service.workload_id(replica)

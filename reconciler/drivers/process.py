@@ -20,6 +20,8 @@ directory per replica, written atomically::
         exit.json     exit code or signal, or why it could not start   (monitor)
         output.log    stdout and stderr, rotated to output.log.1 … (monitor)
     deployments/<deployment>/services/<service>/definition/record.json   job/cron
+    deployments/<deployment>/runs/<service>/<run>/   a run of a job or cron service:
+                      the same files as a replica (never observed as a workload)
 
 A pid alone is never trusted: it must belong to a process with the recorded
 start time (read from /proc), on the same boot, so a recycled pid is not ours.
@@ -31,6 +33,7 @@ import asyncio
 import collections
 import contextlib
 import errno
+import hashlib
 import ipaddress
 import json
 import os
@@ -48,12 +51,14 @@ from reconciler.drivers import cgroups, proc
 from reconciler.drivers import process_config as pc
 from reconciler.drivers.base import Limits
 from reconciler.errors import Conflict, NotFound, PermanentDriverError
-from reconciler.observed import Network, ObservedState, Workload, WorkloadId
+from reconciler.observed import Network, ObservedState, RunId, RunState, Workload, WorkloadId
 from reconciler.settings import DEFAULT_POOL
 
 LOG_MAX_BYTES = 10 * 1024 * 1024
 LOG_KEEP = 3
 DEFINITION = "definition"
+EXIT_POLL = 0.5
+"""Seconds between looks for replicas and runs that ended (:meth:`ProcessDriver.exits`)."""
 
 
 class ProcessDriver:
@@ -366,7 +371,7 @@ class ProcessDriver:
             )
         subnet = ipaddress.IPv4Network(record["subnet"])
         used = {str(record["address"]).partition("/")[0]}
-        for where in self._records([deployment]):
+        for where in [*self._records([deployment]), *self._run_dirs([deployment])]:
             other = proc.read_json(where / "record.json") or {}
             if address := other.get("network", {}).get("address"):
                 used.add(str(address))
@@ -385,11 +390,12 @@ class ProcessDriver:
     async def _write_hosts_locked(self, deployment: str) -> None:
         from reconciler.drivers import netns
 
-        records = [proc.read_json(w / "record.json") or {} for w in self._records([deployment])]
+        dirs = [*self._records([deployment]), *self._run_dirs([deployment])]
+        records = [proc.read_json(w / "record.json") or {} for w in dirs]
         names: dict[str, list[str]] = collections.defaultdict(list)
         for record in records:
             address = record.get("network", {}).get("address")
-            if address and record.get("replica") is not None:
+            if address and record.get("replica") is not None and not record.get("run"):
                 names[address] += [record["service"], f"{record['service']}-{record['replica']}"]
         entries = sorted(names.items(), key=lambda item: ipaddress.IPv4Address(item[0]))
         for record in records:
@@ -566,12 +572,144 @@ class ProcessDriver:
                 },
             )
 
+    # --- runs of jobs ------------------------------------------------------------------
+
+    def _run_dir(self, run: RunId) -> Path:
+        return self.root / run.deployment / "runs" / run.service / run.run
+
+    def _run_dirs(self, deployments: Collection[str] | None = None) -> Iterator[Path]:
+        if not self.root.is_dir():
+            return
+        for deployment in sorted(self.root.iterdir()):
+            if deployments is not None and deployment.name not in deployments:
+                continue
+            for where in sorted(deployment.glob("runs/*/*")):
+                if (where / "record.json").is_file():
+                    yield where
+
+    async def run_job(self, service: DesiredService, run: str, revision: str) -> None:
+        """A run is launched like a replica (same monitor, files, network and limits),
+        in its own directory under ``runs/``, which observe never reads."""
+        rid = RunId(service.deployment, service.name, run)
+        where = self._run_dir(rid)
+        if (where / "record.json").exists():
+            raise Conflict(f"{rid}: already exists")
+        slot = _run_slot(run)
+        target = WorkloadId(rid.deployment, rid.service, slot)
+        mode = pc.network_plan(service, self.facts)
+        command = pc.argv(service.config)
+        if command is None:
+            raise PermanentDriverError(f"{rid}: no command.entrypoint to run")
+        user = pc.resolve_user(str(service.config["user"])) if "user" in service.config else None
+        network: dict[str, Any] = {"mode": mode}
+        if mode == "bridge" and self._network_record(rid.deployment) is None:
+            await self.create_network(rid.deployment)
+        launch = {
+            "argv": command,
+            "cwd": (service.config.get("command") or {}).get("workdir"),
+            "env": pc.workload_env(service.runtime_env(), user.home if user else _home()),
+            "user": None
+            if user is None
+            else {"uid": user.uid, "gid": user.gid, "groups": list(user.groups)},
+            "stop_signal": pc.stop_signal(service.config),
+        }
+        async with self._locks[rid.deployment]:
+            if mode == "bridge":
+                network["address"] = self._allocate_address(rid.deployment)
+            if mode != "host":
+                from reconciler.drivers import netns
+
+                network["netns"] = netns.netns_name(rid.deployment, rid.service, slot)
+            where.mkdir(parents=True, exist_ok=True, mode=0o700)
+            proc.atomic_write_json(where / "launch.json", launch, mode=0o600)
+            record = {**_record(service, None, revision, network), "run": run, "slot": slot}
+            proc.atomic_write_json(where / "record.json", record)
+        try:
+            await self._launch(target, where, record)
+        except PermanentDriverError:
+            await self.remove_job(rid)
+            raise
+
+    async def job_status(self, run: RunId) -> RunState | None:
+        where = self._run_dir(run)
+        record = proc.read_json(where / "record.json")
+        return None if record is None else _run_state(run, where, record)
+
+    async def job_runs(self, deployments: Collection[str] | None = None) -> list[RunState]:
+        found = []
+        for where in self._run_dirs(deployments):
+            record = proc.read_json(where / "record.json")
+            if record is not None:
+                rid = RunId(record["deployment"], record["service"], str(record["run"]))
+                found.append(_run_state(rid, where, record))
+        return found
+
+    async def job_logs(
+        self, run: RunId, *, follow: bool = False, tail: int | None = None
+    ) -> AsyncGenerator[str, None]:
+        where = self._run_dir(run)
+        record = proc.read_json(where / "record.json")
+        if record is None:
+            raise NotFound(f"{run}: no such run")
+        async for line in self._log_lines(where, record, follow, tail):
+            yield line
+
+    async def remove_job(self, run: RunId) -> None:
+        where = self._run_dir(run)
+        record = proc.read_json(where / "record.json")
+        if record is None:
+            shutil.rmtree(where, ignore_errors=True)
+            return
+        slot = int(record.get("slot") or _run_slot(run.run))
+        target = WorkloadId(run.deployment, run.service, slot)
+        await self._stop(target, where, record)
+        cgroups.remove(self._cgroups, cgroups.group_name(run.deployment, run.service, slot))
+        if record.get("network", {}).get("netns"):
+            from reconciler.drivers import netns
+
+            await asyncio.to_thread(netns.remove_sandbox, run.deployment, run.service, slot)
+        (where / "record.json").unlink(missing_ok=True)
+        shutil.rmtree(where, ignore_errors=True)
+        _prune_empty(where.parent, self.root)
+
+    async def exits(self) -> AsyncGenerator[WorkloadId | RunId, None]:
+        """Replicas and runs whose monitor recorded an exit, found by looking at their
+        ``exit.json`` every :data:`EXIT_POLL` seconds (a stat per workload)."""
+        seen: dict[Path, float] = {}
+        first = True
+        while True:
+            current: dict[Path, float] = {}
+            for where in [*self._records(), *self._run_dirs()]:
+                try:
+                    current[where] = (where / "exit.json").stat().st_mtime
+                except FileNotFoundError:
+                    continue
+            for where, mtime in current.items():
+                if first or seen.get(where) == mtime:
+                    continue
+                record = proc.read_json(where / "record.json") or {}
+                done = proc.read_json(where / "exit.json") or {}
+                if not record or done.get("launch") != record.get("launch"):
+                    continue
+                if record.get("run"):
+                    yield RunId(record["deployment"], record["service"], str(record["run"]))
+                elif record.get("replica") is not None:
+                    yield WorkloadId(record["deployment"], record["service"], record["replica"])
+            seen, first = current, False
+            await asyncio.sleep(EXIT_POLL)
+
     # --- logs --------------------------------------------------------------------------
 
     async def logs(
         self, target: WorkloadId, *, follow: bool = False, tail: int | None = None
     ) -> AsyncGenerator[str, None]:
         where, record = self._record(target)
+        async for line in self._log_lines(where, record, follow, tail):
+            yield line
+
+    async def _log_lines(
+        self, where: Path, record: Mapping[str, Any], follow: bool, tail: int | None
+    ) -> AsyncGenerator[str, None]:
         log = where / "output.log"
         keep = int(self.log["keep"])
         lines: collections.deque[str] = collections.deque(maxlen=tail)
@@ -620,6 +758,12 @@ class ProcessDriver:
                 handle.close()
 
 
+def _run_slot(run: str) -> int:
+    """A number standing in for a replica index in a run's namespace, veth and cgroup
+    names: far above any replica count, the same for the same run."""
+    return 100_000 + int(hashlib.sha256(run.encode()).hexdigest()[:8], 16) % 900_000
+
+
 def _record(
     service: DesiredService, replica: int | None, revision: str, network: Mapping[str, Any]
 ) -> dict[str, Any]:
@@ -660,6 +804,26 @@ def _state(where: Path, record: Mapping[str, Any]) -> tuple[str, int | None, str
     if run is not None and proc.alive(int(run["monitor_pid"]), int(run["monitor_start"])):
         return "exited", None, started  # ended a moment ago; the monitor records it
     return "dead", None, started  # the monitor is gone without a word (killed, rebooted)
+
+
+def _run_state(run: RunId, where: Path, record: Mapping[str, Any]) -> RunState:
+    status, code, started = _state(where, record)
+    finished = None
+    if status in ("exited", "dead"):
+        done = proc.read_json(where / "exit.json") or {}
+        finished = done.get("finished_at") if done.get("launch") == record.get("launch") else None
+    return RunState(
+        deployment=run.deployment,
+        service=run.service,
+        run=run.run,
+        # exited without a code while the monitor lives: it is recording the exit now
+        status="running"
+        if status in ("running", "created") or (status == "exited" and code is None)
+        else "exited",
+        exit_code=code,
+        started_at=started,
+        finished_at=finished,
+    )
 
 
 def _drift(record: Mapping[str, Any], inventory: Any) -> str | None:

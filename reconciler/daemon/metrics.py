@@ -1,0 +1,93 @@
+"""The daemon's metrics in the Prometheus text exposition format (0.0.4), pure."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    reconciles: Mapping[str, int] = field(default_factory=dict)
+    """Finished reconciles by outcome (applied, no-changes, failed, rolled-back, …)."""
+    reconcile_duration_sum: float = 0.0
+    reconcile_duration_count: int = 0
+    reconcile_errors: int = 0
+    workloads: Mapping[str, int] = field(default_factory=dict)
+    """Workloads by state (running, exited, …) as last observed."""
+    restarts: int = 0
+    """Restarts of crashed replicas by the daemon (from the journal: never goes down)."""
+    applied_revision: str | None = None
+    applied_at: float | None = None
+    job_runs: Mapping[str, int] = field(default_factory=dict)
+    webhooks_accepted: int = 0
+    webhooks_rejected: int = 0
+    started_at: float = 0.0
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _family(
+    name: str, kind: str, help_text: str, samples: Iterable[tuple[str, float]]
+) -> list[str]:
+    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+    lines += [f"{name}{labels} {_number(value)}" for labels, value in samples]
+    return lines
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _by(label: str, counts: Mapping[str, int]) -> list[tuple[str, float]]:
+    return [(f'{{{label}="{_label(k)}"}}', v) for k, v in sorted(counts.items())]
+
+
+def render_metrics(metrics: Metrics, now: float) -> str:
+    lines: list[str] = []
+    lines += _family(
+        "zlayer_reconciles_total", "counter", "Reconciles finished, by outcome.",
+        _by("outcome", metrics.reconciles),
+    )  # fmt: skip
+    lines += [
+        "# HELP zlayer_reconcile_duration_seconds Time reconciles took.",
+        "# TYPE zlayer_reconcile_duration_seconds summary",
+        f"zlayer_reconcile_duration_seconds_sum {_number(metrics.reconcile_duration_sum)}",
+        f"zlayer_reconcile_duration_seconds_count {metrics.reconcile_duration_count}",
+    ]
+    lines += _family(
+        "zlayer_reconcile_errors_total", "counter",
+        "Reconciles that ended in an error (not a failed action).",
+        [("", metrics.reconcile_errors)],
+    )  # fmt: skip
+    lines += _family(
+        "zlayer_workloads", "gauge", "Managed workloads by state, as last observed.",
+        _by("state", metrics.workloads),
+    )  # fmt: skip
+    lines += _family(
+        "zlayer_restarts_total", "counter", "Restarts of crashed replicas by the daemon.",
+        [("", metrics.restarts)],
+    )  # fmt: skip
+    lines += _family(
+        "zlayer_job_runs_total", "counter", "Job and cron runs, by result.",
+        _by("result", metrics.job_runs),
+    )  # fmt: skip
+    lines += _family(
+        "zlayer_webhooks_total", "counter", "Webhook deliveries, by result.",
+        [('{result="accepted"}', metrics.webhooks_accepted),
+         ('{result="rejected"}', metrics.webhooks_rejected)],
+    )  # fmt: skip
+    if metrics.applied_at is not None and metrics.applied_revision is not None:
+        lines += _family(
+            "zlayer_applied_revision_age_seconds", "gauge",
+            "Seconds since the running revision was applied.",
+            [(f'{{revision="{_label(metrics.applied_revision)}"}}',
+              round(max(0.0, now - metrics.applied_at), 3))],
+        )  # fmt: skip
+    lines += _family(
+        "zlayer_daemon_start_time_seconds", "gauge", "When the daemon started (unix time).",
+        [("", round(metrics.started_at, 3))],
+    )  # fmt: skip
+    return "\n".join(lines) + "\n"
