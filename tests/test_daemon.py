@@ -175,9 +175,7 @@ def test_a_crash_loop_backs_off_on_schedule_and_its_counters_survive_kill_9(
     assert streaks[:5] == [(1, 0.4), (2, 0.8), (3, 1.6), (4, 1.6), (5, 1.6)], seen
     # each restart came no sooner than its backoff: from the journal's own times
     # (a restart of a replica that exits at once ends "failed": it did not stay running)
-    restarts = [
-        e for e in daemon_host.events(target=target) if e["message"].startswith("restart:")
-    ]
+    restarts = [e for e in daemon_host.events(target=target) if e["message"].startswith("restart:")]
     crashes = [e for e in daemon_host.events(target=target) if e["kind"] == "crashed"]
     assert len(restarts) >= 3 and len(crashes) >= 4
     status = daemon_host.status()["crash_loops"][target]

@@ -23,7 +23,11 @@ def _specs(directory: Path, deployment: str, image: str, services: dict[str, Any
             "image": {"name": image, "pull_policy": "never"},
             "command": {"entrypoint": ["sh"], "args": ["-c", script]},
             "stop_grace_period": "1s",
-            **({"rtype": "job"} if name.startswith("job") else {"scale": {"replicas": n}}),
+            **(
+                {"rtype": "job"}
+                if name.startswith("job")
+                else {"scale": {"mode": "fixed", "replicas": n}}
+            ),
         }
         for name, (script, n) in services.items()
     }
@@ -39,7 +43,7 @@ def _containers(url: str, deployment: str) -> dict[str, tuple[str, str, str]]:
     out = {}
     for item in listed:
         labels = item["Labels"]
-        if "zlayer.replica" not in labels or "zlayer.run" in labels:
+        if not labels.get("zlayer.replica") or "zlayer.run" in labels:
             continue
         _, detail = engine_request(url, "GET", f"/containers/{item['Id']}/json")
         key = f"{labels['zlayer.service']}/{labels['zlayer.replica']}"
@@ -106,3 +110,9 @@ def test_the_daemon_keeps_docker_containers_converged(
         assert up(3), "SIGTERM must leave the containers running"
     finally:
         daemon.close()
+        print(daemon.output()[-4000:])
+        if (tmp_path / "state" / "journal.db").exists():
+            for row in daemon.reconciles()[-6:]:
+                print(
+                    row["trigger"], row["revision"], row["outcome"], row["summary"], row["outcomes"]
+                )

@@ -144,7 +144,7 @@ def test_with_verification_only_signed_commits_are_applied(
     home, keys = gnupg
     os.environ["GNUPGHOME"] = str(home)  # git commit -S in this process's children
     try:
-        signed = repo.commit({"a": sleeper(1)}, "signed", "-S")
+        signed = repo.commit({"a": sleeper(1)}, "signed", "-Ssigner@example.invalid")
         repo.push()
         daemon_host.configure(
             f'repo = "{repo.remote}"\nbranch = "main"\nsubdir = "hosts/h1"\n'
