@@ -189,7 +189,12 @@ class _Handlers:
         if length is not None and length > self.config.max_body:
             self.rejected += 1
             return _error(413, f"body over {self.config.max_body} bytes")
-        body = await request.content.read(self.config.max_body + 1)
+        body = b""
+        while len(body) <= self.config.max_body:
+            chunk = await request.content.read(self.config.max_body + 1 - len(body))
+            if not chunk:
+                break
+            body += chunk
         if len(body) > self.config.max_body:
             self.rejected += 1
             return _error(413, f"body over {self.config.max_body} bytes")
