@@ -181,6 +181,9 @@ class GitTracker:
                 self.clone_dir,
                 bare=True,
                 env=self._env(),
+                # never share object files with a local remote: a broken clone must
+                # not break the repository it came from (nor the other way round)
+                multi_options=["--no-hardlinks"],
                 kill_after_timeout=NETWORK_TIMEOUT,
             )
         except git.GitCommandError as exc:
