@@ -374,15 +374,18 @@ class DockerDriver:
                 async with self.docker._query(
                     "events", params={"filters": filters}, timeout=_STREAM_TIMEOUT
                 ) as response:
-                    async for raw in response.content:
-                        try:
-                            event = json.loads(raw)
-                        except ValueError:
-                            continue
-                        labels = (event.get("Actor") or {}).get("Attributes") or {}
-                        stopped = _stopped(labels)
-                        if stopped is not None:
-                            yield stopped
+                    try:
+                        async for raw in response.content:
+                            try:
+                                event = json.loads(raw)
+                            except ValueError:
+                                continue
+                            labels = (event.get("Actor") or {}).get("Attributes") or {}
+                            stopped = _stopped(labels)
+                            if stopped is not None:
+                                yield stopped
+                    finally:
+                        response.close()  # as for logs: released for certain
             except (DockerError, TimeoutError, aiohttp.ClientError) as exc:
                 log.warning("docker: event stream broken (%s); opening it again", exc)
             await asyncio.sleep(2.0)
