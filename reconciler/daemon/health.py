@@ -9,13 +9,13 @@ journal as events and show in ``zlayer status``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from reconciler import probes
 from reconciler.daemon.journal import Journal
+from reconciler.daemon.waits import wait_event
 from reconciler.desired import DesiredState
 from reconciler.drivers.base import Driver
 from reconciler.errors import DriverError
@@ -98,8 +98,7 @@ class HealthMonitor:
                 continue
             upcoming = min((w.due for w in self._watches.values()), default=now + 60)
             self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), timeout=max(0.05, upcoming - now))
+            await wait_event(self._changed, max(0.05, upcoming - now))
 
     async def _probe(self, target: WorkloadId) -> None:
         watch = self._watches.get(target)

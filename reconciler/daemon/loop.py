@@ -39,6 +39,7 @@ from reconciler.daemon.metrics import Metrics
 from reconciler.daemon.notify import Notifier
 from reconciler.daemon.source import Source
 from reconciler.daemon.supervise import Supervisor
+from reconciler.daemon.waits import wait_event
 from reconciler.desired import CompileInputs, DesiredState, compile_specs
 from reconciler.drivers.base import Driver
 from reconciler.errors import DriverError, ZlayerError
@@ -217,11 +218,7 @@ class Daemon:
         self.trigger("daemon started")
         try:
             while not self.stopping.is_set():
-                waiter = asyncio.ensure_future(self._wake.wait())
-                stopper = asyncio.ensure_future(self.stopping.wait())
-                await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
-                waiter.cancel()
-                stopper.cancel()
+                await wait_event(self._wake, None)
                 if self.stopping.is_set():
                     break
                 self._wake.clear()
@@ -245,6 +242,7 @@ class Daemon:
         """Stop taking triggers; the reconcile under way finishes; workloads stay."""
         log.info("%s: stopping after the current reconcile; workloads keep running", why)
         self.stopping.set()
+        self._wake.set()
 
     def reload(self) -> None:
         """SIGHUP: read the config file again (backoff, resync, API secrets)."""
@@ -323,8 +321,7 @@ class Daemon:
             wake = self.cron.next_wake(desired) if desired else None
             self._cron_wake.clear()
             timeout = None if wake is None else max(0.0, wake - self.clock())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._cron_wake.wait(), timeout=timeout)
+            await wait_event(self._cron_wake, timeout)
             if self.applied is None or self.stopping.is_set():
                 continue
             for service, trigger in self.cron.due(self.applied):
@@ -338,10 +335,7 @@ class Daemon:
             if self.runs.active:
                 with contextlib.suppress(DriverError):
                     await self.runs.poll()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._runs_wake.wait(), timeout=RUN_POLL if self.runs.active else None
-                )
+            await wait_event(self._runs_wake, RUN_POLL if self.runs.active else None)
 
     async def _finish_runs_once(self) -> None:
         """``--once``: a cron or job run started in this cycle is left running (the next

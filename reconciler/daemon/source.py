@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from reconciler.daemon.waits import wait_event
 from reconciler.desired import content_revision
 from reconciler.errors import SourceError, SourceUnreachable
 from reconciler.sources.files import Collected, collect
@@ -133,12 +134,7 @@ class GitSource:
             else:
                 pause = self.interval * (0.9 + 0.2 * self.rng())
             self._now.clear()
-            waits = [asyncio.ensure_future(self._now.wait()), asyncio.ensure_future(stop.wait())]
-            try:
-                await asyncio.wait(waits, timeout=pause, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for waiter in waits:
-                    waiter.cancel()
+            await wait_event(self._now, pause)
 
     async def load(self, applied: str | None) -> Candidate | None:
         if self.head is None:

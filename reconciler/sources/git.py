@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC
@@ -145,6 +146,9 @@ class GitTracker:
         self.clone_dir = workdir / "repo.git"
         self.gnupg = workdir / "gnupg"
         self._keys_digest: str | None = None
+        self._lock = threading.RLock()
+        """One git operation at a time: the daemon fetches from one thread while a
+        reconcile reads from another, and a re-clone must not pull the clone away."""
 
     # --- the clone ---------------------------------------------------------------------
 
@@ -195,6 +199,10 @@ class GitTracker:
     def fetch(self) -> Commit:
         """Fetch (cloning first, or again when the clone is broken) and return the
         commit the tracked branch or ref points at now."""
+        with self._lock:
+            return self._fetch()
+
+    def _fetch(self) -> Commit:
         repo = self._open()
         if repo is None:
             repo = self._clone()
@@ -242,6 +250,10 @@ class GitTracker:
 
     def refusal(self, commit: str, applied: str | None) -> str | None:
         """Why ``commit`` must not be applied after ``applied``, or None."""
+        with self._lock:
+            return self._refusal(commit, applied)
+
+    def _refusal(self, commit: str, applied: str | None) -> str | None:
         repo = self._repo()
         if applied and applied != commit and not self.options.allow_rewrite:
             try:
@@ -318,6 +330,10 @@ class GitTracker:
     def files(self, commit: str) -> Collected:
         """The spec files under ``options.path`` at ``commit``, named by their path in the
         repository (``hosts/web1/app.yaml``), so errors point at the right file."""
+        with self._lock:
+            return self._files(commit)
+
+    def _files(self, commit: str) -> Collected:
         repo = self._repo()
         tree = repo.commit(commit).tree
         inside = self.options.path.strip("/")
@@ -354,5 +370,5 @@ def _reason(exc: git.GitCommandError) -> str:
     """git's own one-line reason (``fatal: …``), without the command around it."""
     lines = [line.strip() for line in str(exc.stderr or "").splitlines() if line.strip()]
     fatal = [line for line in lines if line.lstrip("'").startswith(("fatal:", "error:"))]
-    chosen = (fatal or lines or [str(exc.status)])[-1]
-    return chosen.strip("'").removeprefix("stderr: ").strip()
+    chosen = (fatal or lines or [""])[-1].strip("'").removeprefix("stderr: ").strip()
+    return chosen or f"git exited with status {exc.status}"
