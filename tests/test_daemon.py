@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import signal
 import textwrap
 import time
 from pathlib import Path
@@ -194,6 +195,8 @@ def test_a_crash_loop_backs_off_on_schedule_and_its_counters_survive_kill_9(
     # plan and status show it too
     shown = daemon_host.zlayer("status", "--runtime", "process")
     assert "crash-looping" in shown.stdout, shown.stdout + shown.stderr
+    planned = daemon_host.zlayer("plan", str(specs), "--runtime", "process")
+    assert "crash-looping" in planned.stdout, planned.stdout + planned.stderr
 
 
 def test_an_unhealthy_replica_is_restarted_as_a_crash(daemon_host: Daemon) -> None:
@@ -296,3 +299,42 @@ def test_bad_input_is_refused_before_anything_runs(tmp_path: Path, daemon_host: 
     bad = daemon_host.once("--dir", str(tmp_path))
     assert bad.returncode == 1 and "daemon.resync must be a number" in bad.stderr
     assert not (daemon_host.state / "journal.db").exists()
+
+
+def test_sighup_reloads_the_config_and_metrics_count_workloads(daemon_host: Daemon) -> None:
+    needs_root("the process runtime's replicas")
+    specs = daemon_host.root / "specs"
+    write_specs(specs, {"a": sleeper(2)})
+    daemon_host.configure(f'path = "{specs}"\nresync = 1')
+    daemon_host.start()
+    wait_for(lambda: len(running(daemon_host)) == 2, "a/1 and a/2")
+
+    def metrics() -> str:
+        import http.client
+        import socket
+
+        connection = http.client.HTTPConnection("localhost", timeout=10)
+        connection.sock = socket.socket(socket.AF_UNIX)
+        connection.sock.connect(str(daemon_host.socket))
+        try:
+            connection.request("GET", "/metrics")
+            return connection.getresponse().read().decode()
+        finally:
+            connection.close()
+
+    text = wait_for(lambda: 'zlayer_workloads{state="running"} 2' in metrics() and metrics(),
+                    "the workloads in /metrics")  # fmt: skip
+    assert 'zlayer_reconciles_total{outcome="applied"} 1' in text
+    assert "zlayer_applied_revision_age_seconds" in text
+
+    daemon_host.configure(f'path = "{specs}"\nresync = 1', backoff="initial = 7")
+    assert daemon_host.proc is not None
+    daemon_host.proc.send_signal(signal.SIGHUP)
+    reloaded = wait_for(lambda: daemon_host.events(kind="reloaded"), "the reload")
+    assert str(daemon_host.config) in reloaded[0]["message"]
+    assert daemon_host.proc.poll() is None and daemon_host.get("/readyz")[0] == 200
+    daemon_host.config.write_text("[daemon]\nresync = -1\n")
+    daemon_host.proc.send_signal(signal.SIGHUP)
+    failed = wait_for(lambda: daemon_host.events(kind="reload-failed"), "a refused reload")
+    assert "daemon.resync" in failed[0]["message"]
+    assert daemon_host.proc.poll() is None  # a bad config file does not stop the daemon

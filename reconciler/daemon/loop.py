@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reconciler.daemon.api import ApiConfig, start_api
+from reconciler.daemon.api import ApiConfig, ApiServer, start_api
 from reconciler.daemon.cron import Cron
 from reconciler.daemon.health import HealthMonitor
 from reconciler.daemon.jobs import Runs
@@ -48,10 +48,10 @@ from reconciler.executor import Settings as ExecutorSettings
 from reconciler.lock import ApplyLock, LockHeld
 from reconciler.observe import check_runtime, limits_message, open_runtime
 from reconciler.observed import ObservedState, RunId, WorkloadId
-from reconciler.plan.model import Plan
+from reconciler.plan.model import Note, Plan
 from reconciler.plan.planner import plan_changes
 from reconciler.plan.serialize import plan_to_dict
-from reconciler.settings import Settings
+from reconciler.settings import ConfigError, Settings, load_settings
 from reconciler.sources.files import Collected
 from reconciler.spec.load import LoadedSpec, SourceFile, iter_sources
 from reconciler.spec.problems import Problem
@@ -130,6 +130,11 @@ class Daemon:
         self.monitor: HealthMonitor | None = None
         self.runs: Runs | None = None
         self.applied: DesiredState | None = None
+        self._good_files: tuple[SourceFile, ...] = ()
+        """The spec files of :attr:`applied`, to compile it again as a fallback."""
+        self._states: dict[str, int] = {}
+        """Workloads by status, as last observed (for metrics)."""
+        self.api: ApiServer | None = None
         self.applied_at: float | None = None
         self.last: dict[str, Any] | None = None
         self.problem: str | None = None
@@ -191,7 +196,6 @@ class Daemon:
                 await self.runs.adopt()
                 if self.once:
                     outcome = await self.reconcile(["once"])
-                    await self._finish_runs_once()
                     return 0 if outcome in ("applied", "no-changes") else 1
                 return await self._serve()
         finally:
@@ -201,7 +205,7 @@ class Daemon:
 
     async def _serve(self) -> int:
         assert self.monitor is not None
-        api = await start_api(self, self._api_config())
+        api = self.api = await start_api(self, self._api_config())
         self.journal.event(
             "daemon", "started", f"pid {os.getpid()}, {self.source.identity}", self.clock()
         )
@@ -246,8 +250,6 @@ class Daemon:
 
     def reload(self) -> None:
         """SIGHUP: read the config file again (backoff, resync, API secrets)."""
-        from reconciler.settings import ConfigError, load_settings
-
         try:
             fresh = load_settings()
         except ConfigError as exc:
@@ -337,10 +339,6 @@ class Daemon:
                     await self.runs.poll()
             await wait_event(self._runs_wake, RUN_POLL if self.runs.active else None)
 
-    async def _finish_runs_once(self) -> None:
-        """``--once``: a cron or job run started in this cycle is left running (the next
-        daemon adopts it); nothing to wait for."""
-
     def _unhealthy(self, target: WorkloadId, problem: str) -> None:
         self.trigger(f"{target} unhealthy")
 
@@ -406,6 +404,7 @@ class Daemon:
             return "skipped", str(exc), None, None
         try:
             observed = await self.driver.observe()
+            self._count(observed)
             unhealthy = self.monitor.unhealthy
             supervised = self.supervisor.supervise(
                 plan_changes(desired, _with_problems(observed, unhealthy), prune=True),
@@ -438,11 +437,19 @@ class Daemon:
                 settings=ExecutorSettings(),
                 on_event=self._on_event,
             )
-            self.monitor.update(desired, await self.driver.observe())
+            after = await self.driver.observe()
+            self._count(after)
+            self.monitor.update(desired, after)
         finally:
             lock.release()
         outcomes = [dataclasses.asdict(o) for o in report.outcomes]
         return (*self._judge(choice, report), plan_doc, outcomes)
+
+    def _count(self, observed: ObservedState) -> None:
+        states: dict[str, int] = {}
+        for workload in observed.workloads:
+            states[workload.status] = states.get(workload.status, 0) + 1
+        self._states = states
 
     def _judge(self, choice: Choice, report: Report) -> tuple[str, str]:
         counts = report.counts()
@@ -551,8 +558,6 @@ class Daemon:
         checked, _ = check_runtime(self.driver, desired)
         return Choice(checked, None, self._good_files, note=why)
 
-    _good_files: tuple[SourceFile, ...] = ()
-
     def _good(self, choice: Choice) -> None:
         """``choice`` ran through: it is the last good revision (kept in the journal, spec
         files included, so a restarted daemon can keep running it whatever the source)."""
@@ -648,18 +653,18 @@ class Daemon:
     def metrics(self) -> Metrics:
         totals = self.journal.reconcile_totals()
         crashes = self.journal.crashes()
-        states: dict[str, int] = {}
         return Metrics(
             reconciles=dict(totals["by_outcome"]),
             reconcile_duration_sum=float(totals["duration_sum"]),
             reconcile_duration_count=int(totals["count"]),
             reconcile_errors=int(totals["by_outcome"].get("error", 0)),
-            workloads=states,
+            workloads=dict(self._states),
             restarts=sum(c.restarts for c in crashes.values()),
             applied_revision=self.applied.revision if self.applied else None,
             applied_at=self.applied_at,
             job_runs=self.journal.run_totals(),
             webhooks_accepted=self._counters["webhooks"],
+            webhooks_rejected=self.api.rejected if self.api else 0,
             started_at=self.started_at,
         )
 
@@ -682,8 +687,6 @@ class Daemon:
 def crash_notes(plan: Plan, journal: Journal, now: float) -> Plan:
     """``plan`` with a note for each of its restarts that belongs to a crash loop
     (for ``zlayer plan`` and ``/v1/plan``: what the daemon's backoff will do)."""
-    from reconciler.plan.model import Note
-
     crashes = journal.crashes()
     notes = [
         Note(str(a.target), crashes[str(a.target)].describe(now))
