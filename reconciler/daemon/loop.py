@@ -249,7 +249,7 @@ class Daemon:
         self._wake.set()
 
     def reload(self) -> None:
-        """SIGHUP: read the config file again (backoff, resync, API secrets)."""
+        """SIGHUP: read the config file again (backoff, resync, journal retention)."""
         try:
             fresh = load_settings()
         except ConfigError as exc:
