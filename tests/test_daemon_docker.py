@@ -45,7 +45,9 @@ def _containers(url: str, deployment: str) -> dict[str, tuple[str, str, str]]:
         labels = item["Labels"]
         if not labels.get("zlayer.replica") or "zlayer.run" in labels:
             continue
-        _, detail = engine_request(url, "GET", f"/containers/{item['Id']}/json")
+        status, detail = engine_request(url, "GET", f"/containers/{item['Id']}/json")
+        if status == 404:
+            continue  # removed between the list and the inspect
         key = f"{labels['zlayer.service']}/{labels['zlayer.replica']}"
         out[key] = (item["Id"], detail["State"]["Status"], detail["State"]["StartedAt"])
     return out
