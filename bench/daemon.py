@@ -11,7 +11,8 @@ Run: tests/with-docker /tmp/dev/bin/python bench/daemon.py [--rounds N] [--idle-
      b. ``zlayer daemon`` told by a signed webhook sent right after the push;
      c. the baseline, run from the same moment: ``git pull && docker-compose up -d
         SERVICE`` in a checkout.
-   Medians of ``--rounds``; ratios a/c and b/c (target <= 1.5).
+   Each round starts once the daemon has settled (applied the last commit, no
+   reconcile running). Medians of ``--rounds``; ratios a/c and b/c (target <= 1.5).
 2. Idle: the daemon on the process runtime with 20 workloads (``sleep``), left alone
    for ``--idle-seconds`` (default 300): its CPU time over that window as a percentage
    of one core (target <= 0.5%) and its RSS at the end (target <= 100 MB).
@@ -208,6 +209,19 @@ def webhook(port: int, delivery: str) -> None:
         raise SystemExit(f"webhook answered {status}")
 
 
+def settled(daemon: Daemon, work: Path) -> None:
+    """Until the daemon has applied the last commit and no reconcile runs: each round
+    starts from a settled host, as compose's does (a replace holds its reconcile for
+    the new replica's ``start_grace`` before the next change is taken)."""
+    head = git(work, "rev-parse", "HEAD")
+
+    def idle() -> bool:
+        status = call(daemon.socket, "GET", "/v1/status")[1]
+        return not status["reconciling"] and status["applied"]["revision"] == head
+
+    wait_for(idle, "the daemon to settle", 120)
+
+
 def commit_to_running(work: Path, tmp: Path, image: str, rounds: int) -> dict[str, list[float]]:
     engine = Engine()
     remote = tmp / "remote.git"
@@ -240,6 +254,7 @@ def commit_to_running(work: Path, tmp: Path, image: str, rounds: int) -> dict[st
     results: dict[str, list[float]] = {"polling": [], "webhook": [], "baseline": []}
     try:
         for _ in range(rounds):
+            settled(polling, work)
             version += 1
             wanted = {str(version)}
             started = push("bump")
@@ -261,6 +276,7 @@ def commit_to_running(work: Path, tmp: Path, image: str, rounds: int) -> dict[st
     hooked.ready()
     try:
         for n in range(rounds):
+            settled(hooked, work)
             version += 1
             wanted = {str(version)}
             started = push("bump")

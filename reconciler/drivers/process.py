@@ -57,7 +57,7 @@ from reconciler.settings import DEFAULT_POOL
 LOG_MAX_BYTES = 10 * 1024 * 1024
 LOG_KEEP = 3
 DEFINITION = "definition"
-EXIT_POLL = 0.5
+EXIT_POLL = 1.0
 """Seconds between looks for replicas and runs that ended (:meth:`ProcessDriver.exits`)."""
 
 

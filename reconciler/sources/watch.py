@@ -58,7 +58,7 @@ async def watch_specs(
         watch_filter=relevant,
         debounce=debounce_ms,
         stop_event=stop,
-        rust_timeout=500,
+        rust_timeout=2000,
         yield_on_timeout=False,
         recursive=True,
     ):
