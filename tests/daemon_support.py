@@ -7,8 +7,6 @@ PYTEST_DONT_REWRITE
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -194,16 +192,4 @@ def daemon_host(tmp_path: Path) -> Iterator[Daemon]:
     finally:
         daemon.close()
         kill_recorded(daemon.state)
-        for run_file in daemon.state.glob("process/deployments/*/runs/*/*/run.json"):
-            _kill_run(run_file)
         print(daemon.output()[-4000:])
-
-
-def _kill_run(run_file: Path) -> None:
-    from reconciler.drivers import proc
-
-    run = json.loads(run_file.read_text())
-    pid, start = int(run["pid"]), int(run["start"])
-    if proc.alive(pid, start):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)

@@ -54,10 +54,12 @@ def needs_root(what: str) -> None:
 
 
 def kill_recorded(state_dir: Path) -> list[int]:
-    """SIGKILL every workload and monitor recorded under ``state_dir`` that still is the
+    """SIGKILL every workload, job run and monitor recorded under ``state_dir`` that still is the
     recorded process; returns the pids killed."""
     killed: list[int] = []
-    for run_file in state_dir.glob("process/deployments/*/services/*/*/run.json"):
+    replicas = state_dir.glob("process/deployments/*/services/*/*/run.json")
+    runs = state_dir.glob("process/deployments/*/runs/*/*/run.json")  # of jobs
+    for run_file in [*replicas, *runs]:
         run = json.loads(run_file.read_text())
         for pid_key, start_key in (("pid", "start"), ("monitor_pid", "monitor_start")):
             pid, start = int(run[pid_key]), int(run[start_key])
