@@ -1,5 +1,5 @@
 """The daemon's HTTP layer over real sockets (a unix socket and 127.0.0.1): who may
-change what, webhook authentication, limits, metrics text. A small recording view
+read and change what, webhook authentication, limits, metrics text. A small recording view
 stands in for the daemon here; the real daemon behind it is in test_daemon*.py."""
 
 from __future__ import annotations
@@ -88,19 +88,72 @@ def _tcp(api: ApiServer) -> str:
     return f"http://127.0.0.1:{api.port}"
 
 
-async def test_reads_are_open_and_changes_need_the_token_over_tcp(served: Any) -> None:
-    view, api, config = served
+READS = ("/v1/status", "/v1/observed", "/v1/plan", "/v1/jobs")
+PROBES = ("/healthz", "/readyz", "/metrics")
+
+
+async def test_over_tcp_reads_need_the_token_and_probes_do_not(served: Any) -> None:
+    _, api, _ = served
+    good = {"Authorization": f"Bearer {TOKEN}"}
+    wrong = ("Bearer wrong", f"Bearer {TOKEN}x", TOKEN, f"bearer {TOKEN}", "")
     async with aiohttp.ClientSession() as http:
+        for path in READS:
+            async with http.get(_tcp(api) + path) as r:
+                assert r.status == 401, path
+                assert "bearer token" in (await r.json())["error"]
+                body = await r.text()
+                assert "abc" not in body and "zlayer-observed" not in body and "r1" not in body
+            for header in wrong:
+                async with http.get(_tcp(api) + path, headers={"Authorization": header}) as r:
+                    assert r.status == 401, (path, header)
+            async with http.get(_tcp(api) + path, headers=good) as r:
+                assert r.status == 200, path
+        async with http.get(_tcp(api) + "/v1/status", headers=good) as r:
+            assert (await r.json())["applied"]["revision"] == "abc"
+        async with http.get(_tcp(api) + "/v1/observed", headers=good) as r:
+            assert (await r.json())["format"] == "zlayer-observed"
+        async with http.get(_tcp(api) + "/v1/jobs?limit=5", headers=good) as r:
+            assert await r.json() == [{"id": "r1"}]
+        # other spellings of a guarded path are guarded too, and unknown paths say nothing
+        for path in ("/v1/status/", "//v1/status", "/v1/../v1/status", "/v1/nope"):
+            async with http.get(_tcp(api) + path) as r:
+                assert r.status in (401, 404), path
+                assert "abc" not in await r.text()
         async with http.get(_tcp(api) + "/healthz") as r:
             assert r.status == 200 and (await r.json())["ok"] is True
         async with http.get(_tcp(api) + "/readyz") as r:
             assert r.status == 503 and "no revision" in (await r.json())["reason"]
-        async with http.get(_tcp(api) + "/v1/status") as r:
+        async with http.get(_tcp(api) + "/metrics") as r:
+            assert r.status == 200 and "zlayer_restarts_total 7" in await r.text()
+
+
+async def test_the_unix_socket_needs_no_token(served: Any) -> None:
+    view, _, config = served
+    connector = aiohttp.UnixConnector(path=str(config.socket_path))
+    async with aiohttp.ClientSession(connector=connector) as http:
+        for path in READS + PROBES:
+            async with http.get("http://zlayer" + path) as r:
+                assert r.status == (503 if path == "/readyz" else 200), path
+        async with http.get("http://zlayer/v1/status") as r:
             assert (await r.json())["applied"]["revision"] == "abc"
+        async with http.post("http://zlayer/v1/jobs/d/report/run") as r:
+            assert r.status == 202 and (await r.json())["run"] == "r1"
+        async with http.get("http://zlayer/v1/jobs?limit=5") as r:
+            assert await r.json() == [{"id": "r1"}]
+    assert view.calls == [("run", "d/report")]
+    mode = config.socket_path.stat().st_mode
+    assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o660
+
+
+async def test_changes_need_the_token_over_tcp(served: Any) -> None:
+    view, api, _ = served
+    async with aiohttp.ClientSession() as http:
         async with http.post(_tcp(api) + "/v1/reconcile") as r:
             assert r.status == 401
         bad = {"Authorization": "Bearer wrong"}
         async with http.post(_tcp(api) + "/v1/retry", headers=bad) as r:
+            assert r.status == 401
+        async with http.post(_tcp(api) + "/v1/jobs/d/report/run", headers=bad) as r:
             assert r.status == 401
         good = {"Authorization": f"Bearer {TOKEN}"}
         async with http.post(_tcp(api) + "/v1/reconcile", headers=good) as r:
@@ -108,24 +161,24 @@ async def test_reads_are_open_and_changes_need_the_token_over_tcp(served: Any) -
         async with http.post(_tcp(api) + "/v1/jobs/d/missing/run", headers=good) as r:
             assert r.status == 404
     assert view.calls == [("reconcile", "operator (tcp)")]
-    connector = aiohttp.UnixConnector(path=str(config.socket_path))
-    async with aiohttp.ClientSession(connector=connector) as http:
-        async with http.post("http://zlayer/v1/jobs/d/report/run") as r:
-            assert r.status == 202 and (await r.json())["run"] == "r1"
-        async with http.get("http://zlayer/v1/jobs?limit=5") as r:
-            assert await r.json() == [{"id": "r1"}]
-    assert view.calls[-1] == ("run", "d/report")
-    mode = config.socket_path.stat().st_mode
-    assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o660
 
 
-async def test_without_a_token_tcp_changes_nothing(tmp_path: Path) -> None:
+async def test_without_a_token_tcp_answers_only_the_probes(tmp_path: Path) -> None:
     view = View()
     api = await start_api(view, ApiConfig(socket_path=None, listen=("127.0.0.1", 0)))
     try:
         async with aiohttp.ClientSession() as http:
             async with http.post(_tcp(api) + "/v1/reconcile") as r:
                 assert r.status == 403 and "unix socket" in (await r.json())["error"]
+            for path in READS:
+                for headers in ({}, {"Authorization": "Bearer anything"}):
+                    async with http.get(_tcp(api) + path, headers=headers) as r:
+                        assert r.status == 403, path
+                        error = (await r.json())["error"]
+                        assert "token" in error and "unix socket" in error
+            for path in PROBES:
+                async with http.get(_tcp(api) + path) as r:
+                    assert r.status == (503 if path == "/readyz" else 200), path
             async with http.post(_tcp(api) + "/v1/webhook", data=b"{}") as r:
                 assert r.status == 404  # no secret: no webhook
     finally:

@@ -1,10 +1,12 @@
 """The daemon's HTTP API (aiohttp): on a unix socket, and optionally on a loopback port.
 
-Reading is open on both: ``/healthz``, ``/readyz``, ``/metrics``, ``/v1/status``,
-``/v1/observed``, ``/v1/plan``, ``/v1/jobs``. Changing something (``POST
-/v1/reconcile``, ``/v1/retry``, ``/v1/jobs/DEPLOYMENT/SERVICE/run``) is allowed on
-the unix socket, whose file permissions (0660, in a 0700 directory where zlayer
-creates it) are the access control, and over TCP only with the bearer token.
+On the unix socket everything is allowed: its file permissions (0660, in a 0700
+directory where zlayer creates it) are the access control. Over TCP only the
+probes (``/healthz``, ``/readyz``, ``/metrics``) answer without credentials;
+every other route, reads included (``/v1/status``, ``/v1/observed``,
+``/v1/plan``, ``/v1/jobs``) and changes (``POST /v1/reconcile``, ``/v1/retry``,
+``/v1/jobs/DEPLOYMENT/SERVICE/run``), needs ``Authorization: Bearer TOKEN``,
+compared in constant time; without a configured token TCP refuses them (403).
 ``POST /v1/webhook`` is authenticated by its HMAC instead (GitHub's
 ``X-Hub-Signature-256``); a valid new delivery makes the daemon fetch its source.
 """
@@ -27,12 +29,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from reconciler.daemon.metrics import Metrics, render_metrics
 from reconciler.errors import ZlayerError
 
 MAX_BODY = 1024 * 1024
 DELIVERIES_KEPT = 4096
+# Over TCP, the routes that answer without the bearer token: the probes, and the
+# webhook (its body's HMAC is its authentication).
+OPEN_OVER_TCP = frozenset({"/healthz", "/readyz", "/metrics", "/v1/webhook"})
 
 
 class DaemonView(Protocol):
@@ -113,14 +119,25 @@ class _Handlers:
             web.post("/v1/webhook", self.webhook),
         ]
 
-    def _allowed(self, request: web.Request) -> web.Response | None:
-        """None when a mutating request may go on; the refusal otherwise."""
+    @web.middleware
+    async def authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Over TCP, every route but the probes and the webhook needs the bearer token."""
+        if (refusal := self._refusal(request)) is not None:
+            return refusal
+        return await handler(request)
+
+    def _refusal(self, request: web.Request) -> web.Response | None:
+        """None when the request may go on; the refusal otherwise."""
         if self.transport == "unix":
+            return None
+        resource = request.match_info.route.resource
+        if resource is not None and resource.canonical in OPEN_OVER_TCP:
             return None
         if self.config.token is None:
             return _error(
                 403,
-                "no token configured: mutating requests are only accepted on the unix socket",
+                "no token configured: over TCP only /healthz, /readyz and /metrics answer;"
+                " configure daemon.token_file or use the unix socket",
             )
         given = request.headers.get("Authorization", "")
         expected = f"Bearer {self.config.token}"
@@ -159,19 +176,13 @@ class _Handlers:
         return _json(self.view.jobs(max(1, min(limit, 1000))))
 
     async def reconcile(self, request: web.Request) -> web.Response:
-        if (refusal := self._allowed(request)) is not None:
-            return refusal
         self.view.request_reconcile(f"operator ({self.transport})")
         return _json({"accepted": True}, 202)
 
     async def retry(self, request: web.Request) -> web.Response:
-        if (refusal := self._allowed(request)) is not None:
-            return refusal
         return _json(self.view.retry())
 
     async def run_job(self, request: web.Request) -> web.Response:
-        if (refusal := self._allowed(request)) is not None:
-            return refusal
         deployment, service = request.match_info["deployment"], request.match_info["service"]
         try:
             result = await self.view.run_job(deployment, service, f"api ({self.transport})")
@@ -295,7 +306,7 @@ async def _runner(
     view: DaemonView, config: ApiConfig, transport: str
 ) -> tuple[web.AppRunner, _Handlers]:
     handler = _Handlers(view, config, transport)
-    app = web.Application(client_max_size=config.max_body)
+    app = web.Application(client_max_size=config.max_body, middlewares=[handler.authenticate])
     app.add_routes(handler.routes())
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
