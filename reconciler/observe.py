@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from reconciler.desired import (
     CompileInputs,
@@ -27,6 +28,7 @@ from reconciler.probes import init_step_problem
 from reconciler.settings import Settings, default_state_dir
 from reconciler.spec.load import LoadedSpec, load_sources
 from reconciler.spec.problems import Problem, format_path
+from reconciler.spec.yamldoc import format_bytes
 
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 
@@ -199,19 +201,79 @@ def observe_checked(
     return asyncio.run(observe())
 
 
+MAX_SNAPSHOT_BYTES = 64 * 1024 * 1024
+"""Largest snapshot read (64 MiB; ``$ZLAYER_MAX_SNAPSHOT_MIB`` sets another limit).
+A replica takes about 0.5 KiB of a snapshot, so this is over 100,000 replicas; a
+larger file is refused before it is read (parsing 111 MB took 77 s and 1.6 GB)."""
+
+SNAPSHOT_LIMIT_ENV = "ZLAYER_MAX_SNAPSHOT_MIB"
+
+
+def snapshot_limit() -> int:
+    """The snapshot size limit in bytes: ``$ZLAYER_MAX_SNAPSHOT_MIB`` MiB, else
+    :data:`MAX_SNAPSHOT_BYTES`."""
+    raw = os.environ.get(SNAPSHOT_LIMIT_ENV, "").strip()
+    if not raw:
+        return MAX_SNAPSHOT_BYTES
+    if not raw.isdigit() or int(raw) == 0:
+        raise SnapshotError(f"${SNAPSHOT_LIMIT_ENV} is {raw!r}; give a whole number of MiB")
+    return int(raw) * 1024 * 1024
+
+
 def read_snapshot(path: str | Path) -> ObservedState:
+    """Read and check a snapshot file; raises :class:`SnapshotError` naming the file and
+    what is wrong: unreadable, larger than :func:`snapshot_limit` (never read past it),
+    not the documented format, or a recorded config of the wrong shape."""
+    limit = snapshot_limit()
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as handle:
+            data = handle.read(limit + 1)
     except OSError as exc:
         raise SnapshotError(f"{path}: cannot read snapshot: {exc.strerror or exc}") from exc
-    return load_snapshot(data, str(path))
+    if len(data) > limit:
+        raise SnapshotError(
+            f"{path}: snapshot is larger than {format_bytes(limit)}; refusing to read it "
+            f"(${SNAPSHOT_LIMIT_ENV} sets another limit)"
+        )
+    state = load_snapshot(data, str(path))
+    for fingerprint_, config in state.configs.items():
+        problem = _config_problem(config)
+        if problem is not None:
+            raise SnapshotError(
+                f"{path}: not a valid zlayer-observed snapshot: configs.{fingerprint_}.{problem}"
+            )
+    return state
+
+
+def _config_problem(config: Mapping[str, Any]) -> str | None:
+    """What is wrong with the shape of a recorded config, as ``field: problem``; None
+    when the fields the planner reads have the shapes compiling gives them."""
+    for key in ("image", "rtype", "schedule", "network_mode"):
+        if key in config and not isinstance(config[key], str):
+            return f"{key}: must be a string"
+    env = config.get("env", {})
+    if not isinstance(env, dict):
+        return "env: must be an object of names to values"
+    for name, value in env.items():
+        if not isinstance(value, str | dict):
+            return f"env.{name}: must be a string or an object (a secret's placeholder)"
+    return None
+
+
+def is_null_ref(ref: str) -> bool:
+    """``ref`` is git's all-zero object id (40 or 64 zeros): what GitHub gives as
+    ``event.before`` on a new branch, meaning "nothing before"."""
+    return len(ref) in (40, 64) and ref.strip("0") == ""
 
 
 def observe_ref(
     paths: Sequence[str], ref: str, inputs: CompileInputs
 ) -> tuple[ObservedState | None, str, list[Problem]]:
     """The state of a host running exactly the specs at ``ref``: (state, commit id,
-    problems of those specs). Specs that were invalid at ``ref`` give no state."""
+    problems of those specs). Specs that were invalid at ``ref`` give no state. The
+    all-zero ref (:func:`is_null_ref`) is an empty state: everything plans as new."""
+    if is_null_ref(ref):
+        return ObservedState(runtime=f"git:{ref}"), ref, []
     from reconciler.sources.git import files_at_ref  # gitpython is slow to import
 
     collected, commit = files_at_ref(paths, ref)

@@ -9,14 +9,21 @@ from __future__ import annotations
 
 import os
 import secrets as random
+import stat
 from pathlib import Path
 
-from reconciler.desired import SECRET_NAME_RE
 from reconciler.errors import SourceError
 from reconciler.settings import default_state_dir as settings_default_state_dir
 from reconciler.settings import load_settings
+from reconciler.spec.rules import SECRET_NAME_RE
+from reconciler.spec.yamldoc import format_bytes
 
 KEY_FILE = "secret.key"
+
+MAX_SECRET_BYTES = 64 * 1024
+"""Largest secret file read (64 KiB): keys, passwords and certificates are far
+smaller, and a value this size already strains an environment (Linux allows 128 KiB
+per variable)."""
 
 
 def default_state_dir() -> Path:
@@ -39,16 +46,55 @@ class SecretsDir:
         self.path = path
 
     def __call__(self, name: str) -> str | None:
+        """The secret's value; None when there is no such file. Raises
+        :class:`SourceError` for a file that is no secret: unreadable, not a regular
+        file (a device or FIFO: ``/dev/zero`` never ends, a FIFO may never answer),
+        larger than :data:`MAX_SECRET_BYTES`, not UTF-8 or holding a NUL byte."""
         if not SECRET_NAME_RE.fullmatch(name):
             return None
         path = self.path / name
         try:
-            text = path.read_text(encoding="utf-8")
+            data = _read_small_file(path, MAX_SECRET_BYTES)
         except (FileNotFoundError, NotADirectoryError):
             return None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SourceError(f"secret {name}: cannot read {path}: {exc}") from exc
+        except OSError as exc:
+            raise SourceError(f"secret {name}: cannot read {path}: {exc.strerror or exc}") from exc
+        if data is None:
+            raise SourceError(
+                f"secret {name}: cannot read {path}: not a regular file (a directory, "
+                "device or FIFO)"
+            )
+        if len(data) > MAX_SECRET_BYTES:
+            raise SourceError(
+                f"secret {name}: cannot read {path}: larger than "
+                f"{format_bytes(MAX_SECRET_BYTES)}, too large for a secret"
+            )
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise SourceError(f"secret {name}: cannot read {path}: not UTF-8 text") from exc
+        if "\0" in text:
+            raise SourceError(
+                f"secret {name}: cannot read {path}: it holds a NUL byte, which no process receives"
+            )
         return text.removesuffix("\n")
+
+
+def _read_small_file(path: Path, limit: int) -> bytes | None:
+    """At most ``limit + 1`` bytes of the regular file ``path`` (symlinks followed);
+    None when it is something else. Opened without blocking, so a FIFO cannot hang."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        chunks: list[bytes] = []
+        left = limit + 1
+        while left > 0 and (chunk := os.read(fd, left)):
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def ensure_secret_key(state_dir: Path) -> bytes:

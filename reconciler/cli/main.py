@@ -8,7 +8,10 @@ they exit 1 here instead.
 
 from __future__ import annotations
 
+import errno
 import importlib
+import io
+import os
 import sys
 
 import click
@@ -66,13 +69,55 @@ def cli() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; map click's usage errors to exit status 1."""
+    """Run the CLI; map click's usage errors to exit status 1.
+
+    Output never ends in a traceback: characters the terminal's encoding cannot
+    show are written as ``\\u2192`` escapes (``PYTHONIOENCODING=ascii``, a C
+    locale), and an output that cannot be written (a full disk, ``> /dev/full``,
+    a closed pipe) is one line on stderr and exit status 1.
+    """
+    _tolerant_streams()
     try:
         code = cli.main(args=argv, prog_name="zlayer", standalone_mode=False)
+        sys.stdout.flush()
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(EXIT_ERROR)
     except click.ClickException as exc:
         exc.show()
         sys.exit(EXIT_ERROR)
+    except OSError as exc:
+        if exc.filename is not None or exc.errno not in _OUTPUT_ERRORS:
+            raise
+        _output_failed(exc)
+        sys.exit(EXIT_ERROR)
     sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+_OUTPUT_ERRORS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EPIPE, errno.EBADF}
+)
+"""Errors writing standard output or error: no file name, one of these."""
+
+
+def _tolerant_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
+
+
+def _output_failed(exc: OSError) -> None:
+    """Say once that the output could not be written, then point stdout at /dev/null so
+    that the interpreter's final flush cannot fail again (with a traceback of its own)."""
+    if exc.errno != errno.EPIPE:  # a closed pipe (``| head``) is the reader's choice
+        try:
+            sys.stderr.write(f"Error: cannot write the output: {exc.strerror or exc}\n")
+            sys.stderr.flush()
+        except OSError:
+            pass
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass

@@ -20,6 +20,7 @@ from reconciler.desired import CompileInputs, DesiredState, compile_specs, conte
 from reconciler.errors import ZlayerError
 from reconciler.observe import (
     RUNTIMES,
+    is_null_ref,
     limits_message,
     observe_checked,
     observe_ref,
@@ -114,6 +115,8 @@ def _observe(
                 problems, len({p.file for p in problems}), f"The specs at {ref} are not valid."
             )
             raise AssertionError("unreachable")
+        if is_null_ref(ref):
+            return Observed(found, "nothing (all-zero ref: new branch)")
         return Observed(found, f"git ref {ref} at {commit[:12]}")
     raise AssertionError("checked by _check_sources")
 
@@ -286,5 +289,8 @@ def observe(runtime: str, out: str | None, state_dir: Path | None) -> int:
     if out is None:
         click.echo(text, nl=False)
     else:
-        Path(out).write_text(text, encoding="utf-8")
+        try:
+            Path(out).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise click.ClickException(f"--out {out}: cannot write: {exc.strerror}") from exc
     return 0

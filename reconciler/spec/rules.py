@@ -3,20 +3,28 @@
 Some are ZLayer's own (unknown dependency, duplicate endpoint, cron schedule
 presence, wasm limits); the rest are zlayer's, because breaking them would
 only fail later on a host: dependency cycles and self-dependencies, service
-names that cannot become container names, unknown init actions, and ``$E:``
-references to variables the environment does not set.
+names that cannot become container or host names, replica counts no host runs,
+env keys and values a process cannot receive, secret names that are no file in
+the secrets directory, unknown init actions, and ``$E:`` references to
+variables the environment does not set.
 """
 
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from reconciler.errors import ScheduleError
 from reconciler.graph import find_cycle
 from reconciler.schedule import parse_cron
-from reconciler.spec.blocks import BUILTIN_INIT_ACTIONS, WasmCapabilities
+from reconciler.spec.blocks import (
+    BUILTIN_INIT_ACTIONS,
+    AdaptiveScale,
+    FixedScale,
+    WasmCapabilities,
+)
 from reconciler.spec.models import WASM_SERVICE_TYPES, ServiceSpec
 from reconciler.spec.problems import Path
 
@@ -25,6 +33,40 @@ Finding = tuple[Path, str, str | None]
 
 CONTAINER_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
 ENV_REF_RE = re.compile(r"\$E:(?P<name>.*)", re.DOTALL)
+SECRET_REF_RE = re.compile(r"\$(?:S:|secret://)(?P<name>.*)", re.DOTALL)
+"""``$S:NAME`` and ``$secret://NAME``: the value of the secret NAME."""
+SECRET_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
+"""A secret is the file NAME in the secrets directory: one path component, no
+``..``, no hidden file, at most 255 bytes (a file name's limit)."""
+ENV_KEY_RE = re.compile(r"[^=\s\x00-\x1f\x7f-\x9f]+")
+"""What a process can receive as an env key: not empty, no ``=`` (the separator in
+``KEY=VALUE``), no whitespace, no NUL or other control characters. ZLayer itself
+checks nothing; ``1`` or ``a.b`` are accepted, as execve and Docker accept them."""
+SHELL_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+MAX_REPLICAS = 1000
+"""Most replicas of one service (``fixed.replicas``, ``adaptive.min`` and ``max``).
+Each replica is a process or container on one host; 1000 is far above what one host
+runs, and far below what makes planning run out of memory (``100000000``)."""
+
+HOST_NAME_MAX = 64
+"""Linux's limit for a host name (``sethostname``), in bytes."""
+MAX_SERVICE_NAME = HOST_NAME_MAX - len(f"-{MAX_REPLICAS}")
+"""Longest service name (59 bytes): the process runtime names each replica's host
+``<service>-<replica>``, which must fit :data:`HOST_NAME_MAX` at replica
+:data:`MAX_REPLICAS`. Its other names (network namespace
+``zlayer-<deployment>-<service>-<replica>``, cgroup, state directory) fit then too."""
+
+
+def export_hint(name: str, when: str) -> str:
+    """How to set the environment variable ``name``, as shell that is valid and safe to
+    paste whatever the name holds: ``export NAME=value`` ``when`` for a name ``export``
+    can set, else ``env 'NA-ME=value'`` in front of the command (quoted)."""
+    if SHELL_NAME_RE.fullmatch(name):
+        return f"export {name}=value {when}"
+    setting = shlex.quote(f"{name}=value")
+    return f"export cannot set this name; run zlayer as: env {setting} zlayer …"
+
 
 # Capabilities each wasm service type may enable (ZLayer's per-type defaults).
 _WASM_ALLOWED: dict[str, frozenset[str]] = {
@@ -83,6 +125,59 @@ def _name(scope: Scope, name: str, service: ServiceSpec, base: Path) -> Iterator
             f"service name {name!r} cannot become a container name ({scope.deployment}-{name}-1)",
             "use ASCII letters, digits, '_', '.' or '-', starting with a letter or digit",
         )
+    elif len(name) > MAX_SERVICE_NAME:
+        yield (
+            base,
+            f"service name is {len(name)} characters long; at most {MAX_SERVICE_NAME} fit "
+            f"a replica's host name ({name[:12]}…-{MAX_REPLICAS}, at most {HOST_NAME_MAX} bytes)",
+            "choose a shorter name",
+        )
+
+
+def _replicas(scope: Scope, name: str, service: ServiceSpec, base: Path) -> Iterator[Finding]:
+    scale = service.scale
+    counts: list[tuple[str, int]] = []
+    if isinstance(scale, FixedScale):
+        counts = [("replicas", scale.replicas)]
+    elif isinstance(scale, AdaptiveScale):
+        counts = [("min", scale.min), ("max", scale.max)]
+    for key, count in counts:
+        if count > MAX_REPLICAS:
+            yield (
+                (*base, "scale", key),
+                f"scale.{key} is {count}; a service runs at most {MAX_REPLICAS} replicas",
+                None,
+            )
+
+
+def _env(scope: Scope, name: str, service: ServiceSpec, base: Path) -> Iterator[Finding]:
+    yield from env_findings(service.env, (*base, "env"))
+    for i, group in enumerate(service.replica_groups or ()):
+        yield from env_findings(group.env, (*base, "replica_groups", i, "env"))
+
+
+def env_findings(env: Mapping[str, str], base: Path) -> Iterator[Finding]:
+    """Env keys and values a process cannot receive, and secret references that name
+    no file of the secrets directory."""
+    for key, value in env.items():
+        path = (*base, key)
+        if not ENV_KEY_RE.fullmatch(key):
+            yield (
+                path,
+                f"env key {key!r} cannot be passed to a process",
+                "env keys are not empty and hold no '=', whitespace or control characters",
+            )
+        if "\0" in value:
+            yield path, f"the value of env {key} holds a NUL byte, which no process receives", None
+        elif match := SECRET_REF_RE.fullmatch(value):
+            secret = match["name"]
+            if not SECRET_NAME_RE.fullmatch(secret):
+                yield (
+                    path,
+                    f"secret name {secret!r} is not valid",
+                    "a secret is the file NAME in the secrets directory: 1-255 ASCII letters, "
+                    "digits, '_', '.' or '-', starting with a letter or digit",
+                )
 
 
 def _depends(scope: Scope, name: str, service: ServiceSpec, base: Path) -> Iterator[Finding]:
@@ -168,7 +263,7 @@ def _env_refs(service: ServiceSpec, base: Path, env: Mapping[str, str]) -> Itera
             yield (
                 (*base, "env", key),
                 f"$E:{match['name']} is not set in the environment",
-                f"export {match['name']}=... before running, or drop --check-env",
+                export_hint(match["name"], "before running") + ", or drop --check-env",
             )
 
 
@@ -188,6 +283,8 @@ def _cycles(services: Mapping[str, ServiceSpec]) -> Iterator[Finding]:
 
 _SERVICE_CHECKS: tuple[ServiceCheck, ...] = (
     _name,
+    _replicas,
+    _env,
     _depends,
     _endpoints,
     _schedule,

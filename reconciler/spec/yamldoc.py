@@ -11,9 +11,11 @@ Parsing runs on libyaml's C parser (``ruamel.yaml.clib``), but values are
 built here from the *event stream* with an explicit stack instead of the
 recursive composer. That keeps hostile input cheap and bounded: nesting depth
 is checked as events arrive (libyaml is lazy, so a megabyte of ``[`` costs
-nothing), and aliases are counted by the size of what they expand to, so an
-alias bomb is refused without ever being expanded. Shared (aliased) values are
-the same Python objects, never copies.
+nothing), and aliases are counted by the size of what they expand to, in
+nodes and in bytes of scalar text, so an alias bomb (many small values, or one
+large string aliased many times) is refused at the alias that crosses a limit,
+without ever being expanded. Shared (aliased) values are the same Python
+objects, never copies.
 """
 
 from __future__ import annotations
@@ -35,6 +37,12 @@ MAX_DEPTH = 64
 
 MAX_NODES = 250_000
 """Most nodes a document may expand to, aliases counted at their full size."""
+
+MAX_EXPANDED_BYTES = 4 * 1024 * 1024
+"""Most bytes of scalar text (UTF-8, keys included) a document may expand to, aliases
+counted at the size of what they refer to: 4 MiB. A file holds at most 1 MiB, so only
+aliases can reach it; without this bound a 180 KB file aliasing a 100 KB string
+20,000 times expands to 2 GB when anything walks or copies the values."""
 
 CORE_TAG = "tag:yaml.org,2002:"
 
@@ -132,6 +140,15 @@ def resolve_plain(text: str) -> Plain | str:
     return text
 
 
+def format_bytes(size: int) -> str:
+    """``1 MiB``, ``64 KiB``, ``1.5 MiB``, ``300 bytes``: one way to say sizes everywhere."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale:
+            value = size / scale
+            return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
+    return f"{size} bytes"
+
+
 def _mark(event: Any) -> Mark:
     return _to_mark(event.start_mark)
 
@@ -144,6 +161,7 @@ class _Frame:
     anchor: str | None
     tag: str | None
     start: int
+    start_bytes: int
     key: str | None = None
     skip_value: bool = False
 
@@ -156,18 +174,28 @@ class _Builder:
         self.positions = positions
         self.doc = Document(None)
         self.stack: list[_Frame] = []
-        self.anchors: dict[str, tuple[Any, int]] = {}
+        self.anchors: dict[str, tuple[Any, int, int]] = {}
+        """anchor → (value, nodes, bytes of scalar text) of what it refers to"""
         self.expanded = 0
+        self.bytes = 0
         self.documents = 0
         self.done = False
 
-    def count(self, n: int, raw_mark: Any) -> None:
+    def count(self, n: int, raw_mark: Any, size: int = 0, alias: str | None = None) -> None:
         self.expanded += n
+        self.bytes += size
         if self.expanded > MAX_NODES:
             raise YamlFatal(
                 _to_mark(raw_mark),
                 f"document expands to more than {MAX_NODES} nodes "
                 "(aliases counted at full size); refusing to load it",
+            )
+        if self.bytes > MAX_EXPANDED_BYTES:
+            what = "scalar text" if alias is None else f"scalar text at alias *{alias}"
+            raise YamlFatal(
+                _to_mark(raw_mark),
+                f"document expands to more than {format_bytes(MAX_EXPANDED_BYTES)} of {what} "
+                f"(aliases counted at the size of what they refer to); refusing to load it",
             )
 
     def attach(self, value: Any, raw_mark: Any) -> None:
@@ -240,7 +268,9 @@ class _Builder:
         if tag is not None and (tag == "!" or tag.startswith(CORE_TAG)):
             tag = None
         container: Any = {} if type(event) is ev.MappingStartEvent else []
-        stack.append(_Frame(container, path, raw_mark, event.anchor, tag, self.expanded - 1))
+        stack.append(
+            _Frame(container, path, raw_mark, event.anchor, tag, self.expanded - 1, self.bytes)
+        )
 
     def end(self, event: Any) -> None:
         frame = self.stack.pop()
@@ -248,7 +278,11 @@ class _Builder:
         if frame.tag is not None:
             value = Tagged(frame.tag, value)
         if frame.anchor is not None:
-            self.anchors[frame.anchor] = (value, self.expanded - frame.start)
+            self.anchors[frame.anchor] = (
+                value,
+                self.expanded - frame.start,
+                self.bytes - frame.start_bytes,
+            )
         self.attach(value, frame.mark)
 
     def scalar(self, event: Any) -> None:
@@ -256,16 +290,18 @@ class _Builder:
         number 5 for a number field and ``!!int "5"`` still a string. Application tags
         (``!pin``) are kept for the fields that give them meaning."""
         raw_mark = event.start_mark
+        text = event.value
+        size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
         self.expanded += 1
-        if self.expanded > MAX_NODES:
+        self.bytes += size
+        if self.expanded > MAX_NODES or self.bytes > MAX_EXPANDED_BYTES:
             self.count(0, raw_mark)
         tag = event.tag
-        text = event.value
         value: Any = resolve_plain(text) if not event.style else text
         if tag is not None and tag != "!" and not tag.startswith(CORE_TAG):
             value = Tagged(tag, value)
         if event.anchor is not None:
-            self.anchors[event.anchor] = (value, 1)
+            self.anchors[event.anchor] = (value, 1, size)
         self.attach(value, raw_mark)
 
     def alias(self, event: Any) -> None:
@@ -274,8 +310,8 @@ class _Builder:
             raise YamlFatal(
                 _to_mark(raw_mark), f"alias *{event.anchor} refers to an unknown anchor"
             )
-        value, size = self.anchors[event.anchor]
-        self.count(size, raw_mark)
+        value, nodes, size = self.anchors[event.anchor]
+        self.count(nodes, raw_mark, size, event.anchor)
         self.attach(value, raw_mark)
 
     def document_start(self, event: Any) -> None:
