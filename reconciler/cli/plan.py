@@ -48,7 +48,7 @@ class Observed:
 def fail_with(problems: list[Problem] | tuple[Problem, ...], files: int, heading: str) -> None:
     console = Console(file=sys.stderr)
     console.print(heading, highlight=False, soft_wrap=True)
-    problems_text(console, problems, files)
+    problems_text(console, problems, max(files, len({p.file for p in problems})))
     raise SystemExit(1)
 
 

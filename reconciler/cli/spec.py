@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 
 from reconciler.cli.render import problems_text
-from reconciler.cli.validate import load_paths
+from reconciler.cli.validate import files_checked, load_paths
 from reconciler.spec.dump import dump_json, dump_yaml
 from reconciler.spec.models import DeploymentSpec
 
@@ -43,7 +43,9 @@ def dump(path: str, fmt: str) -> int:
     """
     result, files = load_paths((path,))
     if result.problems:
-        problems_text(Console(file=sys.stderr), result.problems, len(files))
+        problems_text(
+            Console(file=sys.stderr), result.problems, files_checked(files, result.problems)
+        )
         return 1
     for i, loaded in enumerate(result.specs):
         if fmt == "json":

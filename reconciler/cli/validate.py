@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 
 import click
 from rich.console import Console
@@ -11,6 +12,7 @@ from rich.console import Console
 from reconciler.cli.render import problems_github, problems_json, problems_text
 from reconciler.sources.files import collect
 from reconciler.spec.load import LoadResult, SourceFile, load_sources
+from reconciler.spec.problems import Problem
 
 DEFAULT_PATH = "specs"
 
@@ -24,6 +26,12 @@ def load_paths(
     result = load_sources(collected.files, env=dict(os.environ) if check_env else None)
     problems = collected.problems + result.problems
     return LoadResult(result.specs, problems), collected.files
+
+
+def files_checked(files: Sequence[SourceFile], problems: Sequence[Problem]) -> int:
+    """How many files a summary speaks of: those read, and those that could not be
+    (a missing path is one file with a problem, not "1 problem in 0 files")."""
+    return len({f.name for f in files} | {p.file for p in problems})
 
 
 @click.command(
@@ -77,5 +85,7 @@ def validate(paths: tuple[str, ...], fmt: str, check_env: bool, runtime: str | N
         if result.problems:
             click.echo(problems_github(result.problems))
     else:
-        problems_text(Console(file=sys.stdout), result.problems, len(files))
+        problems_text(
+            Console(file=sys.stdout), result.problems, files_checked(files, result.problems)
+        )
     return 1 if result.problems else 0

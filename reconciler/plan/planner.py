@@ -20,7 +20,7 @@ from typing import Any
 from reconciler.desired import DesiredService, DesiredState
 from reconciler.errors import PlanError
 from reconciler.fingerprint import fingerprint
-from reconciler.observed import Network, ObservedState, Workload, WorkloadId
+from reconciler.observed import NETWORK, Network, ObservedState, Workload, WorkloadId
 from reconciler.plan.diff import describe, explain
 from reconciler.plan.model import (
     KINDS,
@@ -334,7 +334,10 @@ def _select(
         deployment, slash, name = target.rpartition("/")
         matches = {k for k in known if k[1] == name and (not slash or k[0] == deployment)}
         if not matches:
-            raise PlanError(f"--target {target}: no such service in the specs or the runtime")
+            raise PlanError(
+                f"--target {target}: no such service in the specs or the runtime; "
+                f"known: {_listing(known)}"
+            )
         chosen |= matches
     pending = list(chosen)
     while pending:
@@ -347,6 +350,15 @@ def _select(
                 chosen.add(key)
                 pending.append(key)
     return chosen
+
+
+def _listing(known: Iterable[ServiceKey], most: int = 20) -> str:
+    """``demo/db, demo/web`` (sorted; the first ``most``, then how many more)."""
+    names = sorted(f"{d}/{s}" for d, s in known if s != NETWORK)
+    if not names:
+        return "none"
+    more = f", and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(names[:most]) + more
 
 
 def _target_note(targets: Sequence[str], selected: set[ServiceKey]) -> Note:

@@ -23,7 +23,7 @@ import git
 
 from reconciler.errors import SourceError, SourceUnreachable
 from reconciler.sources.files import SPEC_SUFFIXES, Collected
-from reconciler.spec.load import MAX_FILE_BYTES, SourceFile
+from reconciler.spec.load import MAX_FILE_BYTES, SourceFile, too_large
 from reconciler.spec.problems import Problem
 
 _SYMLINK_MODE = 0o120000
@@ -40,8 +40,9 @@ def files_at_ref(paths: Iterable[str | Path], ref: str) -> tuple[Collected, str]
     repo = _repo(given[0] if given else Path.cwd())
     try:
         commit = repo.commit(ref)
-    except (git.BadName, ValueError, git.GitCommandError) as exc:
-        raise SourceError(f"--against-ref {ref}: no such commit, branch or tag") from exc
+        commit.tree  # noqa: B018 - a shallow clone knows a parent's id, not its contents
+    except (git.BadName, git.BadObject, ValueError, git.GitCommandError) as exc:
+        raise SourceError(_missing_ref(repo, ref)) from exc
     root = Path(repo.working_tree_dir or ".").resolve()
     files: list[SourceFile] = []
     problems: list[Problem] = []
@@ -50,10 +51,29 @@ def files_at_ref(paths: Iterable[str | Path], ref: str) -> tuple[Collected, str]
         for name, blob in _blobs(commit.tree, inside):
             shown = os.path.join(str(path), name) if name else str(path)
             if blob.size > MAX_FILE_BYTES:
-                problems.append(Problem(shown, None, "", f"at {ref}: file is larger than 1 MiB"))
+                problems.append(Problem(shown, None, "", f"at {ref}: {too_large(MAX_FILE_BYTES)}"))
                 continue
             files.append(SourceFile(shown, blob.data_stream.read()))
     return Collected(tuple(files), tuple(problems)), commit.hexsha
+
+
+def _missing_ref(repo: git.Repo, ref: str) -> str:
+    """Why ``ref`` cannot be read, with a hint for the two common cases in CI: an empty
+    repository, and a shallow clone that stops before ``ref``."""
+    if not repo.head.is_valid() and not repo.refs:
+        return (
+            f"--against-ref {ref}: the repository has no commits yet "
+            "(hint: commit the specs first; to plan everything as new, pass the all-zero "
+            "ref 0000000000000000000000000000000000000000)"
+        )
+    if os.path.exists(os.path.join(repo.git_dir, "shallow")):
+        return (
+            f"--against-ref {ref}: no such commit, branch or tag in this shallow clone, "
+            "whose history is cut off "
+            "(hint: fetch the ref or more history, e.g. git fetch --unshallow, or "
+            "actions/checkout with fetch-depth: 0)"
+        )
+    return f"--against-ref {ref}: no such commit, branch or tag"
 
 
 def _repo(start: Path) -> git.Repo:
@@ -165,7 +185,8 @@ class GitTracker:
             urls = list(repo.remote("origin").urls)
             if urls != [self.options.url]:
                 raise ValueError(f"its remote is {urls}, not {self.options.url}")
-            repo.git.rev_parse("--verify", "--quiet", "HEAD^{commit}")
+            if repo.refs:  # an empty repository's clone has no HEAD commit yet
+                repo.git.rev_parse("--verify", "--quiet", "HEAD^{commit}")
             repo.git.fsck("--connectivity-only", "--no-dangling", "--no-progress")
         except (git.GitError, ValueError, OSError) as exc:
             reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
@@ -221,13 +242,18 @@ class GitTracker:
         if options.branch:
             name = f"refs/heads/{options.branch}"
             if not _exists(repo, name):
-                raise SourceError(f"branch {options.branch} does not exist in {options.url}")
+                empty = "" if repo.refs else " (an empty repository: no commits yet)"
+                raise SourceError(f"branch {options.branch} does not exist in {options.url}{empty}")
             return name
         if options.ref:
             for name in (f"refs/tags/{options.ref}", f"refs/heads/{options.ref}", options.ref):
                 if _exists(repo, name):
                     return name
             raise SourceError(f"ref {options.ref} does not exist in {options.url}")
+        if not _exists(repo, "HEAD"):
+            raise SourceError(
+                f"{options.url} has no commits yet (an empty repository); push the specs to it"
+            )
         return "HEAD"
 
     @staticmethod
@@ -348,7 +374,7 @@ class GitTracker:
         for name, blob in _blobs(tree, inside):
             shown = "/".join(p for p in (inside, name) if p)
             if blob.size > MAX_FILE_BYTES:
-                problems.append(Problem(shown, None, "", "file is larger than 1 MiB"))
+                problems.append(Problem(shown, None, "", too_large(MAX_FILE_BYTES)))
                 continue
             files.append(SourceFile(shown, blob.data_stream.read()))
         return Collected(tuple(files), tuple(problems))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import gc
+import shlex
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from reconciler.spec.models import DeploymentSpec, ServiceSpec
 from reconciler.spec.problems import Mark, Path, Problem, ProblemSink, format_path
 from reconciler.spec.rules import check_services
 from reconciler.spec.scalars import source_text
-from reconciler.spec.yamldoc import Document, Plain, Tagged, parse_document
+from reconciler.spec.yamldoc import Document, Plain, Tagged, format_bytes, parse_document
 
 MAX_FILE_BYTES = 1024 * 1024
 """Largest spec file accepted (1 MiB); real specs are a few KiB."""
@@ -192,10 +193,22 @@ def _check_valid_services(doc: Document, sink: ProblemSink, env: Mapping[str, st
 
 def _decode(data: bytes, sink: ProblemSink) -> str | None:
     if len(data) > MAX_FILE_BYTES:
-        sink.add(None, "", f"file is larger than {MAX_FILE_BYTES // 1024} KiB; not a spec")
+        sink.add(None, "", too_large(MAX_FILE_BYTES))
         return None
     if b"\0" in data:
-        sink.add(None, "", "binary file (contains NUL bytes); not a spec")
+        encoding = _wide_encoding(data)
+        if encoding is not None:
+            name, codec = encoding
+            file = shlex.quote(sink.file)
+            sink.add(
+                None,
+                "",
+                f"file is {name} encoded; specs are UTF-8",
+                f"convert it: iconv -f {codec} -t UTF-8 {file} > {file}.utf8 "
+                f"&& mv {file}.utf8 {file}",
+            )
+        else:
+            sink.add(None, "", "binary file (contains NUL bytes); not a spec")
         return None
     try:
         text = data.decode("utf-8")
@@ -207,6 +220,50 @@ def _decode(data: bytes, sink: ProblemSink) -> str | None:
         sink.add(mark, "", f"not valid UTF-8 (byte 0x{data[exc.start]:02x})")
         return None
     return text.removeprefix("\ufeff")
+
+
+def too_large(limit: int) -> str:
+    """The one message for a spec file over the size limit."""
+    return f"file is larger than {format_bytes(limit)}; not a spec"
+
+
+_BOMS = (
+    (b"\xff\xfe\x00\x00", "UTF-32"),
+    (b"\x00\x00\xfe\xff", "UTF-32"),
+    (b"\xff\xfe", "UTF-16"),
+    (b"\xfe\xff", "UTF-16"),
+)
+
+
+def _wide_encoding(data: bytes) -> tuple[str, str] | None:
+    """(``UTF-16`` or ``UTF-32``, the exact codec for iconv) when ``data`` is text in
+    one of them (by its byte order mark, or as mostly ASCII text without one)."""
+    for bom, name in _BOMS:
+        if data.startswith(bom):
+            return name, name
+    candidates = (
+        ("UTF-32LE", "UTF-32"),
+        ("UTF-32BE", "UTF-32"),
+        ("UTF-16LE", "UTF-16"),
+        ("UTF-16BE", "UTF-16"),
+    )
+    for codec, name in candidates:
+        try:
+            text = data.decode(codec)
+        except UnicodeDecodeError:
+            continue
+        if _mostly_text(text):
+            return name, codec
+    return None
+
+
+def _mostly_text(text: str) -> bool:
+    """Printable characters and line breaks, mostly ASCII (as YAML keys are): a spec
+    written in a wide encoding, not binary data that happened to decode."""
+    head = text[:4096].removeprefix("\ufeff")
+    if not head or not all(c.isprintable() or c in "\t\r\n" for c in head):
+        return False
+    return sum(c.isascii() for c in head) * 2 > len(head)
 
 
 # --- pydantic errors → problems --------------------------------------------------------------

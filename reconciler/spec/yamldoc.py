@@ -359,7 +359,17 @@ def parse_document(text: str, sink: ProblemSink, *, positions: bool = True) -> D
         sink.add(_offset_mark(text, exc.position), "", f"invalid character: {exc.reason}")
         return None
     except MarkedYAMLError as exc:
-        sink.add(_yaml_error_mark(exc), "", _yaml_error_message(exc))
+        mark = _yaml_error_mark(exc)
+        if mark is not None and _tab_at(text, mark):
+            sink.add(
+                mark,
+                "",
+                "invalid YAML: a tab character where YAML expects indentation; "
+                "YAML indents with spaces only",
+                "replace the tab with spaces",
+            )
+        else:
+            sink.add(mark, "", _yaml_error_message(exc))
         return None
     except YAMLError as exc:
         sink.add(None, "", f"invalid YAML: {exc}")
@@ -373,6 +383,16 @@ def parse_document(text: str, sink: ProblemSink, *, positions: bool = True) -> D
 def _yaml_error_mark(exc: MarkedYAMLError) -> Mark | None:
     mark = exc.problem_mark or exc.context_mark
     return None if mark is None else Mark(mark.line + 1, mark.column + 1)
+
+
+def _tab_at(text: str, mark: Mark) -> bool:
+    """The character at ``mark`` is a tab (libyaml only says it cannot start a token)."""
+    start = 0
+    for _ in range(mark.line - 1):
+        start = text.find("\n", start) + 1
+        if start == 0:
+            return False
+    return text[start + mark.col - 1 : start + mark.col] == "\t"
 
 
 def _yaml_error_message(exc: MarkedYAMLError) -> str:
