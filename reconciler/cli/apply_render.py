@@ -1,4 +1,7 @@
-"""Apply progress: one line per event for people (rich), one JSON object per line for tools."""
+"""Apply progress: one line per event for people (rich), one JSON object per line for tools.
+
+Actions and messages come from the specs and the runtime: in text they go through
+:func:`reconciler.cli.escape.markup` (controls visible, no rich markup)."""
 
 from __future__ import annotations
 
@@ -6,8 +9,8 @@ import json
 from dataclasses import asdict
 
 from rich.console import Console
-from rich.markup import escape
 
+from reconciler.cli.escape import markup
 from reconciler.executor import Event, Report
 
 STYLES = {
@@ -31,8 +34,9 @@ class EventPrinter:
     def __call__(self, event: Event) -> None:
         mark, style = STYLES[event.kind]
         self.console.print(
-            f"[dim]{event.elapsed:6.1f}s[/] [{style}]{mark} {escape(event.action)}[/]"
-            f"  {escape(event.message)}"
+            f"[dim]{event.elapsed:6.1f}s[/] [{style}]{mark} {markup(event.action)}[/]"
+            f"  {markup(event.message)}",
+            emoji=False,
         )
 
 
@@ -45,11 +49,19 @@ def render_report(console: Console, report: Report) -> None:
     parts = [f"{n} {status.replace('_', ' ')}" for status, n in counts.items() if n]
     style = "green" if report.ok else "red"
     verdict = "Apply complete" if report.ok else "Apply incomplete"
-    console.print(f"\n[bold {style}]{verdict}:[/] {', '.join(parts)} in {report.elapsed:.1f}s")
+    console.print(
+        f"\n[bold {style}]{verdict}:[/] {', '.join(parts)} in {report.elapsed:.1f}s", emoji=False
+    )
     for outcome in report.outcomes:
         if outcome.status != "succeeded":
             console.print(
-                f"  [{style}]{outcome.action}[/]: {outcome.status}: {escape(outcome.message)}"
+                f"  [{style}]{markup(outcome.action, line_start=True)}[/]: "
+                f"{markup(outcome.status)}: {markup(outcome.message)}",
+                emoji=False,
             )
         for warning in outcome.warnings:
-            console.print(f"  [yellow]{outcome.action}[/]: warning: {escape(warning)}")
+            console.print(
+                f"  [yellow]{markup(outcome.action, line_start=True)}[/]: warning: "
+                f"{markup(warning)}",
+                emoji=False,
+            )

@@ -4,6 +4,10 @@
 Everything is checked before the daemon touches the host: the config file, the
 source's options (a git source's branch/ref, trusted keys), the API's listen
 address, the runtime.
+
+What the journal, the daemon or the runtime says is printed through
+:mod:`reconciler.cli.escape` (controls visible, no rich markup); the output of a
+job run is the job's own and is passed through as it is.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from reconciler.cli.escape import markup, visible, visible_line
 from reconciler.cli.runtime import RUNTIME_OPTION, STATE_DIR_OPTION, pick_runtime, settings_for
 from reconciler.daemon.client import NoDaemon, call
 from reconciler.daemon.journal import Journal
@@ -45,8 +50,10 @@ def _journal(settings: Settings) -> Journal:
     state = _state_dir(settings)
     if not Journal.exists(state):
         raise click.ClickException(
-            f"no journal in {state}: no daemon (or `zlayer job run`) has run with this state"
-            " directory"
+            visible(
+                f"no journal in {state}: no daemon (or `zlayer job run`) has run with this"
+                " state directory"
+            )
         )
     return Journal.in_state_dir(state)
 
@@ -119,7 +126,7 @@ def daemon(ctx: click.Context, /, config: Path | None, once: bool, runtime: str 
     try:
         source = _source(daemon_settings, state)
     except ZlayerError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(visible(str(exc))) from exc
     name = pick_runtime(runtime, settings)
     logging.basicConfig(
         level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
@@ -129,7 +136,7 @@ def daemon(ctx: click.Context, /, config: Path | None, once: bool, runtime: str 
         runner = Daemon(settings, name, source, state_dir=state, once=once)
         code = asyncio.run(runner.run())
     except (ZlayerError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(visible(str(exc))) from exc
     return code
 
 
@@ -201,12 +208,18 @@ def retry(state_dir: Path | None) -> int:
                    "held replica(s) released in the journal.")  # fmt: skip
         return 0
     if status >= 300:
-        raise click.ClickException(f"the daemon answered {status}: {body.get('error', body)}")
+        raise click.ClickException(visible(f"the daemon answered {status}: {_error(body)}"))
     click.echo(
-        f"{body.get('cleared_bad_revisions', 0)} bad revision mark(s) cleared, "
-        f"{len(body.get('released', []))} held replica(s) released; reconciling."
+        visible(
+            f"{body.get('cleared_bad_revisions', 0)} bad revision mark(s) cleared, "
+            f"{len(body.get('released', []))} held replica(s) released; reconciling."
+        )
     )
     return 0
+
+
+def _error(body: dict[str, Any]) -> str:
+    return str(body.get("error", body))
 
 
 # --- zlayer job --------------------------------------------------------------------------
@@ -239,9 +252,9 @@ def job_run(
     except NoDaemon:
         return _run_directly(settings, runtime, deployment, service, paths)
     if status >= 300:
-        raise click.ClickException(f"the daemon answered {status}: {body.get('error', body)}")
-    click.echo(f"Run {body['run']} of {target}: {body['status']} (through the daemon).")
-    click.echo(f"See it with: zlayer job logs {body['run']}")
+        raise click.ClickException(visible(f"the daemon answered {status}: {_error(body)}"))
+    click.echo(visible(f"Run {body['run']} of {target}: {body['status']} (through the daemon)."))
+    click.echo(visible(f"See it with: zlayer job logs {body['run']}"))
     return 0 if body["status"] != "failed" else 1
 
 
@@ -264,9 +277,9 @@ def _run_directly(
     desired = compile_paths(paths, inputs, verb="run")
     found = desired.services.get((deployment, service))
     if found is None:
-        raise click.ClickException(f"{deployment}/{service}: no such service in the specs")
+        raise click.ClickException(visible(f"{deployment}/{service}: no such service in the specs"))
     if found.rtype not in ("job", "cron"):
-        raise click.ClickException(f"{deployment}/{service} is a {found.rtype}, not a job")
+        raise click.ClickException(visible(f"{deployment}/{service} is a {found.rtype}, not a job"))
     name = pick_runtime(runtime, settings)
 
     async def go() -> int:
@@ -275,7 +288,7 @@ def _run_directly(
             async with open_runtime(name, settings) as driver:
                 runs = Runs(driver, journal, inputs)
                 run, started = await runs.start(desired, found, "zlayer job run")
-                click.echo(f"Run {run} of {deployment}/{service}: {started}.", err=True)
+                click.echo(visible(f"Run {run} of {deployment}/{service}: {started}."), err=True)
                 while runs.active:
                     await asyncio.sleep(0.3)
                     await runs.poll()
@@ -293,13 +306,13 @@ def _run_directly(
     try:
         return asyncio.run(go())
     except ZlayerError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(visible(str(exc))) from exc
 
 
 def _run_line(record: Any) -> str:
     code = "" if record.exit_code is None else f" (exit status {record.exit_code})"
     note = f": {record.note}" if record.note else ""
-    return f"Run {record.id} {record.status}{code}{note}"
+    return visible_line(f"Run {record.id} {record.status}{code}{note}")
 
 
 @job.command("ls")
@@ -319,12 +332,13 @@ def job_ls(limit: int, fmt: str, state_dir: Path | None) -> int:
         table.add_column(column)
     for r in rows:
         item = r.as_json()
-        table.add_row(
+        cells = (
             r.id, f"{r.deployment}/{r.service}", r.status,
             "-" if r.exit_code is None else str(r.exit_code), item["started"] or "-",
             r.trigger, r.note,
         )  # fmt: skip
-    Console(highlight=False, soft_wrap=True).print(table if rows else "No runs recorded.")
+        table.add_row(*_cells(cells))
+    _console().print(table if rows else "No runs recorded.")
     return 0
 
 
@@ -339,7 +353,7 @@ def job_logs(run: str, runtime: str | None, state_dir: Path | None) -> int:
     record = journal.run(run)
     journal.close()
     if record is None:
-        raise click.ClickException(f"no run {run} in the journal (see `zlayer job ls`)")
+        raise click.ClickException(visible(f"no run {run} in the journal (see `zlayer job ls`)"))
     if record.status != "running":
         if record.log_tail:
             click.echo(record.log_tail)
@@ -358,6 +372,21 @@ def job_logs(run: str, runtime: str | None, state_dir: Path | None) -> int:
 
     asyncio.run(follow())
     return 0
+
+
+def _console() -> Console:
+    """For tables of journal values: no emoji codes, no highlighting; not on a terminal
+    (a pipe, a CI log), rows never wrap, so no part of a value starts a line."""
+    console = Console(highlight=False, soft_wrap=True, emoji=False)
+    if not console.is_terminal:
+        console.width = 100_000
+    return console
+
+
+def _cells(cells: tuple[str, ...]) -> list[str]:
+    """A table row's values as rich markup: controls visible, brackets literal; the
+    first starts the line, so it cannot be a workflow command either."""
+    return [markup(cell, line_start=i == 0) for i, cell in enumerate(cells)]
 
 
 # --- zlayer history / events ----------------------------------------------------------
@@ -384,11 +413,12 @@ def history(limit: int, fmt: str, state_dir: Path | None) -> int:
         table.add_column(column)
     for r in rows:
         took = "-" if r["duration"] is None else f"{r['duration']:.2f}s"
-        table.add_row(
+        cells = (
             str(r["id"]), _when(r["started"]), took, (r["revision"] or "-")[:19],
             r["outcome"], r["trigger"][:60], r["summary"][:120],
         )  # fmt: skip
-    Console(highlight=False, soft_wrap=True).print(table if rows else "No reconciles recorded.")
+        table.add_row(*_cells(cells))
+    _console().print(table if rows else "No reconciles recorded.")
     return 0
 
 
@@ -409,7 +439,9 @@ def events(
         click.echo(json.dumps(rows, indent=2))
         return 0
     for row in reversed(rows):
-        click.echo(f"{_when(row['at'])}  {row['target']}  {row['kind']}: {row['message']}")
+        click.echo(
+            visible_line(f"{_when(row['at'])}  {row['target']}  {row['kind']}: {row['message']}")
+        )
     if not rows:
         click.echo("No events recorded.")
     return 0

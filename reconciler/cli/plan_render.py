@@ -2,6 +2,10 @@
 
 Both are deterministic renderings of the plan value: the same plan gives the
 same bytes (no timestamps, no terminal-size dependence; lines never wrap).
+Everything that comes from the specs or the host goes through
+:mod:`reconciler.cli.escape`: in text, controls are shown as escapes and rich
+markup is not interpreted; in Markdown, nothing from a value is HTML, Markdown
+structure, a mention or a reference.
 """
 
 from __future__ import annotations
@@ -9,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from rich.console import Console
-from rich.markup import escape
 
+from reconciler.cli.escape import markup, md_code, md_text
 from reconciler.fingerprint import short
 from reconciler.plan.diff import describe
 from reconciler.plan.model import Action, Condition, Note, Plan
@@ -58,17 +62,17 @@ def _waits_text(action: Action) -> str:
 
 
 def render_text(console: Console, plan: Plan, observed_from: str) -> None:
-    def say(text: str) -> None:
-        console.print(text, soft_wrap=True, highlight=False)
+    def say(text: str) -> None:  # values in text: always markup(value)
+        console.print(text, soft_wrap=True, highlight=False, emoji=False)
 
     say(
         f"Plan for specs revision [bold]{short(plan.spec_revision)}[/] against "
-        f"{escape(observed_from)} (observed {short(plan.observed_fingerprint)})"
+        f"{markup(observed_from)} (observed {short(plan.observed_fingerprint)})"
     )
     for note in plan.notes:
-        say(f"[blue]note:[/] {escape(note.subject)}: {escape(note.message)}")
+        say(f"[blue]note:[/] {markup(note.subject)}: {markup(note.message)}")
     for warning in plan.warnings:
-        say(f"[magenta]warning:[/] {escape(warning.subject)}: {escape(warning.message)}")
+        say(f"[magenta]warning:[/] {markup(warning.subject)}: {markup(warning.message)}")
     if plan.empty:
         say(
             f"[bold green]No changes.[/] The runtime matches specs revision "
@@ -78,31 +82,23 @@ def render_text(console: Console, plan: Plan, observed_from: str) -> None:
     deployment_shown = None
     for deployment, service, actions in _groups(plan):
         if deployment != deployment_shown:
-            say(f"\n[bold]{escape(deployment)}[/]")
+            say(f"\n[bold]{markup(deployment, line_start=True)}[/]")
             deployment_shown = deployment
-        say(f"  [bold]{escape(service)}[/]")
+        say(f"  [bold]{markup(service, line_start=True)}[/]")
         for action in actions:
             marker, colour = MARKERS[action.kind]
             say(
-                f"    [{colour}]{marker} {action.kind:<10}[/] {escape(str(action.target))}  "
-                f"{escape(action.reason)}"
+                f"    [{colour}]{marker} {action.kind:<10}[/] {markup(str(action.target))}  "
+                f"{markup(action.reason)}"
             )
             if len(action.changes) > 1:  # a single change is the reason already
                 for change in action.changes:
-                    say(f"        {escape(describe(change))}")
+                    say(f"        {markup(describe(change))}")
             for condition in action.conditions:
-                say(f"        [dim]after:[/] {escape(condition_text(condition))}")
+                say(f"        [dim]after:[/] {markup(condition_text(condition))}")
             if action.waits_for:
-                say(f"        [dim]waits for:[/] {escape(_waits_text(action))}")
+                say(f"        [dim]waits for:[/] {markup(_waits_text(action))}")
     say(f"\n[bold]{summary_line(plan)}.[/]")
-
-
-def _cell(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
-
-
-def _code(text: str) -> str:
-    return "`" + text.replace("`", "'") + "`"
 
 
 def render_markdown(plan: Plan, observed_from: str) -> str:
@@ -110,28 +106,30 @@ def render_markdown(plan: Plan, observed_from: str) -> str:
     lines = [
         f"### zlayer plan: {summary_line(plan).removeprefix('Plan: ')}",
         "",
-        f"Specs revision {_code(short(plan.spec_revision))} against "
-        f"{_cell(observed_from)} (observed {_code(short(plan.observed_fingerprint))}).",
+        f"Specs revision {md_code(short(plan.spec_revision))} against "
+        f"{md_text(observed_from)} (observed {md_code(short(plan.observed_fingerprint))}).",
         "",
     ]
     lines += _markdown_notes("Note", plan.notes) + _markdown_notes("Warning", plan.warnings)
     if plan.empty:
         lines.append(f"**No changes.** The runtime matches specs revision "
-                     f"{_code(short(plan.spec_revision))}.")  # fmt: skip
+                     f"{md_code(short(plan.spec_revision))}.")  # fmt: skip
         return "\n".join(lines) + "\n"
     lines += ["| | Action | Target | Reason |", "|---|---|---|---|"]
     for action in plan.actions:
         marker = MARKERS[action.kind][0]
         lines.append(
-            f"| {marker} | {action.kind} | {_code(str(action.target))} | {_cell(action.reason)} |"
+            f"| {marker} | {action.kind} | {md_code(str(action.target), table=True)} "
+            f"| {md_text(action.reason)} |"
         )
     lines += ["", "<details><summary>Details</summary>", ""]
     for action in plan.actions:
-        lines.append(f"- **{action.kind}** {_code(str(action.target))}: {_cell(action.reason)}")
-        lines += [f"  - {_code(describe(c))}" for c in action.changes]
-        lines += [f"  - after {_cell(condition_text(c))}" for c in action.conditions]
+        target = md_code(str(action.target))
+        lines.append(f"- **{action.kind}** {target}: {md_text(action.reason)}")
+        lines += [f"  - {md_code(describe(c))}" for c in action.changes]
+        lines += [f"  - after {md_text(condition_text(c))}" for c in action.conditions]
         if action.waits_for:
-            lines.append(f"  - waits for {_cell(_waits_text(action))}")
+            lines.append(f"  - waits for {md_text(_waits_text(action))}")
     lines += ["", "</details>"]
     return "\n".join(lines) + "\n"
 
@@ -139,4 +137,4 @@ def render_markdown(plan: Plan, observed_from: str) -> str:
 def _markdown_notes(label: str, notes: tuple[Note, ...]) -> list[str]:
     if not notes:
         return []
-    return [f"> **{label}:** {_cell(n.subject)}: {_cell(n.message)}" for n in notes] + [""]
+    return [f"> **{label}:** {md_text(n.subject)}: {md_text(n.message)}" for n in notes] + [""]

@@ -6,14 +6,16 @@ import json
 from collections.abc import Sequence
 
 from rich.console import Console
-from rich.markup import escape
 
+from reconciler.cli.escape import markup, workflow_data, workflow_property
 from reconciler.spec.problems import Problem
 
 
 def problems_text(console: Console, problems: Sequence[Problem], checked: int) -> None:
     for problem in problems:
-        console.print(escape(problem.render()), soft_wrap=True, highlight=False)
+        console.print(
+            markup(problem.render(), line_start=True), soft_wrap=True, highlight=False, emoji=False
+        )
     files = "file" if checked == 1 else "files"
     if problems:
         count = len(problems)
@@ -37,23 +39,17 @@ def problems_json(
     )
 
 
-def _escape_data(text: str) -> str:
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-
-
-def _escape_property(text: str) -> str:
-    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
-
-
 def problems_github(problems: Sequence[Problem]) -> str:
-    """``::error file=…,line=…,col=…::message`` lines that annotate a pull request."""
+    """``::error file=…,line=…,col=…::message`` lines that annotate a pull request; the
+    file and the message escaped by the workflow-command rules, so nothing in them can
+    end the command or start another one."""
     lines = []
     for p in problems:
-        props = [f"file={_escape_property(p.file)}"]
+        props = [f"file={workflow_property(p.file)}"]
         if p.mark is not None:
             props += [f"line={p.mark.line}", f"col={p.mark.col}"]
         message = f"{p.where}: {p.message}" if p.where else p.message
         if p.hint:
             message += f" (hint: {p.hint})"
-        lines.append(f"::error {','.join(props)}::{_escape_data(message)}")
+        lines.append(f"::error {','.join(props)}::{workflow_data(message)}")
     return "\n".join(lines)

@@ -1,4 +1,8 @@
-"""``zlayer status`` and ``zlayer logs``: what runs now, and what it says (read-only)."""
+"""``zlayer status`` and ``zlayer logs``: what runs now, and what it says (read-only).
+
+What the runtime reports is shown through :mod:`reconciler.cli.escape` (controls
+visible, one row per workload); the log lines themselves are the workload's own
+output and are passed through as they are, like ``docker logs`` does."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from reconciler.cli.escape import visible, visible_line
 from reconciler.cli.runtime import RUNTIME_OPTION, STATE_DIR_OPTION, pick_runtime, settings_for
 from reconciler.daemon.journal import Crash, Journal
 from reconciler.drivers.base import Driver
@@ -60,37 +65,40 @@ def status(deployments: tuple[str, ...], runtime: str | None, state_dir: Path | 
     try:
         state, workloads = asyncio.run(observe())
     except ZlayerError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(visible(str(exc))) from exc
     if not workloads:
         click.echo(f"No workloads managed by zlayer on the {runtime} runtime.")
         return 0
     now = datetime.now(UTC)
     crashes = _crash_loops(settings)
-    rows = [("DEPLOYMENT", "SERVICE", "REPLICA", "STATE", "HEALTH", "RESTARTS", "AGE", "IMAGE")]
+    rows: list[tuple[str, ...]] = [
+        ("DEPLOYMENT", "SERVICE", "REPLICA", "STATE", "HEALTH", "RESTARTS", "AGE", "IMAGE")
+    ]
     for w in workloads:
-        rows.append(
-            (
-                w.deployment,
-                w.service,
-                str(w.replica) if w.replica is not None else "-",
-                w.status if w.exit_code is None else f"{w.status} ({w.exit_code})",
-                w.health,
-                str(max(w.restart_count, crashes[str(w.id)].restarts))
-                if str(w.id) in crashes
-                else str(w.restart_count),
-                _age(w.started_at, now) if w.status == "running" else "-",
-                _image(state, w),
-            )
+        row: tuple[str, ...] = (
+            w.deployment,
+            w.service,
+            str(w.replica) if w.replica is not None else "-",
+            w.status if w.exit_code is None else f"{w.status} ({w.exit_code})",
+            w.health,
+            str(max(w.restart_count, crashes[str(w.id)].restarts))
+            if str(w.id) in crashes
+            else str(w.restart_count),
+            _age(w.started_at, now) if w.status == "running" else "-",
+            _image(state, w),
         )
+        rows.append(tuple(visible(cell) for cell in row))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+            visible_line(
+                "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+            ).rstrip()
         )
     shown = {str(w.id) for w in workloads}
     for target, crash in sorted(crashes.items()):
         if target in shown and (crash.streak or crash.held):
-            click.echo(f"{target}: {crash.describe(now.timestamp())}")
+            click.echo(visible_line(f"{target}: {crash.describe(now.timestamp())}"))
     return 0
 
 
@@ -132,7 +140,7 @@ def logs(
     except KeyboardInterrupt:
         return 0
     except ZlayerError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(visible(str(exc))) from exc
 
 
 async def _logs(
@@ -162,11 +170,13 @@ def _targets(state: ObservedState, service: str, replica: int | None) -> list[Wo
     deployments = {t.deployment for t in found}
     if len(deployments) > 1:
         listed = ", ".join(f"{d}/{name}" for d in sorted(deployments))
-        raise click.ClickException(f"{service} is in several deployments; say which: {listed}")
+        raise click.ClickException(
+            visible(f"{service} is in several deployments; say which: {listed}")
+        )
     if not found:
         which = f" replica {replica}" if replica else ""
         raise click.ClickException(
-            f"{service}{which}: no such workload on the {state.runtime} runtime"
+            visible(f"{service}{which}: no such workload on the {state.runtime} runtime")
         )
     return found
 
@@ -174,7 +184,9 @@ def _targets(state: ObservedState, service: str, replica: int | None) -> list[Wo
 async def _print_logs(
     driver: Driver, target: WorkloadId, follow: bool, tail: int | None, prefix: bool
 ) -> None:
-    label = f"{target.service}/{target.replica} | " if prefix and target.replica else ""
+    label = (
+        visible_line(f"{target.service}/{target.replica} | ") if prefix and target.replica else ""
+    )
     async with contextlib.aclosing(driver.logs(target, follow=follow, tail=tail)) as lines:
         async for line in lines:
             sys.stdout.write(f"{label}{line}\n")
