@@ -100,6 +100,7 @@ async def test_over_tcp_reads_need_the_token_and_probes_do_not(served: Any) -> N
         for path in READS:
             async with http.get(_tcp(api) + path) as r:
                 assert r.status == 401, path
+                assert r.headers["WWW-Authenticate"].startswith("Bearer")
                 assert "bearer token" in (await r.json())["error"]
                 body = await r.text()
                 assert "abc" not in body and "zlayer-observed" not in body and "r1" not in body

@@ -142,7 +142,9 @@ class _Handlers:
         given = request.headers.get("Authorization", "")
         expected = f"Bearer {self.config.token}"
         if not hmac.compare_digest(given.encode(), expected.encode()):
-            return _error(401, "a valid bearer token is needed (Authorization: Bearer …)")
+            refusal = _error(401, "a valid bearer token is needed (Authorization: Bearer …)")
+            refusal.headers["WWW-Authenticate"] = 'Bearer realm="zlayer"'
+            return refusal
         return None
 
     async def healthz(self, _request: web.Request) -> web.Response:
