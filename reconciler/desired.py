@@ -8,9 +8,11 @@ Fields that only steer zlayer itself — ``scale``, ``depends``, ``health``,
 ``init``, ``errors``, ``lifecycle`` and placement — are not part of it: editing
 them never replaces a running replica; they take effect at the next apply.
 
-Secrets (``$S:NAME``, ``$secret://NAME``) enter the config only as a keyed hash
-(:func:`reconciler.fingerprint.keyed_hash`); their values stay in
-:class:`SecretValue` objects that print as ``***``.
+No sensitive value enters the config: secret and ``$E:`` references and
+secret-looking literals become placeholders with a keyed hash
+(:mod:`reconciler.redact`); their clear values stay in :class:`SecretValue`
+objects that print as ``***`` and reach only the launch step
+(:meth:`DesiredService.launch_config`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,21 @@ from typing import Any
 from reconciler.fingerprint import fingerprint, keyed_hash
 from reconciler.observed import ObservedState, Workload, WorkloadId
 from reconciler.policy import DEFAULT_POLICY, ServicePolicy, service_policy
+from reconciler.redact import (
+    MARK_LABEL,
+    MASK,
+    Scrubber,
+    hidden,
+    is_placeholder,
+    marked_names,
+    placeholders,
+    redact_config,
+    reveal,
+    unhashed_paths,
+)
+from reconciler.redact import (
+    Path as ConfigPath,
+)
 from reconciler.spec.blocks import AdaptiveScale, FixedScale
 from reconciler.spec.load import LoadedSpec, SourceFile
 from reconciler.spec.models import ServiceSpec
@@ -33,12 +50,6 @@ from reconciler.spec.rules import ENV_REF_RE
 
 SECRET_REF_RE = re.compile(r"\$(?:S:|secret://)(?P<name>.*)", re.DOTALL)
 SECRET_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
-SENSITIVE_KEY_RE = re.compile(
-    r"PASS|PWD|TOKEN|SECRET|KEY|CREDENTIAL|PRIVATE|AUTH|CERT|SALT|COOKIE|SESSION", re.IGNORECASE
-)
-"""Env keys whose values are masked in every output even when they are not secrets."""
-
-MASK = "***"
 
 _NOT_CONFIG = frozenset(
     {
@@ -78,13 +89,15 @@ class CompileInputs:
     """What compiling needs from outside: the environment for ``$E:`` and the secrets.
 
     ``secret_key`` is the host's key for keyed hashes; ``None`` plans *offline*
-    (for a host whose secrets are not here, such as a pull-request check): secret
-    references are then recorded by name only and the planner assumes them unchanged.
+    (for a host whose key is not here, such as a pull-request check against a
+    snapshot): sensitive values are then recorded without their hash and the
+    planner assumes them unchanged. ``secret`` resolves ``$S:`` names; ``None``
+    means the secrets are not here: references are recorded by name only.
     """
 
     env: Mapping[str, str] = field(default_factory=dict)
     secret_key: bytes | None = None
-    secret: Callable[[str], str | None] = lambda _name: None
+    secret: Callable[[str], str | None] | None = lambda _name: None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +126,8 @@ class DesiredService:
     depends: tuple[Dependency, ...]
     pull_policy: str
     file: str
-    secrets: Mapping[str, SecretValue] = field(default_factory=dict)
+    secrets: Mapping[ConfigPath, SecretValue] = field(default_factory=dict)
+    """Clear values by their path in ``config`` (``("env", "DB_PASSWORD")``)."""
     warnings: tuple[str, ...] = ()
     policy: ServicePolicy = DEFAULT_POLICY
     """Health check, init steps and error handling: how zlayer treats the replicas."""
@@ -126,20 +140,27 @@ class DesiredService:
     def is_definition(self) -> bool:
         return self.rtype != "service"
 
+    marked: frozenset[str] = frozenset()
+    """``env``/``labels`` keys the author marked sensitive (label ``zlayer.sensitive``)."""
+
     @property
     def sensitive(self) -> frozenset[str]:
-        """Env keys whose values no output may show: secret references and keys
-        that look secret."""
+        """Env keys whose values no output shows (placeholders in ``config``)."""
         env = self.config.get("env", {})
-        return frozenset(
-            k for k, v in env.items() if isinstance(v, dict) or SENSITIVE_KEY_RE.search(k)
-        )
+        return frozenset(k for k, v in env.items() if is_placeholder(v))
 
     @property
     def offline_secrets(self) -> bool:
-        """Compiled offline: some secret is known by name only, without its hash."""
-        env = self.config.get("env", {})
-        return any(isinstance(v, dict) and "hmac" not in v for v in env.values())
+        """Compiled offline: some sensitive value is known without its hash, so no
+        runtime can be given it."""
+        return bool(unhashed_paths(self.config))
+
+    def launch_config(self) -> dict[str, Any]:
+        """The config with clear values, for the launch step only (never stored)."""
+        return reveal(self.config, {p: v.reveal() for p, v in self.secrets.items()})
+
+    def scrubber(self) -> Scrubber:
+        return Scrubber(frozenset(v.reveal() for v in self.secrets.values()))
 
     def workload_id(self, replica: int | None) -> WorkloadId:
         return WorkloadId(self.deployment, self.name, replica)
@@ -158,8 +179,10 @@ class DesiredService:
     def runtime_env(self) -> dict[str, str]:
         """The env a runtime passes to the workload, secrets revealed."""
         env: dict[str, str] = {}
-        for key, value in self.config.get("env", {}).items():
-            env[key] = self.secrets[key].reveal() if key in self.secrets else value
+        for key, value in self.launch_config().get("env", {}).items():
+            if not isinstance(value, str):
+                raise ValueError(f"env {key}: the secret is known by name only (compiled offline)")
+            env[key] = value
         return env
 
 
@@ -169,6 +192,12 @@ class DesiredState:
     services: Mapping[tuple[str, str], DesiredService]
     deployments: frozenset[str] = frozenset()
     """Every deployment in the specs, those without services included."""
+
+    def scrubber(self) -> Scrubber:
+        """Cuts every clear value of these specs out of free text."""
+        return Scrubber(
+            frozenset(v.reveal() for s in self.services.values() for v in s.secrets.values())
+        )
 
     def fingerprint(self) -> str:
         """One hash of everything desired, for refusing stale plans."""
@@ -220,12 +249,20 @@ def compile_service(
     env, secrets, findings = _resolve_env(deployment, name, service, inputs, base)
     if findings:
         return None, findings
-    config = service.model_dump(
+    dumped = service.model_dump(
         mode="json", exclude_defaults=True, by_alias=True, exclude=set(_NOT_CONFIG)
     )
-    config["image"] = service.image.name
+    dumped["image"] = service.image.name
     if env:
-        config["env"] = env
+        dumped["env"] = env
+    marked = marked_names(dumped)
+    labels = {k: v for k, v in dumped.get("labels", {}).items() if k != MARK_LABEL}
+    dumped.pop("labels", None)
+    if labels:
+        dumped["labels"] = labels
+    redaction = redact_config(dumped, inputs.secret_key, marked)
+    config = redaction.config
+    secrets.update({path: SecretValue(value) for path, value in redaction.clear.items()})
     return DesiredService(
         deployment=deployment,
         name=name,
@@ -247,6 +284,7 @@ def compile_service(
         secrets=secrets,
         warnings=_warnings(service),
         policy=service_policy(service),
+        marked=marked,
     ), []
 
 
@@ -279,9 +317,9 @@ def _warnings(service: ServiceSpec) -> tuple[str, ...]:
 
 def _resolve_env(
     deployment: str, name: str, service: ServiceSpec, inputs: CompileInputs, base: Path
-) -> tuple[dict[str, Any], dict[str, SecretValue], list[Finding]]:
+) -> tuple[dict[str, Any], dict[ConfigPath, SecretValue], list[Finding]]:
     env: dict[str, Any] = {}
-    secrets: dict[str, SecretValue] = {}
+    secrets: dict[ConfigPath, SecretValue] = {}
     findings: list[Finding] = []
     for key, value in service.env.items():
         path = (*base, "env", key)
@@ -297,7 +335,8 @@ def _resolve_env(
                     )
                 )
                 continue
-            env[key] = inputs.env[var]
+            secrets[("env", key)] = SecretValue(inputs.env[var])
+            env[key] = hidden(f"$E:{var}", inputs.env[var], inputs.secret_key)
         elif match := SECRET_REF_RE.fullmatch(value):
             secret = match["name"]
             if not SECRET_NAME_RE.fullmatch(secret):
@@ -310,7 +349,7 @@ def _resolve_env(
                     )
                 )
                 continue
-            if inputs.secret_key is None:
+            if inputs.secret is None or inputs.secret_key is None:
                 env[key] = {"secret": secret}
                 continue
             resolved = inputs.secret(secret)
@@ -324,7 +363,7 @@ def _resolve_env(
                     )
                 )
                 continue
-            secrets[key] = SecretValue(resolved)
+            secrets[("env", key)] = SecretValue(resolved)
             env[key] = {"secret": secret, "hmac": keyed_hash(inputs.secret_key, resolved)}
         else:
             env[key] = value
@@ -335,20 +374,41 @@ def restore_service(
     service: DesiredService, config: Mapping[str, Any], fingerprint_: str, inputs: CompileInputs
 ) -> DesiredService:
     """``service`` as it was with an earlier ``config`` (as recorded by the runtime), for
-    rolling back. Secrets are resolved again by name; raises :class:`ValueError` when
-    one is gone or no longer matches the recorded hash, since the earlier replica
-    cannot then be recreated exactly."""
-    secrets: dict[str, SecretValue] = {}
-    for key, value in config.get("env", {}).items():
-        if not isinstance(value, dict):
+    rolling back. Every sensitive value is found again — secrets by name, ``$E:``
+    values from the environment, literals among the current specs' values — and
+    checked against the recorded hash; raises :class:`ValueError` when one is gone
+    or no longer matches, since the earlier replica cannot then be recreated exactly."""
+    known = [v.reveal() for v in service.secrets.values()]
+    secrets: dict[ConfigPath, SecretValue] = {}
+    for path, value in placeholders(config):
+        where = format_path(path)
+        name = value.get("secret")
+        if name is not None:
+            resolved = inputs.secret(name) if inputs.secret is not None else None
+            if resolved is None or inputs.secret_key is None:
+                raise ValueError(f"{where}: secret {name} is not available any more")
+            if keyed_hash(inputs.secret_key, resolved) != value.get("hmac"):
+                raise ValueError(f"{where}: secret {name} has changed since that config ran")
+            secrets[path] = SecretValue(resolved)
             continue
-        name = value.get("secret", "")
-        resolved = inputs.secret(name)
-        if resolved is None or inputs.secret_key is None:
-            raise ValueError(f"env {key}: secret {name} is not available any more")
-        if keyed_hash(inputs.secret_key, resolved) != value.get("hmac"):
-            raise ValueError(f"env {key}: secret {name} has changed since that config ran")
-        secrets[key] = SecretValue(resolved)
+        kind = value.get("sensitive", "")
+        candidates = (
+            [inputs.env[kind[3:]]] if kind.startswith("$E:") and kind[3:] in inputs.env else []
+        )
+        found = next(
+            (
+                c
+                for c in [*candidates, *known]
+                if inputs.secret_key is not None
+                and keyed_hash(inputs.secret_key, c) == value.get("hmac")
+            ),
+            None,
+        )
+        if found is None:
+            raise ValueError(
+                f"{where}: the sensitive value that config ran with is not known any more"
+            )
+        secrets[path] = SecretValue(found)
     return dataclasses.replace(
         service, config=dict(config), fingerprint=fingerprint_, secrets=secrets
     )

@@ -116,6 +116,9 @@ class Executor:
         self.settings = settings or Settings()
         self.on_event = on_event
         self.prober = prober
+        self._scrub = desired.scrubber()
+        """Every message leaves through it: a driver's or a check's error may quote a
+        clear value (an argument, an env entry)."""
         self._finished: dict[str, asyncio.Event] = {}
         self._results: dict[str, Outcome] = {}
         self._rollouts: dict[tuple[str, str], _Rollout] = {}
@@ -167,13 +170,15 @@ class Executor:
     def _finish(
         self, action: Action, status: Status, message: str, warnings: list[str] | None = None
     ) -> None:
-        self._results[action.id] = Outcome(action.id, status, message, tuple(warnings or ()))
+        message = self._scrub(message)
+        kept = tuple(self._scrub(w) for w in warnings or ())
+        self._results[action.id] = Outcome(action.id, status, message, kept)
         self._emit(action.id, status, message)
         self._finished[action.id].set()
 
     def _emit(self, action: str, kind: EventKind, message: str) -> None:
         elapsed = asyncio.get_running_loop().time() - self._t0
-        self.on_event(Event(action, kind, message, round(elapsed, 3)))
+        self.on_event(Event(action, kind, self._scrub(message), round(elapsed, 3)))
 
     async def _perform(self, action: Action, warnings: list[str]) -> str:
         self._emit(action.id, "started", action.reason)

@@ -10,10 +10,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from reconciler.errors import SnapshotError
 from reconciler.fingerprint import fingerprint
+from reconciler.redact import redact_config
 
 SNAPSHOT_FORMAT: Literal["zlayer-observed"] = "zlayer-observed"
 SNAPSHOT_VERSION: Literal[1] = 1
@@ -143,8 +151,17 @@ class ObservedState(BaseModel):
     networks: tuple[Network, ...] = ()
     configs: dict[str, dict[str, Any]] = {}
     """The canonical config behind each fingerprint, recorded once however many
-    replicas share it (secrets as keyed hashes). A fingerprint without an entry
-    can still be compared, but a replace can then only say that it changed."""
+    replicas share it (sensitive values as placeholders). A fingerprint without an
+    entry can still be compared, but a replace can then only say that it changed.
+
+    Every config is redacted on the way in, whatever recorded it: a label or record
+    written by an older version, or a hand-made snapshot, may still hold a
+    sensitive value in plain text, and no snapshot, API answer or plan shows it."""
+
+    @field_validator("configs", mode="after")
+    @classmethod
+    def _redacted(cls, configs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        return {digest: redact_config(c, None).config for digest, c in configs.items()}
 
     @model_validator(mode="after")
     def _unique(self) -> ObservedState:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.backoff import describe_wait
+from reconciler.redact import Scrubber, scrub_data
 
 JOURNAL_FILE = "journal.db"
 MAX_ROWS = 20_000
@@ -170,6 +171,9 @@ class Journal:
         self._db.execute("PRAGMA busy_timeout=10000")
         self._db.executescript(_SCHEMA)
         path.chmod(0o600)
+        self.scrub: Scrubber = Scrubber()
+        """Cuts the clear values of the specs being applied out of every text row
+        (the daemon sets it for each desired state it applies)."""
 
     @classmethod
     def in_state_dir(cls, state_dir: Path, retention_days: float = 14.0) -> Journal:
@@ -220,9 +224,9 @@ class Journal:
                     at,
                     revision,
                     outcome,
-                    summary,
-                    json.dumps(plan) if plan is not None else None,
-                    json.dumps(outcomes) if outcomes is not None else None,
+                    self.scrub(summary),
+                    json.dumps(scrub_data(plan, self.scrub)) if plan is not None else None,
+                    json.dumps(scrub_data(outcomes, self.scrub)) if outcomes is not None else None,
                     at,
                     reconcile,
                 ),
@@ -260,7 +264,7 @@ class Journal:
         with self._write():
             self._db.execute(
                 "INSERT INTO events(at, target, kind, message) VALUES (?, ?, ?, ?)",
-                (at, target, kind, message),
+                (at, target, kind, self.scrub(message)),
             )
 
     def events(
@@ -357,7 +361,7 @@ class Journal:
                 "INSERT INTO revisions(revision, state, reason, at) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT(revision) DO UPDATE SET state = excluded.state,"
                 " reason = excluded.reason, at = excluded.at",
-                (revision, state, reason, at),
+                (revision, state, self.scrub(reason), at),
             )
 
     def revision_mark(self, revision: str) -> tuple[str, str] | None:
@@ -430,7 +434,15 @@ class Journal:
             self._db.execute(
                 "UPDATE runs SET status = ?, exit_code = ?, log_tail = ?, finished = ?,"
                 " note = CASE WHEN ? = '' THEN note ELSE ? END WHERE id = ?",
-                (status, exit_code, log_tail, at, note, note, run),
+                (
+                    status,
+                    exit_code,
+                    self.scrub(log_tail),
+                    at,
+                    self.scrub(note),
+                    self.scrub(note),
+                    run,
+                ),
             )
 
     def run(self, run: str) -> Run | None:

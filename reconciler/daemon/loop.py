@@ -396,6 +396,7 @@ class Daemon:
         assert self.driver is not None and self.monitor is not None
         desired = choice.desired
         assert desired is not None
+        self.journal.scrub = desired.scrubber()
         lock = ApplyLock(self.state_dir)
         try:
             lock.acquire()

@@ -173,7 +173,9 @@ def deployment_filter(deployments: list[str] | None) -> dict[str, list[str]]:
 
 
 def container_labels(service: DesiredService, replica: int | None, revision: str) -> dict[str, str]:
-    labels = {str(k): str(v) for k, v in service.config.get("labels", {}).items()}
+    # The spec's own labels as written (the launch step); zlayer's copy of the
+    # config in CONFIG holds only placeholders for sensitive values.
+    labels = {str(k): str(v) for k, v in service.launch_config().get("labels", {}).items()}
     labels.update(
         {
             DEPLOYMENT: service.deployment,
@@ -494,12 +496,12 @@ def create_body(
 
     Raises :class:`ValueError` for values ``limits`` reports as errors.
     """
-    config = service.config
+    config = service.launch_config()
     command = config.get("command", {})
     body: dict[str, Any] = {
         "Image": config["image"],
         "Labels": container_labels(service, replica, revision),
-        "Env": [f"{k}={v}" for k, v in _runtime_env(service).items()],
+        "Env": [f"{k}={v}" for k, v in service.runtime_env().items()],
         "Tty": bool(config.get("tty", False)),
         "OpenStdin": bool(config.get("stdin_open", False)),
     }
@@ -552,12 +554,6 @@ def create_body(
     return body
 
 
-def _runtime_env(service: DesiredService) -> dict[str, str]:
-    env = service.runtime_env()
-    for key, value in env.items():
-        if not isinstance(value, str):
-            raise ValueError(f"env {key}: the secret is known by name only (compiled offline)")
-    return env
 
 
 def _resources(resources: Mapping[str, Any], *, gpu: bool) -> dict[str, Any]:

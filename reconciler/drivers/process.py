@@ -412,7 +412,8 @@ class ProcessDriver:
         target = service.workload_id(replica)
         where = self._dir(target)
         mode = pc.network_plan(service, self.facts)
-        command = pc.argv(service.config)
+        launch_config = service.launch_config()
+        command = pc.argv(launch_config)
         if command is None:
             raise PermanentDriverError(f"{target}: no command.entrypoint to run")
         user = pc.resolve_user(str(service.config["user"])) if "user" in service.config else None
@@ -421,7 +422,7 @@ class ProcessDriver:
             await self.create_network(target.deployment)  # the plan normally did
         launch = {
             "argv": command,
-            "cwd": (service.config.get("command") or {}).get("workdir"),
+            "cwd": (launch_config.get("command") or {}).get("workdir"),
             "env": pc.workload_env(service.runtime_env(), user.home if user else _home()),
             "user": None
             if user is None
@@ -597,7 +598,8 @@ class ProcessDriver:
         slot = _run_slot(run)
         target = WorkloadId(rid.deployment, rid.service, slot)
         mode = pc.network_plan(service, self.facts)
-        command = pc.argv(service.config)
+        launch_config = service.launch_config()
+        command = pc.argv(launch_config)
         if command is None:
             raise PermanentDriverError(f"{rid}: no command.entrypoint to run")
         user = pc.resolve_user(str(service.config["user"])) if "user" in service.config else None
@@ -606,7 +608,7 @@ class ProcessDriver:
             await self.create_network(rid.deployment)
         launch = {
             "argv": command,
-            "cwd": (service.config.get("command") or {}).get("workdir"),
+            "cwd": (launch_config.get("command") or {}).get("workdir"),
             "env": pc.workload_env(service.runtime_env(), user.home if user else _home()),
             "user": None
             if user is None

@@ -9,12 +9,12 @@ pay for it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from reconciler.desired import SENSITIVE_KEY_RE
 from reconciler.fingerprint import canonical_json
 from reconciler.plan.model import Change, ChangeKind
+from reconciler.redact import contains_placeholder, is_placeholder, redact_config
 from reconciler.spec.problems import PathPart, format_path
 
 _KINDS: dict[str, ChangeKind] = {
@@ -27,23 +27,28 @@ _KINDS: dict[str, ChangeKind] = {
 }
 
 
+_COMPARE_KEY = b"zlayer-explain"
+"""Hashes plain-text values left in a recorded config so that two of them compare;
+they stay in this module (a sensitive change carries no value), so the key needs
+no secrecy."""
+
+
 def explain(
-    before: Mapping[str, Any], after: Mapping[str, Any], sensitive: frozenset[str] = frozenset()
+    before: Mapping[str, Any], after: Mapping[str, Any], marked: frozenset[str] = frozenset()
 ) -> tuple[Change, ...]:
     """Every changed field from ``before`` to ``after``, sorted by path.
 
-    Anything under ``env.KEY`` for a key in ``sensitive``, a key that looks secret
-    (on either side: a removed ``API_TOKEN`` is as sensitive as an added one), or
-    whose value is a secret reference on either side, becomes one value-free
-    change of ``env.KEY``.
+    Both sides first go through :func:`reconciler.redact.redact_config` (a recorded
+    config may still hold a sensitive value in plain text: a snapshot, an older
+    version's label). A change at or inside a placeholder, or one whose values hold
+    a placeholder whatever its shape (a key added, removed or renamed, a whole map
+    replaced, a type changed), is reported per sensitive field with no values.
     """
     from deepdiff import DeepDiff
 
-    if "env" in before or "env" in after:
-        # one change per key, never a whole map (whose values may be sensitive)
-        before = {**before, "env": before.get("env", {})}
-        after = {**after, "env": after.get("env", {})}
-    diff = DeepDiff(dict(before), dict(after), view="tree", verbose_level=2)
+    before = _padded(redact_config(before, _COMPARE_KEY, marked).config, after)
+    after = _padded(redact_config(after, _COMPARE_KEY, marked).config, before)
+    diff = DeepDiff(before, after, view="tree", verbose_level=2)
     found: dict[tuple[Any, ...], Change] = {}
     for report, levels in diff.items():
         kind = _KINDS.get(report)
@@ -51,42 +56,92 @@ def explain(
             continue
         for level in levels:
             path: list[PathPart] = level.path(output_format="list")
-            secret_key = _sensitive_env_key(path, before, after, sensitive)
-            if secret_key is not None:
-                path = ["env", secret_key]
-                kind_here = _env_kind(before, after, secret_key)
-                found[_sort_key(path)] = Change(format_path(path), kind_here, sensitive=True)
+            hidden_at = _placeholder_prefix(path, before, after)
+            if hidden_at is not None:
+                _add(found, _sensitive(hidden_at, before, after))
                 continue
-            found[_sort_key(path)] = Change(
-                format_path(path),
-                kind,
-                None if kind == "added" else level.t1,
-                None if kind == "removed" else level.t2,
-            )
+            t1 = None if kind == "added" else level.t1
+            t2 = None if kind == "removed" else level.t2
+            for change in _expand(path, kind, t1, t2):
+                _add(found, change)
     return tuple(found[key] for key in sorted(found))
 
 
-def _sensitive_env_key(
-    path: list[PathPart],
-    before: Mapping[str, Any],
-    after: Mapping[str, Any],
-    sensitive: frozenset[str],
-) -> str | None:
-    if len(path) < 2 or path[0] != "env" or not isinstance(path[1], str):
-        return None
-    key = path[1]
-    values = (before.get("env", {}).get(key), after.get("env", {}).get(key))
-    if key in sensitive or SENSITIVE_KEY_RE.search(key) or any(isinstance(v, dict) for v in values):
-        return key
+def _padded(config: dict[str, Any], other: Mapping[str, Any]) -> dict[str, Any]:
+    """``env`` and ``labels`` present on both sides: one change per key, never a map."""
+    return {**{k: {} for k in ("env", "labels") if k in other and k not in config}, **config}
+
+
+Keyed = tuple[tuple[tuple[int, Any], ...], Change]
+
+
+def _add(found: dict[tuple[Any, ...], Change], keyed: Keyed) -> None:
+    found[keyed[0]] = keyed[1]
+
+
+def _at(
+    path: Sequence[PathPart], kind: ChangeKind, t1: Any = None, t2: Any = None, hidden: bool = False
+) -> Keyed:
+    change = (
+        Change(format_path(path), kind, sensitive=True)
+        if hidden
+        else Change(format_path(path), kind, t1, t2)
+    )
+    return _sort_key(list(path)), change
+
+
+def _lookup(config: Any, path: Sequence[PathPart]) -> tuple[bool, Any]:
+    node = config
+    for part in path:
+        in_map = isinstance(node, dict) and part in node
+        in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        if not (in_map or in_list):
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _placeholder_prefix(path: list[PathPart], before: Any, after: Any) -> list[PathPart] | None:
+    for end in range(1, len(path) + 1):
+        prefix = path[:end]
+        if any(is_placeholder(_lookup(side, prefix)[1]) for side in (before, after)):
+            return prefix
     return None
 
 
-def _env_kind(before: Mapping[str, Any], after: Mapping[str, Any], key: str) -> ChangeKind:
-    if key not in before.get("env", {}):
-        return "added"
-    if key not in after.get("env", {}):
-        return "removed"
-    return "changed"
+def _sensitive(path: Sequence[PathPart], before: Any, after: Any) -> Keyed:
+    had, _ = _lookup(before, path)
+    has, _ = _lookup(after, path)
+    kind: ChangeKind = "added" if not had else "removed" if not has else "changed"
+    return _at(path, kind, hidden=True)
+
+
+def _expand(path: list[PathPart], kind: ChangeKind, t1: Any, t2: Any) -> list[Keyed]:
+    """One reported change as changes that never carry a sensitive value."""
+    if not contains_placeholder(t1) and not contains_placeholder(t2):
+        return [_at(path, kind, t1, t2)]
+    if is_placeholder(t1) or is_placeholder(t2):
+        return [_at(path, kind, hidden=True)]
+    out: list[Keyed] = []
+    if isinstance(t1, dict) or isinstance(t2, dict):
+        if kind == "changed" and not (isinstance(t1, dict) and isinstance(t2, dict)):
+            return [_at(path, kind, hidden=True)]
+        old = t1 if isinstance(t1, dict) else {}
+        new = t2 if isinstance(t2, dict) else {}
+        for key in sorted({*old, *new}, key=str):
+            if key not in old:
+                out += _expand([*path, key], "added", None, new[key])
+            elif key not in new:
+                out += _expand([*path, key], "removed", old[key], None)
+            elif old[key] != new[key]:
+                out += _expand([*path, key], "changed", old[key], new[key])
+        return out
+    if isinstance(t1, list) and isinstance(t2, list) and len(t1) == len(t2):
+        for index, (a, b) in enumerate(zip(t1, t2, strict=True)):
+            if a != b:
+                out += _expand([*path, index], "changed", a, b)
+        return out
+    return [_at(path, kind, hidden=True)]
 
 
 def _sort_key(path: list[PathPart]) -> tuple[tuple[int, Any], ...]:

@@ -32,6 +32,8 @@ from reconciler.plan.model import (
     Note,
     Plan,
 )
+from reconciler.redact import adopt_recorded, unhashed_paths
+from reconciler.spec.problems import format_path
 
 ServiceKey = tuple[str, str]
 MAX_REASON_CHANGES = 3
@@ -106,9 +108,14 @@ def _plan_service(
     definitions = [w for w in found if w.replica is None]
     subject = f"{service.deployment}/{service.name}"
     if service.offline_secrets and found:
-        names = sorted(k for k, v in service.config.get("env", {}).items() if isinstance(v, dict))
-        listed = ", ".join(f"env.{k}" for k in names)
-        notes.append(Note(subject, f"secrets are not available here; {listed} assumed unchanged"))
+        listed = ", ".join(sorted(format_path(p) for p in unhashed_paths(service.config)))
+        notes.append(
+            Note(
+                subject,
+                f"sensitive values cannot be compared here (no host key or secrets); "
+                f"{listed} assumed unchanged",
+            )
+        )
     if service.is_definition:
         return _plan_definition(service, definitions, replicas, configs)
     out = [
@@ -236,21 +243,12 @@ def _effective(
     service: DesiredService, recorded: Mapping[str, Any] | None
 ) -> tuple[Mapping[str, Any], str]:
     """The config and fingerprint to compare with the ``recorded`` config. Planning
-    offline, secret hashes are unknown here; the ones the runtime recorded for the
-    same secret names are taken as they are (and a note says so)."""
+    offline, the hashes of sensitive values are unknown here; the ones the runtime
+    recorded for the same secret, variable or literal are taken as they are (and a
+    note says so)."""
     if not service.offline_secrets or recorded is None:
         return service.config, service.fingerprint
-    observed_env = recorded.get("env", {})
-    env = dict(service.config.get("env", {}))
-    for key, value in env.items():
-        seen = observed_env.get(key)
-        if (
-            isinstance(value, dict)
-            and isinstance(seen, dict)
-            and seen.get("secret") == value["secret"]
-        ):
-            env[key] = seen
-    config = {**service.config, "env": env}
+    config = adopt_recorded(service.config, recorded)
     return config, fingerprint(config)
 
 
@@ -260,7 +258,7 @@ def _changes(
     """The explained changes; None when the runtime recorded no config to compare."""
     if recorded is None:
         return None
-    return explain(recorded, config, service.sensitive)
+    return explain(recorded, config, service.marked)
 
 
 def _reason(changes: tuple[Change, ...] | None) -> str:
