@@ -143,7 +143,7 @@ def test_alias_bomb_is_refused_without_expanding() -> None:
         (b"version: v1\n\x00\x01\x02", "binary file"),
         (b"version: v1\ndeployment: caf\xe9\n", "not valid UTF-8 (byte 0xe9)"),
         (b"a: \x07\n", "invalid character"),
-        (b" " * (MAX_FILE_BYTES + 1), "larger than 1024 KiB"),
+        (b" " * (MAX_FILE_BYTES + 1), "file is larger than 1 MiB; not a spec"),
     ],
 )
 def test_hostile_bytes_get_a_clear_error(data: bytes, message: str) -> None:

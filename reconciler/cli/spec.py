@@ -11,7 +11,7 @@ from rich.console import Console
 from reconciler.cli.render import problems_text
 from reconciler.cli.validate import files_checked, load_paths
 from reconciler.spec.dump import dump_json, dump_yaml
-from reconciler.spec.models import DeploymentSpec
+from reconciler.spec.schema import spec_schema
 
 
 @click.group(epilog="Example:\n\n    zlayer spec dump specs/demo.yaml --format json")
@@ -60,8 +60,5 @@ def dump(path: str, fmt: str) -> int:
 @click.command(epilog="Example:\n\n    zlayer schema > zlayer-spec.schema.json")
 def schema() -> int:
     """Print the JSON Schema of a ZLayer v1 spec file, for editors and linters."""
-    document = DeploymentSpec.model_json_schema(by_alias=True)
-    document["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    document["title"] = "ZLayer v1 deployment spec"
-    click.echo(json.dumps(document, indent=2))
+    click.echo(json.dumps(spec_schema(), indent=2))
     return 0

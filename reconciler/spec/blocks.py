@@ -20,6 +20,7 @@ from pydantic import (
     Strict,
     model_validator,
 )
+from pydantic.json_schema import WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from reconciler.spec.scalars import (
@@ -76,7 +77,7 @@ def _needs_reading(value: Any) -> bool:
 
 
 def _read(cls: type[BaseModel], key: str, value: Any) -> Any:
-    optional, empty, container = _field_kinds(cls)
+    optional, empty, container = field_kinds(cls)
     if isinstance(value, Tagged) and key in container:
         return value.value
     if is_null(value):
@@ -88,7 +89,7 @@ def _read(cls: type[BaseModel], key: str, value: Any) -> Any:
 
 
 @cache
-def _field_kinds(cls: type[BaseModel]) -> tuple[frozenset[str], dict[str, Any], frozenset[str]]:
+def field_kinds(cls: type[BaseModel]) -> tuple[frozenset[str], dict[str, Any], frozenset[str]]:
     """Keys of ``cls`` that are optional, that read an empty value as {} or [], and that
     hold a plain map or list (which ignores a tag)."""
     optional: set[str] = set()
@@ -545,7 +546,13 @@ def _affinity(value: Any) -> Any:
     return source_text(value)
 
 
-Affinity = Annotated[Literal["spread", "pack"] | PinAffinity, BeforeValidator(_affinity)]
+Affinity = Annotated[
+    Literal["spread", "pack"] | PinAffinity,
+    BeforeValidator(_affinity),
+    WithJsonSchema(
+        {"type": "string", "description": 'spread, pack, or a node selector tagged !pin "id=2"'}
+    ),
+]
 
 _ROLE_RE = re.compile(r"[a-z]([a-z0-9-]{0,28}[a-z0-9])?")
 

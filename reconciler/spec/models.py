@@ -12,6 +12,7 @@ import re
 from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BeforeValidator, Field, model_validator
+from pydantic.json_schema import WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from reconciler.spec.blocks import (
@@ -44,6 +45,7 @@ from reconciler.spec.blocks import (
     default_scale,
 )
 from reconciler.spec.scalars import (
+    ANY_SCALAR_SCHEMA,
     U16,
     Bool,
     OptBool,
@@ -116,7 +118,24 @@ def _tagged_network_mode(value: Tagged) -> Any:
     return source_text(value)
 
 
-NetworkMode = Annotated[str, BeforeValidator(_network_mode)]
+NetworkMode = Annotated[
+    str,
+    BeforeValidator(_network_mode),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string"},
+                {
+                    "type": "object",
+                    "properties": {"name": ANY_SCALAR_SCHEMA, "id": ANY_SCALAR_SCHEMA},
+                    "additionalProperties": False,
+                    "description": "the value of a tagged form: !bridge {name: N}, "
+                    "!container {id: ID}",
+                },
+            ]
+        }
+    ),
+]
 
 
 def _paired_alias(data: Any, name: str, alias: str) -> None:
@@ -252,8 +271,12 @@ def _deployment_name(value: Any) -> Any:
 class DeploymentSpec(Closed):
     """One spec file: a deployment and its services."""
 
-    version: Annotated[str, BeforeValidator(_version)]
-    deployment: Annotated[str, BeforeValidator(_deployment_name)]
+    version: Annotated[str, BeforeValidator(_version), WithJsonSchema({"const": "v1"})]
+    deployment: Annotated[
+        str,
+        BeforeValidator(_deployment_name),
+        WithJsonSchema({**ANY_SCALAR_SCHEMA, "pattern": f"^{_DEPLOYMENT_RE.pattern}$"}),
+    ]
     services: dict[str, ServiceSpec] = Field(default_factory=dict)
     externals: dict[str, ExternalSpec] = Field(default_factory=dict)
     tunnels: dict[str, TunnelDefinition] = Field(default_factory=dict)

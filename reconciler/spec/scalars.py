@@ -25,7 +25,7 @@ from pydantic import (
     GetJsonSchemaHandler,
     Strict,
 )
-from pydantic.json_schema import JsonSchemaValue
+from pydantic.json_schema import JsonSchemaValue, WithJsonSchema
 from pydantic_core import PydanticCustomError, core_schema
 
 from reconciler.spec.yamldoc import Plain, Tagged
@@ -83,8 +83,17 @@ def null_to_none(value: Any) -> Any:
     return None if is_null(value) else value
 
 
-Str = Annotated[str, Strict(), BeforeValidator(source_text)]
-OptStr = Annotated[str | None, Strict(), BeforeValidator(source_text_or_none)]
+ANY_SCALAR_SCHEMA: JsonSchemaValue = {
+    "type": ["string", "number", "boolean", "null"],
+    "description": 'any scalar, read as its source text (8080 is "8080")',
+}
+"""JSON Schema of a direct string field: a YAML reader hands editors ``PORT: 8080`` as
+the number 8080, which the loader reads as the text ``"8080"``."""
+
+Str = Annotated[str, Strict(), BeforeValidator(source_text), WithJsonSchema(ANY_SCALAR_SCHEMA)]
+OptStr = Annotated[
+    str | None, Strict(), BeforeValidator(source_text_or_none), WithJsonSchema(ANY_SCALAR_SCHEMA)
+]
 BufStr = Annotated[str, Strict(), BeforeValidator(buffered_text)]
 OptBufStr = Annotated[str | None, Strict(), BeforeValidator(buffered_text)]
 Bool = Annotated[bool, Strict(), BeforeValidator(scalar_value)]
@@ -219,7 +228,10 @@ class Duration(int):
     def __get_pydantic_json_schema__(
         cls, schema: Any, handler: GetJsonSchemaHandler
     ) -> JsonSchemaValue:
-        return {"type": "string", "description": "humantime duration, e.g. 30s, 1m30s, 500ms"}
+        return {
+            "anyOf": [{"type": "string"}, {"const": 0}],
+            "description": "humantime duration, e.g. 30s, 1m30s, 500ms (or 0)",
+        }
 
     @classmethod
     def validate(cls, value: Any) -> Duration:
