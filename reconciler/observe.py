@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import stat
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -227,10 +228,12 @@ def read_snapshot(path: str | Path) -> ObservedState:
     limit = snapshot_limit()
     try:
         with open(path, "rb") as handle:
-            data = handle.read(limit + 1)
+            info = os.fstat(handle.fileno())
+            too_large = stat.S_ISREG(info.st_mode) and info.st_size > limit
+            data = b"" if too_large else handle.read(limit + 1)
     except OSError as exc:
         raise SnapshotError(f"{path}: cannot read snapshot: {exc.strerror or exc}") from exc
-    if len(data) > limit:
+    if too_large or len(data) > limit:
         raise SnapshotError(
             f"{path}: snapshot is larger than {format_bytes(limit)}; refusing to read it "
             f"(${SNAPSHOT_LIMIT_ENV} sets another limit)"
