@@ -103,10 +103,10 @@ def test_restore_service_rebuilds_an_earlier_config_only_with_the_same_secrets()
     assert back.runtime_env() == {"P": "one", "LEVEL": "debug"}
     assert back.policy == new.policy and back.depends == new.depends
     rotated = CompileInputs(secret_key=KEY, secret={"db": "two"}.get)
-    with pytest.raises(ValueError, match="env.P: secret db has changed since that config ran"):
+    with pytest.raises(ValueError, match=r"env\.P: secret db has changed since that config ran"):
         restore_service(new, old.config, old.fingerprint, rotated)
     gone = CompileInputs(secret_key=KEY, secret=lambda _name: None)
-    with pytest.raises(ValueError, match="env.P: secret db is not available any more"):
+    with pytest.raises(ValueError, match=r"env\.P: secret db is not available any more"):
         restore_service(new, old.config, old.fingerprint, gone)
 
 
