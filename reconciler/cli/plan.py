@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from secrets import token_bytes
 
 import click
 from rich.console import Console
@@ -66,9 +67,17 @@ def _with_crash_loops(plan: Plan, state_dir: Path) -> Plan:
         journal.close()
 
 
-def compile_inputs(state_dir: Path, secrets_dir: Path | None, offline: bool) -> CompileInputs:
-    if offline and secrets_dir is None:
-        return CompileInputs(env=dict(os.environ), secret_key=None)
+def compile_inputs(
+    state_dir: Path, secrets_dir: Path | None, snapshot: bool, ref: bool
+) -> CompileInputs:
+    """Against a snapshot without the secrets, plan offline: no host key, so
+    sensitive values are taken as recorded. Against a git ref both sides compile
+    here, so one throwaway key makes their sensitive values comparable (a changed
+    password shows as changed) while ``$S:`` references stay names."""
+    if ref and secrets_dir is None:
+        return CompileInputs(env=dict(os.environ), secret_key=token_bytes(32), secret=None)
+    if snapshot and secrets_dir is None:
+        return CompileInputs(env=dict(os.environ), secret_key=None, secret=None)
     return CompileInputs(
         env=dict(os.environ),
         secret_key=read_secret_key(state_dir),
@@ -222,7 +231,7 @@ def plan(
     state_dir = settings.state_dir or default_state_dir()
     if runtime is not None:
         runtime = pick_runtime(runtime, settings)
-    inputs = compile_inputs(state_dir, secrets_dir, bool(snapshot or ref))
+    inputs = compile_inputs(state_dir, secrets_dir, bool(snapshot), bool(ref))
     # Planning builds many acyclic objects at once and exits; the cyclic GC would
     # only rescan them (a third of the time for 10,000 services).
     try:
