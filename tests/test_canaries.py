@@ -11,6 +11,7 @@ doing nothing (no plan, no launch), it also checks that the change *is* reported
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
@@ -33,6 +34,8 @@ from reconciler.plan.serialize import plan_to_json
 from reconciler.redact import SENSITIVE_NAME_RE, has_userinfo, scrub_text
 from reconciler.spec.load import SourceFile, load_sources
 from tests.daemon_support import git
+
+pytest_plugins = ["tests.docker_support"]
 
 KEY = b"canary-test-key"
 ENV_VAR = "ZL_CANARY_FROM_ENV"
@@ -446,3 +449,67 @@ def test_the_daemon_journal_and_api_hold_no_value(tmp_path: Path) -> None:
     for name, value in values.items():
         assert value not in everything, f"{name} leaked"
     assert seen.read_text().startswith(values["password"])
+
+
+# --- a real host: Docker ------------------------------------------------------------------
+
+
+async def test_docker_labels_and_observed_configs_hold_no_value(
+    docker_url: str, test_image: str, deployment_name: str
+) -> None:
+    """The engine's create call is the launch step: the container's Env has the clear
+    values. Every ``zlayer.*`` label (readable by anyone who can inspect it) and every
+    observed config holds placeholders only."""
+    from reconciler.drivers.docker import DockerDriver
+    from tests.docker_support import engine_request
+
+    values = {k: canary(f"docker-{k}") for k in ("password", "url", "arg", "secret")}
+    text = json.dumps(
+        {
+            "version": "v1",
+            "deployment": deployment_name,
+            "services": {
+                "web": {
+                    "image": {"name": test_image, "pull_policy": "never"},
+                    "scale": {"mode": "fixed", "replicas": 1},
+                    "env": {
+                        "DB_PASSWORD": values["password"],
+                        "URL": f"https://bot:{values['url']}@git.example.invalid/x",
+                        "TOKEN": "$S:token",
+                    },
+                    "command": {
+                        "entrypoint": ["sh", "-c", 'echo "$DB_PASSWORD $TOKEN $1"', "sh"],
+                        "args": [f"--password={values['arg']}"],
+                    },
+                }
+            },
+        }
+    )
+    loaded = load_sources([SourceFile("app.yaml", text.encode())])
+    assert loaded.ok, [p.render() for p in loaded.problems]
+    inputs = CompileInputs(secret_key=KEY, secret={"token": values["secret"]}.get)
+    desired, problems = compile_specs(loaded.specs, "rev", inputs)
+    assert desired is not None, problems
+    (service,) = desired.services.values()
+    async with DockerDriver() as driver:
+        await driver.create(service, 1, "rev")
+        observed = await driver.observe([deployment_name])
+        target = service.workload_id(1)
+        for _ in range(200):
+            out = [line async for line in driver.logs(target)]
+            if out:
+                break
+            await asyncio.sleep(0.1)
+    label = json.dumps({"label": [f"zlayer.deployment={deployment_name}"]})
+    _, (summary,) = engine_request(
+        docker_url, "GET", "/containers/json", {"all": "1", "filters": label}
+    )
+    _, inspected = engine_request(docker_url, "GET", f"/containers/{summary['Id']}/json")
+    zlayer_labels = {
+        k: v for k, v in inspected["Config"]["Labels"].items() if k.startswith("zlayer.")
+    }
+    stored = json.dumps([zlayer_labels, observed.configs, observed.to_json()])
+    for name, value in values.items():
+        assert value not in stored, f"{name} leaked into labels or observed configs"
+    assert f"DB_PASSWORD={values['password']}" in inspected["Config"]["Env"]
+    assert out == [f"{values['password']} {values['secret']} --password={values['arg']}"]
