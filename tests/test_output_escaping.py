@@ -210,15 +210,10 @@ def test_plan_json_round_trips_with_controls_escaped(host: Path) -> None:
     assert json.loads(out)["actions"]  # and it is JSON
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="plan_to_json writes ensure_ascii=False: DEL, C1 controls, U+2028/2029 and bidi"
-    " controls stay raw (valid JSON, but raw on a terminal); fixed in reconciler/plan/"
-    "serialize.py, outside this change",
-)
 def test_plan_json_has_no_raw_c1_or_bidi_controls(host: Path) -> None:
     out, _ = plan(host, "json")
     assert not RAW.search(out), repr(RAW.findall(out))
+    assert "\\u202e" in out  # escaped, not dropped
 
 
 def test_plan_against_a_ref_in_every_format(tmp_path: Path) -> None:

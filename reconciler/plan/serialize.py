@@ -8,6 +8,7 @@ byte for byte. The README documents every field.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from reconciler.plan.model import Action, Change, Note, Plan
@@ -36,8 +37,18 @@ def plan_to_dict(plan: Plan, observed_from: str) -> dict[str, Any]:
     }
 
 
+_INVISIBLE = re.compile(
+    "[\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb]"
+)
+"""Characters JSON may carry raw but a terminal or a reviewer's screen would act on
+(DEL, C1 controls, line separators, bidi and zero-width controls)."""
+
+
 def plan_to_json(plan: Plan, observed_from: str) -> str:
-    return json.dumps(plan_to_dict(plan, observed_from), indent=2, ensure_ascii=False) + "\n"
+    """UTF-8 JSON; invisible and control characters are written as ``\\uXXXX`` escapes
+    (they can only occur inside strings, so the document means the same)."""
+    text = json.dumps(plan_to_dict(plan, observed_from), indent=2, ensure_ascii=False)
+    return _INVISIBLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n"
 
 
 def _action(action: Action) -> dict[str, Any]:
