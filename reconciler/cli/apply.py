@@ -23,6 +23,7 @@ import click
 from rich.console import Console
 
 from reconciler.cli.apply_render import EventPrinter, event_json, render_report
+from reconciler.cli.escape import markup
 from reconciler.cli.plan import compile_paths
 from reconciler.cli.plan_render import render_text
 from reconciler.cli.runtime import RUNTIME_OPTION, STATE_DIR_OPTION, pick_runtime, settings_for
@@ -203,6 +204,7 @@ def _run(
         raise click.UsageError(
             "apply asks for confirmation: run it in a terminal or pass --auto-approve"
         )
+    desired: DesiredState | None = None
     try:
         with ApplyLock(opts.state_dir, opts.lock_timeout):
             inputs = CompileInputs(
@@ -217,13 +219,14 @@ def _run(
             )
             return asyncio.run(_act(opts, desired, inputs, make_plan, confirm, scope, out, err))
     except LockHeld as exc:
-        err.print(f"Error: {exc}")
+        err.print(f"Error: {markup(str(exc))}")
         raise SystemExit(EXIT_LOCKED) from exc
     except KeyboardInterrupt:
         err.print("Interrupted. What was done stays done; run apply again to converge from there.")
         raise SystemExit(EXIT_INTERRUPTED) from None
     except ZlayerError as exc:
-        raise click.ClickException(str(exc)) from exc
+        scrub = desired.scrubber() if desired is not None else str
+        raise click.ClickException(scrub(str(exc))) from exc
 
 
 async def _act(
