@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from reconciler.sources.files import collect
 from reconciler.spec.load import SourceFile, load_sources, load_text
+from reconciler.spec.rules import (
+    HOST_NAME_MAX,
+    MAX_REPLICAS,
+    MAX_SERVICE_NAME,
+    SECRET_NAME_RE,
+    export_hint,
+)
 
 from .conftest import load_bad, load_ok, rendered, service_text, spec_text
 
@@ -121,3 +132,95 @@ def test_every_file_is_reported_in_one_run(tmp_path) -> None:  # type: ignore[no
     result = load_sources(collected.files)
     files = sorted({p.file for p in result.problems})
     assert files == [str(tmp_path / "a.yaml"), str(tmp_path / "b.yml")]
+
+
+# --- limits a host needs (validate refuses what apply would) ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("scale", "where"),
+    [
+        (f"{{mode: fixed, replicas: {MAX_REPLICAS + 1}}}", "scale.replicas"),
+        (f"{{mode: adaptive, min: {MAX_REPLICAS + 1}, max: {MAX_REPLICAS + 1}}}", "scale.min"),
+        (f"{{mode: adaptive, min: 1, max: {MAX_REPLICAS + 1}}}", "scale.max"),
+    ],
+)
+def test_replica_counts_are_capped_with_a_position(scale: str, where: str) -> None:
+    (problem, *_) = load_bad(service_text(f"scale: {scale}"))
+    assert problem.where == f"services.web.{where}"
+    assert problem.mark is not None and problem.mark.line == 6
+    assert f"a service runs at most {MAX_REPLICAS} replicas" in problem.message
+
+
+def test_the_replica_cap_itself_is_allowed() -> None:
+    load_ok(service_text(f"scale: {{mode: fixed, replicas: {MAX_REPLICAS}}}"))
+    load_ok(service_text(f"scale: {{mode: adaptive, min: 0, max: {MAX_REPLICAS}}}"))
+
+
+def test_service_names_must_fit_a_host_name() -> None:
+    load_ok(spec_text(f"services:\n  {'a' * MAX_SERVICE_NAME}: {{image: {{name: x}}}}\n"))
+    long = "a" * (MAX_SERVICE_NAME + 1)
+    (problem,) = load_bad(spec_text(f"services:\n  {long}: {{image: {{name: x}}}}\n"))
+    assert problem.mark is not None and problem.mark.line == 4
+    assert f"service name is {MAX_SERVICE_NAME + 1} characters long" in problem.message
+    assert MAX_SERVICE_NAME + len(f"-{MAX_REPLICAS}") == HOST_NAME_MAX == 64
+
+
+@pytest.mark.parametrize(
+    "key", ["C=D", "", "BAD KEY", "TAB\tKEY", "NL\nKEY", "BELL\x07", "NBSP\u00a0X", "DEL\x7f"]
+)
+def test_env_keys_a_process_cannot_receive(key: str) -> None:
+    text = service_text(f"env: {{{json.dumps(key)}: x}}")
+    (problem,) = load_bad(text)
+    assert problem.where == f"services.web.env.{key}"
+    assert problem.mark is not None and problem.mark.line == 6
+    assert f"env key {key!r} cannot be passed to a process" in problem.message
+
+
+@pytest.mark.parametrize("key", ["PATH", "1", "a.b", "my-var", "lower_case", "ÜBER"])
+def test_env_keys_zlayer_and_processes_accept(key: str) -> None:
+    assert key in load_ok(service_text(f"env: {{{json.dumps(key)}: x}}")).spec.services["web"].env
+
+
+def test_replica_group_env_is_checked_too() -> None:
+    text = service_text("replica_groups: [{role: primary, count: 1, env: {'A B': x}}]")
+    (problem,) = load_bad(text)
+    assert problem.where == "services.web.replica_groups[0].env.A B"
+
+
+def test_a_nul_byte_in_an_env_value_is_refused() -> None:
+    (problem,) = load_bad(service_text('env: {A: "x\\0y"}'))
+    assert problem.where == "services.web.env.A"
+    assert "holds a NUL byte" in problem.message
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["$S:../../etc/passwd", "$S:", "$S:a b", "$secret://vault/db", "$S:.hidden", "$S:" + "a" * 256],
+)
+def test_secret_names_that_are_no_file_of_the_secrets_directory(value: str) -> None:
+    (problem,) = load_bad(service_text(f"env: {{A: {json.dumps(value)}}}"))
+    assert problem.where == "services.web.env.A"
+    assert problem.mark is not None and (problem.mark.line, problem.mark.col) == (6, 14)
+    assert "is not valid" in problem.message and problem.hint is not None
+
+
+@pytest.mark.parametrize("value", ["$S:db-password", "$secret://db.key", "$S:" + "a" * 255])
+def test_valid_secret_names(value: str) -> None:
+    load_ok(service_text(f"env: {{A: {json.dumps(value)}}}"))
+    assert SECRET_NAME_RE.fullmatch(value.split(":", 1)[1].removeprefix("//"))
+
+
+@pytest.mark.parametrize("name", ["API_TOKEN", "_x", "MY-VAR", "A B", "$(touch pwned)", "it's"])
+def test_export_hints_are_valid_shell_that_sets_exactly_the_name(name: str, tmp_path: Path) -> None:
+    hint = export_hint(name, "before running")
+    command = hint.removesuffix(" before running").split("run zlayer as: ", 1)[-1]
+    command = command.replace("zlayer …", "env")
+    # the line, run by a shell with `env` for zlayer, sets the variable and nothing else
+    script = command if command.startswith("env ") else f"{command}; env"
+    done = subprocess.run(
+        ["sh", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=30, env={}
+    )
+    assert done.returncode == 0, (hint, done.stderr)
+    assert f"{name}=value" in done.stdout.splitlines()
+    assert list(tmp_path.iterdir()) == []  # nothing in the name ran

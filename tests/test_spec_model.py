@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from reconciler.spec.blocks import AdaptiveScale, FixedScale, ManualScale, PinAffinity, TcpCheck
+from reconciler.spec.load import load_bytes
+from reconciler.spec.problems import ProblemSink
 from reconciler.spec.scalars import Duration, format_duration, parse_duration
+from reconciler.spec.schema import spec_schema
+from reconciler.spec.yamldoc import Plain, Tagged, parse_document
 
-from .conftest import load_bad, load_ok, rendered, service_text, spec_text
+from .conftest import REPO, load_bad, load_ok, rendered, service_text, spec_text
 
 
 def web(fields: str = ""):  # type: ignore[no-untyped-def]
@@ -273,3 +279,62 @@ def test_tunnels_externals_api() -> None:
     assert "backends: needs at least 1" in rendered(
         load_bad(text.replace('["10.0.0.5:8080"]', "[]"))
     )
+
+
+# --- the JSON Schema (zlayer schema) ---------------------------------------------------------
+
+
+def _as_an_editor_reads_it(value: Any) -> Any:
+    """A document's values as a YAML 1.2 reader hands them to a JSON Schema validator:
+    tags dropped (a tag alone names the value), scalars resolved, ``017`` a number."""
+    if isinstance(value, Tagged):
+        inner = value.value
+        if inner == "" or (isinstance(inner, Plain) and inner.value is None):
+            return value.tag.lstrip("!")
+        return _as_an_editor_reads_it(inner)
+    if isinstance(value, Plain):
+        return int(value.text) if isinstance(value.value, str) else value.value
+    if isinstance(value, dict):
+        return {k: _as_an_editor_reads_it(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_as_an_editor_reads_it(v) for v in value]
+    return value
+
+
+SPEC_FILES = sorted((REPO / "tests" / "compat" / "corpus").glob("*.yaml")) + sorted(
+    (REPO / "specs").glob("*.yaml")
+)
+
+
+def test_the_schema_accepts_every_file_the_loader_accepts() -> None:
+    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is in the test extra")
+    schema = spec_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    accepted = refused = 0
+    for path in SPEC_FILES:
+        loaded, _ = load_bytes(path.read_bytes(), path.name)
+        document = parse_document(path.read_text(), ProblemSink(path.name))
+        if document is None:
+            continue
+        data = _as_an_editor_reads_it(document.data)
+        errors = [e.message for e in validator.iter_errors(data)]
+        if loaded is not None:
+            accepted += 1
+            assert errors == [], f"{path.name}: {errors}"
+        elif errors:
+            refused += 1
+    assert accepted >= 100  # the corpus and the bundled specs, not a handful
+    assert refused >= 40  # and the schema still refuses much of what the loader refuses
+
+
+def test_the_schema_takes_any_scalar_for_string_fields_and_knows_the_aliases() -> None:
+    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is in the test extra")
+    validator = jsonschema.Draft202012Validator(spec_schema())
+    service = {"image": {"name": "x"}, "env": {"PORT": 8080, "ON": True}, "cap_add": ["NET"]}
+    assert list(validator.iter_errors({"version": "v1", "deployment": "demo"})) == []
+    ok = {"version": "v1", "deployment": 12345, "services": {"web": service}}
+    assert list(validator.iter_errors(ok)) == []
+    assert list(validator.iter_errors({**ok, "version": "v2"}))
+    assert list(validator.iter_errors({**ok, "deployment": "-bad"}))
+    assert list(validator.iter_errors({**ok, "services": {"web": {**service, "replics": 2}}}))

@@ -10,9 +10,11 @@ from reconciler.spec.load import MAX_FILE_BYTES, load_bytes
 from reconciler.spec.problems import Mark, ProblemSink
 from reconciler.spec.yamldoc import (
     MAX_DEPTH,
+    MAX_EXPANDED_BYTES,
     MAX_NODES,
     Plain,
     Tagged,
+    format_bytes,
     parse_document,
     resolve_plain,
 )
@@ -135,6 +137,86 @@ def test_alias_bomb_is_refused_without_expanding() -> None:
     data, problems = parse("\n".join(lines) + "\n")
     assert data is None
     assert f"more than {MAX_NODES} nodes" in problems[0]
+
+
+def test_aliases_are_counted_by_the_bytes_they_expand_to() -> None:
+    # 16 aliases of a 300 KB string: few nodes, 5.1 MB of text
+    text = f'a: &s "{"é" * 150_000}"\nb: [{", ".join(["*s"] * 16)}]\n'
+    sink = ProblemSink("bomb.yaml")
+    assert parse_document(text, sink) is None
+    (problem,) = sink.problems
+    assert "more than 4 MiB of scalar text at alias *s" in problem.message
+    # bytes, not characters ("é" is 2 bytes): the 13th alias crosses 4 MiB; counted in
+    # characters, all 16 would pass
+    assert problem.mark == Mark(2, 5 + 12 * 4)
+
+
+def test_anchored_collections_count_the_bytes_inside_them() -> None:
+    text = f'a: &m {{k: "{"x" * 1_000_000}"}}\nb: [*m, *m, *m, *m]\n'
+    sink = ProblemSink("bomb.yaml")
+    assert parse_document(text, sink) is None
+    assert sink.problems[0].mark == Mark(2, 17)  # the fourth alias
+    assert "alias *m" in sink.problems[0].message
+
+
+def test_aliases_under_the_byte_limit_share_their_value() -> None:
+    size = MAX_EXPANDED_BYTES // 4 - 100
+    text = f'a: &s "{"x" * size}"\nb: [*s, *s, *s]\n'
+    sink = ProblemSink("ok.yaml")
+    doc = parse_document(text, sink)
+    assert sink.problems == [] and doc is not None
+    assert all(v is doc.data["a"] for v in doc.data["b"])
+
+
+@pytest.mark.parametrize(
+    ("size", "text"),
+    [(300, "300 bytes"), (64 * 1024, "64 KiB"), (1024 * 1024, "1 MiB"), (3 << 29, "1.5 GiB")],
+)
+def test_sizes_are_said_one_way(size: int, text: str) -> None:
+    assert format_bytes(size) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "mark"),
+    [
+        ("a: 1\nb:\n\tc: 2\n", Mark(3, 1)),
+        ("a:\n  - x\n  -\ty: 1\n", Mark(3, 4)),
+    ],
+)
+def test_a_tab_used_for_indentation_says_so(text: str, mark: Mark) -> None:
+    sink = ProblemSink("tab.yaml")
+    assert parse_document(text, sink) is None
+    (problem,) = sink.problems
+    assert problem.mark == mark
+    assert "a tab character where YAML expects indentation" in problem.message
+    assert problem.hint == "replace the tab with spaces"
+
+
+def test_a_tab_inside_a_value_is_no_problem() -> None:
+    sink = ProblemSink("ok.yaml")
+    doc = parse_document('a: "x\ty"\nb: c\td\n', sink)
+    assert sink.problems == [] and doc is not None
+    assert doc.data == {"a": "x\ty", "b": "c\td"}
+
+
+@pytest.mark.parametrize(
+    ("codec", "named", "iconv"),
+    [
+        ("utf-16", "UTF-16", "UTF-16"),
+        ("utf-16-be", "UTF-16", "UTF-16BE"),
+        ("utf-16-le", "UTF-16", "UTF-16LE"),
+        ("utf-32", "UTF-32", "UTF-32"),
+        ("utf-32-le", "UTF-32", "UTF-32LE"),
+    ],
+)
+def test_wide_encodings_are_named_with_a_hint(codec: str, named: str, iconv: str) -> None:
+    data = "version: v1\ndeployment: café\n".encode(codec)
+    loaded, problems = load_bytes(data, "my spec.yaml")
+    assert loaded is None
+    (problem,) = problems
+    assert problem.message == f"file is {named} encoded; specs are UTF-8"
+    assert problem.hint is not None
+    assert problem.hint.startswith(f"convert it: iconv -f {iconv} -t UTF-8 'my spec.yaml' > ")
 
 
 @pytest.mark.parametrize(
