@@ -26,7 +26,7 @@ The file is TOML: ``--config FILE``, else ``$ZLAYER_CONFIG``, else
     trusted_keys = "/etc/zlayer/trusted-keys"
     socket = "/run/zlayer/zlayer.sock"
     listen = "127.0.0.1:9464"         # optional loopback TCP for the API
-    token_file = "/etc/zlayer/token"  # bearer token for mutating calls over TCP
+    token_file = "/etc/zlayer/token"  # bearer token for every call over TCP but the probes
     webhook_secret_file = "/etc/zlayer/webhook-secret"
     journal_retention = 14            # days of reconciles, events and runs kept
 
