@@ -159,9 +159,6 @@ class DesiredService:
         """The config with clear values, for the launch step only (never stored)."""
         return reveal(self.config, {p: v.reveal() for p, v in self.secrets.items()})
 
-    def scrubber(self) -> Scrubber:
-        return Scrubber(frozenset(v.reveal() for v in self.secrets.values()))
-
     def workload_id(self, replica: int | None) -> WorkloadId:
         return WorkloadId(self.deployment, self.name, replica)
 
