@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,10 +45,7 @@ from reconciler.spec.blocks import AdaptiveScale, FixedScale
 from reconciler.spec.load import LoadedSpec, SourceFile
 from reconciler.spec.models import ServiceSpec
 from reconciler.spec.problems import Path, Problem, format_path
-from reconciler.spec.rules import ENV_REF_RE
-
-SECRET_REF_RE = re.compile(r"\$(?:S:|secret://)(?P<name>.*)", re.DOTALL)
-SECRET_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
+from reconciler.spec.rules import ENV_REF_RE, SECRET_NAME_RE, SECRET_REF_RE, export_hint
 
 _NOT_CONFIG = frozenset(
     {
@@ -328,7 +324,7 @@ def _resolve_env(
                         path,
                         f"deployment {deployment}, service {name}, env {key}: "
                         f"$E:{var} is not set in the environment",
-                        f"export {var}=... before planning",
+                        export_hint(var, "before planning"),
                     )
                 )
                 continue

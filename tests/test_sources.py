@@ -54,7 +54,7 @@ def test_fifos_and_oversized_files_are_not_read(tmp_path: Path) -> None:
     assert collected.files == ()
     text = "\n".join(p.render() for p in collected.problems)
     assert "pipe.yaml: not a regular file" in text
-    assert "big.yaml: file is larger than 1024 KiB" in text
+    assert "big.yaml: file is larger than 1 MiB" in text
 
 
 def test_unreadable_directory_is_a_problem(tmp_path: Path) -> None:

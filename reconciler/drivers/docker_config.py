@@ -554,8 +554,6 @@ def create_body(
     return body
 
 
-
-
 def _resources(resources: Mapping[str, Any], *, gpu: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if "cpu" in resources:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler.spec.load import MAX_FILE_BYTES, SourceFile
+from reconciler.spec.load import MAX_FILE_BYTES, SourceFile, too_large
 from reconciler.spec.problems import Problem
 
 SPEC_SUFFIXES = (".yaml", ".yml")
@@ -91,7 +91,7 @@ def _read(path: Path) -> tuple[bytes, str | None]:
         if not stat.S_ISREG(info.st_mode):
             return b"", "not a regular file"
         if info.st_size > MAX_FILE_BYTES:
-            return b"", f"file is larger than {MAX_FILE_BYTES // 1024} KiB; not a spec"
+            return b"", too_large(MAX_FILE_BYTES)
         with path.open("rb") as handle:
             data = handle.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
