@@ -417,3 +417,14 @@ def test_markdown_escaping() -> None:
     assert md_code("a``b") == "```a``b```"
     assert md_code("`x") == "`` `x ``"
     assert md_code("a|b", table=True) == "`a\\|b`"
+
+
+def test_an_error_message_quoting_a_hostile_name_is_one_visible_line(host: Path) -> None:
+    """ClickException messages quote paths and runtime answers: a snapshot path with an
+    escape sequence and a newline is printed escaped, on one line."""
+    name = "no\x1b[2Ksuch\n::warning::forged.json"
+    run = zlayer("plan", "specs", "--observed", name, "--state-dir", "state", cwd=host)
+    assert run.returncode == 1
+    assert "\x1b" not in run.stderr
+    assert not any(line.startswith("::") for line in run.stderr.splitlines()), run.stderr
+    assert "no\\x1b[2Ksuch\\n::warning::forged.json" in run.stderr

@@ -17,6 +17,7 @@ import sys
 import click
 
 from reconciler import __version__
+from reconciler.cli.escape import visible
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -84,6 +85,9 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("Aborted.", err=True)
         sys.exit(EXIT_ERROR)
     except click.ClickException as exc:
+        if type(exc) is click.ClickException:
+            # Our messages quote specs, snapshots and runtime answers: one line, no controls.
+            exc = click.ClickException(visible(exc.message))
         exc.show()
         sys.exit(EXIT_ERROR)
     except OSError as exc:
