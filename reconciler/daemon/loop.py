@@ -364,7 +364,7 @@ class Daemon:
         except (ZlayerError, OSError) as exc:
             outcome, summary = "error", f"{type(exc).__name__}: {exc}"
             self._counters["errors"] += 1
-            log.error("reconcile failed: %s", summary)
+            log.error("reconcile failed: %s", self.journal.scrub(summary))
         finally:
             self.reconciling_since = None
         finished = self.clock()
@@ -543,7 +543,7 @@ class Daemon:
         if state != "bad":
             self.journal.mark_revision(revision, state, reason, self.clock())
         self.journal.event("source", f"revision-{state}", reason, self.clock())
-        log.warning("%s", reason)
+        log.warning("%s", self.journal.scrub(reason))
 
     def _fallback(self, why: str) -> Choice:
         """The last good revision (as compiled now), when the candidate cannot be used."""
