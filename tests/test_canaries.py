@@ -410,6 +410,10 @@ def test_an_error_quoting_a_clear_value_is_scrubbed(
     assert applied.returncode == 1, applied.stdout + applied.stderr
     assert value not in applied.stdout + applied.stderr
     assert "***" in applied.stdout, applied.stdout
+    # the monitor's record of the failed start, and status reading it
+    assert value not in _files_text(Path(process_host["ZLAYER_STATE_DIR"]))
+    status = zlayer(tmp_path, "status", env=process_host)
+    assert value not in status.stdout + status.stderr
 
 
 # --- the daemon: journal and API -------------------------------------------------------

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from reconciler.drivers import proc
+from reconciler.redact import scrub_text
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
@@ -190,6 +191,8 @@ def _child(spec: dict[str, Any], output: int, status: int) -> NoReturn:
             raise _step(f"exec {argv[0]!r}", exc) from None
     except BaseException as exc:
         message = str(exc) if isinstance(exc, _Failed) else f"{type(exc).__name__}: {exc}"
+        # The record of a failed start is stored and shown: no clear value in it.
+        message = scrub_text(message, spec.get("scrub", ()))
         with contextlib.suppress(BaseException):
             os.write(status, f"cannot start: {message}".encode(errors="replace")[:4000])
     finally:

@@ -428,6 +428,7 @@ class ProcessDriver:
             if user is None
             else {"uid": user.uid, "gid": user.gid, "groups": list(user.groups)},
             "stop_signal": pc.stop_signal(service.config),
+            "scrub": sorted(v.reveal() for v in service.secrets.values()),
         }
         async with self._locks[target.deployment]:
             if mode == "bridge":
@@ -614,6 +615,7 @@ class ProcessDriver:
             if user is None
             else {"uid": user.uid, "gid": user.gid, "groups": list(user.groups)},
             "stop_signal": pc.stop_signal(service.config),
+            "scrub": sorted(v.reveal() for v in service.secrets.values()),
         }
         async with self._locks[rid.deployment]:
             if mode == "bridge":
