@@ -10,7 +10,8 @@ Everything else becomes a *placeholder*, a small mapping in place of the value:
   of an ``env`` or ``labels`` key matching :data:`SENSITIVE_NAME_RE` or marked by
   the spec's author (label ``zlayer.sensitive``), an argument ``--password=…`` /
   ``--password …`` / ``PASSWORD=…``, and any string holding URL userinfo
-  (``scheme://user:pass@host``) anywhere in the config.
+  (``scheme://user:pass@host``) or such an assignment inside it (a script's
+  ``mysql --password=pw``) anywhere in the config.
 
 ``H`` is a keyed hash (:func:`reconciler.fingerprint.keyed_hash`) under the host's
 key, so a changed value still changes the fingerprint while the hash reveals
@@ -46,6 +47,14 @@ PAT, JWT, PIN, OTP, SIG) only as a whole word (``GH_PAT`` yes, ``PATH`` no)."""
 URL_USERINFO_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s/?#@]+@")
 """A URL carrying userinfo (``postgres://user:pw@db``, ``https://key@sentry``)."""
 
+EMBEDDED_RE = re.compile(
+    r"(?:^|(?<=[\s;&|(=?]))-{0,2}(?P<name>[A-Za-z_][A-Za-z0-9_.\-]*)=(?=[^\s'\";&|)$])"
+)
+"""An assignment inside a longer string: ``sh -c "mysql --password=pw"``,
+``JAVA_OPTS=-Ddb.password=pw``, ``export API_TOKEN=t``. Sensitive when the name
+is; a value that is a shell reference (``--password=$DB_PASSWORD``) or quoted is
+not a value here."""
+
 MARK_LABEL = "zlayer.sensitive"
 """The service label by which a spec's author marks more ``env``/``labels`` keys
 as sensitive: a comma-separated list of exact key names."""
@@ -70,6 +79,10 @@ def is_sensitive_name(name: str, marked: Iterable[str] = ()) -> bool:
 
 def has_userinfo(text: str) -> bool:
     return URL_USERINFO_RE.search(text) is not None
+
+
+def has_embedded_secret(text: str, marked: Iterable[str] = ()) -> bool:
+    return any(is_sensitive_name(m["name"], marked) for m in EMBEDDED_RE.finditer(text))
 
 
 def hidden(kind: str, value: str, key: bytes | None) -> dict[str, str]:
@@ -187,7 +200,9 @@ def _args(out: Redaction, path: Path, value: Any, key: bytes | None, marks: froz
 
 def _walk(out: Redaction, path: Path, value: Any, key: bytes | None) -> Any:
     if isinstance(value, str):
-        return _hide(out, path, value, key) if has_userinfo(value) else value
+        if has_userinfo(value) or has_embedded_secret(value):
+            return _hide(out, path, value, key)
+        return value
     if is_placeholder(value):
         return value
     if isinstance(value, dict):

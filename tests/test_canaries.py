@@ -31,7 +31,7 @@ from reconciler.fingerprint import canonical_json
 from reconciler.observed import ObservedState, Workload
 from reconciler.plan.planner import plan_changes
 from reconciler.plan.serialize import plan_to_json
-from reconciler.redact import SENSITIVE_NAME_RE, has_userinfo, scrub_text
+from reconciler.redact import SENSITIVE_NAME_RE, has_embedded_secret, has_userinfo, scrub_text
 from reconciler.spec.load import SourceFile, load_sources
 from tests.daemon_support import git
 
@@ -73,6 +73,9 @@ FORMS = [
     Form("args-equals", args=["--password={v}"]),
     Form("args-separate", args=["--auth-token", "{v}"]),
     Form("args-assignment", args=["DB_PASSWORD={v}"]),
+    Form("inside-a-script", args=["-c", "mysql --password={v} -e 'select 1'"]),
+    Form("inside-a-value", env={"JAVA_OPTS": "-Xmx1g -Ddb.password={v}"}),
+    Form("query-token", env={"HOOK": "https://hooks.example.invalid/x?token={v}"}),
 ]
 
 
@@ -209,6 +212,9 @@ def test_every_name_the_audit_found_is_sensitive() -> None:
         assert not SENSITIVE_NAME_RE.search(name), name
     assert has_userinfo("postgres://app:pw@db/app")
     assert not has_userinfo("https://example.invalid/path@v2")
+    # a shell reference or a plain setting inside a script is no secret
+    assert not has_embedded_secret('mysql --password="$DB_PASSWORD" --user=app')
+    assert not has_embedded_secret("exec env LOG_LEVEL=debug app --port=8080")
 
 
 def test_scrub_text_cuts_every_value_longest_first() -> None:
