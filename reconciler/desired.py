@@ -36,6 +36,7 @@ from reconciler.redact import (
     placeholders,
     redact_config,
     reveal,
+    secret_parts,
     unhashed_paths,
 )
 from reconciler.redact import (
@@ -187,10 +188,19 @@ class DesiredState:
     """Every deployment in the specs, those without services included."""
 
     def scrubber(self) -> Scrubber:
-        """Cuts every clear value of these specs out of free text."""
-        return Scrubber(
-            frozenset(v.reveal() for s in self.services.values() for v in s.secrets.values())
-        )
+        """Cuts every clear value of these specs out of free text: the config's, and
+        health checks or init steps that hold a sensitive string (a probe's error
+        quotes its URL)."""
+        values: set[str] = set()
+        for service in self.services.values():
+            clear = [v.reveal() for v in service.secrets.values()]
+            policy = service.policy
+            texts = [policy.health.url, policy.health.command]
+            texts += [str(v) for step in policy.init for v in step.with_.values()]
+            clear += [t for t in texts if t and redact_config({"x": t}, None).clear]
+            values.update(clear)
+            values.update(part for text in clear for part in secret_parts(text))
+        return Scrubber(frozenset(values))
 
     def fingerprint(self) -> str:
         """One hash of everything desired, for refusing stale plans."""

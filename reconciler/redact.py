@@ -85,6 +85,19 @@ def has_embedded_secret(text: str, marked: Iterable[str] = ()) -> bool:
     return any(is_sensitive_name(m["name"], marked) for m in EMBEDDED_RE.finditer(text))
 
 
+def secret_parts(text: str, marked: Iterable[str] = ()) -> list[str]:
+    """The pieces of ``text`` that are secret on their own: URL userinfo and the
+    values of sensitive assignments inside it. A message may quote only those (a
+    probe's URL with another host), so free text is scrubbed of them too."""
+    parts = [m.group()[m.group().index("://") + 3 : -1] for m in URL_USERINFO_RE.finditer(text)]
+    for match in EMBEDDED_RE.finditer(text):
+        if is_sensitive_name(match["name"], marked):
+            value = re.match(r"[^\s'\";&|)]+", text[match.end() :])
+            if value:
+                parts.append(value.group())
+    return parts
+
+
 def hidden(kind: str, value: str, key: bytes | None) -> dict[str, str]:
     """The placeholder of a clear ``value``; without a key (offline) no hash."""
     out = {"sensitive": kind}

@@ -523,3 +523,42 @@ async def test_docker_labels_and_observed_configs_hold_no_value(
         assert value not in stored, f"{name} leaked into labels or observed configs"
     assert f"DB_PASSWORD={values['password']}" in inspected["Config"]["Env"]
     assert out == [f"{values['password']} {values['secret']} --password={values['arg']}"]
+
+
+def test_free_text_is_scrubbed_of_config_values_and_their_secret_parts() -> None:
+    """Messages quote pieces: a probe's URL with the replica's address in place of
+    localhost, an init step's command line, the password of a DATABASE_URL."""
+    url_pw, step_token, db_pw = canary("probe-pw"), canary("step-token"), canary("db-pw")
+    text = json.dumps(
+        {
+            "version": "v1",
+            "deployment": "cnry",
+            "services": {
+                "web": {
+                    "image": {"name": "busybox"},
+                    "env": {"DATABASE_URL": f"postgres://app:{db_pw}@db/app"},
+                    "health": {
+                        "check": {"type": "http", "url": f"http://u:{url_pw}@localhost:8080/"}
+                    },
+                    "init": {
+                        "steps": [
+                            {
+                                "id": "w",
+                                "uses": "init.run",
+                                "with": {"command": f"curl --token={step_token} http://x/"},
+                            }
+                        ]
+                    },
+                }
+            },
+        }
+    )
+    scrub = compile_text(text, "-").scrubber()
+    message = (
+        f"GET http://u:{url_pw}@10.1.2.3:8080/ failed; curl --token={step_token} exited 1; "
+        f"password authentication failed for app:{db_pw}"
+    )
+    scrubbed = scrub(message)
+    for value in (url_pw, step_token, db_pw):
+        assert value not in scrubbed
+    assert scrubbed.startswith("GET http://***@10.1.2.3:8080/ failed")
