@@ -32,6 +32,7 @@ from reconciler.redact import (
     Scrubber,
     hidden,
     is_placeholder,
+    is_sensitive_text,
     marked_names,
     placeholders,
     redact_config,
@@ -197,7 +198,7 @@ class DesiredState:
             policy = service.policy
             texts = [policy.health.url, policy.health.command]
             texts += [str(v) for step in policy.init for v in step.with_.values()]
-            clear += [t for t in texts if t and redact_config({"x": t}, None).clear]
+            clear += [t for t in texts if t and is_sensitive_text(t)]
             values.update(clear)
             values.update(part for text in clear for part in secret_parts(text))
         return Scrubber(frozenset(values))

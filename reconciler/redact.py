@@ -85,6 +85,12 @@ def has_embedded_secret(text: str, marked: Iterable[str] = ()) -> bool:
     return any(is_sensitive_name(m["name"], marked) for m in EMBEDDED_RE.finditer(text))
 
 
+def is_sensitive_text(text: str) -> bool:
+    """A string that is sensitive whatever it is called: URL userinfo or a sensitive
+    assignment inside it."""
+    return has_userinfo(text) or has_embedded_secret(text)
+
+
 def secret_parts(text: str, marked: Iterable[str] = ()) -> list[str]:
     """The pieces of ``text`` that are secret on their own: URL userinfo and the
     values of sensitive assignments inside it. A message may quote only those (a
@@ -113,16 +119,6 @@ def is_placeholder(value: Any) -> bool:
     return keys in ({"secret"}, {"secret", "hmac"}, {"sensitive"}, {"sensitive", "hmac"}) and all(
         isinstance(v, str) for v in value.values()
     )
-
-
-def contains_placeholder(value: Any) -> bool:
-    if is_placeholder(value):
-        return True
-    if isinstance(value, dict):
-        return any(contains_placeholder(v) for v in value.values())
-    if isinstance(value, list):
-        return any(contains_placeholder(v) for v in value)
-    return False
 
 
 def marked_names(config: Mapping[str, Any]) -> frozenset[str]:
@@ -213,9 +209,7 @@ def _args(out: Redaction, path: Path, value: Any, key: bytes | None, marks: froz
 
 def _walk(out: Redaction, path: Path, value: Any, key: bytes | None) -> Any:
     if isinstance(value, str):
-        if has_userinfo(value) or has_embedded_secret(value):
-            return _hide(out, path, value, key)
-        return value
+        return _hide(out, path, value, key) if is_sensitive_text(value) else value
     if is_placeholder(value):
         return value
     if isinstance(value, dict):

@@ -14,7 +14,7 @@ from typing import Any
 
 from reconciler.fingerprint import canonical_json
 from reconciler.plan.model import Change, ChangeKind
-from reconciler.redact import contains_placeholder, is_placeholder, redact_config
+from reconciler.redact import is_placeholder, placeholders, redact_config
 from reconciler.spec.problems import PathPart, format_path
 
 _KINDS: dict[str, ChangeKind] = {
@@ -118,7 +118,7 @@ def _sensitive(path: Sequence[PathPart], before: Any, after: Any) -> Keyed:
 
 def _expand(path: list[PathPart], kind: ChangeKind, t1: Any, t2: Any) -> list[Keyed]:
     """One reported change as changes that never carry a sensitive value."""
-    if not contains_placeholder(t1) and not contains_placeholder(t2):
+    if not placeholders(t1) and not placeholders(t2):
         return [_at(path, kind, t1, t2)]
     if is_placeholder(t1) or is_placeholder(t2):
         return [_at(path, kind, hidden=True)]
