@@ -196,9 +196,16 @@ def test_webhooks_fetch_only_when_signed_and_new(daemon_host: Daemon, repo: Repo
     body = json.dumps({"ref": "refs/heads/main"}).encode()
     good = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
     base = {"Content-Type": "application/json", "X-GitHub-Event": "push"}
+    fetched = daemon_host.status()["source"]["last_fetch"]
     status, _ = _post(port, body, {**base, "X-GitHub-Delivery": "d-1", "X-Hub-Signature-256": good})
     assert status == 202  # accepted; nothing new to fetch yet
     wait_for(lambda: daemon_host.events(kind="webhook"), "the first webhook recorded")
+    # The event precedes the fetch it triggers: wait for that fetch to be done, or it
+    # may find the commit pushed next and apply it before the abuses are checked.
+    wait_for(
+        lambda: (daemon_host.status()["source"]["last_fetch"] or 0) > (fetched or 0),
+        "the fetch the first webhook triggered",
+    )
 
     second = repo.commit({"a": sleeper(2)}, "two")
     repo.push()
