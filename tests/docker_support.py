@@ -3,7 +3,7 @@
 Run such tests through ``tests/with-docker``, which starts a private dockerd,
 imports the test image and sets ``DOCKER_HOST`` and ``ZLAYER_TEST_IMAGE``::
 
-    tests/with-docker /tmp/dev/bin/python -m pytest tests/test_docker_driver.py
+    tests/with-docker /tmp/dev/bin/python -m pytest tests/drivers/test_docker_driver.py
 
 Without an engine the tests skip, loudly, naming the reason, except under
 ``CI=true`` where they fail. They refuse any engine but a private one started

@@ -27,7 +27,7 @@ from reconciler.plan.model import Plan
 from reconciler.plan.planner import plan_changes
 from reconciler.policy import HealthPolicy
 
-from .conftest import load_ok, spec_text
+from tests.conftest import load_ok, spec_text
 
 INPUTS = CompileInputs(secret_key=b"k")
 FAST = Settings(poll=0.02, init_backoff=(0.01, 0.01, 0.01))

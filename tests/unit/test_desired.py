@@ -22,7 +22,7 @@ from reconciler.observed import ObservedState, Workload, WorkloadId, load_snapsh
 from reconciler.plan.diff import describe, explain
 from reconciler.spec.load import SourceFile
 
-from .conftest import load_ok, service_text
+from tests.conftest import load_ok, service_text
 
 KEY = b"unit-test-key"
 

@@ -26,7 +26,7 @@ from reconciler.plan.model import Plan
 from reconciler.plan.planner import plan_changes
 from reconciler.spec.load import SourceFile, load_sources
 
-from .conftest import assert_runs_exactly
+from tests.conftest import assert_runs_exactly
 
 CASES = sorted((Path(__file__).parent / "plan_cases").glob("*.yaml"))
 SECRET_KEY = b"plan-cases-key"

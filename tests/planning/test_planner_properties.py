@@ -23,7 +23,7 @@ from reconciler.plan.model import STARTUP_KINDS, Plan
 from reconciler.plan.planner import plan_changes
 from reconciler.spec.load import SourceFile, load_sources
 
-from .conftest import assert_runs_exactly
+from tests.conftest import assert_runs_exactly
 
 NAMES = ["s0", "s1", "s2", "s3", "s4"]
 

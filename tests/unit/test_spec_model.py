@@ -13,7 +13,7 @@ from reconciler.spec.scalars import Duration, format_duration, parse_duration
 from reconciler.spec.schema import spec_schema
 from reconciler.spec.yamldoc import Plain, Tagged, parse_document
 
-from .conftest import REPO, load_bad, load_ok, rendered, service_text, spec_text
+from tests.conftest import REPO, load_bad, load_ok, rendered, service_text, spec_text
 
 
 def web(fields: str = ""):  # type: ignore[no-untyped-def]

@@ -18,7 +18,7 @@ from reconciler.spec.rules import (
     export_hint,
 )
 
-from .conftest import load_bad, load_ok, rendered, service_text, spec_text
+from tests.conftest import load_bad, load_ok, rendered, service_text, spec_text
 
 
 def test_dependency_cycle_is_named() -> None:

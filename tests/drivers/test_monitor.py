@@ -33,7 +33,7 @@ from reconciler.drivers import proc
 from reconciler.drivers.monitor import _Log
 from tests.process_support import needs_root
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DEADLINE = 20.0  # seconds for the monitor to report; generous for loaded CI machines
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 

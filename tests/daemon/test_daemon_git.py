@@ -22,7 +22,7 @@ import pytest
 
 from tests.daemon_support import Daemon, git, wait_for
 from tests.process_support import needs_root
-from tests.test_daemon import DEP, running, sleeper
+from tests.daemon.test_daemon import DEP, running, sleeper
 
 pytest_plugins = ["tests.daemon_support"]
 

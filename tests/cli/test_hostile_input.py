@@ -25,7 +25,7 @@ from reconciler.spec.rules import MAX_REPLICAS, MAX_SERVICE_NAME
 from reconciler.spec.yamldoc import MAX_EXPANDED_BYTES
 from reconciler.statedir import MAX_SECRET_BYTES
 
-from .conftest import REPO
+from tests.conftest import REPO
 
 ADDRESS_SPACE = 2 * 1024**3
 """The children's address-space limit: far above what any case needs, far below what

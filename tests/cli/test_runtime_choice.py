@@ -18,7 +18,7 @@ from reconciler.observe import docker_problem, resolve_runtime
 from reconciler.settings import ConfigError, Settings, load_settings
 from tests.conftest import REPO
 
-from .docker_support import compile_services
+from tests.docker_support import compile_services
 
 
 def zlayer(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -16,7 +16,7 @@ import pytest
 
 from reconciler.lock import LOCK_FILE, ApplyLock, LockHeld
 
-from .conftest import REPO
+from tests.conftest import REPO
 
 HOLDER = textwrap.dedent(
     """

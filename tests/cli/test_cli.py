@@ -15,7 +15,7 @@ from reconciler import __version__
 from reconciler.cli.main import cli
 from reconciler.spec.load import load_text
 
-from .conftest import REPO, service_text
+from tests.conftest import REPO, service_text
 
 BAD = service_text(
     """

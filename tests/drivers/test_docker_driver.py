@@ -1,6 +1,6 @@
 """The Docker driver against a real engine: the private one ``tests/with-docker`` starts.
 
-    tests/with-docker /tmp/dev/bin/python -m pytest tests/test_docker_driver.py
+    tests/with-docker /tmp/dev/bin/python -m pytest tests/drivers/test_docker_driver.py
 
 Without an engine every test here skips saying why (and fails under CI=true).
 Each test works in its own deployment (``zt-<hex>``), removed afterwards. The
@@ -31,7 +31,7 @@ from reconciler.errors import (
 )
 from reconciler.observed import Workload, WorkloadId
 
-from .docker_support import compile_services
+from tests.docker_support import compile_services
 
 pytest_plugins = ["tests.docker_support"]
 

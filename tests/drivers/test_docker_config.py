@@ -23,7 +23,7 @@ from reconciler.spec.blocks import ResourcesSpec
 from reconciler.spec.load import load_text
 from reconciler.spec.models import ServiceSpec
 
-from .docker_support import compile_services
+from tests.docker_support import compile_services
 
 FULL = """
 web:
