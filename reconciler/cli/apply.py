@@ -32,11 +32,11 @@ from reconciler.drivers.base import Driver
 from reconciler.errors import ZlayerError
 from reconciler.executor import DEFAULT_CONCURRENCY, Event, Report, Settings, execute
 from reconciler.lock import ApplyLock, LockHeld
-from reconciler.observe import check_runtime, limits_message, open_runtime
 from reconciler.observed import ObservedState
 from reconciler.plan.model import Plan
 from reconciler.plan.planner import plan_changes
 from reconciler.plan.serialize import PLAN_FORMAT, plan_to_json
+from reconciler.runtimes import check_runtime, limits_message, open_runtime
 from reconciler.settings import Settings as RuntimeSettings
 from reconciler.statedir import SecretsDir, default_state_dir, ensure_secret_key
 

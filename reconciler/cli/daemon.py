@@ -31,10 +31,12 @@ from reconciler.cli.runtime import RUNTIME_OPTION, STATE_DIR_OPTION, pick_runtim
 from reconciler.daemon.client import NoDaemon, call
 from reconciler.daemon.journal import Journal
 from reconciler.daemon.loop import Daemon
-from reconciler.daemon.source import DirSource, GitSource, Source
 from reconciler.errors import ZlayerError
 from reconciler.settings import DaemonSettings, Settings
+from reconciler.sources.base import Source
+from reconciler.sources.directory import DirSource
 from reconciler.sources.git import GitOptions
+from reconciler.sources.tracked_git import GitSource
 from reconciler.statedir import default_state_dir
 
 
@@ -264,7 +266,7 @@ def _run_directly(
     from reconciler.cli.plan import compile_paths
     from reconciler.daemon.jobs import Runs
     from reconciler.desired import CompileInputs
-    from reconciler.observe import open_runtime
+    from reconciler.runtimes import open_runtime
     from reconciler.statedir import SecretsDir, ensure_secret_key
 
     state = _state_dir(settings)
@@ -359,8 +361,8 @@ def job_logs(run: str, runtime: str | None, state_dir: Path | None) -> int:
             click.echo(record.log_tail)
         click.echo(_run_line(record), err=True)
         return 0
-    from reconciler.observe import open_runtime
     from reconciler.observed import RunId
+    from reconciler.runtimes import open_runtime
 
     name = pick_runtime(runtime, settings)
     state = _state_dir(settings)

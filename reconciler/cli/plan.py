@@ -19,7 +19,11 @@ from reconciler.cli.runtime import STATE_DIR_OPTION, pick_runtime, settings_for
 from reconciler.cli.validate import DEFAULT_PATH
 from reconciler.desired import CompileInputs, DesiredState, compile_specs, content_revision
 from reconciler.errors import ZlayerError
-from reconciler.observe import (
+from reconciler.observed import ObservedState
+from reconciler.plan.model import Plan
+from reconciler.plan.planner import plan_changes
+from reconciler.plan.serialize import plan_to_json
+from reconciler.runtimes import (
     RUNTIMES,
     is_null_ref,
     limits_message,
@@ -28,10 +32,6 @@ from reconciler.observe import (
     observe_runtime,
     read_snapshot,
 )
-from reconciler.observed import ObservedState
-from reconciler.plan.model import Plan
-from reconciler.plan.planner import plan_changes
-from reconciler.plan.serialize import plan_to_json
 from reconciler.sources.files import collect
 from reconciler.spec.load import LoadedSpec, gc_paused, iter_sources
 from reconciler.spec.problems import Problem

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from reconciler.observe import resolve_runtime
+from reconciler.runtimes import resolve_runtime
 from reconciler.settings import RUNTIME_CHOICES, ConfigError, Settings, load_settings
 
 RUNTIME_OPTION = click.option(

@@ -19,8 +19,8 @@ from reconciler.cli.runtime import RUNTIME_OPTION, STATE_DIR_OPTION, pick_runtim
 from reconciler.daemon.journal import Crash, Journal
 from reconciler.drivers.base import Driver
 from reconciler.errors import ZlayerError
-from reconciler.observe import open_runtime
 from reconciler.observed import ObservedState, Workload, WorkloadId
+from reconciler.runtimes import open_runtime
 from reconciler.settings import Settings
 from reconciler.statedir import default_state_dir
 

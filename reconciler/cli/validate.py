@@ -72,7 +72,7 @@ def validate(paths: tuple[str, ...], fmt: str, check_env: bool, runtime: str | N
     result, files = load_paths(paths, check_env=check_env)
     if runtime is not None and not result.problems:
         from reconciler.cli.runtime import pick_runtime, settings_for
-        from reconciler.observe import runtime_problems
+        from reconciler.runtimes import runtime_problems
 
         settings = settings_for()
         runtime = pick_runtime(runtime, settings)

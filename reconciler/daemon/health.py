@@ -15,13 +15,13 @@ from dataclasses import dataclass
 
 from reconciler import probes
 from reconciler.daemon.journal import Journal
-from reconciler.daemon.waits import wait_event
 from reconciler.desired import DesiredState
 from reconciler.drivers.base import Driver
 from reconciler.errors import DriverError
 from reconciler.executor import probe_env, resolver
 from reconciler.observed import ObservedState, WorkloadId
 from reconciler.policy import HealthPolicy
+from reconciler.waits import wait_event
 
 
 @dataclass

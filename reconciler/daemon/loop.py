@@ -37,25 +37,25 @@ from reconciler.daemon.jobs import Runs
 from reconciler.daemon.journal import Journal
 from reconciler.daemon.metrics import Metrics
 from reconciler.daemon.notify import Notifier
-from reconciler.daemon.source import Source
 from reconciler.daemon.supervise import Supervisor
-from reconciler.daemon.waits import wait_event
 from reconciler.desired import CompileInputs, DesiredState, compile_specs
 from reconciler.drivers.base import Driver
 from reconciler.errors import DriverError, ZlayerError
 from reconciler.executor import Event, Report, execute
 from reconciler.executor import Settings as ExecutorSettings
 from reconciler.lock import ApplyLock, LockHeld
-from reconciler.observe import check_runtime, limits_message, open_runtime
 from reconciler.observed import ObservedState, RunId, WorkloadId
 from reconciler.plan.model import Note, Plan
 from reconciler.plan.planner import plan_changes
 from reconciler.plan.serialize import plan_to_dict
+from reconciler.runtimes import check_runtime, limits_message, open_runtime
 from reconciler.settings import ConfigError, Settings, load_settings
+from reconciler.sources.base import Source
 from reconciler.sources.files import Collected
 from reconciler.spec.load import LoadedSpec, SourceFile, iter_sources
 from reconciler.spec.problems import Problem
 from reconciler.statedir import SecretsDir, ensure_secret_key
+from reconciler.waits import wait_event
 
 log = logging.getLogger("reconciler.daemon")
 

@@ -14,7 +14,6 @@ from click.testing import CliRunner
 from reconciler import __version__
 from reconciler.cli.main import cli
 from reconciler.spec.load import load_text
-
 from tests.conftest import REPO, service_text
 
 BAD = service_text(

@@ -20,11 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.observe import MAX_SNAPSHOT_BYTES
+from reconciler.runtimes import MAX_SNAPSHOT_BYTES
 from reconciler.spec.rules import MAX_REPLICAS, MAX_SERVICE_NAME
 from reconciler.spec.yamldoc import MAX_EXPANDED_BYTES
 from reconciler.statedir import MAX_SECRET_BYTES
-
 from tests.conftest import REPO
 
 ADDRESS_SPACE = 2 * 1024**3

@@ -41,9 +41,8 @@ from reconciler.drivers.fake import FakeDriver
 from reconciler.executor import Event, Outcome, Report
 from reconciler.observed import ObservedState, Workload
 from reconciler.spec.load import SourceFile, load_sources
-
-from .test_cli import zlayer
-from .test_plan_cli import git
+from tests.cli.test_cli import zlayer
+from tests.cli.test_plan_cli import git
 
 FORGED = "x\n::warning file=a.yaml,line=1::forged"
 HOSTILE = {

@@ -15,9 +15,8 @@ import pytest
 from reconciler.desired import CompileInputs, as_running, compile_specs
 from reconciler.observed import ObservedState, load_snapshot
 from reconciler.spec.load import SourceFile, load_sources
-
+from tests.cli.test_cli import zlayer
 from tests.conftest import REPO
-from .test_cli import zlayer
 
 PLAN_SCHEMA = json.loads((REPO / "docs/schemas/plan-v1.schema.json").read_text())
 

@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 
 from reconciler.drivers.process_config import HostFacts, service_limits
-from reconciler.observe import docker_problem, resolve_runtime
+from reconciler.runtimes import docker_problem, resolve_runtime
 from reconciler.settings import ConfigError, Settings, load_settings
 from tests.conftest import REPO
-
 from tests.docker_support import compile_services
 
 

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
+from tests.daemon.test_daemon import DEP, running, sleeper
 from tests.daemon_support import Daemon, git, wait_for
 from tests.process_support import needs_root
-from tests.daemon.test_daemon import DEP, running, sleeper
 
 pytest_plugins = ["tests.daemon_support"]
 

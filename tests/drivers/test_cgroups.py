@@ -9,7 +9,6 @@ from pathlib import Path
 from reconciler.drivers import cgroups
 from reconciler.drivers.process import ProcessDriver
 from reconciler.observed import WorkloadId
-
 from tests.docker_support import compile_services
 from tests.process_support import needs_root
 

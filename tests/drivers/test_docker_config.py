@@ -22,7 +22,6 @@ from reconciler.observed import WorkloadId
 from reconciler.spec.blocks import ResourcesSpec
 from reconciler.spec.load import load_text
 from reconciler.spec.models import ServiceSpec
-
 from tests.docker_support import compile_services
 
 FULL = """

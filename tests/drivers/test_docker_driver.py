@@ -30,7 +30,6 @@ from reconciler.errors import (
     TemporaryDriverError,
 )
 from reconciler.observed import Workload, WorkloadId
-
 from tests.docker_support import compile_services
 
 pytest_plugins = ["tests.docker_support"]

@@ -26,7 +26,6 @@ from reconciler.observed import WorkloadId
 from reconciler.plan.model import Plan
 from reconciler.plan.planner import plan_changes
 from reconciler.policy import HealthPolicy
-
 from tests.conftest import load_ok, spec_text
 
 INPUTS = CompileInputs(secret_key=b"k")

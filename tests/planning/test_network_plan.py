@@ -8,8 +8,7 @@ from reconciler.desired import DesiredState, as_running
 from reconciler.drivers.fake import FakeDriver
 from reconciler.observed import Network, ObservedState, WorkloadId
 from reconciler.plan.planner import plan_changes
-
-from .test_executor import apply, desired_from
+from tests.planning.test_executor import apply, desired_from
 
 TWO = """
 services:

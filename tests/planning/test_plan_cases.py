@@ -25,7 +25,6 @@ from reconciler.plan.diff import describe
 from reconciler.plan.model import Plan
 from reconciler.plan.planner import plan_changes
 from reconciler.spec.load import SourceFile, load_sources
-
 from tests.conftest import assert_runs_exactly
 
 CASES = sorted((Path(__file__).parent / "plan_cases").glob("*.yaml"))

@@ -22,7 +22,6 @@ from reconciler.observed import ObservedState, Workload
 from reconciler.plan.model import STARTUP_KINDS, Plan
 from reconciler.plan.planner import plan_changes
 from reconciler.spec.load import SourceFile, load_sources
-
 from tests.conftest import assert_runs_exactly
 
 NAMES = ["s0", "s1", "s2", "s3", "s4"]

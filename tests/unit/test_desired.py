@@ -21,7 +21,6 @@ from reconciler.errors import Conflict, NotFound, SnapshotError
 from reconciler.observed import ObservedState, Workload, WorkloadId, load_snapshot
 from reconciler.plan.diff import describe, explain
 from reconciler.spec.load import SourceFile
-
 from tests.conftest import load_ok, service_text
 
 KEY = b"unit-test-key"

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from reconciler.lock import LOCK_FILE, ApplyLock, LockHeld
-
 from tests.conftest import REPO
 
 HOLDER = textwrap.dedent(

@@ -17,7 +17,6 @@ from reconciler.spec.rules import (
     SECRET_NAME_RE,
     export_hint,
 )
-
 from tests.conftest import load_bad, load_ok, rendered, service_text, spec_text
 
 

@@ -12,7 +12,6 @@ from reconciler.spec.problems import ProblemSink
 from reconciler.spec.scalars import Duration, format_duration, parse_duration
 from reconciler.spec.schema import spec_schema
 from reconciler.spec.yamldoc import Plain, Tagged, parse_document
-
 from tests.conftest import REPO, load_bad, load_ok, rendered, service_text, spec_text
 
 

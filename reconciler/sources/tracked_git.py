@@ -1,6 +1,5 @@
-"""Where the daemon's specs come from: a directory it watches, or a git repository it
-fetches. Both hand the loop a :class:`Candidate` (a revision and its spec files);
-deciding whether to apply it is the loop's business.
+"""A git repository, fetched on a timer (sooner after a webhook), that hands the daemon
+its tracked commit; unreachable remotes are retried sooner, doubling up to the interval.
 """
 
 from __future__ import annotations
@@ -9,71 +8,19 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from reconciler.daemon.waits import wait_event
-from reconciler.desired import content_revision
 from reconciler.errors import SourceError, SourceUnreachable
-from reconciler.sources.files import Collected, collect
+from reconciler.sources.base import Candidate
 from reconciler.sources.git import Commit, GitOptions, GitTracker
-from reconciler.sources.watch import watch_specs
+from reconciler.waits import wait_event
 
 log = logging.getLogger("reconciler.daemon")
 
 RETRY_FIRST = 2.0
 """Seconds before the first retry of an unreachable remote; doubling up to the interval."""
-
-
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    revision: str
-    files: Collected
-    description: str = ""
-    refused: str | None = None
-    """Why this revision must not be applied (a rewrite, a bad signature)."""
-
-
-class Source(Protocol):
-    kind: str
-    identity: str
-
-    async def load(self, applied: str | None) -> Candidate | None: ...
-
-    async def follow(self, changed: Callable[[str], None], stop: asyncio.Event) -> None: ...
-
-    def request_fetch(self) -> None: ...
-
-    def status(self) -> dict[str, Any]: ...
-
-
-class DirSource:
-    kind = "dir"
-
-    def __init__(self, paths: Sequence[Path], *, debounce_ms: int = 300) -> None:
-        self.paths = list(paths)
-        self.identity = "dir:" + ",".join(str(p.resolve()) for p in self.paths)
-        self.debounce_ms = debounce_ms
-        self._changed: Callable[[str], None] | None = None
-
-    async def load(self, applied: str | None) -> Candidate:
-        collected = await asyncio.to_thread(collect, self.paths)
-        return Candidate(content_revision(collected.files), collected)
-
-    async def follow(self, changed: Callable[[str], None], stop: asyncio.Event) -> None:
-        self._changed = changed
-        async for batch in watch_specs(self.paths, stop, debounce_ms=self.debounce_ms):
-            names = ", ".join(sorted(batch)[:3]) + (" …" if len(batch) > 3 else "")
-            changed(f"specs changed: {names}")
-
-    def request_fetch(self) -> None:
-        if self._changed is not None:
-            self._changed("webhook")
-
-    def status(self) -> dict[str, Any]:
-        return {"kind": "dir", "paths": [str(p) for p in self.paths]}
 
 
 class GitSource:
