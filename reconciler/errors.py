@@ -1,30 +1,89 @@
-"""The project's one exception tree.
+"""The project's one exception tree: every error zlayer raises on purpose.
 
 ::
 
     ZlayerError
+    ├── ConfigError            the config file cannot be read or holds a wrong value
+    ├── InvalidSpecs           spec files are not valid or cannot be compiled (``problems``)
+    ├── UnsupportedSpecs       valid specs ask for what the chosen runtime cannot do
     ├── ScheduleError          a cron expression is not valid in ZLayer's dialect
     ├── SnapshotError          an observed-state snapshot cannot be read
     ├── PlanError              a plan cannot be made as asked (unknown --target, …)
+    ├── LockHeld               another apply (or the daemon) holds the host's apply lock
+    ├── NoDaemon               no daemon answers on its socket
     ├── SourceError            specs cannot be read from a source (git ref, …)
+    │   └── SourceUnreachable  the source's remote cannot be reached now
     └── DriverError            a runtime refused or failed an action
         ├── TemporaryDriverError   worth retrying after ``delay`` seconds
         └── PermanentDriverError   retrying will not help
             ├── NotFound           the workload is not there
             └── Conflict           something with that identity already exists
 
-Invalid specs are not exceptions: loading returns every ``Problem`` found
-(``reconciler.spec.problems``) so one run can report them all.
+Loading specs does not raise on the first problem: it returns every ``Problem``
+found (``reconciler.spec.problems``) so one run can report them all; a command that
+cannot go on without valid specs raises :class:`InvalidSpecs` carrying them.
 
 Library errors are translated into this tree where they enter the project and
-chained with ``from`` so the original stays visible in tracebacks.
+chained with ``from`` so the original stays visible in tracebacks. Three private
+exceptions never leave their module and are not part of the tree: the YAML reader's
+``YamlFatal`` (a document that cannot be read at all, turned into a ``Problem``), the
+executor's ``Failed`` (an action's failure, turned into its outcome) and the process
+monitor's ``_Failed`` (a launch that failed, recorded for the driver to report).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
 
 class ZlayerError(Exception):
     """Base of every error zlayer raises on purpose."""
+
+
+class ConfigError(ZlayerError):
+    """The config file cannot be read or holds a wrong value."""
+
+
+class _Problem(Protocol):
+    """What :class:`InvalidSpecs` carries (``reconciler.spec.problems.Problem``)."""
+
+    @property
+    def file(self) -> str: ...
+
+    def render(self) -> str: ...
+
+
+class InvalidSpecs(ZlayerError):
+    """Spec files are not valid (``invalid``) or valid but cannot be compiled; carries
+    every problem, each with its file:line:col, and how many files were read."""
+
+    def __init__(self, heading: str, problems: Sequence[_Problem], files: int) -> None:
+        self.heading = heading
+        self.problems = tuple(problems)
+        self.files = files
+        listing = "\n".join(p.render() for p in self.problems[:50])
+        super().__init__(f"{heading}\n{listing}" if listing else heading)
+
+
+class UnsupportedSpecs(ZlayerError):
+    """Valid specs ask for what the chosen runtime cannot do; nothing was touched."""
+
+
+class LockHeld(ZlayerError):
+    """Another process holds the host's apply lock."""
+
+    def __init__(self, path: Path, holder: str, waited: float) -> None:
+        self.path = path
+        self.holder = holder
+        who = f"pid {holder}" if holder else "another process"
+        after = f" after waiting {waited:g}s" if waited else ""
+        super().__init__(f"{path}: {who} is applying to this host; gave up{after}")
+
+
+class NoDaemon(ZlayerError):
+    """No daemon answers on the socket."""
 
 
 class ScheduleError(ZlayerError, ValueError):

@@ -15,20 +15,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from reconciler.errors import ZlayerError
+from reconciler.errors import LockHeld
 
 LOCK_FILE = "apply.lock"
-
-
-class LockHeld(ZlayerError):
-    """Another process holds the apply lock."""
-
-    def __init__(self, path: Path, holder: str, waited: float) -> None:
-        self.path = path
-        self.holder = holder
-        who = f"pid {holder}" if holder else "another process"
-        after = f" after waiting {waited:g}s" if waited else ""
-        super().__init__(f"{path}: {who} is applying to this host; gave up{after}")
 
 
 class ApplyLock:
@@ -38,6 +27,11 @@ class ApplyLock:
         self.path = state_dir / LOCK_FILE
         self.timeout = timeout
         self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        """This process holds the lock (between :meth:`acquire` and :meth:`release`)."""
+        return self._fd is not None
 
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -48,15 +48,11 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.backoff import BackoffPolicy
-from reconciler.errors import ZlayerError
+from reconciler.errors import ConfigError, ZlayerError
 
 DEFAULT_CONFIG = Path("/etc/zlayer/config.toml")
 RUNTIME_CHOICES = ("auto", "docker", "process")
 DEFAULT_POOL = "10.213.0.0/16"
-
-
-class ConfigError(ZlayerError):
-    """The config file cannot be read or holds a wrong value."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,8 +19,9 @@ from typing import Any
 
 import pytest
 
-from reconciler.daemon.client import NoDaemon, call
+from reconciler.daemon.client import call
 from reconciler.daemon.journal import Journal
+from reconciler.errors import NoDaemon
 from tests.conftest import REPO
 
 __all__ = ["Daemon", "daemon_host", "git", "wait_for"]

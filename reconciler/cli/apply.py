@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,23 +21,22 @@ from typing import Any
 import click
 from rich.console import Console
 
+from reconciler import reconcile
 from reconciler.cli.apply_render import EventPrinter, event_json, render_report
 from reconciler.cli.escape import markup
 from reconciler.cli.plan import compile_paths
 from reconciler.cli.plan_render import render_text
 from reconciler.cli.runtime import RUNTIME_OPTION, STATE_DIR_OPTION, pick_runtime, settings_for
 from reconciler.desired import CompileInputs, DesiredState
-from reconciler.drivers.base import Driver
-from reconciler.errors import ZlayerError
-from reconciler.executor import DEFAULT_CONCURRENCY, Event, Report, Settings, execute
-from reconciler.lock import ApplyLock, LockHeld
+from reconciler.errors import LockHeld, ZlayerError
+from reconciler.executor import DEFAULT_CONCURRENCY, Event
+from reconciler.lock import ApplyLock
 from reconciler.observed import ObservedState
 from reconciler.plan.model import Plan
-from reconciler.plan.planner import plan_changes
 from reconciler.plan.serialize import PLAN_FORMAT, plan_to_json
-from reconciler.runtimes import check_runtime, limits_message, open_runtime
+from reconciler.runtimes import open_runtime
 from reconciler.settings import Settings as RuntimeSettings
-from reconciler.statedir import SecretsDir, default_state_dir, ensure_secret_key
+from reconciler.statedir import default_state_dir
 
 EXIT_LOCKED = 3
 EXIT_INTERRUPTED = 130
@@ -145,7 +143,7 @@ def apply(paths: tuple[str, ...], targets: tuple[str, ...], no_prune: bool, **kw
     chosen = tuple(saved["targets"]) if saved is not None else targets
 
     def make_plan(desired: DesiredState, observed: ObservedState) -> Plan:
-        result = plan_changes(desired, observed, prune=prune, targets=chosen)
+        result = reconcile.plan_for(desired, observed, prune=prune, targets=chosen)
         if saved is not None:
             _check_fresh(saved, paths[0], result)
         return result
@@ -171,21 +169,7 @@ def destroy(deployment: str, **kw: Any) -> int:
     opts = _options(**kw)
 
     def make_plan(_desired: DesiredState, observed: ObservedState) -> Plan:
-        nothing = DesiredState(revision="destroy", services={}, deployments=frozenset())
-        result = plan_changes(nothing, observed, prune=True)
-        ids = {a.id: f"remove:{a.target}" for a in result.actions}
-        actions = tuple(
-            dataclasses.replace(
-                a,
-                id=ids[a.id],
-                kind="remove",
-                reason=f"destroy {deployment}",
-                waits_for=tuple(ids[w] for w in a.waits_for),
-            )
-            for a in result.actions
-            if a.target.deployment == deployment
-        )
-        return dataclasses.replace(result, actions=actions, notes=(), warnings=())
+        return reconcile.destroy_plan(observed, deployment)
 
     return _run(opts, None, make_plan, confirm=True, scope=deployment)
 
@@ -206,18 +190,16 @@ def _run(
         )
     desired: DesiredState | None = None
     try:
-        with ApplyLock(opts.state_dir, opts.lock_timeout):
-            inputs = CompileInputs(
-                env=dict(os.environ),
-                secret_key=ensure_secret_key(opts.state_dir),
-                secret=SecretsDir(opts.secrets_dir or opts.state_dir / "secrets"),
-            )
+        with ApplyLock(opts.state_dir, opts.lock_timeout) as lock:
+            inputs = reconcile.compile_inputs(opts.state_dir, opts.secrets_dir, "apply")
             desired = (
-                compile_paths(spec_paths, inputs, verb="applied")
+                compile_paths(spec_paths, inputs, "applied")
                 if spec_paths is not None
                 else DesiredState("destroy", {})
             )
-            return asyncio.run(_act(opts, desired, inputs, make_plan, confirm, scope, out, err))
+            return asyncio.run(
+                _act(opts, desired, inputs, lock, make_plan, confirm, scope, out, err)
+            )
     except LockHeld as exc:
         err.print(f"Error: {markup(str(exc))}")
         raise SystemExit(EXIT_LOCKED) from exc
@@ -233,68 +215,64 @@ async def _act(
     opts: Options,
     desired: DesiredState,
     inputs: CompileInputs,
+    lock: ApplyLock,
     make_plan: Callable[[DesiredState, ObservedState], Plan],
     confirm: bool,
     scope: str | None,
     out: Console,
     err: Console,
 ) -> int:
-    async with open_runtime(opts.runtime, opts.settings) as driver:
-        desired = _checked(driver, desired)
-        observed = await driver.observe([scope] if scope else None)
-        plan = make_plan(desired, observed)
-        description = f"the {opts.runtime} runtime"
+    description = f"the {opts.runtime} runtime"
+
+    async def review(plan: Plan) -> bool:
+        """Show the plan; ask before acting unless told not to."""
         if opts.fmt == "json":
             document = json.loads(plan_to_json(plan, description))
             click.echo(json.dumps({"event": "plan", "plan": document}, sort_keys=False))
         else:
             render_text(out, plan, description)
-        if plan.empty:
-            return 0
-        if confirm and not opts.auto_approve:
-            question = f"Apply these {len(plan.actions)} actions to {description}?"
-            if not click.confirm(question, default=False, err=True):
-                err.print("Nothing was changed.")
-                return 1
-        printer = EventPrinter(out) if opts.fmt == "text" else None
+        if plan.empty or not confirm or opts.auto_approve:
+            return True
+        question = f"Apply these {len(plan.actions)} actions to {description}?"
+        if click.confirm(question, default=False, err=True):
+            return True
+        err.print("Nothing was changed.")
+        return False
 
-        def on_event(event: Event) -> None:
-            if printer is not None:
-                printer(event)
-            else:
-                click.echo(event_json(event))
+    printer = EventPrinter(out) if opts.fmt == "text" else None
 
-        report: Report = await execute(
-            plan,
+    def on_event(event: Event) -> None:
+        if printer is not None:
+            printer(event)
+        else:
+            click.echo(event_json(event))
+
+    async with open_runtime(opts.runtime, opts.settings) as driver:
+        done = await reconcile.run_pass(
             driver,
-            desired,
-            observed,
-            inputs=inputs,
-            settings=Settings(concurrency=opts.concurrency),
+            reconcile.checked(driver, desired, "applied"),
+            inputs,
+            lock,
+            make_plan=make_plan,
+            review=review,
+            scope=scope,
+            concurrency=opts.concurrency,
             on_event=on_event,
         )
-        if opts.fmt == "json":
-            click.echo(
-                json.dumps(
-                    {
-                        "event": "summary",
-                        "ok": report.ok,
-                        **report.counts(),
-                        "elapsed": report.elapsed,
-                    }
-                )
-            )
-        else:
-            render_report(out, report)
-        return 0 if report.ok else 1
-
-
-def _checked(driver: Driver, desired: DesiredState) -> DesiredState:
-    """Every service checked against what the runtime can do, before anything is touched."""
-    checked, errors = check_runtime(driver, desired)
-    if errors:
-        raise click.ClickException(limits_message(driver.name, errors, "applied"))
-    return checked
+    report = done.report
+    if report is None:
+        return 0 if done.plan.empty else 1
+    if opts.fmt == "json":
+        summary = {
+            "event": "summary",
+            "ok": report.ok,
+            **report.counts(),
+            "elapsed": report.elapsed,
+        }
+        click.echo(json.dumps(summary))
+    else:
+        render_report(out, report)
+    return 0 if report.ok else 1
 
 
 def _saved_plan(path: str) -> dict[str, Any] | None:

@@ -28,10 +28,10 @@ from rich.table import Table
 
 from reconciler.cli.escape import markup, visible, visible_line
 from reconciler.cli.runtime import RUNTIME_OPTION, STATE_DIR_OPTION, pick_runtime, settings_for
-from reconciler.daemon.client import NoDaemon, call
+from reconciler.daemon.client import call
 from reconciler.daemon.journal import Journal
 from reconciler.daemon.loop import Daemon
-from reconciler.errors import ZlayerError
+from reconciler.errors import NoDaemon, ZlayerError
 from reconciler.settings import DaemonSettings, Settings
 from reconciler.sources.base import Source
 from reconciler.sources.directory import DirSource
@@ -263,20 +263,15 @@ def job_run(
 def _run_directly(
     settings: Settings, runtime: str | None, deployment: str, service: str, paths: tuple[str, ...]
 ) -> int:
+    from reconciler import reconcile
     from reconciler.cli.plan import compile_paths
     from reconciler.daemon.jobs import Runs
-    from reconciler.desired import CompileInputs
     from reconciler.runtimes import open_runtime
-    from reconciler.statedir import SecretsDir, ensure_secret_key
 
     state = _state_dir(settings)
     settings = dataclasses.replace(settings, state_dir=state)
-    inputs = CompileInputs(
-        env=dict(os.environ),
-        secret_key=ensure_secret_key(state),
-        secret=SecretsDir(state / "secrets"),
-    )
-    desired = compile_paths(paths, inputs, verb="run")
+    inputs = reconcile.compile_inputs(state, None, "apply")
+    desired = compile_paths(paths, inputs, "run")
     found = desired.services.get((deployment, service))
     if found is None:
         raise click.ClickException(visible(f"{deployment}/{service}: no such service in the specs"))

@@ -2,40 +2,26 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from secrets import token_bytes
 
 import click
 from rich.console import Console
 
+from reconciler import reconcile
 from reconciler.cli.plan_render import render_markdown, render_text
-from reconciler.cli.render import problems_text
+from reconciler.cli.render import fail_invalid, fail_with
 from reconciler.cli.runtime import STATE_DIR_OPTION, pick_runtime, settings_for
-from reconciler.cli.validate import DEFAULT_PATH
-from reconciler.desired import CompileInputs, DesiredState, compile_specs, content_revision
-from reconciler.errors import ZlayerError
+from reconciler.desired import CompileInputs, DesiredState
+from reconciler.errors import InvalidSpecs, ZlayerError
 from reconciler.observed import ObservedState
-from reconciler.plan.model import Plan
-from reconciler.plan.planner import plan_changes
 from reconciler.plan.serialize import plan_to_json
-from reconciler.runtimes import (
-    RUNTIMES,
-    is_null_ref,
-    limits_message,
-    observe_checked,
-    observe_ref,
-    observe_runtime,
-    read_snapshot,
-)
-from reconciler.sources.files import collect
-from reconciler.spec.load import LoadedSpec, gc_paused, iter_sources
-from reconciler.spec.problems import Problem
-from reconciler.statedir import SecretsDir, default_state_dir, read_secret_key
+from reconciler.runtimes import RUNTIMES
+from reconciler.snapshots import read_snapshot
+from reconciler.spec.load import gc_paused
+from reconciler.statedir import default_state_dir
 
 EXIT_CHANGES = 2
 
@@ -46,66 +32,26 @@ class Observed:
     description: str
 
 
-def fail_with(problems: list[Problem] | tuple[Problem, ...], files: int, heading: str) -> None:
-    console = Console(file=sys.stderr)
-    console.print(heading, highlight=False, soft_wrap=True)
-    problems_text(console, problems, max(files, len({p.file for p in problems})))
-    raise SystemExit(1)
-
-
-def _with_crash_loops(plan: Plan, state_dir: Path) -> Plan:
-    """The daemon's crash backoff of this host, as notes on the restarts it holds."""
+def _crash_loops(state_dir: Path) -> dict[str, str]:
+    """The daemon's crash backoff on this host (target → what it will do), if it ran here."""
     from reconciler.daemon.journal import Journal
-    from reconciler.daemon.loop import crash_notes
 
     if not Journal.exists(state_dir):
-        return plan
+        return {}
     journal = Journal.in_state_dir(state_dir)
     try:
-        return crash_notes(plan, journal, time.time())
+        return journal.crash_loops(time.time())
     finally:
         journal.close()
 
 
-def compile_inputs(
-    state_dir: Path, secrets_dir: Path | None, snapshot: bool, ref: bool
-) -> CompileInputs:
-    """Against a snapshot without the secrets, plan offline: no host key, so
-    sensitive values are taken as recorded. Against a git ref both sides compile
-    here, so one throwaway key makes their sensitive values comparable (a changed
-    password shows as changed) while ``$S:`` references stay names."""
-    if ref and secrets_dir is None:
-        return CompileInputs(env=dict(os.environ), secret_key=token_bytes(32), secret=None)
-    if snapshot and secrets_dir is None:
-        return CompileInputs(env=dict(os.environ), secret_key=None, secret=None)
-    return CompileInputs(
-        env=dict(os.environ),
-        secret_key=read_secret_key(state_dir),
-        secret=SecretsDir(secrets_dir or state_dir / "secrets"),
-    )
-
-
-def compile_paths(
-    paths: tuple[str, ...], inputs: CompileInputs, verb: str = "planned"
-) -> DesiredState:
+def compile_paths(paths: tuple[str, ...], inputs: CompileInputs, verb: str) -> DesiredState:
     """The desired state of the specs under ``paths``; exits 1 listing every problem."""
-    collected = collect(paths or (DEFAULT_PATH,))
-    load_problems = list(collected.problems)
-
-    def loaded_specs() -> Iterator[LoadedSpec]:
-        for loaded, found in iter_sources(collected.files):
-            load_problems.extend(found)
-            if loaded is not None:
-                yield loaded
-
-    desired, problems = compile_specs(loaded_specs(), content_revision(collected.files), inputs)
-    files = len(collected.files)
-    if load_problems:
-        fail_with(load_problems, files, f"The specs are not valid; nothing was {verb}.")
-    if desired is None:
-        fail_with(problems, files, f"The specs cannot be compiled; nothing was {verb}.")
-        raise AssertionError("unreachable")
-    return desired
+    try:
+        return reconcile.compile_paths(paths, inputs).required(verb)
+    except InvalidSpecs as exc:
+        fail_invalid(exc)
+        raise AssertionError("unreachable") from exc
 
 
 def _observe(
@@ -118,13 +64,13 @@ def _observe(
         state = read_snapshot(snapshot)
         return Observed(state, f"snapshot {snapshot} of a {state.runtime} runtime")
     if ref is not None:
-        found, commit, problems = observe_ref(paths or (DEFAULT_PATH,), ref, inputs)
+        found, commit, problems = reconcile.observe_ref(paths, ref, inputs)
         if found is None:
             fail_with(
                 problems, len({p.file for p in problems}), f"The specs at {ref} are not valid."
             )
             raise AssertionError("unreachable")
-        if is_null_ref(ref):
+        if reconcile.is_null_ref(ref):
             return Observed(found, "nothing (all-zero ref: new branch)")
         return Observed(found, f"git ref {ref} at {commit[:12]}")
     raise AssertionError("checked by _check_sources")
@@ -231,22 +177,25 @@ def plan(
     state_dir = settings.state_dir or default_state_dir()
     if runtime is not None:
         runtime = pick_runtime(runtime, settings)
-    inputs = compile_inputs(state_dir, secrets_dir, bool(snapshot), bool(ref))
+    against: reconcile.Against = "snapshot" if snapshot else "ref" if ref else "host"
+    inputs = reconcile.compile_inputs(state_dir, secrets_dir, against)
     # Planning builds many acyclic objects at once and exits; the cyclic GC would
     # only rescan them (a third of the time for 10,000 services).
     try:
         with gc_paused():
-            desired = compile_paths(paths, inputs)
+            desired = compile_paths(paths, inputs, "planned")
             if runtime is not None:
-                state, desired, errors = observe_checked(runtime, desired, settings)
-                if errors:
-                    raise click.ClickException(limits_message(runtime, errors, "planned"))
+                state, desired = reconcile.observe_checked(runtime, desired, settings)
                 observed = Observed(state, f"the {runtime} runtime")
             else:
                 observed = _observe(paths, snapshot, ref, inputs)
-            result = plan_changes(desired, observed.state, prune=not no_prune, targets=targets)
-            if runtime is not None:
-                result = _with_crash_loops(result, state_dir)
+            result = reconcile.plan_for(
+                desired,
+                observed.state,
+                prune=not no_prune,
+                targets=targets,
+                crash_loops=_crash_loops(state_dir) if runtime is not None else None,
+            )
     except ZlayerError as exc:
         raise click.ClickException(str(exc)) from exc
     document = plan_to_json(result, observed.description)
@@ -292,7 +241,7 @@ def observe(runtime: str, out: str | None, state_dir: Path | None) -> int:
     settings = settings_for(state_dir)
     runtime = pick_runtime(runtime, settings)
     try:
-        text = observe_runtime(runtime, settings).to_json() + "\n"
+        text = reconcile.observe_runtime(runtime, settings).to_json() + "\n"
     except ZlayerError as exc:
         raise click.ClickException(str(exc)) from exc
     if out is None:

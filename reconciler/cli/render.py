@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 
 from rich.console import Console
 
 from reconciler.cli.escape import markup, workflow_data, workflow_property
+from reconciler.errors import InvalidSpecs
 from reconciler.spec.problems import Problem
 
 
@@ -23,6 +25,20 @@ def problems_text(console: Console, problems: Sequence[Problem], checked: int) -
         console.print(f"[bold red]✗[/] {count} {noun} in {checked} {files}", highlight=False)
     else:
         console.print(f"[bold green]✓[/] {checked} {files} valid", highlight=False)
+
+
+def fail_with(problems: Sequence[Problem], files: int, heading: str) -> None:
+    """Print ``heading`` and every problem on stderr, then exit 1."""
+    console = Console(file=sys.stderr)
+    console.print(heading, highlight=False, soft_wrap=True)
+    problems_text(console, problems, max(files, len({p.file for p in problems})))
+    raise SystemExit(1)
+
+
+def fail_invalid(exc: InvalidSpecs) -> None:
+    """:func:`fail_with` for specs a command cannot go on without."""
+    problems = [p for p in exc.problems if isinstance(p, Problem)]
+    fail_with(problems, exc.files, exc.heading)
 
 
 def problems_json(

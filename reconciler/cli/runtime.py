@@ -8,8 +8,9 @@ from pathlib import Path
 
 import click
 
+from reconciler.errors import ConfigError
 from reconciler.runtimes import resolve_runtime
-from reconciler.settings import RUNTIME_CHOICES, ConfigError, Settings, load_settings
+from reconciler.settings import RUNTIME_CHOICES, Settings, load_settings
 
 RUNTIME_OPTION = click.option(
     "--runtime",

@@ -10,11 +10,9 @@ import click
 from rich.console import Console
 
 from reconciler.cli.render import problems_github, problems_json, problems_text
-from reconciler.sources.files import collect
+from reconciler.sources.files import DEFAULT_SPECS, collect
 from reconciler.spec.load import LoadResult, SourceFile, load_sources
 from reconciler.spec.problems import Problem
-
-DEFAULT_PATH = "specs"
 
 
 def load_paths(
@@ -22,7 +20,7 @@ def load_paths(
 ) -> tuple[LoadResult, tuple[SourceFile, ...]]:
     """Collect and load the given paths (default: specs/); returns the result and the
     files read."""
-    collected = collect(paths or (DEFAULT_PATH,))
+    collected = collect(paths or (DEFAULT_SPECS,))
     result = load_sources(collected.files, env=dict(os.environ) if check_env else None)
     problems = collected.problems + result.problems
     return LoadResult(result.specs, problems), collected.files
@@ -72,7 +70,7 @@ def validate(paths: tuple[str, ...], fmt: str, check_env: bool, runtime: str | N
     result, files = load_paths(paths, check_env=check_env)
     if runtime is not None and not result.problems:
         from reconciler.cli.runtime import pick_runtime, settings_for
-        from reconciler.runtimes import runtime_problems
+        from reconciler.reconcile import runtime_problems
 
         settings = settings_for()
         runtime = pick_runtime(runtime, settings)

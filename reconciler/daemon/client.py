@@ -9,11 +9,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from reconciler.errors import ZlayerError
-
-
-class NoDaemon(ZlayerError):
-    """No daemon answers on the socket."""
+from reconciler.errors import NoDaemon
 
 
 class _UnixConnection(http.client.HTTPConnection):

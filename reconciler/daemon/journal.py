@@ -293,6 +293,10 @@ class Journal:
             row["target"]: Crash(**dict(row)) for row in self._db.execute("SELECT * FROM crashes")
         }
 
+    def crash_loops(self, now: float) -> dict[str, str]:
+        """Replicas in a crash loop (target → what the backoff will do), for plan notes."""
+        return {t: c.describe(now) for t, c in self.crashes().items() if c.streak}
+
     def record_crash(
         self,
         target: str,

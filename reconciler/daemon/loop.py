@@ -16,45 +16,37 @@ nothing is restarted unless the plan says so.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import random
 import signal
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from reconciler import reconcile as pipeline
 from reconciler.daemon.api import ApiConfig, ApiServer, start_api
 from reconciler.daemon.cron import Cron
 from reconciler.daemon.health import HealthMonitor
 from reconciler.daemon.jobs import Runs
 from reconciler.daemon.journal import Journal
-from reconciler.daemon.metrics import Metrics
 from reconciler.daemon.notify import Notifier
+from reconciler.daemon.revisions import Choice, Revisions
 from reconciler.daemon.supervise import Supervisor
-from reconciler.desired import CompileInputs, DesiredState, compile_specs
+from reconciler.daemon.views import Views
 from reconciler.drivers.base import Driver
-from reconciler.errors import DriverError, ZlayerError
-from reconciler.executor import Event, Report, execute
-from reconciler.executor import Settings as ExecutorSettings
-from reconciler.lock import ApplyLock, LockHeld
+from reconciler.errors import ConfigError, DriverError, LockHeld, ZlayerError
+from reconciler.executor import Event
+from reconciler.lock import ApplyLock
 from reconciler.observed import ObservedState, RunId, WorkloadId
-from reconciler.plan.model import Note, Plan
-from reconciler.plan.planner import plan_changes
+from reconciler.plan.model import Plan
 from reconciler.plan.serialize import plan_to_dict
-from reconciler.runtimes import check_runtime, limits_message, open_runtime
-from reconciler.settings import ConfigError, Settings, load_settings
+from reconciler.runtimes import open_runtime
+from reconciler.settings import Settings, load_settings
 from reconciler.sources.base import Source
-from reconciler.sources.files import Collected
-from reconciler.spec.load import LoadedSpec, SourceFile, iter_sources
-from reconciler.spec.problems import Problem
-from reconciler.statedir import SecretsDir, ensure_secret_key
 from reconciler.waits import wait_event
 
 log = logging.getLogger("reconciler.daemon")
@@ -64,37 +56,6 @@ LOCK_RETRY = 5.0
 RUN_POLL = 2.0
 """Seconds between checks of running jobs (an exit hint checks at once)."""
 MAX_REASONS = 20
-
-
-@dataclass(frozen=True, slots=True)
-class Choice:
-    """What a reconcile applies: ``desired`` (None: nothing good to apply yet)."""
-
-    desired: DesiredState | None
-    candidate: str | None
-    """The candidate revision, when ``desired`` is it (not the last good one)."""
-    files: tuple[SourceFile, ...] = ()
-    note: str = ""
-
-
-def compile_files(
-    files: Collected, revision: str, inputs: CompileInputs
-) -> tuple[DesiredState | None, list[Problem]]:
-    """Load, validate and compile spec files; every problem, with file:line:col."""
-    problems = list(files.problems)
-
-    def loaded() -> Iterator[LoadedSpec]:
-        for spec, found in iter_sources(files.files):
-            problems.extend(found)
-            if spec is not None:
-                yield spec
-
-    desired, found = compile_specs(loaded(), revision, inputs)
-    if problems:
-        return None, problems
-    if not files.files:
-        return None, [Problem("(source)", None, "", "no spec files")]
-    return desired, found
 
 
 class Daemon:
@@ -121,24 +82,16 @@ class Daemon:
         self.supervisor = Supervisor(self.journal, settings.backoff, clock=clock, rng=rng)
         self.cron = Cron(self.journal, clock)
         self.notifier = Notifier()
-        self.inputs = CompileInputs(
-            env=dict(os.environ),
-            secret_key=ensure_secret_key(state_dir),
-            secret=SecretsDir(state_dir / "secrets"),
-        )
+        self.inputs = pipeline.compile_inputs(state_dir, None, "apply")
+        self.revisions = Revisions(self.journal, source, self.inputs, clock)
+        self.views = Views(self)
         self.driver: Driver | None = None
         self.monitor: HealthMonitor | None = None
         self.runs: Runs | None = None
-        self.applied: DesiredState | None = None
-        self._good_files: tuple[SourceFile, ...] = ()
-        """The spec files of :attr:`applied`, to compile it again as a fallback."""
-        self._states: dict[str, int] = {}
+        self.workload_states: dict[str, int] = {}
         """Workloads by status, as last observed (for metrics)."""
         self.api: ApiServer | None = None
-        self.applied_at: float | None = None
         self.last: dict[str, Any] | None = None
-        self.problem: str | None = None
-        """Why the candidate revision is not what runs (invalid, refused, bad)."""
         self.reconciling_since: float | None = None
         self.stopping = asyncio.Event()
         self._reasons: list[str] = []
@@ -146,8 +99,7 @@ class Daemon:
         self._runs_wake = asyncio.Event()
         self._cron_wake = asyncio.Event()
         self._backoff_timer: asyncio.TimerHandle | None = None
-        self._counters = {"errors": 0, "webhooks": 0}
-        self._marked: set[str] = set()
+        self.counters = {"errors": 0, "webhooks": 0}
 
     # --- triggers -------------------------------------------------------------------------
 
@@ -158,18 +110,14 @@ class Daemon:
             self._reasons.append(reason)
         self._wake.set()
 
-    def request_reconcile(self, reason: str) -> None:
-        self.trigger(reason)
-
     def request_fetch(self, reason: str) -> None:
-        self._counters["webhooks"] += 1
+        self.counters["webhooks"] += 1
         self.journal.event("source", "webhook", reason, self.clock())
         self.source.request_fetch()
 
     def retry(self) -> dict[str, Any]:
-        cleared = self.journal.clear_marks("bad")
+        cleared = self.revisions.forget_marks()
         released = self.journal.release_held()
-        self._marked.clear()
         self.journal.event(
             "daemon", "retry", f"{cleared} bad revision mark(s), {len(released)} held", self.clock()
         )
@@ -192,7 +140,7 @@ class Daemon:
                 self.monitor = HealthMonitor(
                     driver, self.journal, self._unhealthy, clock=self.clock
                 )
-                self._restore_good()
+                self.revisions.restore()
                 await self.runs.adopt()
                 if self.once:
                     outcome = await self.reconcile(["once"])
@@ -205,7 +153,7 @@ class Daemon:
 
     async def _serve(self) -> int:
         assert self.monitor is not None
-        api = self.api = await start_api(self, self._api_config())
+        api = self.api = await start_api(self.views, self._api_config())
         self.journal.event(
             "daemon", "started", f"pid {os.getpid()}, {self.source.identity}", self.clock()
         )
@@ -311,7 +259,7 @@ class Daemon:
         if interval is None:
             return
         while True:
-            alive, _ = self.health()
+            alive, _ = self.views.health()
             if alive:
                 self.notifier.watchdog()
             await asyncio.sleep(interval)
@@ -319,15 +267,16 @@ class Daemon:
     async def _cron(self) -> None:
         assert self.runs is not None
         while True:
-            desired = self.applied
+            desired = self.revisions.applied
             wake = self.cron.next_wake(desired) if desired else None
             self._cron_wake.clear()
             timeout = None if wake is None else max(0.0, wake - self.clock())
             await wait_event(self._cron_wake, timeout)
-            if self.applied is None or self.stopping.is_set():
+            applied = self.revisions.applied
+            if applied is None or self.stopping.is_set():
                 continue
-            for service, trigger in self.cron.due(self.applied):
-                await self.runs.start(self.applied, service, trigger, overlap=False)
+            for service, trigger in self.cron.due(applied):
+                await self.runs.start(applied, service, trigger, overlap=False)
                 self._runs_wake.set()
 
     async def _watch_runs(self) -> None:
@@ -355,7 +304,7 @@ class Daemon:
         outcomes: list[dict[str, Any]] | None = None
         revision: str | None = None
         try:
-            choice = await self._choose()
+            choice = await self.revisions.choose(self.driver)
             if choice.desired is None:
                 outcome, summary = "waiting", choice.note
             else:
@@ -363,7 +312,7 @@ class Daemon:
                 outcome, summary, plan_doc, outcomes = await self._apply(choice)
         except (ZlayerError, OSError) as exc:
             outcome, summary = "error", f"{type(exc).__name__}: {exc}"
-            self._counters["errors"] += 1
+            self.counters["errors"] += 1
             log.error("reconcile failed: %s", self.journal.scrub(summary))
         finally:
             self.reconciling_since = None
@@ -386,17 +335,45 @@ class Daemon:
             "finished": finished,
             "duration": round(finished - now, 3),
         }
-        self.notifier.status(self._status_line())
+        self.notifier.status(self.views.status_line())
         self._cron_wake.set()
         return outcome
 
     async def _apply(
         self, choice: Choice
     ) -> tuple[str, str, dict[str, Any] | None, list[dict[str, Any]] | None]:
-        assert self.driver is not None and self.monitor is not None
+        """Apply ``choice`` through the pipeline, supervised: crash backoff decides which
+        restarts happen now, and replicas the crash policy gives up on are stopped."""
+        driver, monitor = self.driver, self.monitor
+        assert driver is not None and monitor is not None
         desired = choice.desired
         assert desired is not None
         self.journal.scrub = desired.scrubber()
+        unhealthy = monitor.unhealthy
+        stops: list[WorkloadId] = []
+        held: dict[str, Any] = {}
+
+        def make_plan(desired: Any, observed: ObservedState) -> Plan:
+            self._count(observed)
+            plan = pipeline.plan_for(desired, observed, unhealthy=unhealthy)
+            supervised = self.supervisor.supervise(plan, desired, observed, unhealthy)
+            self._schedule_backoff(supervised.wake_at)
+            stops.extend(supervised.stop)
+            held.update(supervised.held)
+            return supervised.plan
+
+        async def review(plan: Plan) -> bool:
+            for target in stops:
+                with contextlib.suppress(DriverError):
+                    await driver.stop(target)
+                self.journal.event(
+                    str(target), "stopped", "errors.on_panic: shutdown", self.clock()
+                )
+            for action in plan.actions:
+                if action.kind in ("restart", "replace", "create"):
+                    monitor.forget(action.target)
+            return True
+
         lock = ApplyLock(self.state_dir)
         try:
             lock.acquire()
@@ -404,71 +381,37 @@ class Daemon:
             asyncio.get_running_loop().call_later(LOCK_RETRY, self.trigger, "apply lock free?")
             return "skipped", str(exc), None, None
         try:
-            observed = await self.driver.observe()
-            self._count(observed)
-            unhealthy = self.monitor.unhealthy
-            supervised = self.supervisor.supervise(
-                plan_changes(desired, _with_problems(observed, unhealthy), prune=True),
+            done = await pipeline.run_pass(
+                driver,
                 desired,
-                observed,
-                unhealthy,
-            )
-            self._schedule_backoff(supervised.wake_at)
-            for target in supervised.stop:
-                with contextlib.suppress(DriverError):
-                    await self.driver.stop(target)
-                self.journal.event(
-                    str(target), "stopped", "errors.on_panic: shutdown", self.clock()
-                )
-            plan = supervised.plan
-            plan_doc = plan_to_dict(plan, f"the {self.driver.name} runtime")
-            if plan.empty:
-                self.monitor.update(desired, observed)
-                self._good(choice)
-                return "no-changes", _held_summary(supervised.held, self.clock()), plan_doc, None
-            for action in plan.actions:
-                if action.kind in ("restart", "replace", "create"):
-                    self.monitor.forget(action.target)
-            report = await execute(
-                plan,
-                self.driver,
-                desired,
-                observed,
-                inputs=self.inputs,
-                settings=ExecutorSettings(),
+                self.inputs,
+                lock,
+                make_plan=make_plan,
+                review=review,
                 on_event=self._on_event,
+                observe_after=True,
             )
-            after = await self.driver.observe()
-            self._count(after)
-            self.monitor.update(desired, after)
         finally:
             lock.release()
-        outcomes = [dataclasses.asdict(o) for o in report.outcomes]
-        return (*self._judge(choice, report), plan_doc, outcomes)
+        plan_doc = plan_to_dict(done.plan, f"the {driver.name} runtime")
+        if done.report is None:
+            monitor.update(desired, done.observed)
+            self.revisions.good(choice)
+            return "no-changes", _held_summary(held, self.clock()), plan_doc, None
+        assert done.after is not None
+        self._count(done.after)
+        monitor.update(desired, done.after)
+        outcome, summary = self.revisions.judge(choice, done.report)
+        if outcome == "rolled-back":
+            self.trigger("back to the last good revision")
+        outcomes = [dataclasses.asdict(o) for o in done.report.outcomes]
+        return outcome, summary, plan_doc, outcomes
 
     def _count(self, observed: ObservedState) -> None:
         states: dict[str, int] = {}
         for workload in observed.workloads:
             states[workload.status] = states.get(workload.status, 0) + 1
-        self._states = states
-
-    def _judge(self, choice: Choice, report: Report) -> tuple[str, str]:
-        counts = report.counts()
-        summary = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
-        rolled = [o for o in report.outcomes if o.status == "rolled_back"]
-        if rolled and choice.candidate is not None:
-            why = f"rollout failed and was rolled back: {rolled[0].message}"
-            self.journal.mark_revision(choice.candidate, "bad", why, self.clock())
-            self.journal.event(
-                "source", "revision-bad", f"{choice.candidate[:19]}: {why}", self.clock()
-            )
-            self.problem = f"revision {choice.candidate[:19]} is marked bad: {why}"
-            self.trigger("back to the last good revision")
-            return "rolled-back", summary
-        if not report.ok:
-            return "failed", summary
-        self._good(choice)
-        return "applied", summary
+        self.workload_states = states
 
     def _on_event(self, event: Event) -> None:
         if event.kind in ("failed", "rolled_back", "succeeded"):
@@ -492,186 +435,9 @@ class Daemon:
         self._backoff_timer = None
         self.trigger("crash backoff due")
 
-    # --- choosing the revision --------------------------------------------------------------
-
-    async def _choose(self) -> Choice:
-        good = self.journal.get("good")
-        applied = good["revision"] if good and good.get("source") == self.source.identity else None
-        candidate = await self.source.load(applied)
-        if candidate is None:
-            return self._fallback("the source has no revision yet (see source status)")
-        if applied is not None and candidate.revision == applied and self.applied is not None:
-            desired, problems = compile_files(candidate.files, candidate.revision, self.inputs)
-            if desired is not None:
-                self.problem = None
-                return Choice(desired, candidate.revision, candidate.files.files)
-        refusal = candidate.refused or self._bad(candidate.revision)
-        if refusal is not None:
-            self._mark(candidate.revision, "refused" if candidate.refused else "bad", refusal)
-            return self._fallback(refusal)
-        desired, problems = compile_files(candidate.files, candidate.revision, self.inputs)
-        if desired is None:
-            listing = "\n".join(p.render() for p in problems[:50])
-            why = f"revision {candidate.revision[:19]} is not valid:\n{listing}"
-            self._mark(candidate.revision, "invalid", why)
-            return self._fallback(why)
-        assert self.driver is not None
-        checked, errors = check_runtime(self.driver, desired)
-        if errors:
-            why = f"revision {candidate.revision[:19]}: " + limits_message(
-                self.driver.name, errors, "applied"
-            )
-            self._mark(candidate.revision, "invalid", why)
-            return self._fallback(why)
-        self.problem = None
-        return Choice(checked, candidate.revision, candidate.files.files)
-
-    def _bad(self, revision: str) -> str | None:
-        mark = self.journal.revision_mark(revision)
-        if mark is not None and mark[0] == "bad":
-            return (
-                f"revision {revision[:19]} is marked bad ({mark[1]}); waiting for a new"
-                " revision or `zlayer daemon retry`"
-            )
-        return None
-
-    def _mark(self, revision: str, state: str, reason: str) -> None:
-        self.problem = reason
-        if revision in self._marked:
-            return
-        self._marked.add(revision)
-        if state != "bad":
-            self.journal.mark_revision(revision, state, reason, self.clock())
-        self.journal.event("source", f"revision-{state}", reason, self.clock())
-        log.warning("%s", self.journal.scrub(reason))
-
-    def _fallback(self, why: str) -> Choice:
-        """The last good revision (as compiled now), when the candidate cannot be used."""
-        if self.applied is None:
-            return Choice(None, None, note=f"{why}; no good revision to keep running")
-        desired, problems = compile_files(
-            Collected(self._good_files, ()), self.applied.revision, self.inputs
-        )
-        if desired is None:
-            rendered = "; ".join(p.render() for p in problems[:5])
-            return Choice(None, None, note=f"{why}; the last good revision fails now: {rendered}")
-        assert self.driver is not None
-        checked, _ = check_runtime(self.driver, desired)
-        return Choice(checked, None, self._good_files, note=why)
-
-    def _good(self, choice: Choice) -> None:
-        """``choice`` ran through: it is the last good revision (kept in the journal, spec
-        files included, so a restarted daemon can keep running it whatever the source)."""
-        assert choice.desired is not None
-        revision = choice.desired.revision
-        if self.applied is None or self.applied.revision != revision:
-            self.applied_at = self.clock()
-            self.journal.put(
-                "good",
-                {
-                    "revision": revision,
-                    "source": self.source.identity,
-                    "applied_at": self.applied_at,
-                    "files": [[f.name, base64.b64encode(f.data).decode()] for f in choice.files],
-                },
-            )
-            self.journal.event("source", "applied", f"revision {revision[:19]}", self.applied_at)
-        self.applied = choice.desired
-        self._good_files = choice.files
-
-    def _restore_good(self) -> None:
-        good = self.journal.get("good")
-        if not good:
-            return
-        files = tuple(SourceFile(name, base64.b64decode(data)) for name, data in good["files"])
-        desired, _ = compile_files(Collected(files, ()), good["revision"], self.inputs)
-        if desired is not None:
-            self.applied, self._good_files = desired, files
-            self.applied_at = good.get("applied_at")
-
-    # --- what the API shows ------------------------------------------------------------------
-
-    def health(self) -> tuple[bool, str]:
-        if self.reconciling_since is not None and self.clock() - self.reconciling_since > 1800:
-            return False, "a reconcile has been running for more than 30 minutes"
-        return True, "ok"
-
-    def readiness(self) -> tuple[bool, str]:
-        if self.applied is None:
-            return False, self.problem or "no revision applied yet"
-        if self.last is None:
-            return False, "no reconcile finished yet"
-        return True, f"revision {self.applied.revision[:19]} applied"
-
-    def _status_line(self) -> str:
-        if self.last is None:
-            return "starting"
-        revision = self.applied.revision[:12] if self.applied else "none"
-        return (
-            f"revision {revision}; last reconcile {self.last['outcome']}: {self.last['summary']}"[
-                :200
-            ]
-        )
-
-    def status(self) -> dict[str, Any]:
-        now = self.clock()
-        crashes = self.journal.crashes()
-        return {
-            "daemon": {"pid": os.getpid(), "started": self.started_at, "runtime": self.runtime},
-            "source": self.source.status(),
-            "applied": {
-                "revision": self.applied.revision if self.applied else None,
-                "applied_at": self.applied_at,
-            },
-            "problem": self.problem,
-            "last_reconcile": self.last,
-            "reconciling": self.reconciling_since is not None,
-            "crash_loops": {t: c.describe(now) for t, c in crashes.items() if c.streak or c.held},
-            "health": {str(t): v for t, v in self.monitor.verdicts().items()}
-            if self.monitor
-            else {},
-            "jobs": [r.as_json() for r in self.journal.runs(limit=10)],
-        }
-
-    async def observed(self) -> dict[str, Any]:
-        assert self.driver is not None
-        state = await self.driver.observe()
-        return json.loads(state.model_dump_json())  # type: ignore[no-any-return]
-
-    async def plan(self) -> dict[str, Any]:
-        assert self.driver is not None and self.monitor is not None
-        choice = await self._choose()
-        if choice.desired is None:
-            return {"error": choice.note}
-        observed = await self.driver.observe()
-        plan = plan_changes(choice.desired, _with_problems(observed, self.monitor.unhealthy))
-        plan = self._notes(plan)
-        return plan_to_dict(plan, f"the {self.driver.name} runtime")
-
-    def _notes(self, plan: Plan) -> Plan:
-        return crash_notes(plan, self.journal, self.clock())
-
-    def metrics(self) -> Metrics:
-        totals = self.journal.reconcile_totals()
-        crashes = self.journal.crashes()
-        return Metrics(
-            reconciles=dict(totals["by_outcome"]),
-            reconcile_duration_sum=float(totals["duration_sum"]),
-            reconcile_duration_count=int(totals["count"]),
-            reconcile_errors=int(totals["by_outcome"].get("error", 0)),
-            workloads=dict(self._states),
-            restarts=sum(c.restarts for c in crashes.values()),
-            applied_revision=self.applied.revision if self.applied else None,
-            applied_at=self.applied_at,
-            job_runs=self.journal.run_totals(),
-            webhooks_accepted=self._counters["webhooks"],
-            webhooks_rejected=self.api.rejected if self.api else 0,
-            started_at=self.started_at,
-        )
-
     async def run_job(self, deployment: str, service: str, trigger: str) -> dict[str, Any]:
         assert self.runs is not None
-        desired = self.applied
+        desired = self.revisions.applied
         found = desired.services.get((deployment, service)) if desired else None
         if desired is None or found is None:
             raise KeyError(f"{deployment}/{service}")
@@ -680,35 +446,6 @@ class Daemon:
         run, state = await self.runs.start(desired, found, trigger)
         self._runs_wake.set()
         return {"run": run, "status": state}
-
-    def jobs(self, limit: int) -> list[dict[str, Any]]:
-        return [r.as_json() for r in self.journal.runs(limit=limit)]
-
-
-def crash_notes(plan: Plan, journal: Journal, now: float) -> Plan:
-    """``plan`` with a note for each of its restarts that belongs to a crash loop
-    (for ``zlayer plan`` and ``/v1/plan``: what the daemon's backoff will do)."""
-    crashes = journal.crashes()
-    notes = [
-        Note(str(a.target), crashes[str(a.target)].describe(now))
-        for a in plan.actions
-        if a.kind == "restart" and str(a.target) in crashes and crashes[str(a.target)].streak
-    ]
-    return dataclasses.replace(plan, notes=(*plan.notes, *notes)) if notes else plan
-
-
-def _with_problems(observed: ObservedState, unhealthy: dict[WorkloadId, str]) -> ObservedState:
-    """Unhealthy running replicas carry their failing check as a problem: the planner
-    restarts them, the supervisor counts the crash."""
-    if not unhealthy:
-        return observed
-    workloads = tuple(
-        w.model_copy(update={"problem": unhealthy[w.id]})
-        if w.id in unhealthy and w.status == "running"
-        else w
-        for w in observed.workloads
-    )
-    return observed.model_copy(update={"workloads": workloads})
 
 
 def _held_summary(held: dict[str, Any], now: float) -> str:

@@ -18,6 +18,8 @@ from reconciler.spec.load import MAX_FILE_BYTES, SourceFile, too_large
 from reconciler.spec.problems import Problem
 
 SPEC_SUFFIXES = (".yaml", ".yml")
+DEFAULT_SPECS = "specs"
+"""Where specs are read from when a command is given no paths."""
 
 
 @dataclass(frozen=True, slots=True)

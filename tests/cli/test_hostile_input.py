@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.runtimes import MAX_SNAPSHOT_BYTES
+from reconciler.snapshots import MAX_SNAPSHOT_BYTES
 from reconciler.spec.rules import MAX_REPLICAS, MAX_SERVICE_NAME
 from reconciler.spec.yamldoc import MAX_EXPANDED_BYTES
 from reconciler.statedir import MAX_SECRET_BYTES

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from reconciler.drivers.process_config import HostFacts, service_limits
+from reconciler.errors import ConfigError
 from reconciler.runtimes import docker_problem, resolve_runtime
-from reconciler.settings import ConfigError, Settings, load_settings
+from reconciler.settings import Settings, load_settings
 from tests.conftest import REPO
 from tests.docker_support import compile_services
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.lock import LOCK_FILE, ApplyLock, LockHeld
+from reconciler.errors import LockHeld
+from reconciler.lock import LOCK_FILE, ApplyLock
 from tests.conftest import REPO
 
 HOLDER = textwrap.dedent(

@@ -1,0 +1,369 @@
+"""The one reconcile pipeline: spec files → desired state → observed state → plan →
+execution, for every command and the daemon alike.
+
+::
+
+    compile_inputs ─► compile_paths / compile_files ─► Compiled.required() ─► DesiredState
+                                                                                  │
+    open_runtime ─► checked (what the runtime can do) ─► run_pass ◄───────────────┘
+                                                           │ observe → make_plan → review
+                                                           │ → execute (under the lock)
+                                                           ▼
+                                                          Pass (observed, plan, report)
+
+``zlayer plan``, ``apply``, ``destroy``, ``observe``, ``validate --runtime``, ``job run``
+and the daemon call these functions; nothing else compiles specs, calls the planner
+or runs the executor. What differs between them is passed in: where the specs come
+from, what is observed (a runtime, a snapshot, a git ref), how the plan is made
+(``plan_for``, ``destroy_plan``, or the daemon's supervised plan), and what happens
+between planning and acting (the CLI shows the plan and asks; the daemon stops
+replicas its crash policy gives up on). Rendering belongs to the CLI, triggers and
+revision choice to the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from secrets import token_bytes
+from typing import Literal
+
+from reconciler.desired import (
+    CompileInputs,
+    DesiredService,
+    DesiredState,
+    as_running,
+    compile_specs,
+    content_revision,
+)
+from reconciler.drivers.base import Driver
+from reconciler.errors import InvalidSpecs, UnsupportedSpecs, ZlayerError
+from reconciler.executor import DEFAULT_CONCURRENCY, Event, Report, execute
+from reconciler.executor import Settings as ExecutorSettings
+from reconciler.lock import ApplyLock
+from reconciler.observed import ObservedState, WorkloadId
+from reconciler.plan.model import Note, Plan
+from reconciler.plan.planner import plan_changes
+from reconciler.probes import init_step_problem
+from reconciler.runtimes import open_runtime
+from reconciler.settings import Settings
+from reconciler.sources.files import DEFAULT_SPECS, Collected, collect
+from reconciler.spec.load import LoadedSpec, iter_sources, load_sources
+from reconciler.spec.problems import Problem, format_path
+from reconciler.statedir import SecretsDir, ensure_secret_key, read_secret_key
+
+Against = Literal["host", "apply", "snapshot", "ref"]
+
+# --- compiling -----------------------------------------------------------------------
+
+
+def compile_inputs(state_dir: Path, secrets_dir: Path | None, against: Against) -> CompileInputs:
+    """What compiling needs besides the spec files, by what the result is for.
+
+    ``apply`` (apply, the daemon, job runs) creates the host's secret key when it is
+    missing; ``host`` (plan against a runtime) only reads it. Against a ``snapshot``
+    without ``secrets_dir``, plan offline: no host key, so sensitive values are taken
+    as recorded. Against a git ``ref`` both sides compile here, so without
+    ``secrets_dir`` one throwaway key makes their sensitive values comparable (a
+    changed password shows as changed) while ``$S:`` references stay names.
+    """
+    env = dict(os.environ)
+    if against == "ref" and secrets_dir is None:
+        return CompileInputs(env=env, secret_key=token_bytes(32), secret=None)
+    if against == "snapshot" and secrets_dir is None:
+        return CompileInputs(env=env, secret_key=None, secret=None)
+    key = ensure_secret_key(state_dir) if against == "apply" else read_secret_key(state_dir)
+    return CompileInputs(
+        env=env, secret_key=key, secret=SecretsDir(secrets_dir or state_dir / "secrets")
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Compiled:
+    """The result of compiling spec files: the desired state, or every problem found."""
+
+    desired: DesiredState | None
+    problems: tuple[Problem, ...]
+    files: int
+    """How many spec files were read."""
+    invalid: bool = False
+    """The problems are the files' own (syntax, fields, rules), found before compiling."""
+
+    def required(self, verb: str) -> DesiredState:
+        """The desired state; raises :class:`InvalidSpecs` saying nothing was ``verb``."""
+        if self.desired is not None and not self.invalid:
+            return self.desired
+        what = "are not valid" if self.invalid else "cannot be compiled"
+        raise InvalidSpecs(f"The specs {what}; nothing was {verb}.", self.problems, self.files)
+
+
+def compile_files(
+    collected: Collected, inputs: CompileInputs, revision: str | None = None
+) -> Compiled:
+    """Load, validate and compile spec files (``revision``: the source's, else one
+    derived from the files' content); every problem with its file:line:col."""
+    problems = list(collected.problems)
+
+    def loaded() -> Iterator[LoadedSpec]:
+        for spec, found in iter_sources(collected.files):
+            problems.extend(found)
+            if spec is not None:
+                yield spec
+
+    revision = revision if revision is not None else content_revision(collected.files)
+    desired, found = compile_specs(loaded(), revision, inputs)
+    files = len(collected.files)
+    if problems:
+        return Compiled(None, tuple(problems), files, invalid=True)
+    return Compiled(desired, tuple(found), files)
+
+
+def compile_paths(paths: Sequence[str], inputs: CompileInputs) -> Compiled:
+    """:func:`compile_files` of the spec files under ``paths`` (default: specs/)."""
+    return compile_files(collect(paths or (DEFAULT_SPECS,)), inputs)
+
+
+# --- what the runtime can do ---------------------------------------------------------
+
+
+def check_runtime(driver: Driver, desired: DesiredState) -> tuple[DesiredState, list[str]]:
+    """``desired`` checked against what the runtime can do: (the state with the
+    runtime's warnings added to each service's own, every error). Errors mean the
+    specs cannot be applied there, so nothing may be touched."""
+    errors: list[str] = []
+    services = {}
+    for key, service in desired.services.items():
+        found, warnings = _service_limits(driver, service)
+        subject = f"{key[0]}/{key[1]}"
+        where = f"{service.file}: {subject}" if service.file else subject
+        errors += [f"{where}: {message}" for message in found]
+        services[key] = dataclasses.replace(service, warnings=service.warnings + warnings)
+    return dataclasses.replace(desired, services=services), errors
+
+
+def checked(driver: Driver, desired: DesiredState, verb: str) -> DesiredState:
+    """:func:`check_runtime`, raising :class:`UnsupportedSpecs` on any error."""
+    result, errors = check_runtime(driver, desired)
+    if errors:
+        raise UnsupportedSpecs(limits_message(driver.name, errors, verb))
+    return result
+
+
+def limits_message(runtime: str, errors: list[str], verb: str) -> str:
+    listing = "\n  ".join(errors)
+    return (
+        f"the specs ask for what the {runtime} runtime cannot do; nothing was {verb}:\n  {listing}"
+    )
+
+
+def _service_limits(driver: Driver, service: DesiredService) -> tuple[list[str], tuple[str, ...]]:
+    """(errors, warnings) of ``service`` on ``driver``'s runtime, without the
+    ``deployment/service:`` prefix the driver may give them."""
+    limits = driver.limits(service)
+    subject = f"{service.deployment}/{service.name}: "
+    errors = [e.removeprefix(subject) for e in limits.errors]
+    errors += [
+        f"init step {step.id}: {problem}"
+        for step in service.policy.init
+        if (problem := init_step_problem(step))
+    ]
+    return errors, tuple(w.removeprefix(subject) for w in limits.warnings)
+
+
+class _AnyEnv(dict[str, str]):
+    """Every variable set (to an empty value): for checking specs without their host."""
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __missing__(self, key: str) -> str:
+        return ""
+
+
+def runtime_problems(
+    name: str, specs: Sequence[LoadedSpec], settings: Settings | None = None
+) -> list[Problem]:
+    """What runtime ``name`` cannot run in valid ``specs``, at the services' positions.
+    Needs no engine: environment and secrets are stood in for, engine facts are the
+    defaults (the engine's own are checked by ``plan --runtime`` and ``apply``)."""
+    driver = open_runtime(name, settings)
+    inputs = CompileInputs(env=_AnyEnv(), secret_key=b"validate", secret=lambda _name: "")
+    problems: list[Problem] = []
+    for loaded in specs:
+        desired, found = compile_specs([loaded], "validate", inputs)
+        problems += found
+        for (_, service_name), service in (desired.services if desired else {}).items():
+            path = ("services", service_name)
+            messages, _ = _service_limits(driver, service)
+            problems += [
+                Problem(loaded.file, loaded.mark_for(path), format_path(path), message)
+                for message in messages
+            ]
+    return problems
+
+
+# --- observing -----------------------------------------------------------------------
+
+
+def observe_runtime(name: str, settings: Settings | None = None) -> ObservedState:
+    """What runtime ``name`` runs now (read-only)."""
+
+    async def observe() -> ObservedState:
+        async with open_runtime(name, settings) as driver:
+            return await driver.observe()
+
+    return asyncio.run(observe())
+
+
+def observe_checked(
+    name: str, desired: DesiredState, settings: Settings | None = None
+) -> tuple[ObservedState, DesiredState]:
+    """Observe runtime ``name`` and check ``desired`` against it (see :func:`checked`)."""
+
+    async def observe() -> tuple[ObservedState, DesiredState]:
+        async with open_runtime(name, settings) as driver:
+            result = checked(driver, desired, "planned")
+            return await driver.observe(), result
+
+    return asyncio.run(observe())
+
+
+def is_null_ref(ref: str) -> bool:
+    """``ref`` is git's all-zero object id (40 or 64 zeros): what GitHub gives as
+    ``event.before`` on a new branch, meaning "nothing before"."""
+    return len(ref) in (40, 64) and ref.strip("0") == ""
+
+
+def observe_ref(
+    paths: Sequence[str], ref: str, inputs: CompileInputs
+) -> tuple[ObservedState | None, str, list[Problem]]:
+    """The state of a host running exactly the specs at ``ref``: (state, commit id,
+    problems of those specs). Specs that were invalid at ``ref`` give no state. The
+    all-zero ref (:func:`is_null_ref`) is an empty state: everything plans as new."""
+    if is_null_ref(ref):
+        return ObservedState(runtime=f"git:{ref}"), ref, []
+    from reconciler.sources.git import files_at_ref  # gitpython is slow to import
+
+    collected, commit = files_at_ref(paths or (DEFAULT_SPECS,), ref)
+    loaded = load_sources(collected.files)
+    problems = [*collected.problems, *loaded.problems]
+    if problems:
+        return None, commit, problems
+    desired, problems = compile_specs(loaded.specs, commit, inputs)
+    if desired is None:
+        return None, commit, problems
+    return as_running(desired, runtime=f"git:{ref}"), commit, []
+
+
+# --- planning ------------------------------------------------------------------------
+
+
+def plan_for(
+    desired: DesiredState,
+    observed: ObservedState,
+    *,
+    prune: bool = True,
+    targets: Sequence[str] = (),
+    unhealthy: Mapping[WorkloadId, str] | None = None,
+    crash_loops: Mapping[str, str] | None = None,
+) -> Plan:
+    """The plan that makes ``observed`` match ``desired``. Running replicas in
+    ``unhealthy`` carry their failing check as a problem (the planner restarts them);
+    restarts of targets in ``crash_loops`` get a note saying what the daemon's
+    backoff will do (target → description)."""
+    if unhealthy:
+        observed = _with_problems(observed, unhealthy)
+    plan = plan_changes(desired, observed, prune=prune, targets=tuple(targets))
+    if crash_loops:
+        notes = [
+            Note(str(a.target), crash_loops[str(a.target)])
+            for a in plan.actions
+            if a.kind == "restart" and str(a.target) in crash_loops
+        ]
+        if notes:
+            plan = dataclasses.replace(plan, notes=(*plan.notes, *notes))
+    return plan
+
+
+def destroy_plan(observed: ObservedState, deployment: str) -> Plan:
+    """Remove every workload of ``deployment``, dependents first (``zlayer destroy``)."""
+    nothing = DesiredState(revision="destroy", services={}, deployments=frozenset())
+    result = plan_changes(nothing, observed, prune=True)
+    ids = {a.id: f"remove:{a.target}" for a in result.actions}
+    actions = tuple(
+        dataclasses.replace(
+            a,
+            id=ids[a.id],
+            kind="remove",
+            reason=f"destroy {deployment}",
+            waits_for=tuple(ids[w] for w in a.waits_for),
+        )
+        for a in result.actions
+        if a.target.deployment == deployment
+    )
+    return dataclasses.replace(result, actions=actions, notes=(), warnings=())
+
+
+def _with_problems(observed: ObservedState, unhealthy: Mapping[WorkloadId, str]) -> ObservedState:
+    workloads = tuple(
+        w.model_copy(update={"problem": unhealthy[w.id]})
+        if w.id in unhealthy and w.status == "running"
+        else w
+        for w in observed.workloads
+    )
+    return observed.model_copy(update={"workloads": workloads})
+
+
+# --- one pass: observe, plan, review, execute ----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Pass:
+    """What one pass of :func:`run_pass` saw and did."""
+
+    observed: ObservedState
+    plan: Plan
+    report: Report | None
+    """None when nothing was executed: the plan was empty or its review declined it."""
+    after: ObservedState | None = None
+    """The runtime observed again after executing (when asked for)."""
+
+
+async def run_pass(
+    driver: Driver,
+    desired: DesiredState,
+    inputs: CompileInputs,
+    lock: ApplyLock,
+    *,
+    make_plan: Callable[[DesiredState, ObservedState], Plan],
+    review: Callable[[Plan], Awaitable[bool]] | None = None,
+    scope: str | None = None,
+    concurrency: int | None = DEFAULT_CONCURRENCY,
+    on_event: Callable[[Event], None] = lambda _event: None,
+    observe_after: bool = False,
+) -> Pass:
+    """Observe (``scope``: one deployment, else all), plan, let ``review`` see the plan
+    (False: do nothing), and execute it through ``driver``, with the host's apply
+    ``lock`` held so no other apply or daemon acts on the host meanwhile."""
+    if not lock.held:
+        raise ZlayerError(f"{lock.path}: a plan is executed only with the apply lock held")
+    observed = await driver.observe([scope] if scope else None)
+    plan = make_plan(desired, observed)
+    proceed = True if review is None else await review(plan)
+    if plan.empty or not proceed:
+        return Pass(observed, plan, None)
+    report = await execute(
+        plan,
+        driver,
+        desired,
+        observed,
+        inputs=inputs,
+        settings=ExecutorSettings(concurrency=concurrency),
+        on_event=on_event,
+    )
+    after = await driver.observe([scope] if scope else None) if observe_after else None
+    return Pass(observed, plan, report, after)
