@@ -3,7 +3,8 @@
 This is also the *snapshot* format that ``zlayer observe --out`` writes and
 ``zlayer plan --observed`` reads, so a pull-request check can plan for a host
 it cannot reach. The format is versioned (``format_version``) and documented in
-the README; readers refuse versions they do not know.
+docs/plan.md ("Snapshot format", schema docs/schemas/observed-v1.schema.json);
+readers refuse versions they do not know.
 """
 
 from __future__ import annotations

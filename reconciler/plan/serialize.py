@@ -2,7 +2,8 @@
 
 The same document is printed by ``plan --format json`` and saved by ``--out``;
 it is deterministic (no timestamps, fixed key order) so plans can be compared
-byte for byte. The README documents every field.
+byte for byte. docs/plan.md ("Output formats") documents every field, and
+docs/schemas/plan-v1.schema.json describes it.
 """
 
 from __future__ import annotations

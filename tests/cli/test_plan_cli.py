@@ -328,7 +328,7 @@ def test_against_ref_with_invalid_specs_at_the_ref_reports_them(repo: Path) -> N
 
 
 def test_the_bundled_example_snapshot_gives_the_documented_plan() -> None:
-    """The README's no-engine command: the demo specs planned against
+    """The manual's no-engine command (docs/getting-started.md): the demo specs planned against
     contrib/snapshots/demo-host.json (a host running an older demo: busybox 1.35,
     LOG_LEVEL debug, a crashed worker, another cron schedule and a service since removed)."""
     run = zlayer(
