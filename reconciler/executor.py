@@ -73,7 +73,7 @@ class Report:
 
 
 @dataclass(frozen=True, slots=True)
-class Settings:
+class ExecutorSettings:
     concurrency: int | None = DEFAULT_CONCURRENCY
     """Driver calls in flight at once; ``None`` for no limit."""
     attempts: int = 3
@@ -104,7 +104,7 @@ class Executor:
         observed: ObservedState,
         *,
         inputs: CompileInputs,
-        settings: Settings | None = None,
+        settings: ExecutorSettings | None = None,
         on_event: Callable[[Event], None] = lambda _event: None,
         prober: Prober = probes.health_probe,
     ) -> None:
@@ -113,7 +113,7 @@ class Executor:
         self.observed = {w.id: w for w in observed.workloads}
         self.configs = observed.configs
         self.inputs = inputs
-        self.settings = settings or Settings()
+        self.settings = settings or ExecutorSettings()
         self.on_event = on_event
         self.prober = prober
         self._scrub = desired.scrubber()
@@ -543,7 +543,7 @@ async def execute(
     observed: ObservedState,
     *,
     inputs: CompileInputs,
-    settings: Settings | None = None,
+    settings: ExecutorSettings | None = None,
     on_event: Callable[[Event], None] = lambda _event: None,
 ) -> Report:
     """Run ``plan`` (computed from ``desired`` and ``observed``) through ``driver``."""

@@ -42,8 +42,7 @@ from reconciler.desired import (
 )
 from reconciler.drivers.base import Driver
 from reconciler.errors import InvalidSpecs, UnsupportedSpecs, ZlayerError
-from reconciler.executor import DEFAULT_CONCURRENCY, Event, Report, execute
-from reconciler.executor import Settings as ExecutorSettings
+from reconciler.executor import DEFAULT_CONCURRENCY, Event, ExecutorSettings, Report, execute
 from reconciler.lock import ApplyLock
 from reconciler.observed import ObservedState, WorkloadId
 from reconciler.plan.model import Note, Plan

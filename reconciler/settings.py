@@ -43,9 +43,11 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import ErrorDetails
 
 from reconciler.backoff import BackoffPolicy
 from reconciler.errors import ConfigError, ZlayerError
@@ -55,57 +57,140 @@ RUNTIME_CHOICES = ("auto", "docker", "process")
 DEFAULT_POOL = "10.213.0.0/16"
 
 
-@dataclass(frozen=True, slots=True)
-class DaemonSettings:
+def _runtime(name: str) -> str:
+    if name not in RUNTIME_CHOICES:
+        raise ValueError(f"is not one of {', '.join(RUNTIME_CHOICES)}")
+    return name
+
+
+def _network_pool(pool: str) -> str:
+    try:
+        network = ipaddress.IPv4Network(pool)
+    except ValueError as exc:
+        raise ValueError(f"{pool!r}: {exc}") from exc
+    if network.prefixlen > 24:
+        raise ValueError(f"{pool} is smaller than a /24")
+    return str(network)
+
+
+def _source(kind: str) -> str:
+    if kind not in ("dir", "git"):
+        raise ValueError(f"{kind!r} is not dir or git")
+    return kind
+
+
+def _more_than_zero(seconds: float) -> float:
+    if seconds <= 0:
+        raise ValueError("must be more than 0 seconds")
+    return seconds
+
+
+_Runtime = Annotated[str, AfterValidator(_runtime)]
+_NetworkPool = Annotated[str, AfterValidator(_network_pool)]
+_Number = Annotated[float, Field(ge=0)]
+"""A number of at least 0 (an int is taken as a float, a bool is not a number)."""
+_Seconds = Annotated[_Number, AfterValidator(_more_than_zero)]
+"""Seconds, more than 0 (a negative number is "not a number of at least 0")."""
+_Path = Annotated[Path, Field(strict=False)]
+"""A path, written as a string (a Path given in code is kept)."""
+
+
+class _Strict(BaseModel):
+    """Frozen, no unknown keys, no coercion: a string where a string is wanted."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class DaemonSettings(_Strict):
     """``[daemon]``: what ``zlayer daemon`` follows and how it answers."""
 
-    source: str | None = None
+    source: Annotated[str, AfterValidator(_source)] | None = None
     """``dir`` or ``git``; None: taken from which of ``path`` / ``repo`` is set."""
     path: str | None = None
     repo: str | None = None
     branch: str | None = None
     ref: str | None = None
     subdir: str = ""
-    interval: float = 60.0
+    interval: _Seconds = 60.0
     """Seconds between fetches of a git source (±10% jitter)."""
-    resync: float = 30.0
+    resync: _Seconds = 30.0
     """Seconds between full reconciles when nothing else triggers one."""
     allow_rewrite: bool = False
     verify_signatures: bool = False
-    trusted_keys: Path | None = None
-    socket: Path | None = None
+    trusted_keys: _Path | None = None
+    socket: _Path | None = None
     """The API's unix socket; None: ``STATE_DIR/zlayer.sock``."""
     listen: str | None = None
     """``HOST:PORT`` on loopback for the API over TCP; None: unix socket only."""
-    token_file: Path | None = None
-    webhook_secret_file: Path | None = None
-    journal_retention: float = 14.0
+    token_file: _Path | None = None
+    webhook_secret_file: _Path | None = None
+    journal_retention: _Number = 14.0
     """Days of reconciles, events and job runs the journal keeps."""
 
 
-DAEMON_KEYS = {
-    "source": str, "path": str, "repo": str, "branch": str, "ref": str, "subdir": str,
-    "interval": float, "resync": float, "allow_rewrite": bool, "verify_signatures": bool,
-    "trusted_keys": Path, "socket": Path, "listen": str, "token_file": Path,
-    "webhook_secret_file": Path, "journal_retention": float,
-}  # fmt: skip
-BACKOFF_KEYS = {"initial", "factor", "cap", "reset_after", "jitter"}
+class Settings(_Strict):
+    """The settings in effect (:func:`load_settings`)."""
 
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    runtime: str = "auto"
+    runtime: _Runtime = "auto"
     """Which runtime commands use unless ``--runtime`` says otherwise."""
-    state_dir: Path | None = None
+    state_dir: _Path | None = None
     """Where zlayer keeps its state; None: the default for the user (see cli.state)."""
-    network_pool: str = DEFAULT_POOL
+    network_pool: _NetworkPool = DEFAULT_POOL
     """The process runtime's address pool; each deployment gets the lowest free /24."""
     publish_address: str = "0.0.0.0"
     """The host address the docker runtime publishes public endpoints on."""
     source: str = "defaults"
     """Where the settings came from, for messages."""
-    daemon: DaemonSettings = field(default_factory=DaemonSettings)
-    backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
+    daemon: DaemonSettings = Field(default_factory=DaemonSettings)
+    backoff: BackoffPolicy = Field(default_factory=BackoffPolicy)
+
+
+class _Process(_Strict):
+    """``[process]``."""
+
+    network_pool: _NetworkPool = DEFAULT_POOL
+
+
+class _Docker(_Strict):
+    """``[docker]``."""
+
+    publish_address: str = "0.0.0.0"
+
+
+class _Backoff(_Strict):
+    """``[backoff]``: checked further by :class:`BackoffPolicy`."""
+
+    initial: _Number = 1.0
+    factor: _Number = 2.0
+    cap: _Number = 300.0
+    reset_after: _Number = 600.0
+    jitter: _Number = 0.1
+
+
+class _ConfigFile(_Strict):
+    """The config file as written (the env overrides merged in)."""
+
+    runtime: _Runtime = "auto"
+    state_dir: _Path | None = None
+    process: _Process = Field(default_factory=_Process)
+    docker: _Docker = Field(default_factory=_Docker)
+    daemon: DaemonSettings = Field(default_factory=DaemonSettings)
+    backoff: _Backoff = Field(default_factory=_Backoff)
+
+
+ENV_OVERRIDES: dict[tuple[str, ...], str] = {
+    ("runtime",): "ZLAYER_RUNTIME",
+    ("state_dir",): "ZLAYER_STATE_DIR",
+    ("docker", "publish_address"): "ZLAYER_PUBLISH_ADDRESS",
+}
+"""The keys an environment variable overrides (when it is set and not empty)."""
+_DEFAULT_WHEN_EMPTY: tuple[tuple[str, ...], ...] = (
+    ("runtime",),
+    ("state_dir",),
+    ("process", "network_pool"),
+    ("docker", "publish_address"),
+)
+"""The keys an empty string leaves at their default."""
 
 
 def default_state_dir() -> Path:
@@ -137,90 +222,86 @@ def load_settings(path: Path | None = None) -> Settings:
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     where = str(path) if path else "defaults"
-    known = {"runtime", "state_dir", "process", "docker", "daemon", "backoff"}
-    for key in sorted(set(data) - known):
-        raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
-    process = _table(data, "process", {"network_pool"}, where)
-    docker = _table(data, "docker", {"publish_address"}, where)
-    runtime = os.environ.get("ZLAYER_RUNTIME") or _string(data, "runtime", where) or "auto"
-    if runtime not in RUNTIME_CHOICES:
-        origin = "ZLAYER_RUNTIME" if os.environ.get("ZLAYER_RUNTIME") else where
-        raise ConfigError(
-            f"runtime {runtime!r} (from {origin}) is not one of {', '.join(RUNTIME_CHOICES)}"
-        )
-    state = os.environ.get("ZLAYER_STATE_DIR") or _string(data, "state_dir", where)
-    pool = _string(process, "network_pool", f"{where} [process]") or DEFAULT_POOL
+    overridden = _with_env(data)
     try:
-        network = ipaddress.IPv4Network(pool)
-    except ValueError as exc:
-        raise ConfigError(f"{where}: process.network_pool {pool!r}: {exc}") from exc
-    if network.prefixlen > 24:
-        raise ConfigError(f"{where}: process.network_pool {pool} is smaller than a /24")
-    publish = (
-        os.environ.get("ZLAYER_PUBLISH_ADDRESS")
-        or _string(docker, "publish_address", f"{where} [docker]")
-        or "0.0.0.0"
-    )
-    return Settings(
-        runtime=runtime,
-        state_dir=Path(state) if state else None,
-        network_pool=str(network),
-        publish_address=publish,
-        source=where,
-        daemon=_daemon(_table(data, "daemon", set(DAEMON_KEYS), where), where),
-        backoff=_backoff(_table(data, "backoff", BACKOFF_KEYS, where), where),
-    )
-
-
-def _daemon(table: dict[str, Any], where: str) -> DaemonSettings:
-    values: dict[str, Any] = {}
-    for key, kind in DAEMON_KEYS.items():
-        if key not in table:
-            continue
-        value = table[key]
-        if kind is float:
-            values[key] = _number(value, f"daemon.{key}", where)
-        elif kind is bool:
-            if not isinstance(value, bool):
-                raise ConfigError(f"{where}: daemon.{key} must be true or false, not {value!r}")
-            values[key] = value
-        else:
-            if not isinstance(value, str):
-                raise ConfigError(f"{where}: daemon.{key} must be a string, not {value!r}")
-            values[key] = Path(value) if kind is Path else value
-    if values.get("source") not in (None, "dir", "git"):
-        raise ConfigError(f"{where}: daemon.source {values['source']!r} is not dir or git")
-    for key in ("interval", "resync"):
-        if key in values and values[key] <= 0:
-            raise ConfigError(f"{where}: daemon.{key} must be more than 0 seconds")
-    return DaemonSettings(**values)
-
-
-def _backoff(table: dict[str, Any], where: str) -> BackoffPolicy:
-    values = {key: _number(value, f"backoff.{key}", where) for key, value in table.items()}
+        config = _ConfigFile.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_message(exc.errors()[0], where, overridden)) from exc
     try:
-        return BackoffPolicy(**values)
+        backoff = BackoffPolicy(**config.backoff.model_dump())
     except ZlayerError as exc:
         raise ConfigError(f"{where}: {exc}") from exc
+    return Settings(
+        runtime=config.runtime,
+        state_dir=config.state_dir,
+        network_pool=config.process.network_pool,
+        publish_address=config.docker.publish_address,
+        source=where,
+        daemon=config.daemon,
+        backoff=backoff,
+    )
 
 
-def _number(value: Any, key: str, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ConfigError(f"{where}: {key} must be a number of at least 0, not {value!r}")
-    return float(value)
+def _with_env(data: dict[str, Any]) -> set[tuple[str, ...]]:
+    """Drop the empty strings that mean "the default", then put the environment's
+    overrides into ``data``; the keys overridden."""
+    for keys in _DEFAULT_WHEN_EMPTY:
+        table = _table(data, keys[:-1])
+        if table is not None and table.get(keys[-1]) == "":
+            del table[keys[-1]]
+    overridden: set[tuple[str, ...]] = set()
+    for keys, variable in ENV_OVERRIDES.items():
+        value = os.environ.get(variable)
+        table = _table(data, keys[:-1], create=True) if value else None
+        if table is not None:
+            table[keys[-1]] = value
+            overridden.add(keys)
+    return overridden
 
 
-def _table(data: dict[str, Any], name: str, keys: set[str], where: str) -> dict[str, Any]:
-    table = data.get(name, {})
-    if not isinstance(table, dict):
-        raise ConfigError(f"{where}: {name} must be a table ([{name}])")
-    for key in sorted(set(table) - keys):
-        raise ConfigError(f"{where}: unknown key {name}.{key} (known: {', '.join(sorted(keys))})")
+def _table(data: dict[str, Any], names: tuple[str, ...], create: bool = False) -> Any:
+    """``data[names[0]][names[1]]…``, None where one of them is not a table."""
+    table: Any = data
+    for name in names:
+        if create:
+            table.setdefault(name, {})
+        table = table.get(name)
+        if not isinstance(table, dict):
+            return None
     return table
 
 
-def _string(data: dict[str, Any], key: str, where: str) -> str | None:
-    value = data.get(key)
-    if value is not None and not isinstance(value, str):
-        raise ConfigError(f"{where}: {key} must be a string, not {value!r}")
-    return value
+_REASONS = {
+    "string_type": "must be a string",
+    "path_type": "must be a string",
+    "bool_type": "must be true or false",
+    "float_type": "must be a number of at least 0",
+    "greater_than_equal": "must be a number of at least 0",
+}
+
+
+def _message(error: ErrorDetails, where: str, overridden: set[tuple[str, ...]]) -> str:
+    """One of pydantic's errors as zlayer says it: the file, the dotted key, what is wrong."""
+    loc = tuple(str(part) for part in error["loc"])
+    key, kind, value = ".".join(loc), error["type"], error["input"]
+    if kind == "extra_forbidden":
+        known = ", ".join(sorted(_model_at(loc[:-1]).model_fields))
+        return f"{where}: unknown key {key if len(loc) > 1 else repr(key)} (known: {known})"
+    if kind == "model_type":
+        return f"{where}: {key} must be a table ([{key}])"
+    if kind in _REASONS:
+        return f"{where}: {key} {_REASONS[kind]}, not {value!r}"
+    if kind != "value_error":
+        return f"{where}: {key}: {error['msg']}"
+    reason = error.get("ctx", {}).get("error")
+    if loc == ("runtime",):  # says where the name came from: the file or $ZLAYER_RUNTIME
+        origin = ENV_OVERRIDES[loc] if loc in overridden else where
+        return f"runtime {value!r} (from {origin}) {reason}"
+    return f"{where}: {key} {reason}"
+
+
+def _model_at(loc: tuple[str, ...]) -> type[BaseModel]:
+    model: type[BaseModel] = _ConfigFile
+    for name in loc:
+        model = model.model_fields[name].annotation  # type: ignore[assignment]
+    return model

@@ -204,15 +204,13 @@ class Daemon:
             self.journal.event("daemon", "reload-failed", str(exc), self.clock())
             return
         self.notifier.reloading()
-        self.settings = dataclasses.replace(
-            self.settings,
-            backoff=fresh.backoff,
-            daemon=dataclasses.replace(
-                self.settings.daemon,
-                resync=fresh.daemon.resync,
-                journal_retention=fresh.daemon.journal_retention,
-            ),
-        )
+        reloaded = {
+            "resync": fresh.daemon.resync,
+            "journal_retention": fresh.daemon.journal_retention,
+        }
+        daemon = self.settings.daemon.model_copy(update=reloaded)
+        changes = {"backoff": fresh.backoff, "daemon": daemon}
+        self.settings = self.settings.model_copy(update=changes)
         self.supervisor.policy = fresh.backoff
         self.journal.retention = fresh.daemon.journal_retention * 86400
         self.journal.event("daemon", "reloaded", f"settings from {fresh.source}", self.clock())

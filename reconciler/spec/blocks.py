@@ -397,7 +397,9 @@ def _json_value(value: Any) -> Any:
 FailureAction = Annotated[Literal["fail", "warn", "continue"], _E]
 
 
-class InitStep(Closed):
+class InitStepSpec(Closed):
+    model_config = ConfigDict(title="InitStep")  # its name in the JSON Schema (zlayer schema)
+
     id: Str
     uses: Str
     with_: Annotated[dict[str, Any], BeforeValidator(_json_value)] = Field(
@@ -409,7 +411,7 @@ class InitStep(Closed):
 
 
 class InitSpec(Closed):
-    steps: tuple[InitStep, ...] = ()
+    steps: tuple[InitStepSpec, ...] = ()
 
 
 class InitFailurePolicy(Closed):

@@ -12,9 +12,11 @@ it must be (it cannot see tags, nor the difference between empty and ``null``);
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 from pydantic import AliasChoices, BaseModel
+from pydantic.json_schema import GenerateJsonSchema
 
 from reconciler.spec import blocks, models
 from reconciler.spec.blocks import SpecModel, field_kinds
@@ -25,13 +27,31 @@ SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 def spec_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of a ZLayer v1 spec file."""
-    document = DeploymentSpec.model_json_schema(by_alias=True)
+    document = DeploymentSpec.model_json_schema(by_alias=True, schema_generator=_TitledSchema)
     definitions = document.get("$defs", {})
     for model in _spec_models():
-        target = document if model is DeploymentSpec else definitions.get(model.__name__)
+        target = document if model is DeploymentSpec else definitions.get(_schema_name(model))
         if target is not None and "properties" in target:
             _as_read(model, target["properties"])
     return {"$schema": SCHEMA_DIALECT, "title": "ZLayer v1 deployment spec", **document}
+
+
+class _TitledSchema(GenerateJsonSchema):
+    """Names a model's definition (``$defs``) by its title where its class sets one
+    (``model_config["title"]``), so a class can be renamed without changing the schema."""
+
+    def normalize_name(self, name: str) -> str:
+        return super().normalize_name(_titled().get(name, name))
+
+
+@cache
+def _titled() -> dict[str, str]:
+    """Class name → schema name, for the spec models whose title is not their name."""
+    return {model.__name__: _schema_name(model) for model in _spec_models()}
+
+
+def _schema_name(model: type[BaseModel]) -> str:
+    return model.model_config.get("title") or model.__name__
 
 
 def _spec_models() -> list[type[BaseModel]]:

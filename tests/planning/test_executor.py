@@ -21,7 +21,15 @@ from reconciler.desired import (
 )
 from reconciler.drivers.fake import FakeDriver
 from reconciler.errors import PermanentDriverError, TemporaryDriverError
-from reconciler.executor import Event, Executor, Outcome, Prober, Report, Settings, execute
+from reconciler.executor import (
+    Event,
+    Executor,
+    ExecutorSettings,
+    Outcome,
+    Prober,
+    Report,
+    execute,
+)
 from reconciler.observed import WorkloadId
 from reconciler.plan.model import Plan
 from reconciler.plan.planner import plan_changes
@@ -29,7 +37,7 @@ from reconciler.policy import HealthPolicy
 from tests.conftest import load_ok, spec_text
 
 INPUTS = CompileInputs(secret_key=b"k")
-FAST = Settings(poll=0.02, init_backoff=(0.01, 0.01, 0.01))
+FAST = ExecutorSettings(poll=0.02, init_backoff=(0.01, 0.01, 0.01))
 
 
 def wid(service: str, replica: int | None = 1) -> WorkloadId:
@@ -69,7 +77,7 @@ async def apply(
     driver: FakeDriver,
     desired: DesiredState,
     *,
-    settings: Settings = FAST,
+    settings: ExecutorSettings = FAST,
     prober: Prober = healthy,
     on_event: Callable[[Event], None] | None = None,
 ) -> Run:
@@ -165,7 +173,9 @@ THREE_BY_TWO = """
 @pytest.mark.parametrize(("limit", "most"), [(2, 2), (1, 1), (None, 6)])
 async def test_concurrency_limit_caps_driver_calls_in_flight(limit: int | None, most: int) -> None:
     driver = SlowDriver()
-    run = await apply(driver, desired_from(THREE_BY_TWO), settings=Settings(concurrency=limit))
+    run = await apply(
+        driver, desired_from(THREE_BY_TWO), settings=ExecutorSettings(concurrency=limit)
+    )
     assert run.report.ok
     assert len(run.plan.actions) == 6
     assert driver.most == most
@@ -232,7 +242,7 @@ class BusyDriver(FakeDriver):
 async def test_temporary_error_fails_after_the_last_attempt(attempts: int) -> None:
     desired = desired_from("services:\n  web:\n    image: {name: nginx}\n")
     driver = BusyDriver()
-    run = await apply(driver, desired, settings=Settings(attempts=attempts))
+    run = await apply(driver, desired, settings=ExecutorSettings(attempts=attempts))
     assert driver.tries == attempts
     outcome = run.outcome("create:demo/web/1")
     assert (outcome.status, outcome.message) == ("failed", "engine busy")

@@ -337,3 +337,23 @@ def test_the_schema_takes_any_scalar_for_string_fields_and_knows_the_aliases() -
     assert list(validator.iter_errors({**ok, "version": "v2"}))
     assert list(validator.iter_errors({**ok, "deployment": "-bad"}))
     assert list(validator.iter_errors({**ok, "services": {"web": {**service, "replics": 2}}}))
+
+
+def _refs(value: Any) -> set[str]:
+    if isinstance(value, dict):
+        found = {value["$ref"]} if isinstance(value.get("$ref"), str) else set()
+        return found.union(*(_refs(v) for v in value.values()))
+    if isinstance(value, list):
+        return set().union(*(_refs(v) for v in value))
+    return set()
+
+
+def test_the_schema_names_a_definition_by_its_title_not_its_class() -> None:
+    schema = spec_schema()
+    definitions = schema["$defs"]
+    # blocks.InitStepSpec (renamed from InitStep) keeps the schema's name for it
+    assert "InitStep" in definitions and "InitStepSpec" not in definitions
+    assert definitions["InitStep"]["title"] == "InitStep"
+    assert {f"#/$defs/{name}" for name in definitions} >= _refs(schema) >= {"#/$defs/InitStep"}
+    # and is loosened as the loader reads it, as every block is: an empty ``with:`` is null
+    assert {"type": "null"} in definitions["InitStep"]["properties"]["with"]["anyOf"]
