@@ -52,8 +52,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from reconciler.daemon.client import call  # noqa: E402
-from reconciler.errors import NoDaemon  # noqa: E402
 from reconciler.daemon.journal import Journal  # noqa: E402
+from reconciler.errors import NoDaemon  # noqa: E402
 
 DEPLOYMENT = "zlbench-daemon"
 PROJECT = "zlbench-daemon-compose"
