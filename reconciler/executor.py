@@ -7,6 +7,12 @@ replica that misses its health deadline stops its service's rollout, and every
 replica that rollout already replaced goes back to the config the runtime
 recorded for it. Progress is a stream of :class:`Event` values; the result is a
 :class:`Report` of one :class:`Outcome` per action.
+
+One module on purpose (a little over 500 lines): the graph walk, the waits on
+conditions, init steps and the health-gated replace with its rollback share one
+executor's state — the semaphore, the outcomes so far, the event stream and the
+rollout per service — and read best side by side. Only
+:mod:`reconciler.reconcile` runs it for real work.
 """
 
 from __future__ import annotations
