@@ -133,7 +133,7 @@ def bare_plan(spec: Path) -> dict[str, Any]:
     """The network and container bodies zlayer would send for the deployment in
     ``spec``, built by zlayer's own translation (imported here, never in the child)."""
     from reconciler.desired import CompileInputs, compile_specs, content_revision
-    from reconciler.drivers import docker_config as dc
+    from reconciler.drivers.docker import config as dc
     from reconciler.spec.load import SourceFile, load_sources
 
     files = [SourceFile(str(spec), spec.read_bytes())]

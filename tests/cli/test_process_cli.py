@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.drivers import proc
+from reconciler.drivers.process import host as proc
 from tests.conftest import REPO
 from tests.process_support import kill_recorded, needs_root, remove_networks
 
@@ -55,7 +55,7 @@ def zlayer(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_readme_main_job_runs_hello_as_processes(host: dict[str, str]) -> None:
-    from reconciler.drivers import netns
+    from reconciler.drivers.process import netns
 
     run = zlayer(host, "apply", "specs/hello.yaml", "--auto-approve")
     assert run.returncode == 0, run.stdout + run.stderr

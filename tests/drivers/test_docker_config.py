@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from reconciler.desired import _NOT_CONFIG, CompileInputs, DesiredService, compile_specs
-from reconciler.drivers import docker_config as dc
 from reconciler.drivers.base import Limits
+from reconciler.drivers.docker import config as dc
 from reconciler.errors import (
     Conflict,
     NotFound,

@@ -1,4 +1,4 @@
-"""Bridges, veth pairs and network namespaces (reconciler.drivers.netns) against the kernel.
+"""Bridges, veth pairs and network namespaces (reconciler.drivers.process.netns) against the kernel.
 
 Most tests need root on Linux. Without it they skip, loudly, naming the reason, except
 under ``CI=true`` where they fail.
@@ -45,7 +45,7 @@ import pytest
 from pyroute2 import IPRoute, NetlinkError  # type: ignore[import-untyped]
 from pyroute2 import netns as pyroute2_netns
 
-from reconciler.drivers import netns
+from reconciler.drivers.process import netns
 from reconciler.errors import PermanentDriverError
 from tests.process_support import unavailable
 

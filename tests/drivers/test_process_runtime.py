@@ -42,8 +42,8 @@ from typing import Any
 import pytest
 
 from reconciler.desired import CompileInputs, DesiredService, compile_specs
-from reconciler.drivers import proc
 from reconciler.drivers.process import ProcessDriver
+from reconciler.drivers.process import host as proc
 from reconciler.observed import WorkloadId
 from reconciler.spec.load import load_text
 from tests.conftest import REPO
@@ -322,7 +322,7 @@ def sweep(host: Host) -> None:
     kill_recorded(host.state)
     if os.geteuid() != 0:
         return
-    from reconciler.drivers import netns
+    from reconciler.drivers.process import netns
 
     remove_networks(host.deployment)
     prefix = f"zlayer-{host.deployment}-"
@@ -742,7 +742,7 @@ def test_a_deleted_bridge_is_planned_for_creation_and_apply_brings_traffic_back(
     needs_root("a bridge")
     from pyroute2 import IPRoute
 
-    from reconciler.drivers import netns
+    from reconciler.drivers.process import netns
 
     host.write(web_and_client(host))
     assert host.apply()[0] == 0
@@ -775,7 +775,7 @@ def test_destroy_leaves_nothing_behind(host: Host) -> None:
     needs_root("namespaces and a bridge")
     from pyroute2 import IPRoute
 
-    from reconciler.drivers import netns
+    from reconciler.drivers.process import netns
 
     dep = host.deployment
     bridge = netns.bridge_name(dep)
@@ -818,7 +818,7 @@ def test_destroy_after_the_bridge_was_deleted_removes_its_forward_rule(host: Hos
     needs_root("a bridge")
     from pyroute2 import IPRoute
 
-    from reconciler.drivers import netns
+    from reconciler.drivers.process import netns
 
     if netns.bridge_filtering() is None:
         pytest.skip("bridged traffic bypasses iptables here: zlayer adds no FORWARD rule")
@@ -867,7 +867,7 @@ def test_a_deleted_veth_is_planned_as_a_restart_and_made_again(host: Host) -> No
     needs_root("network namespaces")
     from pyroute2 import IPRoute
 
-    from reconciler.drivers import netns
+    from reconciler.drivers.process import netns
 
     dep = host.deployment
     services = web_and_client(host)

@@ -1,10 +1,10 @@
 """The process runtime: replicas as supervised host processes, no container engine.
 
-Each replica runs under a monitor of ours (:mod:`reconciler.drivers.monitor`, the
+Each replica runs under a monitor of ours (:mod:`reconciler.drivers.process.monitor`, the
 way engines use a shim) that outlives the command that started it, keeps the
 workload's output in size-capped log files and records its exit status. When
 zlayer runs as root, every replica gets its own network namespace on a bridge
-per deployment (:mod:`reconciler.drivers.netns`); otherwise replicas share the
+per deployment (:mod:`reconciler.drivers.process.netns`); otherwise replicas share the
 host's network and the plan says so.
 
 Everything zlayer knows is in records under ``<state dir>/process/``, one
@@ -47,9 +47,10 @@ from types import TracebackType
 from typing import Any, Self
 
 from reconciler.desired import DesiredService
-from reconciler.drivers import cgroups, proc
-from reconciler.drivers import process_config as pc
 from reconciler.drivers.base import Limits
+from reconciler.drivers.process import cgroups
+from reconciler.drivers.process import config as pc
+from reconciler.drivers.process import host as proc
 from reconciler.errors import Conflict, NotFound, PermanentDriverError
 from reconciler.observed import Network, ObservedState, RunId, RunState, Workload, WorkloadId
 from reconciler.settings import DEFAULT_POOL
@@ -114,7 +115,7 @@ class ProcessDriver:
             return "network isolation is turned off"
         if os.geteuid() != 0 and self._isolation is None:
             return "not running as root"  # no need to load the netlink library
-        from reconciler.drivers import netns
+        from reconciler.drivers.process import netns
 
         return await asyncio.to_thread(netns.available)
 
@@ -157,7 +158,7 @@ class ProcessDriver:
     async def observe(self, deployments: Collection[str] | None = None) -> ObservedState:
         inventory = None
         if self.isolated:
-            from reconciler.drivers import netns
+            from reconciler.drivers.process import netns
 
             inventory = await asyncio.to_thread(netns.inventory)
         workloads: list[Workload] = []
@@ -188,7 +189,7 @@ class ProcessDriver:
             return None
         inventory = None
         if self.isolated and record.get("network", {}).get("netns"):
-            from reconciler.drivers import netns
+            from reconciler.drivers.process import netns
 
             inventory = await asyncio.to_thread(netns.inventory)
         return self._workload(where, record, inventory)
@@ -283,7 +284,7 @@ class ProcessDriver:
             cgroups.remove(self._cgroups, name)
         network = record.get("network", {})
         if network.get("netns"):
-            from reconciler.drivers import netns
+            from reconciler.drivers.process import netns
 
             await asyncio.to_thread(
                 netns.remove_sandbox, target.deployment, target.service, target.replica or 0
@@ -312,7 +313,7 @@ class ProcessDriver:
     # --- networks ----------------------------------------------------------------------
 
     async def create_network(self, deployment: str) -> None:
-        from reconciler.drivers import netns
+        from reconciler.drivers.process import netns
 
         async with self._locks[deployment]:
             record = self._network_record(deployment) or self._allocate_subnet(deployment)
@@ -325,7 +326,7 @@ class ProcessDriver:
                 ) from exc
 
     async def remove_network(self, deployment: str) -> None:
-        from reconciler.drivers import netns
+        from reconciler.drivers.process import netns
 
         async with self._locks[deployment]:
             await asyncio.to_thread(netns.remove_bridge, deployment)
@@ -337,7 +338,7 @@ class ProcessDriver:
 
     def _allocate_subnet(self, deployment: str) -> dict[str, Any]:
         """The lowest /24 of the pool that no other deployment holds, recorded."""
-        from reconciler.drivers import netns
+        from reconciler.drivers.process import netns
 
         used = set()
         if self.root.is_dir():
@@ -388,7 +389,7 @@ class ProcessDriver:
             await self._write_hosts_locked(deployment)
 
     async def _write_hosts_locked(self, deployment: str) -> None:
-        from reconciler.drivers import netns
+        from reconciler.drivers.process import netns
 
         dirs = [*self._records([deployment]), *self._run_dirs([deployment])]
         records = [proc.read_json(w / "record.json") or {} for w in dirs]
@@ -434,7 +435,7 @@ class ProcessDriver:
             if mode == "bridge":
                 network["address"] = self._allocate_address(target.deployment)
             if mode != "host":
-                from reconciler.drivers import netns
+                from reconciler.drivers.process import netns
 
                 network["netns"] = netns.netns_name(target.deployment, target.service, replica)
             where.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -477,7 +478,7 @@ class ProcessDriver:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "reconciler.drivers.monitor",
+            "reconciler.drivers.process.monitor",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
@@ -492,7 +493,7 @@ class ProcessDriver:
         """The replica's namespace, veth and hosts file, made afresh for every launch:
         nothing runs in them now, and whatever is there may be half made (an apply
         killed midway), deleted behind our back, or gone with a reboot."""
-        from reconciler.drivers import netns
+        from reconciler.drivers.process import netns
 
         namespace = str(network["netns"])
         address = network.get("address")
@@ -621,7 +622,7 @@ class ProcessDriver:
             if mode == "bridge":
                 network["address"] = self._allocate_address(rid.deployment)
             if mode != "host":
-                from reconciler.drivers import netns
+                from reconciler.drivers.process import netns
 
                 network["netns"] = netns.netns_name(rid.deployment, rid.service, slot)
             where.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -669,7 +670,7 @@ class ProcessDriver:
         await self._stop(target, where, record)
         cgroups.remove(self._cgroups, cgroups.group_name(run.deployment, run.service, slot))
         if record.get("network", {}).get("netns"):
-            from reconciler.drivers import netns
+            from reconciler.drivers.process import netns
 
             await asyncio.to_thread(netns.remove_sandbox, run.deployment, run.service, slot)
         (where / "record.json").unlink(missing_ok=True)

@@ -8,8 +8,8 @@ own, stdio on /dev/null, cwd /), so it outlives the CLI, and runs the workload a
 its child in a new session, so that a stop signal to the workload's process group
 reaches everything the workload started and nothing else.
 
-Run as ``python -m reconciler.drivers.monitor`` with the launch spec, one JSON
-object, on stdin (see :mod:`reconciler.drivers.process`). A bad spec exits 2 with a
+Run as ``python -m reconciler.drivers.process.monitor`` with the launch spec, one JSON
+object, on stdin (see :mod:`reconciler.drivers.process.driver`). A bad spec exits 2 with a
 message on stderr before anything is forked; otherwise the command exits 0 once the
 monitor proper runs, no longer its child. From then on the monitor reports only
 through files in the record directory ``dir``:
@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-from reconciler.drivers import proc
+from reconciler.drivers.process import host as proc
 from reconciler.redact import scrub_text
 
 CLONE_NEWNS = 0x00020000

@@ -4,7 +4,7 @@ A compiled service config becomes a Docker Engine API ``containers/create``
 body; a container as the engine lists or inspects it becomes a
 :class:`~reconciler.observed.Workload`; a service's fields that Docker cannot
 honour become :class:`~reconciler.drivers.base.Limits`. Only
-:mod:`reconciler.drivers.docker` talks to the engine.
+:mod:`reconciler.drivers.docker.driver` talks to the engine.
 
 Names and labels (the runtime is the source of truth; see ARCHITECTURE.md):
 

@@ -1,9 +1,9 @@
 """The Docker runtime: replicas as containers on one Docker engine (aiodocker).
 
 Every container carries zlayer's labels, so what the engine reports *is* the
-observed state (names, labels and translations: :mod:`.docker_config`). Docker's
+observed state (names, labels and translations: :mod:`.config`). Docker's
 restart policy is always ``no``: zlayer supervises. Engine errors become the
-project's own (:func:`.docker_config.engine_error`), chained with ``from``, with
+project's own (:func:`.config.engine_error`), chained with ``from``, with
 messages that start with the workload: ``demo/web/1: create failed: …``.
 
 This is the only module that imports aiodocker.
@@ -28,8 +28,8 @@ from aiodocker.containers import DockerContainer
 from aiodocker.exceptions import DockerError
 
 from reconciler.desired import DesiredService
-from reconciler.drivers import docker_config as dc
 from reconciler.drivers.base import Limits
+from reconciler.drivers.docker import config as dc
 from reconciler.errors import (
     Conflict,
     DriverError,
