@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.drivers.process import firewall
 from reconciler.drivers.process import host as proc
 from tests.conftest import REPO
 from tests.process_support import kill_recorded, needs_root, remove_networks
@@ -90,5 +91,5 @@ def test_the_readme_main_job_runs_hello_as_processes(host: dict[str, str]) -> No
     assert not [p for p in found.ports if p.startswith("hello/")]
     assert not [n for n in found.namespaces if n.startswith("zlayer-hello-")]
     assert not list(Path("/etc/netns").glob("zlayer-hello-*"))
-    assert not [rule for rule in netns.forward_rules() if "zlayer:hello" in rule]
+    assert not [rule for rule in firewall.forward_rules() if "zlayer:hello" in rule]
     assert not list(Path(host["ZLAYER_STATE_DIR"]).glob("process/deployments/hello/**/*.json"))
