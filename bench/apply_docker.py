@@ -133,7 +133,8 @@ def bare_plan(spec: Path) -> dict[str, Any]:
     """The network and container bodies zlayer would send for the deployment in
     ``spec``, built by zlayer's own translation (imported here, never in the child)."""
     from reconciler.desired import CompileInputs, compile_specs, content_revision
-    from reconciler.drivers import docker_config as dc
+    from reconciler.drivers.docker.config import create_body
+    from reconciler.drivers.docker.labels import DEPLOYMENT, container_name, network_name
     from reconciler.spec.load import SourceFile, load_sources
 
     files = [SourceFile(str(spec), spec.read_bytes())]
@@ -148,13 +149,13 @@ def bare_plan(spec: Path) -> dict[str, Any]:
     for service in sorted(desired.services.values(), key=lambda s: s.name):
         deployment = service.deployment
         target = service.workload_id(1)
-        body = dc.create_body(service, 1, desired.revision)
-        containers.append([dc.container_name(target), body])
+        body = create_body(service, 1, desired.revision)
+        containers.append([container_name(target), body])
     network = {
-        "Name": dc.network_name(deployment),
+        "Name": network_name(deployment),
         "Driver": "bridge",
         "CheckDuplicate": True,
-        "Labels": {dc.DEPLOYMENT: deployment},
+        "Labels": {DEPLOYMENT: deployment},
     }
     return {"network": network, "containers": containers}
 

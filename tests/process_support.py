@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.drivers import proc
 from reconciler.drivers.process import ProcessDriver
+from reconciler.drivers.process import host as proc
 
 __all__ = [
     "kill_recorded",
@@ -88,7 +88,7 @@ def remove_networks(deployment: str) -> None:
     from records)."""
     if os.geteuid() != 0:
         return
-    from reconciler.drivers import netns
+    from reconciler.drivers.process import netns
 
     found = netns.inventory()
     prefix = f"zlayer-{deployment}-"

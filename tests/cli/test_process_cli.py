@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.drivers import proc
+from reconciler.drivers.process import firewall
+from reconciler.drivers.process import host as proc
 from tests.conftest import REPO
 from tests.process_support import kill_recorded, needs_root, remove_networks
 
@@ -55,7 +56,7 @@ def zlayer(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_readme_main_job_runs_hello_as_processes(host: dict[str, str]) -> None:
-    from reconciler.drivers import netns
+    from reconciler.drivers.process import netns
 
     run = zlayer(host, "apply", "specs/hello.yaml", "--auto-approve")
     assert run.returncode == 0, run.stdout + run.stderr
@@ -90,5 +91,5 @@ def test_the_readme_main_job_runs_hello_as_processes(host: dict[str, str]) -> No
     assert not [p for p in found.ports if p.startswith("hello/")]
     assert not [n for n in found.namespaces if n.startswith("zlayer-hello-")]
     assert not list(Path("/etc/netns").glob("zlayer-hello-*"))
-    assert not [rule for rule in netns.forward_rules() if "zlayer:hello" in rule]
+    assert not [rule for rule in firewall.forward_rules() if "zlayer:hello" in rule]
     assert not list(Path(host["ZLAYER_STATE_DIR"]).glob("process/deployments/hello/**/*.json"))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.drivers.process_config import HostFacts, service_limits
+from reconciler.drivers.process.config import HostFacts, service_limits
 from reconciler.errors import ConfigError
 from reconciler.runtimes import docker_problem, resolve_runtime
 from reconciler.settings import Settings, load_settings

@@ -6,8 +6,7 @@ import asyncio
 import json
 from pathlib import Path
 
-from reconciler.drivers import cgroups
-from reconciler.drivers.process import ProcessDriver
+from reconciler.drivers.process import ProcessDriver, cgroups
 from reconciler.observed import WorkloadId
 from tests.docker_support import compile_services
 from tests.process_support import needs_root

@@ -9,8 +9,34 @@ from typing import Any
 import pytest
 
 from reconciler.desired import _NOT_CONFIG, CompileInputs, DesiredService, compile_specs
-from reconciler.drivers import docker_config as dc
 from reconciler.drivers.base import Limits
+from reconciler.drivers.docker.config import (
+    create_body,
+    parse_size,
+    parse_swap,
+    stop_timeout,
+    tmpfs_mode,
+)
+from reconciler.drivers.docker.errors import engine_error
+from reconciler.drivers.docker.labels import (
+    container_labels,
+    container_name,
+    deployment_filter,
+    network_name,
+    volume_name,
+)
+from reconciler.drivers.docker.limits import (
+    KNOWN_KEYS,
+    KNOWN_RESOURCES,
+    EngineFacts,
+    service_limits,
+)
+from reconciler.drivers.docker.observation import (
+    _NEVER,
+    config_from_labels,
+    workload_from_inspect,
+    workload_from_summary,
+)
 from reconciler.errors import (
     Conflict,
     NotFound,
@@ -94,7 +120,7 @@ def _one(fields: str, *, replicas: int = 1, deployment: str = "demo") -> Desired
 
 def test_create_body_maps_every_docker_field() -> None:
     service = _full()
-    body = dc.create_body(service, 1, "rev-9", publish_address="127.0.0.1")
+    body = create_body(service, 1, "rev-9", publish_address="127.0.0.1")
     host = body.pop("HostConfig")
     labels = body.pop("Labels")
     assert body == {
@@ -178,15 +204,15 @@ def test_create_body_maps_every_docker_field() -> None:
 
 def test_labels_carry_the_config_with_secrets_as_hashes_only() -> None:
     service = _full()
-    labels = dc.container_labels(service, 1, "r")
+    labels = container_labels(service, 1, "r")
     assert "s3cr3t" not in canonical_json(labels)
-    config = dc.config_from_labels(labels)
+    config = config_from_labels(labels)
     assert config == dict(service.config)
     assert config["env"]["TOKEN"]["hmac"].startswith("hmac-sha256:")
 
 
 def test_image_defaults_stay_when_the_spec_has_no_command() -> None:
-    body = dc.create_body(_one(""), 1, "r")
+    body = create_body(_one(""), 1, "r")
     assert "Entrypoint" not in body
     assert "Cmd" not in body
     assert "StopTimeout" not in body
@@ -201,22 +227,22 @@ def test_definition_has_no_replica_label_and_publishes_nothing() -> None:
       endpoints: [{name: http, protocol: http, port: 80, expose: public}]
     """
     service = compile_services("demo", text)["job"]
-    body = dc.create_body(service, None, "r")
+    body = create_body(service, None, "r")
     assert body["Labels"]["zlayer.replica"] == ""
     assert "PortBindings" not in body["HostConfig"]
     assert body["NetworkingConfig"]["EndpointsConfig"]["zlayer-demo"] == {"Aliases": ["job"]}
-    assert dc.container_name(service.workload_id(None)) == "demo-job"
+    assert container_name(service.workload_id(None)) == "demo-job"
 
 
 def test_public_endpoints_are_published_only_for_a_single_replica() -> None:
     fields = "endpoints: [{name: http, protocol: http, port: 80, expose: public}]"
-    single = dc.create_body(_one(fields), 1, "r")
+    single = create_body(_one(fields), 1, "r")
     assert single["HostConfig"]["PortBindings"] == {
         "80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "80"}]
     }
     pair = _one(fields, replicas=2)
-    assert "PortBindings" not in dc.create_body(pair, 1, "r")["HostConfig"]
-    warnings = dc.service_limits(pair, dc.EngineFacts()).warnings
+    assert "PortBindings" not in create_body(pair, 1, "r")["HostConfig"]
+    warnings = service_limits(pair, EngineFacts()).warnings
     assert any("not published until a proxy exists" in w for w in warnings)
 
 
@@ -226,7 +252,7 @@ def test_public_endpoints_are_published_only_for_a_single_replica() -> None:
 )
 def test_network_modes(mode: str, expected: str) -> None:
     fields = f"network_mode: {mode}\nendpoints: [{{name: h, protocol: tcp, port: 80}}]"
-    body = dc.create_body(_one(fields), 1, "r")
+    body = create_body(_one(fields), 1, "r")
     assert body["HostConfig"]["NetworkMode"] == expected
     assert "NetworkingConfig" not in body
     if mode in ("host", "none"):
@@ -236,20 +262,20 @@ def test_network_modes(mode: str, expected: str) -> None:
 
 
 def test_container_network_mode_and_host_network() -> None:
-    body = dc.create_body(_one("network_mode: container:other"), 1, "r")
+    body = create_body(_one("network_mode: container:other"), 1, "r")
     assert body["HostConfig"]["NetworkMode"] == "container:other"
-    assert dc.create_body(_one("host_network: true"), 1, "r")["HostConfig"]["NetworkMode"] == "host"
+    assert create_body(_one("host_network: true"), 1, "r")["HostConfig"]["NetworkMode"] == "host"
 
 
 def test_gpu_request_only_with_a_gpu_runtime() -> None:
     service = _one("resources: {gpu: {count: 2}}")
-    assert "DeviceRequests" not in dc.create_body(service, 1, "r")["HostConfig"]
-    body = dc.create_body(service, 1, "r", gpu=True)
+    assert "DeviceRequests" not in create_body(service, 1, "r")["HostConfig"]
+    body = create_body(service, 1, "r", gpu=True)
     assert body["HostConfig"]["DeviceRequests"] == [
         {"Driver": "nvidia", "Count": 2, "Capabilities": [["gpu"]]}
     ]
-    assert dc.service_limits(service, dc.EngineFacts(gpu=True)).warnings == ()
-    warnings = dc.service_limits(service, dc.EngineFacts()).warnings
+    assert service_limits(service, EngineFacts(gpu=True)).warnings == ()
+    warnings = service_limits(service, EngineFacts()).warnings
     assert warnings == (
         "demo/web: resources.gpu: the engine has no GPU runtime (nvidia); "
         "the service runs without a GPU",
@@ -257,16 +283,16 @@ def test_gpu_request_only_with_a_gpu_runtime() -> None:
 
 
 def test_limits_of_a_plain_service_are_empty() -> None:
-    assert dc.service_limits(_full(), dc.EngineFacts(arch="amd64", ncpu=8)) == Limits()
+    assert service_limits(_full(), EngineFacts(arch="amd64", ncpu=8)) == Limits()
 
 
 def _warnings(fields: str, **kw: Any) -> str:
-    return "\n".join(dc.service_limits(_one(fields, **kw), dc.EngineFacts()).warnings)
+    return "\n".join(service_limits(_one(fields, **kw), EngineFacts()).warnings)
 
 
 def _errors(fields: str, **kw: Any) -> str:
-    facts = dc.EngineFacts(ncpu=2)
-    return "\n".join(dc.service_limits(_one(fields, **kw), facts).errors)
+    facts = EngineFacts(ncpu=2)
+    return "\n".join(service_limits(_one(fields, **kw), facts).errors)
 
 
 @pytest.mark.parametrize(
@@ -326,9 +352,9 @@ def test_offline_secrets_cannot_be_created() -> None:
     state, _ = compile_specs([loaded], "r", CompileInputs())
     assert state is not None
     service = state.services[("demo", "web")]
-    assert "known by name only" in "\n".join(dc.service_limits(service, dc.EngineFacts()).errors)
+    assert "known by name only" in "\n".join(service_limits(service, EngineFacts()).errors)
     with pytest.raises(ValueError, match="known by name only"):
-        dc.create_body(service, 1, "r")
+        create_body(service, 1, "r")
 
 
 def test_engine_facts_from_docker_info() -> None:
@@ -340,17 +366,17 @@ def test_engine_facts_from_docker_info() -> None:
         "SwapLimit": False,
         "MemoryLimit": True,
     }
-    facts = dc.EngineFacts.from_info(info)
-    assert facts == dc.EngineFacts(
+    facts = EngineFacts.from_info(info)
+    assert facts == EngineFacts(
         os="linux", arch="arm64", ncpu=4, gpu=True, unsupported=frozenset({"memory_swap"})
     )
-    warnings = dc.service_limits(_one("resources: {memory_swap: 1Gi}"), facts).warnings
+    warnings = service_limits(_one("resources: {memory_swap: 1Gi}"), facts).warnings
     assert warnings == (
         "demo/web: resources.memory_swap: the engine's kernel cannot apply this limit; "
         "Docker ignores it",
     )
     platform = _one("platform: {os: linux, arch: amd64}")
-    assert "differs from the engine's linux/arm64" in dc.service_limits(platform, facts).warnings[0]
+    assert "differs from the engine's linux/arm64" in service_limits(platform, facts).warnings[0]
 
 
 @pytest.mark.parametrize(
@@ -365,18 +391,18 @@ def test_engine_facts_from_docker_info() -> None:
     ],
 )
 def test_parse_size(text: str, size: int) -> None:
-    assert dc.parse_size(text) == size
+    assert parse_size(text) == size
 
 
 def test_sizes_modes_and_durations_refuse_nonsense() -> None:
     with pytest.raises(ValueError):
-        dc.parse_size("1.5Gi")
-    assert dc.parse_swap("-1") == -1
-    assert dc.tmpfs_mode(755) == "755"
+        parse_size("1.5Gi")
+    assert parse_swap("-1") == -1
+    assert tmpfs_mode(755) == "755"
     with pytest.raises(ValueError):
-        dc.tmpfs_mode(1023 * 10)
-    assert dc.stop_timeout({"stop_grace_period": "1m30s"}) == 90
-    assert dc.stop_timeout({}) is None
+        tmpfs_mode(1023 * 10)
+    assert stop_timeout({"stop_grace_period": "1m30s"}) == 90
+    assert stop_timeout({}) is None
 
 
 def _labels(replica: str = "1", **extra: str) -> dict[str, str]:
@@ -399,7 +425,7 @@ def test_workload_from_a_list_entry() -> None:
         "Status": "Up 3 minutes (healthy)",
         "Labels": _labels(),
     }
-    workload = dc.workload_from_summary(summary)
+    workload = workload_from_summary(summary)
     assert workload is not None
     assert workload.model_dump() == {
         "deployment": "demo",
@@ -416,13 +442,13 @@ def test_workload_from_a_list_entry() -> None:
         "runtime_id": "c0ffee",
         "problem": None,
     }
-    starting = dc.workload_from_summary({**summary, "Status": "Up 1 second (health: starting)"})
+    starting = workload_from_summary({**summary, "Status": "Up 1 second (health: starting)"})
     assert starting is not None
     assert starting.health == "starting"
-    definition = dc.workload_from_summary({**summary, "State": "created", "Labels": _labels("")})
+    definition = workload_from_summary({**summary, "State": "created", "Labels": _labels("")})
     assert definition is not None
     assert (definition.replica, definition.status) == (None, "registered")
-    removing = dc.workload_from_summary({**summary, "State": "removing"})
+    removing = workload_from_summary({**summary, "State": "removing"})
     assert removing is not None
     assert removing.status == "dead"
 
@@ -438,7 +464,7 @@ def test_workload_from_a_list_entry() -> None:
     ],
 )
 def test_containers_without_zlayer_identity_are_not_workloads(labels: dict[str, str]) -> None:
-    assert dc.workload_from_summary({"Id": "x", "State": "running", "Labels": labels}) is None
+    assert workload_from_summary({"Id": "x", "State": "running", "Labels": labels}) is None
 
 
 def test_workload_from_inspect_has_exit_code_start_time_and_restarts() -> None:
@@ -453,7 +479,7 @@ def test_workload_from_inspect_has_exit_code_start_time_and_restarts() -> None:
             "Health": {"Status": "unhealthy"},
         },
     }
-    workload = dc.workload_from_inspect(info)
+    workload = workload_from_inspect(info)
     assert workload is not None
     assert (workload.status, workload.exit_code, workload.restart_count, workload.health) == (
         "exited",
@@ -462,19 +488,19 @@ def test_workload_from_inspect_has_exit_code_start_time_and_restarts() -> None:
         "unhealthy",
     )
     assert workload.started_at == "2024-01-01T00:00:00Z"
-    created = {**info, "State": {"Status": "created", "ExitCode": 0, "StartedAt": dc._NEVER}}
-    workload = dc.workload_from_inspect(created)
+    created = {**info, "State": {"Status": "created", "ExitCode": 0, "StartedAt": _NEVER}}
+    workload = workload_from_inspect(created)
     assert workload is not None
     assert (workload.status, workload.exit_code, workload.started_at) == ("created", None, None)
 
 
 def test_names() -> None:
-    assert dc.container_name(WorkloadId("demo", "web", 2)) == "demo-web-2"
-    assert dc.network_name("demo") == "zlayer-demo"
-    assert dc.volume_name("demo", "data") == "demo-data"
-    assert dc.deployment_filter(["a"]) == {"label": ["zlayer.deployment=a"]}
-    assert dc.deployment_filter(["a", "b"]) == {"label": ["zlayer.deployment"]}
-    assert dc.deployment_filter(None) == {"label": ["zlayer.deployment"]}
+    assert container_name(WorkloadId("demo", "web", 2)) == "demo-web-2"
+    assert network_name("demo") == "zlayer-demo"
+    assert volume_name("demo", "data") == "demo-data"
+    assert deployment_filter(["a"]) == {"label": ["zlayer.deployment=a"]}
+    assert deployment_filter(["a", "b"]) == {"label": ["zlayer.deployment"]}
+    assert deployment_filter(None) == {"label": ["zlayer.deployment"]}
 
 
 @pytest.mark.parametrize(
@@ -490,23 +516,23 @@ def test_names() -> None:
     ],
 )
 def test_engine_errors(status: int, kind: type[Exception]) -> None:
-    error = dc.engine_error(status, "engine says no\n", "demo/web/1", "create")
+    error = engine_error(status, "engine says no\n", "demo/web/1", "create")
     assert type(error) is kind
     assert str(error) == "demo/web/1: create failed: engine says no"
 
 
 def test_engine_error_details() -> None:
-    missing_image = dc.engine_error(
+    missing_image = engine_error(
         404, "No such image", "d/w/1", "create", missing=PermanentDriverError
     )
     assert type(missing_image) is PermanentDriverError
-    busy = dc.engine_error(500, "busy", "d/w/1", "start")
+    busy = engine_error(500, "busy", "d/w/1", "start")
     assert isinstance(busy, TemporaryDriverError)
     assert busy.delay > 0
     assert isinstance(
-        dc.engine_error(0, "toomanyrequests: slow down", "x", "pull"), TemporaryDriverError
+        engine_error(0, "toomanyrequests: slow down", "x", "pull"), TemporaryDriverError
     )
-    assert type(dc.engine_error(0, "manifest unknown", "x", "pull")) is PermanentDriverError
+    assert type(engine_error(0, "manifest unknown", "x", "pull")) is PermanentDriverError
 
 
 def test_every_spec_field_is_applied_or_warned_about() -> None:
@@ -514,11 +540,11 @@ def test_every_spec_field_is_applied_or_warned_about() -> None:
     fields = {
         name for name, info in ServiceSpec.model_fields.items() if not info.exclude
     } - _NOT_CONFIG
-    assert fields <= dc.KNOWN_KEYS
-    assert set(ResourcesSpec.model_fields) <= dc.KNOWN_RESOURCES
+    assert fields <= KNOWN_KEYS
+    assert set(ResourcesSpec.model_fields) <= KNOWN_RESOURCES
     service = _one("")
     odd = replace(service, config={**service.config, "quantum": 1, "resources": {"flux": 2}})
-    assert dc.service_limits(odd, dc.EngineFacts()).warnings == (
+    assert service_limits(odd, EngineFacts()).warnings == (
         "demo/web: quantum is not known to the docker runtime; not applied",
         "demo/web: resources.flux is not known to the docker runtime; not applied",
     )

@@ -81,7 +81,7 @@ async def test_a_run_ends_with_its_code_and_output_and_is_never_a_workload(
         assert left == []
     else:
         assert isinstance(driver, ProcessDriver)
-        assert not (driver.root / backend.deployment / "runs").exists()
+        assert not (driver.store.root / backend.deployment / "runs").exists()
 
 
 async def test_exit_hints_name_replicas_and_runs(backend: Backend) -> None:
@@ -147,7 +147,7 @@ async def test_a_process_run_reaches_a_service_by_name(
         await driver.remove_job(rid)
         await asyncio.sleep(0.2)
     assert [line async for line in driver.job_logs(rid)] == ["status 200"]
-    record = json.loads((driver._run_dir(rid) / "record.json").read_text())
+    record = json.loads((driver.store.run_dir(rid) / "record.json").read_text())
     namespace = record["network"]["netns"]
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert namespace in listed

@@ -1,8 +1,8 @@
-"""The process runtime's monitor (reconciler.drivers.monitor) and its host helpers
-(reconciler.drivers.proc), with real processes.
+"""The process runtime's monitor (reconciler.drivers.process.monitor) and its host helpers
+(reconciler.drivers.process.host), with real processes.
 
 Each test launches the monitor the way the driver does (``python -m
-reconciler.drivers.monitor`` with the launch spec on stdin) and reads the files it
+reconciler.drivers.process.monitor`` with the launch spec on stdin) and reads the files it
 writes. The ``launcher`` fixture kills, pass or fail, everything a test started: each
 workload's process group and each monitor, by the pids their run.json names (after
 checking they still are those processes), and any extra process a test registers.
@@ -29,8 +29,8 @@ from typing import Any
 
 import pytest
 
-from reconciler.drivers import proc
-from reconciler.drivers.monitor import _Log
+from reconciler.drivers.process import host as proc
+from reconciler.drivers.process.monitor import _Log
 from tests.process_support import needs_root
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,7 +42,7 @@ def run_monitor(spec: Any) -> subprocess.CompletedProcess[str]:
     """The monitor command as the driver runs it, given ``spec`` on stdin."""
     text = spec if isinstance(spec, str) else json.dumps(spec)
     return subprocess.run(
-        [sys.executable, "-m", "reconciler.drivers.monitor"],
+        [sys.executable, "-m", "reconciler.drivers.process.monitor"],
         input=text,
         capture_output=True,
         text=True,
@@ -267,7 +267,7 @@ def test_monitor_is_detached_and_workload_has_its_own_session(launch: Launcher) 
     spec = launch.spec(["sleep", "300"])
     record = launch.records[-1]
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "reconciler.drivers.monitor"],
+        [sys.executable, "-m", "reconciler.drivers.process.monitor"],
         stdin=subprocess.PIPE,
         cwd=REPO,
     )

@@ -1,4 +1,4 @@
-"""Bridges, veth pairs and network namespaces (reconciler.drivers.netns) against the kernel.
+"""Bridges, veth pairs and network namespaces (reconciler.drivers.process.netns) against the kernel.
 
 Most tests need root on Linux. Without it they skip, loudly, naming the reason, except
 under ``CI=true`` where they fail.
@@ -10,7 +10,7 @@ exactly what it does on the host (netlink sockets and forks follow the calling t
 namespace; ``/run/netns`` and ``/etc/netns`` are the real ones), but the results no longer
 depend on the host's firewall: on a host where Docker has run, ``br_netfilter`` hands
 bridged frames to iptables and the FORWARD policy DROP silently drops replica-to-replica
-traffic (see ``netns.bridge_filtering``). It also keeps the host's links untouched.
+traffic (see ``firewall.bridge_filtering``). It also keeps the host's links untouched.
 
 Every test uses its own deployment name; a finalizer removes its namespaces, links and
 ``/etc/netns`` directories (through pyroute2 and the file system, not only through the code
@@ -45,7 +45,7 @@ import pytest
 from pyroute2 import IPRoute, NetlinkError  # type: ignore[import-untyped]
 from pyroute2 import netns as pyroute2_netns
 
-from reconciler.drivers import netns
+from reconciler.drivers.process import addresses, firewall, names, netns
 from reconciler.errors import PermanentDriverError
 from tests.process_support import unavailable
 
@@ -300,7 +300,7 @@ class Deployment:
 
     @property
     def bridge(self) -> str:
-        return netns.bridge_name(self.name)
+        return names.bridge_name(self.name)
 
     def address(self, service: str, replica: int = 1) -> IPv4Address:
         key = (service, replica)
@@ -319,12 +319,12 @@ class Deployment:
         )
 
     def veth(self, service: str, replica: int = 1) -> str:
-        return netns.veth_name(self.name, service, replica)
+        return names.veth_name(self.name, service, replica)
 
 
 def purge(deployment: str) -> None:
     """Remove whatever of ``deployment`` exists, without the code under test."""
-    alias = netns.ALIAS_PREFIX + deployment
+    alias = names.ALIAS_PREFIX + deployment
     with IPRoute() as ipr:
         for msg in ipr.get_links():
             own_alias = msg.get("ifalias") or ""
@@ -332,7 +332,7 @@ def purge(deployment: str) -> None:
                 with contextlib.suppress(NetlinkError):
                     ipr.link("del", index=msg["index"])
         with contextlib.suppress(NetlinkError):
-            ipr.link("del", ifname=netns.bridge_name(deployment))
+            ipr.link("del", ifname=names.bridge_name(deployment))
     prefix = f"zlayer-{deployment}-"
     for entry in RUN_NETNS.glob(prefix + "*"):
         with contextlib.suppress(OSError):
@@ -343,13 +343,13 @@ def purge(deployment: str) -> None:
 
 def leftovers(deployment: str) -> list[str]:
     """What of ``deployment`` exists, found with pyroute2 and the file system."""
-    alias = netns.ALIAS_PREFIX + deployment
+    alias = names.ALIAS_PREFIX + deployment
     prefix = f"zlayer-{deployment}-"
     found = [
         f"link {link.name} ({link.alias})"
         for link in links()
         if (link.alias is not None and (link.alias == alias or link.alias.startswith(alias + "/")))
-        or link.name == netns.bridge_name(deployment)
+        or link.name == names.bridge_name(deployment)
     ]
     found += [str(p) for p in RUN_NETNS.glob(prefix + "*")]
     found += [str(p) for p in ETC_NETNS.glob(prefix + "*")]
@@ -386,19 +386,19 @@ def host_deployment(root: None) -> Iterator[Deployment]:
 
 def test_names_fit_ifnamsiz_and_are_stable() -> None:
     digest = hashlib.sha256(b"demo").hexdigest()
-    assert netns.bridge_name("demo") == "zl-" + digest[:10]
+    assert names.bridge_name("demo") == "zl-" + digest[:10]
     veth_digest = hashlib.sha256(b"demo/web/1").hexdigest()
-    assert netns.veth_name("demo", "web", 1) == "zv" + veth_digest[:12]
+    assert names.veth_name("demo", "web", 1) == "zv" + veth_digest[:12]
     long = "d" * 63
-    for name in (netns.bridge_name(long), netns.veth_name(long, "s" * 63, 10_000)):
+    for name in (names.bridge_name(long), names.veth_name(long, "s" * 63, 10_000)):
         assert len(name) <= 15
-    assert netns.bridge_name("demo") == netns.bridge_name("demo")
-    assert netns.bridge_name("demo") != netns.bridge_name("demo2")
-    assert netns.veth_name("demo", "web", 1) != netns.veth_name("demo", "web", 2)
-    assert netns.netns_name("demo", "web", 3) == "zlayer-demo-web-3"
-    assert netns.hosts_path("zlayer-demo-web-3") == Path("/etc/netns/zlayer-demo-web-3/hosts")
+    assert names.bridge_name("demo") == names.bridge_name("demo")
+    assert names.bridge_name("demo") != names.bridge_name("demo2")
+    assert names.veth_name("demo", "web", 1) != names.veth_name("demo", "web", 2)
+    assert names.netns_name("demo", "web", 3) == "zlayer-demo-web-3"
+    assert names.hosts_path("zlayer-demo-web-3") == Path("/etc/netns/zlayer-demo-web-3/hosts")
     with pytest.raises(ValueError):
-        netns.hosts_path("../etc")
+        names.hosts_path("../etc")
 
 
 def test_create_sandbox_rejects_inconsistent_addresses() -> None:
@@ -415,10 +415,10 @@ def test_create_sandbox_rejects_inconsistent_addresses() -> None:
 
 def test_bridge_filtering_reads_the_br_netfilter_flag() -> None:
     try:
-        flag = netns.BRIDGE_NF_CALL_IPTABLES.read_text().strip()
+        flag = firewall.BRIDGE_NF_CALL_IPTABLES.read_text().strip()
     except OSError:
         flag = "0"
-    warning = netns.bridge_filtering()
+    warning = firewall.bridge_filtering()
     assert (warning is not None) == (flag != "0")
 
 
@@ -508,7 +508,7 @@ def test_names_resolve_through_the_hosts_file(deployment: Deployment) -> None:
     netns.ensure_bridge(deployment.name, deployment.subnet)
     a = deployment.sandbox("a")
     b = deployment.sandbox("b")
-    path = netns.write_hosts(b, [(str(deployment.address("a")), ["svc-a", "svc-a.demo"])])
+    path = addresses.write_hosts_file(b, [(str(deployment.address("a")), ["svc-a", "svc-a.demo"])])
     assert path == ETC_NETNS / b / "hosts"
 
     with serving(a):
@@ -533,9 +533,11 @@ def test_network_mode_none_has_only_loopback(deployment: Deployment) -> None:
 
 
 def test_write_hosts_rewrites_in_place(deployment: Deployment) -> None:
-    ns = netns.netns_name(deployment.name, "x", 1)
+    ns = names.netns_name(deployment.name, "x", 1)
     deployment.made.append(("x", 1))  # so the finalizer removes /etc/netns/<ns>
-    path = netns.write_hosts(ns, [("10.213.200.2", ["svc-a"]), ("10.213.200.3", ["b1", "b2"])])
+    path = addresses.write_hosts_file(
+        ns, [("10.213.200.2", ["svc-a"]), ("10.213.200.3", ["b1", "b2"])]
+    )
     assert path.read_text() == (
         "127.0.0.1 localhost\n"
         "::1 localhost ip6-localhost ip6-loopback\n"
@@ -548,15 +550,15 @@ def test_write_hosts_rewrites_in_place(deployment: Deployment) -> None:
     # ``held`` pins the inode like a workload's bind mount does (and keeps its number
     # from being reused): it must see the new content
     with open(path) as held:
-        assert netns.write_hosts(ns, [("10.213.200.9", ["svc-a"])]) == path
+        assert addresses.write_hosts_file(ns, [("10.213.200.9", ["svc-a"])]) == path
         after = os.stat(path)
         assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)
         assert held.read() == new
     assert path.read_text() == new
     with pytest.raises(ValueError):
-        netns.write_hosts(ns, [("not-an-address", ["x"])])
+        addresses.write_hosts_file(ns, [("not-an-address", ["x"])])
     with pytest.raises(ValueError):
-        netns.write_hosts(ns, [("10.213.200.2", ["two words"])])
+        addresses.write_hosts_file(ns, [("10.213.200.2", ["two words"])])
 
 
 def test_a_bridge_deleted_behind_our_back_is_recreated_with_its_ports(
@@ -613,7 +615,7 @@ def test_removal_leaves_nothing(deployment: Deployment) -> None:
     a = deployment.sandbox("a")
     deployment.sandbox("b")
     deployment.sandbox("c", bridged=False)
-    netns.write_hosts(a, [(str(deployment.address("b")), ["svc-b"])])
+    addresses.write_hosts_file(a, [(str(deployment.address("b")), ["svc-b"])])
     assert len(leftovers(deployment.name)) == 1 + 2 + 3 + 1  # bridge, veths, netns, hosts dir
 
     # a process still in namespace a keeps the namespace (and so its veth pair) alive
@@ -651,7 +653,7 @@ def test_create_sandbox_failing_midway_removes_what_it_made(deployment: Deployme
     try:
         with pytest.raises(PermanentDriverError, match=f"cannot create veth {squatter}"):
             deployment.sandbox("a")
-        assert not (RUN_NETNS / netns.netns_name(deployment.name, "a", 1)).exists()
+        assert not (RUN_NETNS / names.netns_name(deployment.name, "a", 1)).exists()
         squatting = link_named(squatter)
         assert squatting is not None
         assert (squatting.alias, squatting.kind) == ("someone-else", "bridge")
@@ -663,7 +665,7 @@ def test_create_sandbox_failing_midway_removes_what_it_made(deployment: Deployme
 def test_create_sandbox_replaces_a_stale_namespace(deployment: Deployment) -> None:
     netns.ensure_bridge(deployment.name, deployment.subnet)
     a = deployment.sandbox("a")
-    netns.write_hosts(a, [("10.213.200.2", ["old"])])
+    addresses.write_hosts_file(a, [("10.213.200.2", ["old"])])
     old = os.stat(RUN_NETNS / a)
 
     assert deployment.sandbox("a") == a
@@ -681,7 +683,7 @@ def test_create_sandbox_replaces_a_stale_namespace(deployment: Deployment) -> No
 
 def test_on_the_real_host_the_host_reaches_a_replica(host_deployment: Deployment) -> None:
     """Smoke test outside the stage. Replica-to-replica traffic is not tried here: it
-    depends on the host's firewall (``netns.bridge_filtering``)."""
+    depends on the host's firewall (``firewall.bridge_filtering``)."""
     dep = host_deployment
     assert not [
         link.name

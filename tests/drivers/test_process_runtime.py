@@ -42,8 +42,8 @@ from typing import Any
 import pytest
 
 from reconciler.desired import CompileInputs, DesiredService, compile_specs
-from reconciler.drivers import proc
-from reconciler.drivers.process import ProcessDriver
+from reconciler.drivers.process import ProcessDriver, firewall, names
+from reconciler.drivers.process import host as proc
 from reconciler.observed import WorkloadId
 from reconciler.spec.load import load_text
 from tests.conftest import REPO
@@ -322,11 +322,11 @@ def sweep(host: Host) -> None:
     kill_recorded(host.state)
     if os.geteuid() != 0:
         return
-    from reconciler.drivers import netns
+    from reconciler.drivers.process import netns
 
     remove_networks(host.deployment)
     prefix = f"zlayer-{host.deployment}-"
-    etc = netns.NETNS_ETC_DIR
+    etc = names.NETNS_ETC_DIR
     for name in sorted(os.listdir(etc)) if etc.is_dir() else ():
         if name.startswith(prefix):
             service_name, _, replica = name.removeprefix(prefix).rpartition("-")
@@ -343,7 +343,7 @@ def sweep(host: Host) -> None:
             ):
                 with contextlib.suppress(Exception):
                     ipr.link("del", index=link["index"])
-    netns._forward_rule(host.deployment, add=False)  # also when the bridge is gone
+    firewall.forward_rule(host.deployment, add=False)  # also when the bridge is gone
 
 
 @pytest.fixture
@@ -742,12 +742,10 @@ def test_a_deleted_bridge_is_planned_for_creation_and_apply_brings_traffic_back(
     needs_root("a bridge")
     from pyroute2 import IPRoute
 
-    from reconciler.drivers import netns
-
     host.write(web_and_client(host))
     assert host.apply()[0] == 0
     wait_for(lambda: successes(host.log("client")), "the client's first answer")
-    bridge = netns.bridge_name(host.deployment)
+    bridge = names.bridge_name(host.deployment)
     with IPRoute() as ipr:
         (index,) = ipr.link_lookup(ifname=bridge)
         ipr.link("del", index=index)
@@ -775,10 +773,8 @@ def test_destroy_leaves_nothing_behind(host: Host) -> None:
     needs_root("namespaces and a bridge")
     from pyroute2 import IPRoute
 
-    from reconciler.drivers import netns
-
     dep = host.deployment
-    bridge = netns.bridge_name(dep)
+    bridge = names.bridge_name(dep)
     host.write(web_and_client(host))
     assert host.apply()[0] == 0
     wait_for(lambda: successes(host.log("client")), "the client's first answer")
@@ -787,8 +783,8 @@ def test_destroy_leaves_nothing_behind(host: Host) -> None:
         run = host.run_record(name)
         processes += [(run["pid"], run["start"]), (run["monitor_pid"], run["monitor_start"])]
     assert all(proc.alive(pid, start) for pid, start in processes)
-    filtering = netns.bridge_filtering() is not None
-    assert any(bridge in rule for rule in netns.forward_rules()) == filtering
+    filtering = firewall.bridge_filtering() is not None
+    assert any(bridge in rule for rule in firewall.forward_rules()) == filtering
     run = host.run("destroy", dep, "--auto-approve", *host.runtime_args())
     assert run.returncode == 0, (run.stdout, run.stderr)
 
@@ -818,22 +814,20 @@ def test_destroy_after_the_bridge_was_deleted_removes_its_forward_rule(host: Hos
     needs_root("a bridge")
     from pyroute2 import IPRoute
 
-    from reconciler.drivers import netns
-
-    if netns.bridge_filtering() is None:
+    if firewall.bridge_filtering() is None:
         pytest.skip("bridged traffic bypasses iptables here: zlayer adds no FORWARD rule")
     dep = host.deployment
-    bridge = netns.bridge_name(dep)
+    bridge = names.bridge_name(dep)
     host.write({"app": service(["sleep", "3600"], dep)})
     assert host.apply()[0] == 0
-    assert any(bridge in rule for rule in netns.forward_rules())
+    assert any(bridge in rule for rule in firewall.forward_rules())
     with IPRoute() as ipr:
         (index,) = ipr.link_lookup(ifname=bridge)
         ipr.link("del", index=index)
     run = host.run("destroy", dep, "--auto-approve", *host.runtime_args())
     assert run.returncode == 0, (run.stdout, run.stderr)
     assert not (host.state / "process" / "deployments" / dep).exists()
-    assert [rule for rule in netns.forward_rules() if bridge in rule] == []
+    assert [rule for rule in firewall.forward_rules() if bridge in rule] == []
 
 
 def test_a_deleted_namespace_is_planned_as_a_restart_and_made_again(host: Host) -> None:
@@ -867,8 +861,6 @@ def test_a_deleted_veth_is_planned_as_a_restart_and_made_again(host: Host) -> No
     needs_root("network namespaces")
     from pyroute2 import IPRoute
 
-    from reconciler.drivers import netns
-
     dep = host.deployment
     services = web_and_client(host)
     del services["client"]
@@ -877,7 +869,7 @@ def test_a_deleted_veth_is_planned_as_a_restart_and_made_again(host: Host) -> No
     address = host.record("server")["network"]["address"]
     wait_for(lambda: host_reaches(address), "the server to answer")
     with IPRoute() as ipr:
-        (index,) = ipr.link_lookup(ifname=netns.veth_name(dep, "server", 1))
+        (index,) = ipr.link_lookup(ifname=names.veth_name(dep, "server", 1))
         ipr.link("del", index=index)
     key = f"{dep}/server/1"
     assert host.actions() == {

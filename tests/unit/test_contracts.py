@@ -24,7 +24,11 @@ PROBES = [
     ("reconciler/executor.py", "import sqlite3", "Only the journal uses sqlite3"),
     ("reconciler/daemon/jobs.py", "import click", "Only the CLI renders"),
     ("reconciler/sources/files.py", "import git", "Only sources.git imports git"),
-    ("reconciler/reconcile.py", "import subprocess", "Only the process runtime and sources.git"),
+    (
+        "reconciler/reconcile.py",
+        "import subprocess",
+        "Only the process runtime's firewall",
+    ),
     ("reconciler/daemon/loop.py", "import watchfiles", "Only sources.watch imports watchfiles"),
     ("reconciler/desired.py", "import reconciler.executor", "Layers:"),
     (

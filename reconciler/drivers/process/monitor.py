@@ -8,11 +8,11 @@ own, stdio on /dev/null, cwd /), so it outlives the CLI, and runs the workload a
 its child in a new session, so that a stop signal to the workload's process group
 reaches everything the workload started and nothing else.
 
-Run as ``python -m reconciler.drivers.monitor`` with the launch spec, one JSON
-object, on stdin (see :mod:`reconciler.drivers.process`). A bad spec exits 2 with a
+Run as ``python -m reconciler.drivers.process.monitor`` with the launch spec, one JSON
+object, on stdin (see :mod:`.launch`). A bad spec exits 2 with a
 message on stderr before anything is forked; otherwise the command exits 0 once the
 monitor proper runs, no longer its child. From then on the monitor reports only
-through files in the record directory ``dir``:
+through files in the record directory ``dir`` (their formats: :mod:`.records`):
 
 ``run.json``     once the workload has been exec'ed: launch, boot_id, monitor_pid,
                  monitor_start, pid, start (start times: /proc/<pid>/stat field 22,
@@ -27,6 +27,9 @@ through files in the record directory ``dir``:
                  could not be written and was dropped; absent when all went well
 
 Standard library only, and little of it: one of these starts for every replica.
+That is also why it is one module although it is longer than most: the spec check,
+the workload's side of the fork, the log and the supervision loop are one program,
+and every further module would be one more file to find and load per replica.
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-from reconciler.drivers import proc
+from reconciler.drivers.process import host, records
+from reconciler.drivers.process.records import Exited, Started
 from reconciler.redact import scrub_text
 
 CLONE_NEWNS = 0x00020000
@@ -367,17 +371,17 @@ class _Monitor:
         log = _Log(self.dir, self.spec["log"]["max_bytes"], self.spec["log"]["keep"])
         self._write_log(log, b"")  # output.log exists once run.json does
         # Not reaped yet, so even a workload that has ended already has a start time.
-        proc.atomic_write_json(
-            self.dir / "run.json",
-            {
-                "launch": self.launch,
-                "boot_id": proc.boot_id(),
-                "monitor_pid": os.getpid(),
-                "monitor_start": proc.start_time(os.getpid()),
-                "pid": pid,
-                "start": proc.start_time(pid),
-                "started_at": proc.now_iso(),
-            },
+        records.write_started(
+            self.dir,
+            Started(
+                launch=self.launch,
+                boot_id=host.boot_id(),
+                monitor_pid=os.getpid(),
+                monitor_start=_start_time(os.getpid()),
+                pid=pid,
+                start=_start_time(pid),
+                started_at=host.now_iso(),
+            ),
         )
         self.running = True
         if self.stop_requested:
@@ -442,18 +446,18 @@ class _Monitor:
         except OSError as exc:
             if not self.log_broken:
                 self.log_broken = True
-                _note(self.dir, f"{proc.now_iso()} output.log: {exc}; output is dropped\n")
+                _note(self.dir, f"{host.now_iso()} output.log: {exc}; output is dropped\n")
 
     def _record_exit(self, code: int | None, signum: int | None, error: str | None) -> None:
-        proc.atomic_write_json(
-            self.dir / "exit.json",
-            {
-                "launch": self.launch,
-                "exit_code": code,
-                "signal": signum,
-                "error": error,
-                "finished_at": proc.now_iso(),
-            },
+        records.write_exited(
+            self.dir,
+            Exited(
+                launch=self.launch,
+                exit_code=code,
+                signal=signum,
+                error=error,
+                finished_at=host.now_iso(),
+            ),
         )
         self.finished = True
 
@@ -463,7 +467,7 @@ class _Monitor:
         import traceback
 
         text = traceback.format_exc()
-        _note(self.dir, f"{proc.now_iso()} the monitor failed:\n{text}")
+        _note(self.dir, f"{host.now_iso()} the monitor failed:\n{text}")
         if self.finished:
             return
         if self.pid and not self.reaped:
@@ -472,6 +476,14 @@ class _Monitor:
         lines = text.strip().splitlines()
         with contextlib.suppress(BaseException):
             self._record_exit(None, None, f"the monitor failed: {lines[-1] if lines else '?'}")
+
+
+def _start_time(pid: int) -> int:
+    """``pid``'s start time; it has one while not reaped (a zombie still does)."""
+    start = host.start_time(pid)
+    if start is None:
+        raise RuntimeError(f"no start time for process {pid}")
+    return start
 
 
 def _ignore(_signum: int, _frame: object) -> None:

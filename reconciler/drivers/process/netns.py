@@ -8,20 +8,22 @@ Layout, when zlayer runs as root::
       (one per deployment)                  (host side,         lo    127.0.0.1
                                              port of the bridge) default route via 10.213.N.1
 
-* one Linux bridge per deployment, named :func:`bridge_name`, holding the first host
+Names come from :mod:`.names`:
+
+* one Linux bridge per deployment, named :func:`~.names.bridge_name`, holding the first host
   address of the deployment's subnet, so the host reaches every replica directly;
-* one network namespace per replica, named :func:`netns_name` and bound under
+* one network namespace per replica, named :func:`~.names.netns_name` and bound under
   ``/run/netns`` like ``ip netns add`` does, with ``lo`` up;
-* in ``bridge`` mode a veth pair per replica: the host side (:func:`veth_name`) is a
+* in ``bridge`` mode a veth pair per replica: the host side (:func:`~.names.veth_name`) is a
   port of the bridge, the other side is ``eth0`` inside the namespace with the
   replica's address and a default route via the bridge; with network mode ``none``
   the namespace has only ``lo``;
 * the replica's hosts file lives at ``/etc/netns/<namespace>/hosts`` (iproute2's
   convention, so ``ip netns exec`` sees it too); workloads get it bind-mounted over
-  their ``/etc/hosts`` and :func:`write_hosts` rewrites it in place.
+  their ``/etc/hosts`` and :func:`.addresses.write_hosts_file` rewrites it in place.
 
 Every link zlayer creates carries an interface alias (``ifalias``) starting with
-:data:`ALIAS_PREFIX`: ``zlayer:<deployment>`` on a bridge,
+:data:`~.names.ALIAS_PREFIX`: ``zlayer:<deployment>`` on a bridge,
 ``zlayer:<deployment>/<service>/<replica>`` on a veth. Observation
 (:func:`inventory`), cleanup and drift repair find the network by these aliases and
 by the ``zlayer-`` prefix of namespace names, never from zlayer's own records, so
@@ -33,7 +35,8 @@ replicas is bridged, and where ``br_netfilter`` is loaded with
 DROP) it passes iptables' FORWARD chain too. Then, as Docker does for its own
 bridges, :func:`ensure_bridge` inserts one rule accepting traffic in and out of the
 deployment's bridge (``-i zl-X -o zl-X``, commented ``zlayer:<deployment>``) and
-:func:`remove_bridge` deletes it; nothing else in the firewall is touched.
+:func:`remove_bridge` deletes it (:mod:`.firewall`); nothing else in the firewall is
+touched.
 
 Subnets and addresses are allocated by the caller. The functions here are
 synchronous (the process driver runs them with ``asyncio.to_thread``), idempotent,
@@ -48,83 +51,38 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
 import shutil
 import socket
-import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network, ip_address
-from pathlib import Path
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
 from pyroute2 import IPRoute, NetlinkError  # type: ignore[import-untyped]
 from pyroute2 import netns as pyroute2_netns
 
+from reconciler.drivers.process.firewall import bridge_filtering, forward_rule
+from reconciler.drivers.process.names import (
+    ALIAS_PREFIX,
+    NETNS_ETC_DIR,
+    NETNS_PREFIX,
+    NETNS_RUN_DIR,
+    bridge_mac,
+    bridge_name,
+    check_ns_name,
+    netns_name,
+    veth_name,
+)
 from reconciler.errors import PermanentDriverError
 
-ALIAS_PREFIX = "zlayer:"
-"""Start of the interface alias of every link zlayer creates."""
-NETNS_PREFIX = "zlayer-"
-"""Start of the name of every network namespace zlayer creates."""
-NETNS_RUN_DIR = Path("/run/netns")
-"""Where network namespaces are bound by name (iproute2's ``ip netns``)."""
-NETNS_ETC_DIR = Path("/etc/netns")
-"""Per-namespace files that ``ip netns exec`` bind-mounts over ``/etc``."""
 INNER_IFNAME = "eth0"
 """Name of the replica's side of the veth pair, inside its namespace."""
-
-BRIDGE_NF_CALL_IPTABLES = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
-"""1 when br_netfilter hands bridged IPv4 frames to iptables (per network namespace)."""
 
 _IFF_UP = 0x1
 _CAP_NET_ADMIN = 12
 _CAP_SYS_ADMIN = 21
-
-
-# --- names -----------------------------------------------------------------------------------
-
-
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def bridge_name(deployment: str) -> str:
-    """``zl-`` and 10 hex digits of the deployment's hash: stable, within IFNAMSIZ (15)."""
-    return "zl-" + _digest(deployment)[:10]
-
-
-def veth_name(deployment: str, service: str, replica: int) -> str:
-    """Host side of a replica's veth pair: ``zv`` and 12 hex digits (14 characters)."""
-    return "zv" + _digest(f"{deployment}/{service}/{replica}")[:12]
-
-
-def netns_name(deployment: str, service: str, replica: int) -> str:
-    """``zlayer-<deployment>-<service>-<replica>``, the replica's network namespace."""
-    return f"{NETNS_PREFIX}{deployment}-{service}-{replica}"
-
-
-def hosts_path(netns: str) -> Path:
-    """``/etc/netns/<netns>/hosts``, where ``ip netns exec`` looks for the namespace's
-    hosts file."""
-    _check_ns_name(netns)
-    return NETNS_ETC_DIR / netns / "hosts"
-
-
-def _bridge_mac(deployment: str) -> str:
-    """A stable, locally administered unicast MAC for the bridge: a bridge recreated
-    after drift keeps its address, so the replicas' ARP caches stay right (a bridge
-    without one takes the lowest MAC of its ports, which changes as ports come and go)."""
-    raw = bytes.fromhex(_digest("bridge-mac:" + deployment)[:12])
-    first = (raw[0] & 0xFC) | 0x02
-    return ":".join(f"{b:02x}" for b in (first, *raw[1:]))
-
-
-def _check_ns_name(name: str) -> None:
-    if not name or "/" in name or name in (".", "..") or "\0" in name or len(name) > 255:
-        raise ValueError(f"not a usable network namespace name: {name!r}")
 
 
 def _gateway(subnet: IPv4Network) -> IPv4Interface:
@@ -282,7 +240,7 @@ def ensure_bridge(deployment: str, subnet: IPv4Network) -> None:
                 "add",
                 ifname=name,
                 kind="bridge",
-                address=_bridge_mac(deployment),
+                address=bridge_mac(deployment),
                 ignore=(errno.EEXIST,),
             )
             link = _lookup(ipr, name)
@@ -324,7 +282,7 @@ def ensure_bridge(deployment: str, subnet: IPv4Network) -> None:
             if ours and (port.master != link.index or not port.up):
                 ipr.link("set", index=port.index, master=link.index, state="up")
     if bridge_filtering() is not None:
-        _forward_rule(deployment, add=True)
+        forward_rule(deployment, add=True)
 
 
 def remove_bridge(deployment: str) -> None:
@@ -335,7 +293,7 @@ def remove_bridge(deployment: str) -> None:
     with _failing(f"remove bridge {name} of deployment {deployment}"), IPRoute() as ipr:
         link = _lookup(ipr, name)
         if link is None:
-            _forward_rule(deployment, add=False)
+            forward_rule(deployment, add=False)
             return
         if link.alias not in (None, ALIAS_PREFIX + deployment):
             raise PermanentDriverError(
@@ -343,60 +301,7 @@ def remove_bridge(deployment: str) -> None:
                 f"the link of that name is not zlayer's (alias {link.alias!r})"
             )
         _ignoring(ipr.link, "del", index=link.index, ignore=(errno.ENODEV,))
-    _forward_rule(deployment, add=False)
-
-
-def _forward_rule(deployment: str, *, add: bool) -> None:
-    """Insert (once) or delete (every copy of) the FORWARD rule that lets the
-    deployment's replicas reach each other where bridged traffic passes iptables."""
-    iptables = shutil.which("iptables")
-    if iptables is None:
-        if add:
-            raise PermanentDriverError(
-                f"cannot let the replicas of {deployment} reach each other: bridged traffic "
-                "passes iptables (br_netfilter) but there is no iptables command to accept it"
-            )
-        return
-    name = bridge_name(deployment)
-    rule = ["FORWARD", "-i", name, "-o", name, "-m", "comment"]
-    rule += ["--comment", ALIAS_PREFIX + deployment, "-j", "ACCEPT"]
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [iptables, "-w", "10", *args], capture_output=True, text=True, timeout=30, check=False
-        )
-
-    if add:
-        if run("-C", *rule).returncode == 0:
-            return
-        done = run("-I", *rule)
-        if done.returncode != 0:
-            raise PermanentDriverError(
-                f"cannot add the iptables rule for bridge {name}: {done.stderr.strip()}"
-            )
-        return
-    for _ in range(100):  # every copy, should a crash have left more than one
-        if run("-C", *rule).returncode != 0 or run("-D", *rule).returncode != 0:
-            return
-
-
-def forward_rules() -> list[str]:
-    """The FORWARD rules zlayer added (``iptables -S`` lines), for checks and tests."""
-    iptables = shutil.which("iptables")
-    if iptables is None:
-        return []
-    listed = subprocess.run(
-        [iptables, "-w", "10", "-S", "FORWARD"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    return [
-        line
-        for line in listed.stdout.splitlines()
-        if f'"{ALIAS_PREFIX}' in line or f" {ALIAS_PREFIX}" in line
-    ]
+    forward_rule(deployment, add=False)
 
 
 # --- sandboxes -------------------------------------------------------------------------------
@@ -425,7 +330,7 @@ def create_sandbox(
     """
     subject = f"{deployment}/{service}/{replica}"
     ns = netns_name(deployment, service, replica)
-    _check_ns_name(ns)
+    check_ns_name(ns)
     veth = veth_name(deployment, service, replica)
     bridge = bridge_name(deployment)
     inner: IPv4Interface | None = None
@@ -516,43 +421,6 @@ def _remove_sandbox(ipr: Any, deployment: str, service: str, replica: int) -> No
         shutil.rmtree(NETNS_ETC_DIR / ns)
 
 
-# --- hosts files -----------------------------------------------------------------------------
-
-
-def write_hosts(netns: str, entries: Sequence[tuple[str, Sequence[str]]]) -> Path:
-    """Write the namespace's hosts file (:func:`hosts_path`) and return its path.
-
-    The file starts with the ``localhost`` lines, then one line per ``(address, names)``.
-    An existing file is rewritten **in place** (truncated, written, fsynced; same
-    inode), never replaced by a rename: running workloads have it bind-mounted over
-    their ``/etc/hosts``, and a bind mount keeps showing the inode it was made from,
-    so a renamed-over file would leave them reading the old entries forever.
-    """
-    lines = ["127.0.0.1 localhost", "::1 localhost ip6-localhost ip6-loopback"]
-    for address, names in entries:
-        ip_address(address)  # raises ValueError for what is not an address
-        if not names:
-            raise ValueError(f"hosts entry for {address} has no names")
-        for name in names:
-            if not name or any(c.isspace() or c == "#" for c in name):
-                raise ValueError(f"not a host name for a hosts file: {name!r}")
-        lines.append(f"{address} {' '.join(names)}")
-    data = ("\n".join(lines) + "\n").encode()
-    path = hosts_path(netns)
-    with _failing(f"write {path}"):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            os.ftruncate(fd, 0)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    return path
-
-
 # --- inventory and availability --------------------------------------------------------------
 
 
@@ -637,26 +505,3 @@ def available() -> str | None:
     except (OSError, NetlinkError) as exc:
         return f"netlink does not work: {exc}"
     return None
-
-
-def bridge_filtering() -> str | None:
-    """A warning when the host's firewall sees traffic *between* replicas, else None.
-
-    With the ``br_netfilter`` module loaded and ``net.bridge.bridge-nf-call-iptables=1``
-    (Docker does both, and sets the FORWARD policy to DROP), frames bridged from one
-    replica to another pass iptables' FORWARD chain; unless a rule there accepts
-    traffic in and out of ``zl-*`` bridges, replicas of a deployment cannot reach each
-    other (the host still reaches them: that is INPUT/OUTPUT, not FORWARD). The flag
-    cannot be lifted per bridge (the kernel ORs it with the bridge's own
-    ``nf_call_iptables``), so this only detects the situation.
-    """
-    try:
-        value = BRIDGE_NF_CALL_IPTABLES.read_text(encoding="ascii").strip()
-    except OSError:
-        return None  # br_netfilter not loaded: bridged frames bypass iptables
-    if value == "0":
-        return None
-    return (
-        "br_netfilter hands bridged traffic to iptables (net.bridge.bridge-nf-call-iptables=1): "
-        "replicas reach each other only if the FORWARD chain accepts traffic on zl-* bridges"
-    )

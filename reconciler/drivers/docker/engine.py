@@ -1,0 +1,120 @@
+"""The way to the engine: timeouts, errors translated at the call, and streams.
+
+Every engine call runs inside :func:`translated`, so what aiodocker or aiohttp
+raise leaves the driver as the project's own error (:func:`.errors.engine_error`),
+chained with ``from``. The streaming calls (logs, events) are made here rather
+than through aiodocker's helpers, whose responses stay open when a reader stops
+early: these are released for certain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import json
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from contextlib import contextmanager
+
+import aiodocker
+import aiohttp
+from aiodocker.exceptions import DockerError
+
+from reconciler.drivers.docker.errors import engine_error
+from reconciler.errors import NotFound, PermanentDriverError, TemporaryDriverError
+
+TIMEOUT = aiohttp.ClientTimeout(total=120, connect=10)
+"""Per request; Docker's long operations (pull, stop, logs) lift ``total``."""
+STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=10, sock_read=None)
+
+STREAM_ERRORS = (DockerError, TimeoutError, aiohttp.ClientError)
+"""What a broken stream raises (outside :func:`translated`)."""
+
+
+@contextmanager
+def translated(
+    subject: object, action: str, *, missing: type[PermanentDriverError] = NotFound
+) -> Iterator[None]:
+    """Translate what the engine (or the way to it) raises into the project's errors."""
+    try:
+        yield
+    except DockerError as exc:
+        raise engine_error(exc.status, exc.message, str(subject), action, missing=missing) from exc
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        reason = str(exc) or type(exc).__name__
+        message = f"{subject}: {action} failed: no answer from the engine ({reason})"
+        raise TemporaryDriverError(message, delay=5.0) from exc
+
+
+async def log_lines(
+    docker: aiodocker.Docker,
+    name: str,
+    subject: object,
+    *,
+    tty: bool,
+    follow: bool,
+    tail: int | None,
+) -> AsyncGenerator[str, None]:
+    """The lines of container ``name``'s output (the last ``tail``; all for None), and
+    with ``follow`` the lines it writes from then on until it ends."""
+    count = "all" if tail is None else str(tail)
+    if not follow:
+        with translated(subject, "logs"):
+            chunks = await docker.containers.container(name).log(
+                stdout=True, stderr=True, tail=count
+            )
+        for line in "".join(chunks).splitlines():
+            yield line
+        return
+    params = {"stdout": "1", "stderr": "1", "follow": "1", "tail": count}
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    pending = ""
+    with translated(subject, "logs"):
+        async with docker._query(
+            f"containers/{name}/logs", params=params, timeout=STREAM_TIMEOUT
+        ) as response:
+            try:
+                async for chunk in _frames(response, tty=tty):
+                    pending += decoder.decode(chunk)
+                    *lines, pending = pending.split("\n")
+                    for line in lines:
+                        yield line.removesuffix("\r")
+            finally:
+                response.close()
+    pending += decoder.decode(b"", final=True)
+    if pending:
+        yield pending
+
+
+async def _frames(response: aiohttp.ClientResponse, *, tty: bool) -> AsyncIterator[bytes]:
+    """The payloads of a log stream: raw for a tty, else Docker's multiplexed frames
+    (an 8-byte header with the stream and the length, then the bytes)."""
+    if tty:
+        async for chunk in response.content.iter_any():
+            yield chunk
+        return
+    while True:
+        try:
+            header = await response.content.readexactly(8)
+            size = int.from_bytes(header[4:8], "big")
+            if size:
+                yield await response.content.readexactly(size)
+        except asyncio.IncompleteReadError:
+            return
+
+
+async def events(docker: aiodocker.Docker, filters: str) -> AsyncGenerator[dict[str, object], None]:
+    """The engine's events matching ``filters`` (JSON), until the stream breaks (then
+    one of :data:`STREAM_ERRORS` is raised, or the generator ends)."""
+    async with docker._query(
+        "events", params={"filters": filters}, timeout=STREAM_TIMEOUT
+    ) as response:
+        try:
+            async for raw in response.content:
+                try:
+                    event = json.loads(raw)
+                except ValueError:
+                    continue
+                if isinstance(event, dict):
+                    yield event
+        finally:
+            response.close()  # as for logs: released for certain

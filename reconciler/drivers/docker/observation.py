@@ -1,0 +1,143 @@
+"""A container as the engine lists or inspects it, as zlayer observes it (pure).
+
+A container of zlayer's becomes a :class:`~reconciler.observed.Workload` (a run of a
+job a :class:`~reconciler.observed.RunState`); one without zlayer's labels, or with
+malformed ones, becomes ``None``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any, get_args
+
+from reconciler.drivers.docker.labels import (
+    CONFIG,
+    DEPENDS,
+    DEPLOYMENT,
+    FINGERPRINT,
+    REPLICA,
+    REVISION,
+    RUN,
+    SERVICE,
+)
+from reconciler.observed import Health, RunId, RunState, Status, Workload, WorkloadId
+
+_HEALTH_IN_STATUS_RE = re.compile(r"\((healthy|unhealthy|health: starting)\)")
+_NEVER = "0001-01-01T00:00:00Z"
+_STATUSES = frozenset(get_args(Status))
+_HEALTHS = frozenset(get_args(Health))
+
+
+# --- observed state -------------------------------------------------------------------------------
+
+
+def workload_from_summary(summary: Mapping[str, Any]) -> Workload | None:
+    """A container as ``containers/json`` lists it (no exit code, start time or restart
+    count there: the caller inspects exited containers). ``None`` if not zlayer's."""
+    state = str(summary.get("State", ""))
+    health_match = _HEALTH_IN_STATUS_RE.search(str(summary.get("Status", "")))
+    health = "none"
+    if health_match:
+        health = health_match[1].removeprefix("health: ")
+    return _workload(summary.get("Labels") or {}, state, None, None, 0, health, summary.get("Id"))
+
+
+def workload_from_inspect(info: Mapping[str, Any]) -> Workload | None:
+    """A container as ``containers/<id>/json`` shows it. ``None`` if not zlayer's."""
+    state = info.get("State") or {}
+    status = str(state.get("Status", ""))
+    exit_code = state.get("ExitCode") if status in ("exited", "dead") else None
+    started = state.get("StartedAt")
+    health = str((state.get("Health") or {}).get("Status") or "none")
+    return _workload(
+        (info.get("Config") or {}).get("Labels") or {},
+        status,
+        exit_code,
+        None if not started or started == _NEVER else str(started),
+        int(info.get("RestartCount") or 0),
+        health,
+        info.get("Id"),
+    )
+
+
+def _workload(
+    labels: Mapping[str, str],
+    state: str,
+    exit_code: Any,
+    started_at: str | None,
+    restart_count: int,
+    health: str,
+    runtime_id: Any,
+) -> Workload | None:
+    deployment, service = labels.get(DEPLOYMENT), labels.get(SERVICE)
+    fingerprint, replica_text = labels.get(FINGERPRINT), labels.get(REPLICA)
+    if not deployment or not service or not fingerprint or replica_text is None:
+        return None
+    if replica_text == "":
+        replica, status = None, "registered"
+    elif replica_text.isdigit() and int(replica_text) >= 1:
+        # "removing" is on its way to gone: the nearest status is dead.
+        replica, status = int(replica_text), "dead" if state == "removing" else state
+        if status not in _STATUSES:
+            return None
+    else:
+        return None
+    depends = tuple(d for d in labels.get(DEPENDS, "").split(",") if d)
+    return Workload.model_validate(
+        {
+            "deployment": deployment,
+            "service": service,
+            "replica": replica,
+            "fingerprint": fingerprint,
+            "revision": labels.get(REVISION) or None,
+            "status": status,
+            "exit_code": exit_code if isinstance(exit_code, int) and replica else None,
+            "started_at": started_at,
+            "restart_count": restart_count,
+            "health": health if health in _HEALTHS else "none",
+            "depends": depends,
+            "runtime_id": str(runtime_id) if runtime_id else None,
+        }
+    )
+
+
+def config_from_labels(labels: Mapping[str, str]) -> dict[str, Any] | None:
+    """The canonical config a container was created from, or ``None`` if unreadable."""
+    try:
+        config = json.loads(labels.get(CONFIG, ""))
+    except ValueError:
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def run_from_inspect(info: Mapping[str, Any]) -> RunState | None:
+    labels = (info.get("Config") or {}).get("Labels") or {}
+    if RUN not in labels or DEPLOYMENT not in labels or SERVICE not in labels:
+        return None
+    state = info.get("State") or {}
+    running = state.get("Status") in ("created", "running", "restarting", "paused")
+    finished = str(state.get("FinishedAt") or "")
+    return RunState(
+        deployment=labels[DEPLOYMENT],
+        service=labels[SERVICE],
+        run=labels[RUN],
+        status="running" if running else "exited",
+        exit_code=None if running else int(state.get("ExitCode", 0)),
+        started_at=str(state.get("StartedAt") or "") or None,
+        finished_at=None if running or finished.startswith("0001-") else finished or None,
+    )
+
+
+def exited(labels: Mapping[str, str]) -> WorkloadId | RunId | None:
+    """The replica or run of a ``die`` event's container labels; None if not zlayer's."""
+    deployment, service = labels.get(DEPLOYMENT), labels.get(SERVICE)
+    if not deployment or not service:
+        return None
+    if labels.get(RUN):
+        return RunId(deployment, service, labels[RUN])
+    replica = labels.get(REPLICA)
+    if replica and replica.isdigit():
+        return WorkloadId(deployment, service, int(replica))
+    return None

@@ -1,0 +1,122 @@
+"""Addresses and names on a deployment's network: its /24 from the pool, each
+replica's address in it, and the hosts files that map service names to them.
+
+Allocation reads the records (:mod:`.store`): a subnet is taken by a deployment's
+``network.json``, an address by a replica's or run's ``record.json``. Callers hold
+the deployment's lock, so two launches never take the same address.
+"""
+
+from __future__ import annotations
+
+import collections
+import ipaddress
+import os
+from collections.abc import Sequence
+from ipaddress import ip_address
+from pathlib import Path
+
+from reconciler.drivers.process.names import bridge_name, hosts_path
+from reconciler.drivers.process.records import Record, Subnet
+from reconciler.drivers.process.store import Store
+from reconciler.errors import PermanentDriverError
+
+
+def allocate_subnet(store: Store, pool: ipaddress.IPv4Network, deployment: str) -> Subnet:
+    """The lowest /24 of ``pool`` that no other deployment holds, recorded."""
+    used = {subnet.subnet for _, subnet in store.subnets()}
+    for candidate in pool.subnets(new_prefix=24):
+        if str(candidate) not in used:
+            break
+    else:
+        raise PermanentDriverError(
+            f"{deployment}/(network): network pool {pool} has no free /24 left"
+        )
+    gateway = next(candidate.hosts())
+    subnet = Subnet(
+        deployment=deployment,
+        subnet=str(candidate),
+        address=f"{gateway}/{candidate.prefixlen}",
+        bridge=bridge_name(deployment),
+    )
+    store.write_subnet(subnet)
+    return subnet
+
+
+def allocate_address(store: Store, deployment: str) -> str:
+    """The lowest free address of the deployment's subnet (its bridge holds the first)."""
+    subnet = store.subnet(deployment)
+    if subnet is None:
+        raise PermanentDriverError(
+            f"{deployment}: its network does not exist (apply creates it first)"
+        )
+    network = ipaddress.IPv4Network(subnet.subnet)
+    used = {subnet.address.partition("/")[0]}
+    for _, record in _deployment_records(store, deployment):
+        if record.network.address:
+            used.add(record.network.address)
+    for address in network.hosts():
+        if str(address) not in used:
+            return str(address)
+    raise PermanentDriverError(f"{deployment}: network {network} has no free address left")
+
+
+def _deployment_records(store: Store, deployment: str) -> list[tuple[Path, Record]]:
+    dirs = [*store.workload_dirs([deployment]), *store.run_dirs([deployment])]
+    return list(store.listed(iter(dirs)))
+
+
+def write_hosts(store: Store, deployment: str) -> None:
+    """Every replica's and run's hosts file maps each service of the deployment (and
+    each replica as ``<service>-<n>``) to the replicas' addresses. Call with the
+    deployment's lock held: the files are rewritten in place, and two writers would
+    interleave."""
+    found = [record for _, record in _deployment_records(store, deployment)]
+    names: dict[str, list[str]] = collections.defaultdict(list)
+    for record in found:
+        address = record.network.address
+        if address and record.replica is not None and not record.run:
+            names[address] += [record.service, f"{record.service}-{record.replica}"]
+    entries = sorted(names.items(), key=lambda item: ipaddress.IPv4Address(item[0]))
+    for record in found:
+        namespace = record.network.netns
+        if namespace:
+            own: Sequence[tuple[str, Sequence[str]]] = entries if record.network.address else []
+            if not own:  # network_mode none: its own name, on loopback
+                own = [("127.0.1.1", [f"{record.service}-{record.replica}"])]
+            write_hosts_file(namespace, own)
+
+
+def write_hosts_file(netns: str, entries: Sequence[tuple[str, Sequence[str]]]) -> Path:
+    """Write the namespace's hosts file (:func:`.names.hosts_path`) and return its path.
+
+    The file starts with the ``localhost`` lines, then one line per ``(address, names)``.
+    An existing file is rewritten **in place** (truncated, written, fsynced; same
+    inode), never replaced by a rename: running workloads have it bind-mounted over
+    their ``/etc/hosts``, and a bind mount keeps showing the inode it was made from,
+    so a renamed-over file would leave them reading the old entries forever.
+    """
+    lines = ["127.0.0.1 localhost", "::1 localhost ip6-localhost ip6-loopback"]
+    for address, names in entries:
+        ip_address(address)  # raises ValueError for what is not an address
+        if not names:
+            raise ValueError(f"hosts entry for {address} has no names")
+        for name in names:
+            if not name or any(c.isspace() or c == "#" for c in name):
+                raise ValueError(f"not a host name for a hosts file: {name!r}")
+        lines.append(f"{address} {' '.join(names)}")
+    data = ("\n".join(lines) + "\n").encode()
+    path = hosts_path(netns)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            os.ftruncate(fd, 0)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise PermanentDriverError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    return path
