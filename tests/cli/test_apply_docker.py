@@ -28,6 +28,7 @@ from tests.docker_support import (  # noqa: F401
     remove_deployment,
     test_image,
 )
+from tests.support import wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -418,10 +419,12 @@ def test_a_second_apply_waits_for_the_lock_then_exits_3_naming_the_holder(host: 
         cwd=REPO,
     )
     try:
-        deadline = time.monotonic() + 30
-        while not ready.exists():
-            assert time.monotonic() < deadline and holder.poll() is None
-            time.sleep(0.05)
+
+        def locked() -> bool:
+            assert holder.poll() is None, "the lock holder exited early"
+            return ready.exists()
+
+        wait_for(locked, "the lock holder to take the lock", 30)
         run = host.run("apply", str(host.specs), "--auto-approve", "--lock-timeout", "0.5")
         assert run.returncode == 3
         assert f"pid {holder.pid}" in run.stderr
@@ -567,10 +570,16 @@ def test_the_readme_main_job_runs_hello_on_docker(tmp_path: Path, docker_url: st
         with socket.create_connection(("127.0.0.1", 8080), timeout=5) as web:
             web.sendall(b"GET / HTTP/1.0\r\n\r\n")
             assert b"200 OK" in web.recv(1024)
-        deadline = time.monotonic() + 30
-        while "web answered 200" not in (logs := host.run("logs", "worker").stdout):
-            assert time.monotonic() < deadline, logs
-            time.sleep(0.5)
+
+        def worker_logs() -> str:
+            return host.run("logs", "worker").stdout
+
+        wait_for(
+            lambda: "web answered 200" in worker_logs(),
+            lambda: f"the worker to say 'web answered 200'; its logs:\n{worker_logs()}",
+            30,
+            interval=0.5,
+        )
         status = host.run("status")
         assert sum(" running " in line for line in status.stdout.splitlines()) == 2
         assert host.run("destroy", "hello", "--auto-approve").returncode == 0

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.daemon.journal import Journal
-from tests.daemon_support import Daemon, observed_workloads, wait_for
-from tests.process_support import needs_root
+from tests.daemon_support import Daemon, observed_workloads
+from tests.support import needs_root, wait_for
 
 pytest_plugins = ["tests.daemon_support"]
 
@@ -164,14 +164,16 @@ def test_a_crash_loop_backs_off_on_schedule_and_its_counters_survive_kill_9(
             journal.close()
 
     seen: list[tuple[int, int, float]] = []  # (streak, restarts, next_at - crashed_at)
-    deadline = time.monotonic() + 60
-    while len({s for s, _, _ in seen}) < 5 and time.monotonic() < deadline:
+
+    def five_streaks_seen() -> bool:
         current = crash()
         if current is not None and current.next_at is not None:
             row = (current.streak, current.restarts, round(current.next_at - current.crashed_at, 3))
             if row not in seen:
                 seen.append(row)
-        time.sleep(0.05)
+        return len({s for s, _, _ in seen}) >= 5
+
+    wait_for(five_streaks_seen, lambda: f"five crash streaks; seen {seen}", 60)
     streaks = sorted({s: d for s, _, d in seen}.items())
     assert streaks[:5] == [(1, 0.4), (2, 0.8), (3, 1.6), (4, 1.6), (5, 1.6)], seen
     # each restart came no sooner than its backoff: from the journal's own times

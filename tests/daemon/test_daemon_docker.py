@@ -10,8 +10,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tests.daemon_support import Daemon, wait_for
+from tests.daemon_support import Daemon
 from tests.docker_support import engine_request
+from tests.support import wait_for
 
 pytest_plugins = ["tests.docker_support", "tests.daemon_support"]
 

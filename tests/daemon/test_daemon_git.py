@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 
 from tests.daemon.test_daemon import DEP, running, sleeper
-from tests.daemon_support import Daemon, git, wait_for
-from tests.process_support import needs_root
+from tests.daemon_support import Daemon, git
+from tests.support import needs_root, unavailable, wait_for
 
 pytest_plugins = ["tests.daemon_support"]
 
@@ -113,8 +113,6 @@ def test_commits_converge_broken_and_rewritten_ones_are_refused_remote_comes_bac
 def gnupg(tmp_path: Path) -> Any:
     """A GnuPG home with a signing key, and a directory with its public key."""
     if shutil.which("gpg") is None:
-        from tests.process_support import unavailable
-
         unavailable("gpg is not installed: signature verification cannot be tested")
     home = tmp_path / "gnupg"
     home.mkdir(mode=0o700)

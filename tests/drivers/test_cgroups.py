@@ -10,7 +10,7 @@ from reconciler.drivers import cgroups
 from reconciler.drivers.process import ProcessDriver
 from reconciler.observed import WorkloadId
 from tests.docker_support import compile_services
-from tests.process_support import needs_root
+from tests.support import needs_root
 
 pytest_plugins = ["tests.process_support"]
 
