@@ -143,20 +143,30 @@ def _no_leaked_tasks(request: pytest.FixtureRequest) -> None:
 
 
 @pytest.fixture
-async def _asyncio_tasks_left() -> AsyncIterator[None]:
+async def _asyncio_tasks_left(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     """Fail the test when tasks it (or its fixtures) started are still pending once
     it and its fixtures are done, after a chance or two for them to finish; they are
-    cancelled so the report names them and the loop closes cleanly."""
+    cancelled so the report names them and the loop closes cleanly. A test marked
+    ``leaks_tasks(reason)`` (a known bug in the code under test) must leak instead, so
+    the mark goes once the bug is fixed."""
     before = asyncio.all_tasks()
     yield
     for _ in range(2):
         await asyncio.sleep(0)  # let tasks that are about to end, end
     this = asyncio.current_task()
     left = [t for t in asyncio.all_tasks() if t not in before and t is not this and not t.done()]
-    if not left:
+    known = request.node.get_closest_marker("leaks_tasks")
+    if left:
+        for task in left:
+            task.cancel()
+        await asyncio.wait(left, timeout=10)
+    if known is not None:
+        if not left:
+            pytest.fail(f"marked leaks_tasks but leaves no task: remove the mark ({known.args})")
+        print(f"KNOWN TASK LEAK ({', '.join(known.args)}): {left}")
         return
-    names = "\n  ".join(repr(t) for t in left)
-    for task in left:
-        task.cancel()
-    await asyncio.wait(left, timeout=10)
-    pytest.fail(f"{len(left)} asyncio task(s) left running by the test:\n  {names}", pytrace=False)
+    if left:
+        names = "\n  ".join(repr(t) for t in left)
+        pytest.fail(
+            f"{len(left)} asyncio task(s) left running by the test:\n  {names}", pytrace=False
+        )

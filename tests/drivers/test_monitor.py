@@ -31,7 +31,7 @@ import pytest
 
 from reconciler.drivers import proc
 from reconciler.drivers.monitor import _Log
-from tests.support import needs_root, wait_for
+from tests.support import needs_root, unavailable, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 DEADLINE = 20.0  # seconds for the monitor to report; generous for loaded CI machines
@@ -529,7 +529,7 @@ def cgroup_dirs() -> Iterator[dict[str, Path]]:
         elif kind == "cgroup" and "pids" in options.split(","):
             roots.setdefault("pids", point)
     if not roots:
-        pytest.skip("no cgroup2 or pids cgroup hierarchy is mounted")
+        unavailable("no cgroup2 or pids cgroup hierarchy is mounted")
     name = f"zlayer-t-{secrets.token_hex(4)}"
     made: dict[str, Path] = {}
     try:

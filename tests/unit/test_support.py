@@ -29,6 +29,7 @@ def suite(pytester: pytest.Pytester) -> pytest.Pytester:
         markers =
             docker: docker
             root: root
+            leaks_tasks: known leak
         """
     )
     return pytester
@@ -80,6 +81,26 @@ def test_a_task_a_fixture_leaves_fails_too(suite: pytest.Pytester) -> None:
     result = suite.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(["*forgotten-watcher*"])
+
+
+def test_a_known_leak_must_still_leak(suite: pytest.Pytester) -> None:
+    suite.makepyfile(
+        """
+        import asyncio
+        import pytest
+
+        @pytest.mark.leaks_tasks("bug 1")
+        async def test_still_leaks():
+            asyncio.create_task(asyncio.sleep(3600))
+
+        @pytest.mark.leaks_tasks("bug 2")
+        async def test_fixed():
+            pass
+        """
+    )
+    result = suite.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(["*ERROR at teardown of test_fixed*", "*remove the mark*bug 2*"])
 
 
 def test_needs_root_refuses_a_test_not_marked_root(suite: pytest.Pytester) -> None:
