@@ -257,6 +257,7 @@ def test_independent_services_start_in_parallel(host: Host) -> None:
     assert max(starts) < min(ends)
 
 
+@pytest.mark.slow
 def test_scale_up_and_down_keeps_the_lowest_replicas(host: Host) -> None:
     def write(n: int) -> None:
         host.write(sleeper("web", scale={"mode": "fixed", "replicas": n}))
@@ -278,6 +279,7 @@ def test_scale_up_and_down_keeps_the_lowest_replicas(host: Host) -> None:
     }
 
 
+@pytest.mark.slow
 def test_replace_that_fails_health_is_rolled_back(host: Host) -> None:
     port = free_port()
     host.write(http_server("web", port, env={"VERSION": "1"}))
@@ -299,6 +301,7 @@ def test_replace_that_fails_health_is_rolled_back(host: Host) -> None:
         pass  # version 1 serves again
 
 
+@pytest.mark.slow
 def test_rollout_stops_at_the_first_unhealthy_replica_and_the_rest_stay(host: Host) -> None:
     three = {"mode": "fixed", "replicas": 3}
     host.write(sleeper("work", scale=three, env={"V": "1"}))
@@ -319,6 +322,7 @@ def test_rollout_stops_at_the_first_unhealthy_replica_and_the_rest_stay(host: Ho
     assert now[f"{dep}-work-1"]["State"]["Status"] == "running"
 
 
+@pytest.mark.slow
 def test_init_steps_run_before_the_replica_starts(host: Host, tmp_path: Path) -> None:
     port = free_port()
     marker = tmp_path / "init-ran"
@@ -355,6 +359,7 @@ def outcomes_message(events: list[dict[str, Any]], action: str) -> str:
     return str([e for e in events if e.get("action") == action][-1]["message"])
 
 
+@pytest.mark.slow
 def test_prune_removes_what_left_the_specs_and_a_crashed_replica_is_restarted(host: Host) -> None:
     dep = host.deployment
     host.write(sleeper("keep") | sleeper("gone"))
@@ -373,6 +378,7 @@ def test_prune_removes_what_left_the_specs_and_a_crashed_replica_is_restarted(ho
     assert host.plan()["actions"] == []
 
 
+@pytest.mark.slow
 def test_a_stale_saved_plan_is_refused_and_a_fresh_one_applied(host: Host, tmp_path: Path) -> None:
     dep = host.deployment
     saved = tmp_path / "plan.json"
@@ -444,6 +450,7 @@ def test_apply_without_a_terminal_or_auto_approve_is_refused(host: Host) -> None
     assert host.containers() == {}
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_moments_then_apply_converges(host: Host) -> None:
     dep = host.deployment
 
@@ -476,6 +483,7 @@ def test_kill_9_at_random_moments_then_apply_converges(host: Host) -> None:
         assert host.plan()["actions"] == [], delay
 
 
+@pytest.mark.slow
 def test_status_logs_and_destroy(host: Host) -> None:
     dep = host.deployment
     host.write(
@@ -522,6 +530,7 @@ def test_status_logs_and_destroy(host: Host) -> None:
     assert networks.strip() == ""
 
 
+@pytest.mark.slow
 def test_the_demo_specs_apply_on_docker(tmp_path: Path, docker_url: str) -> None:  # noqa: F811
     """The bundled demo specs on a Docker host: import busybox, apply, status, destroy.
     web's public endpoint is published on 127.0.0.1:8080 here."""
@@ -553,6 +562,7 @@ def test_the_demo_specs_apply_on_docker(tmp_path: Path, docker_url: str) -> None
             remove_deployment(docker_url, deployment)
 
 
+@pytest.mark.slow
 def test_the_readme_main_job_runs_hello_on_docker(tmp_path: Path, docker_url: str) -> None:  # noqa: F811
     """The README's main job where a Docker engine answers: the auto runtime picks
     docker, hello runs on the host's Python imported as an image, worker reaches web

@@ -346,6 +346,7 @@ def _files_text(state: Path) -> str:
     return "\n".join(parts)
 
 
+@pytest.mark.slow
 def test_apply_records_snapshots_and_status_on_the_process_runtime(
     tmp_path: Path, process_host: dict[str, str]
 ) -> None:

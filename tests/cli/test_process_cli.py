@@ -54,6 +54,7 @@ def zlayer(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_the_readme_main_job_runs_hello_as_processes(host: dict[str, str]) -> None:
     from reconciler.drivers import netns
 

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from reconciler.daemon.journal import Journal
 from tests.daemon_support import Daemon, observed_workloads
 from tests.support import needs_root, wait_for
@@ -64,6 +66,7 @@ def running(daemon: Daemon, prefix: str = f"{DEP}/") -> dict[str, tuple[str, str
     }
 
 
+@pytest.mark.slow
 def test_a_directory_change_converges_a_broken_one_keeps_the_last_good(
     daemon_host: Daemon,
 ) -> None:
@@ -125,6 +128,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_kill_9_of_the_daemon_five_times_restarts_no_workload(daemon_host: Daemon) -> None:
     needs_root("the process runtime's replicas")
     specs = daemon_host.root / "specs"
@@ -143,6 +147,7 @@ def test_kill_9_of_the_daemon_five_times_restarts_no_workload(daemon_host: Daemo
     assert all(r["outcome"] == "no-changes" for r in recent if r["finished"]), recent
 
 
+@pytest.mark.slow
 def test_a_crash_loop_backs_off_on_schedule_and_its_counters_survive_kill_9(
     daemon_host: Daemon,
 ) -> None:
@@ -222,6 +227,7 @@ def test_an_unhealthy_replica_is_restarted_as_a_crash(daemon_host: Daemon) -> No
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_cron_runs_never_overlap_and_jobs_run_through_the_daemon(daemon_host: Daemon) -> None:
     needs_root("the process runtime's replicas")
     specs = daemon_host.root / "specs"
@@ -270,6 +276,7 @@ def test_cron_runs_never_overlap_and_jobs_run_through_the_daemon(daemon_host: Da
     assert "hello from the job" in direct.stdout
 
 
+@pytest.mark.slow
 def test_once_history_events_and_retry_without_a_daemon(daemon_host: Daemon) -> None:
     needs_root("the process runtime's replicas")
     specs = daemon_host.root / "specs"
@@ -289,6 +296,7 @@ def test_once_history_events_and_retry_without_a_daemon(daemon_host: Daemon) -> 
     assert retry.returncode == 0 and "No daemon runs" in retry.stdout
 
 
+@pytest.mark.slow
 def test_bad_input_is_refused_before_anything_runs(tmp_path: Path, daemon_host: Daemon) -> None:
     daemon_host.configure("")
     nothing = daemon_host.once()

@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.daemon_support import Daemon
 from tests.docker_support import engine_request
 from tests.support import wait_for
@@ -54,6 +56,7 @@ def _containers(url: str, deployment: str) -> dict[str, tuple[str, str, str]]:
     return out
 
 
+@pytest.mark.slow
 def test_the_daemon_keeps_docker_containers_converged(
     tmp_path: Path, docker_url: str, test_image: str, deployment_name: str
 ) -> None:

@@ -61,6 +61,7 @@ def applied(daemon: Daemon) -> str | None:
     return daemon.status()["applied"]["revision"]
 
 
+@pytest.mark.slow
 def test_commits_converge_broken_and_rewritten_ones_are_refused_remote_comes_back(
     daemon_host: Daemon, repo: Repo
 ) -> None:
@@ -176,6 +177,7 @@ def _post(port: int, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
         connection.close()
 
 
+@pytest.mark.slow
 def test_webhooks_fetch_only_when_signed_and_new(daemon_host: Daemon, repo: Repo) -> None:
     needs_root("the process runtime's replicas")
     first = repo.commit({"a": sleeper(1)}, "one")

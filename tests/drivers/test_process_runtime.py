@@ -400,6 +400,7 @@ def chain(deployment: str, version: int) -> dict[str, Any]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [20261122, 7, 424242])
 def test_apply_killed_with_sigkill_at_random_moments_then_apply_converges(
     host: Host, seed: int
@@ -587,6 +588,7 @@ def test_the_monitor_outlives_the_cli_and_the_workload_has_its_own_session(host:
     assert host.plan("--detailed-exitcode").returncode == 0
 
 
+@pytest.mark.slow
 def test_status_and_logs_show_the_replica_and_its_output(host: Host) -> None:
     dep = host.deployment
     script = f'echo "hello from {dep}"; echo "second line"; exec sleep 3600'
@@ -624,6 +626,7 @@ LEFT_BEHIND = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("left", sorted(LEFT_BEHIND))
 def test_what_a_killed_apply_leaves_in_a_replica_directory_the_next_apply_repairs(
     host: Host, left: str
@@ -726,6 +729,7 @@ def test_network_mode_none_has_no_route_out(host: Host) -> None:
     assert netns_inode(pid) != netns_inode(os.getpid())
 
 
+@pytest.mark.slow
 def test_a_deleted_bridge_is_planned_for_creation_and_apply_brings_traffic_back(
     host: Host,
 ) -> None:
@@ -826,6 +830,7 @@ def test_destroy_after_the_bridge_was_deleted_removes_its_forward_rule(host: Hos
     assert [rule for rule in netns.forward_rules() if bridge in rule] == []
 
 
+@pytest.mark.slow
 def test_a_deleted_namespace_is_planned_as_a_restart_and_made_again(host: Host) -> None:
     needs_root("network namespaces")
     from pyroute2 import netns as pyroute2_netns
@@ -853,6 +858,7 @@ def test_a_deleted_namespace_is_planned_as_a_restart_and_made_again(host: Host) 
     assert host.plan("--detailed-exitcode").returncode == 0
 
 
+@pytest.mark.slow
 def test_a_deleted_veth_is_planned_as_a_restart_and_made_again(host: Host) -> None:
     needs_root("network namespaces")
     from pyroute2 import IPRoute
