@@ -76,7 +76,9 @@ class FakeDriver:
             raise TypeError("FakeDriver takes an initial state or a runtime, not both")
         self.networks_managed = networks_managed or bool(initial and initial.networks_managed)
         """Keep deployment networks as plan resources, like the process runtime as root."""
-        self.runtime = runtime or (FakeRuntime.holding(initial) if initial else FakeRuntime())
+        if runtime is None:
+            runtime = FakeRuntime.holding(initial) if initial else FakeRuntime()
+        self.runtime = runtime
         self.networks = self.runtime.networks
         self.workloads = self.runtime.workloads
         self.configs = self.runtime.configs

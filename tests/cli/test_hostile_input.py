@@ -365,7 +365,6 @@ def test_standard_output_to_a_full_disk_is_a_clear_error(
     refused(run, "Error: cannot write the output: No space left on device")
 
 
-@pytest.mark.slow
 def test_an_ascii_only_terminal_gets_escapes_not_a_traceback(tmp_path: Path) -> None:
     (tmp_path / "app.yaml").write_text(spec(WEB))
     ascii_only = {"PYTHONIOENCODING": "ascii", "LC_ALL": "C"}

@@ -588,7 +588,6 @@ def test_the_monitor_outlives_the_cli_and_the_workload_has_its_own_session(host:
     assert host.plan("--detailed-exitcode").returncode == 0
 
 
-@pytest.mark.slow
 def test_status_and_logs_show_the_replica_and_its_output(host: Host) -> None:
     dep = host.deployment
     script = f'echo "hello from {dep}"; echo "second line"; exec sleep 3600'
