@@ -12,8 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +22,9 @@ from reconciler.daemon.client import call
 from reconciler.daemon.journal import Journal
 from reconciler.errors import NoDaemon
 from tests.conftest import REPO
+from tests.support import wait_for
 
-__all__ = ["Daemon", "daemon_host", "git", "wait_for"]
-
-
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"waited {timeout:g}s in vain for {what}")
-        time.sleep(0.1)
+__all__ = ["Daemon", "daemon_host", "git"]
 
 
 def git(cwd: Path, *args: str) -> str:

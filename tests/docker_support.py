@@ -33,13 +33,14 @@ import socket
 import textwrap
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
 from reconciler.desired import CompileInputs, DesiredService, DesiredState, compile_specs
 from reconciler.drivers.docker import DockerDriver
 from reconciler.spec.load import load_text
+from tests.support import require_marker, unavailable
 
 __all__ = [
     "SECRET_KEY",
@@ -130,11 +131,8 @@ def remove_deployment(url: str, deployment: str) -> list[str]:
 # --- fixtures ------------------------------------------------------------------------------------
 
 
-def _unavailable(reason: str) -> None:
-    message = f"NO DOCKER ENGINE FOR THE DOCKER TESTS: {reason}"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message + " (CI=true: failing instead of skipping)", pytrace=False)
-    pytest.skip(message)
+def _unavailable(reason: str) -> NoReturn:
+    unavailable(f"NO DOCKER ENGINE FOR THE DOCKER TESTS: {reason}")
 
 
 def _engine_problem(url: str | None) -> str | None:
@@ -183,6 +181,7 @@ def test_image(docker_url: str) -> str:
 def deployment_name(docker_url: str) -> Iterator[str]:
     """A fresh deployment name (``zt-<8 hex>``); whatever carries it is removed after
     the test, whether it passed or not."""
+    require_marker("docker", "the deployment_name fixture")
     name = f"zt-{secrets.token_hex(4)}"
     yield name
     remove_deployment(docker_url, name)
@@ -191,6 +190,7 @@ def deployment_name(docker_url: str) -> Iterator[str]:
 @pytest.fixture
 async def docker_driver(docker_url: str) -> AsyncIterator[DockerDriver]:
     """An open driver on the private engine that publishes on 127.0.0.1 only."""
+    require_marker("docker", "the docker_driver fixture")
     async with DockerDriver(docker_url, publish_address="127.0.0.1") as driver:
         yield driver
 

@@ -1,5 +1,6 @@
-"""The ``backend`` fixture: one real runtime per parameter (the private Docker engine,
-host processes), with the same small surface for tests that run on both.
+"""The ``backend`` fixture: one runtime per parameter (the private Docker engine, host
+processes, and the in-memory fake beside them so it cannot drift from them), with the
+same small surface for tests that run on each.
 
 PYTEST_DONT_REWRITE
 """
@@ -10,7 +11,7 @@ import contextlib
 import json
 import os
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import pytest
 from reconciler.desired import DesiredService
 from reconciler.drivers.base import Driver
 from reconciler.drivers.docker import DockerDriver
+from reconciler.drivers.fake import FakeDriver, FakeRuntime
 from reconciler.drivers.process import ProcessDriver
 from reconciler.observed import WorkloadId
 from tests.docker_support import compile_services, engine_request
@@ -55,8 +57,42 @@ class Backend:
         return WorkloadId(self.deployment, "app", replica)
 
 
-@pytest.fixture(params=["docker", "process"])
+FAKE_OUTPUT: dict[str, Callable[[Mapping[str, str]], list[str]]] = {
+    'trap "exit 0" TERM; echo "ready $GREETING"; sleep 600 & wait': (
+        lambda env: [f"ready {env['GREETING']}"]
+    ),
+    "for i in 1 2 3 4 5; do echo line $i; done; sleep 1; echo oops >&2; sleep 600": (
+        lambda env: [*(f"line {i}" for i in range(1, 6)), "oops"]
+    ),
+}
+"""What the suite's commands print, for the fake, which runs nothing (``sh -c SCRIPT``)."""
+
+
+def fake_prints(config: Mapping[str, object]) -> Sequence[str]:
+    command = config.get("command")
+    assert isinstance(command, dict) and command.get("entrypoint") == ["sh", "-c"], config
+    (script,) = command["args"]
+    assert script in FAKE_OUTPUT, f"the fake backend does not know what {script!r} prints"
+    env = config.get("env") or {}
+    assert isinstance(env, dict)
+    return FAKE_OUTPUT[script](env)
+
+
+@pytest.fixture(params=[pytest.param("docker", marks=pytest.mark.docker), "process", "fake"])
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    if request.param == "fake":
+        runtime = FakeRuntime(prints=fake_prints)
+
+        def reopen_fake() -> contextlib.AbstractAsyncContextManager[Driver]:
+            return FakeDriver(runtime=runtime)
+
+        async with FakeDriver(runtime=runtime) as fake:
+
+            async def kill_fake(target: WorkloadId) -> None:
+                fake.crash(target, 128 + signal.SIGKILL)
+
+            yield Backend("fake", fake, "ft-fake", "zlayer-test/none:1", kill_fake, reopen_fake)
+        return
     if request.param == "docker":
         url: str = request.getfixturevalue("docker_url")
         image: str = request.getfixturevalue("test_image")

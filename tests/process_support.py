@@ -4,7 +4,8 @@ Every test gets its own state directory and deployment name; afterwards every
 workload recorded there is killed (by the process group its record names, after
 checking the pid still is that process), and every namespace, veth and bridge of
 the deployment is removed, pass or fail. The network parts need root: without
-it, tests that need namespaces skip saying why, and fail under ``CI=true``.
+it, tests that need namespaces skip saying why, and fail under ``CI=true``
+(``tests.support.needs_root``).
 
 Use the fixtures from a test module with::
 
@@ -30,27 +31,10 @@ from reconciler.drivers.process import host as proc
 
 __all__ = [
     "kill_recorded",
-    "needs_root",
     "process_deployment",
     "process_driver",
     "process_state",
-    "unavailable",
 ]
-
-
-def unavailable(message: str) -> None:
-    """Skip the test saying why, loudly; under ``CI=true``, where root and the host's
-    facilities are there, fail instead."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(message + " — and CI=true, where these tests must run", pytrace=False)
-    print(message)
-    pytest.skip(message)
-
-
-def needs_root(what: str) -> None:
-    """Skip (fail under ``CI=true``) a test that needs root."""
-    if os.geteuid() != 0:
-        unavailable(f"NOT ROOT: {what} needs root")
 
 
 def kill_recorded(state_dir: Path) -> list[int]:

@@ -310,7 +310,10 @@ async def _runner(
     handler = _Handlers(view, config, transport)
     app = web.Application(client_max_size=config.max_body, middlewares=[handler.authenticate])
     app.add_routes(handler.routes())
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # lingering_time=0: a request refused before its body was read (413) closes the
+    # connection at once; by default aiohttp keeps reading the unsent body for up to
+    # 10 s in a task that outlives the connection and the runner's cleanup.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, lingering_time=0)
     await runner.setup()
     await asyncio.sleep(0)
     return runner, handler

@@ -1,15 +1,23 @@
 """An in-memory runtime for planner and executor tests (yours too).
 
 It keeps workloads exactly as a real runtime would report them (fingerprint,
-canonical config, revision, status) and follows the same rules: creating an
-existing replica is a ``Conflict``, acting on a missing one is ``NotFound``.
-It never substitutes for testing a real driver against its real backend.
+canonical config, revision, status, start time) and follows the same rules:
+creating an existing replica is a ``Conflict``, acting on a missing one is
+``NotFound``, replacing a missing one creates it. The shared driver behaviour
+suite (tests/drivers/test_driver_behaviour.py) runs it next to the real runtimes
+so it cannot drift from them. What it holds is a :class:`FakeRuntime`: give the
+same one to a new driver and it sees what the last one left, as a real driver
+sees the containers or records after zlayer restarts. It runs nothing and does
+no I/O: what a workload prints is what :attr:`FakeRuntime.prints` says. It never
+substitutes for testing a real driver against its real backend.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Collection
+from collections.abc import AsyncGenerator, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 
@@ -18,29 +26,69 @@ from reconciler.drivers.base import Limits
 from reconciler.errors import Conflict, DriverError, NotFound
 from reconciler.observed import Network, ObservedState, RunId, RunState, Workload, WorkloadId
 
+_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+@dataclass
+class FakeRuntime:
+    """What an in-memory runtime holds, apart from any driver talking to it."""
+
+    workloads: dict[WorkloadId, Workload] = field(default_factory=dict)
+    configs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    networks: dict[str, Network] = field(default_factory=dict)
+    output: dict[WorkloadId, list[str]] = field(default_factory=dict)
+    """Each replica's output since it was created (or replaced), oldest first."""
+    runs: dict[RunId, RunState] = field(default_factory=dict)
+    run_output: dict[RunId, list[str]] = field(default_factory=dict)
+    prints: Callable[[Mapping[str, Any]], Sequence[str]] | None = None
+    """The lines a workload with this canonical config prints each time it starts
+    (default: none), for tests that read logs."""
+    starts: int = 0
+    """Workloads started so far: the clock of their ``started_at``, one second a start."""
+
+    @classmethod
+    def holding(cls, state: ObservedState) -> FakeRuntime:
+        """A runtime that holds what ``state`` shows."""
+        return cls(
+            workloads={w.id: w for w in state.workloads},
+            configs=dict(state.configs),
+            networks={n.deployment: n for n in state.networks},
+        )
+
+    def started_at(self) -> str:
+        """The start time of the next workload started, later than any before it."""
+        self.starts += 1
+        return f"{_EPOCH + timedelta(seconds=self.starts):%Y-%m-%dT%H:%M:%SZ}"
+
 
 class FakeDriver:
     name = "fake"
 
     def __init__(
-        self, initial: ObservedState | None = None, *, networks_managed: bool = False
+        self,
+        initial: ObservedState | None = None,
+        *,
+        networks_managed: bool = False,
+        runtime: FakeRuntime | None = None,
     ) -> None:
+        """A driver on ``runtime`` (a new one holding ``initial``, when not given)."""
+        if initial is not None and runtime is not None:
+            raise TypeError("FakeDriver takes an initial state or a runtime, not both")
         self.networks_managed = networks_managed or bool(initial and initial.networks_managed)
         """Keep deployment networks as plan resources, like the process runtime as root."""
-        self.networks: dict[str, Network] = {
-            n.deployment: n for n in (initial.networks if initial else ())
-        }
-        self.workloads: dict[WorkloadId, Workload] = {
-            w.id: w for w in (initial.workloads if initial else ())
-        }
-        self.configs: dict[str, dict[str, Any]] = dict(initial.configs) if initial else {}
+        if runtime is None:
+            runtime = FakeRuntime.holding(initial) if initial else FakeRuntime()
+        self.runtime = runtime
+        self.networks = self.runtime.networks
+        self.workloads = self.runtime.workloads
+        self.configs = self.runtime.configs
         self.calls: list[tuple[str, str]] = []
         """Every action performed, as (kind, workload id), in order."""
         self.failures: dict[tuple[str, str], DriverError] = {}
         """(kind, workload id) → the error that action raises (once), for tests."""
-        self.output: dict[WorkloadId, list[str]] = {}
-        self.runs: dict[RunId, RunState] = {}
-        self.run_output: dict[RunId, list[str]] = {}
+        self.output = self.runtime.output
+        self.runs = self.runtime.runs
+        self.run_output = self.runtime.run_output
         self.job_script: dict[tuple[str, str], tuple[int, list[str]]] = {}
         """(deployment, service) → (exit code, output) its runs end with when
         :meth:`finish_runs` is called (default: 0, no output)."""
@@ -95,8 +143,8 @@ class FakeDriver:
     async def logs(
         self, target: WorkloadId, *, follow: bool = False, tail: int | None = None
     ) -> AsyncGenerator[str, None]:
-        lines = self.output.get(target, [])
-        for line in lines[-tail:] if tail else lines:
+        self._get(target)
+        for line in _last(self.output.get(target, []), tail):
             yield line
 
     def crash(self, target: WorkloadId, exit_code: int) -> None:
@@ -140,8 +188,7 @@ class FakeDriver:
     async def job_logs(
         self, run: RunId, *, follow: bool = False, tail: int | None = None
     ) -> AsyncGenerator[str, None]:
-        lines = self.run_output.get(run, [])
-        for line in lines[-tail:] if tail else lines:
+        for line in _last(self.run_output.get(run, []), tail):
             yield line
 
     async def remove_job(self, run: RunId) -> None:
@@ -157,23 +204,35 @@ class FakeDriver:
         if target in self.workloads:
             raise Conflict(f"{target}: already exists")
         self._record("create", target)
+        self.output[target] = []
         self.workloads[target] = self._workload(service, replica, revision, "running")
+        self._prints(target)
 
     async def replace(self, service: DesiredService, replica: int, revision: str) -> None:
+        """A new replica in the old one's place; created when it is gone (as both real
+        runtimes do: a rollback after a failed start must still restore it)."""
         target = service.workload_id(replica)
-        old = self._get(target)
+        old = self.workloads.get(target)
         self._record("replace", target)
+        self.output[target] = []
         new = self._workload(service, replica, revision, "running")
-        self.workloads[target] = new.model_copy(update={"restart_count": old.restart_count})
+        restarts = old.restart_count if old is not None else 0
+        self.workloads[target] = new.model_copy(update={"restart_count": restarts})
+        self._prints(target)
 
     async def start(self, target: WorkloadId) -> None:
         self._record("start", target)
-        self._update(target, status="running", exit_code=None)
+        self._update(target, status="running", exit_code=None, started_at=self.runtime.started_at())
+        self._prints(target)
 
     async def restart(self, target: WorkloadId) -> None:
         self._record("restart", target)
         old = self._get(target)
-        self._update(target, status="running", exit_code=None, restart_count=old.restart_count + 1)
+        self._update(
+            target, status="running", exit_code=None, restart_count=old.restart_count + 1,
+            started_at=self.runtime.started_at(),
+        )  # fmt: skip
+        self._prints(target)
 
     async def stop(self, target: WorkloadId) -> None:
         self._record("stop", target)
@@ -183,6 +242,7 @@ class FakeDriver:
         self._get(target)
         self._record("remove", target)
         del self.workloads[target]
+        self.output.pop(target, None)
 
     async def register(self, service: DesiredService, revision: str) -> None:
         target = service.workload_id(None)
@@ -207,6 +267,12 @@ class FakeDriver:
             raise error
         self.calls.append((kind, str(target)))
 
+    def _prints(self, target: WorkloadId) -> None:
+        """The workload just started: what it prints goes into its output."""
+        config = self.configs.get(self.workloads[target].fingerprint, {})
+        if self.runtime.prints is not None:
+            self.output.setdefault(target, []).extend(self.runtime.prints(config))
+
     def _get(self, target: WorkloadId) -> Workload:
         try:
             return self.workloads[target]
@@ -228,7 +294,13 @@ class FakeDriver:
                 "fingerprint": service.fingerprint,
                 "revision": revision,
                 "status": status,
+                "started_at": self.runtime.started_at() if status == "running" else None,
                 "health": "healthy" if status == "running" else "none",
                 "depends": [d.service for d in service.depends],
             }
         )
+
+
+def _last(lines: list[str], tail: int | None) -> list[str]:
+    """The last ``tail`` lines (all of them for ``None``, none for 0), as runtimes give."""
+    return lines if tail is None else lines[max(len(lines) - tail, 0) :]

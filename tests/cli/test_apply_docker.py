@@ -28,6 +28,7 @@ from tests.docker_support import (  # noqa: F401
     remove_deployment,
     test_image,
 )
+from tests.support import wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -256,6 +257,7 @@ def test_independent_services_start_in_parallel(host: Host) -> None:
     assert max(starts) < min(ends)
 
 
+@pytest.mark.slow
 def test_scale_up_and_down_keeps_the_lowest_replicas(host: Host) -> None:
     def write(n: int) -> None:
         host.write(sleeper("web", scale={"mode": "fixed", "replicas": n}))
@@ -277,6 +279,7 @@ def test_scale_up_and_down_keeps_the_lowest_replicas(host: Host) -> None:
     }
 
 
+@pytest.mark.slow
 def test_replace_that_fails_health_is_rolled_back(host: Host) -> None:
     port = free_port()
     host.write(http_server("web", port, env={"VERSION": "1"}))
@@ -298,6 +301,7 @@ def test_replace_that_fails_health_is_rolled_back(host: Host) -> None:
         pass  # version 1 serves again
 
 
+@pytest.mark.slow
 def test_rollout_stops_at_the_first_unhealthy_replica_and_the_rest_stay(host: Host) -> None:
     three = {"mode": "fixed", "replicas": 3}
     host.write(sleeper("work", scale=three, env={"V": "1"}))
@@ -318,6 +322,7 @@ def test_rollout_stops_at_the_first_unhealthy_replica_and_the_rest_stay(host: Ho
     assert now[f"{dep}-work-1"]["State"]["Status"] == "running"
 
 
+@pytest.mark.slow
 def test_init_steps_run_before_the_replica_starts(host: Host, tmp_path: Path) -> None:
     port = free_port()
     marker = tmp_path / "init-ran"
@@ -354,6 +359,7 @@ def outcomes_message(events: list[dict[str, Any]], action: str) -> str:
     return str([e for e in events if e.get("action") == action][-1]["message"])
 
 
+@pytest.mark.slow
 def test_prune_removes_what_left_the_specs_and_a_crashed_replica_is_restarted(host: Host) -> None:
     dep = host.deployment
     host.write(sleeper("keep") | sleeper("gone"))
@@ -372,6 +378,7 @@ def test_prune_removes_what_left_the_specs_and_a_crashed_replica_is_restarted(ho
     assert host.plan()["actions"] == []
 
 
+@pytest.mark.slow
 def test_a_stale_saved_plan_is_refused_and_a_fresh_one_applied(host: Host, tmp_path: Path) -> None:
     dep = host.deployment
     saved = tmp_path / "plan.json"
@@ -418,10 +425,12 @@ def test_a_second_apply_waits_for_the_lock_then_exits_3_naming_the_holder(host: 
         cwd=REPO,
     )
     try:
-        deadline = time.monotonic() + 30
-        while not ready.exists():
-            assert time.monotonic() < deadline and holder.poll() is None
-            time.sleep(0.05)
+
+        def locked() -> bool:
+            assert holder.poll() is None, "the lock holder exited early"
+            return ready.exists()
+
+        wait_for(locked, "the lock holder to take the lock", 30)
         run = host.run("apply", str(host.specs), "--auto-approve", "--lock-timeout", "0.5")
         assert run.returncode == 3
         assert f"pid {holder.pid}" in run.stderr
@@ -441,6 +450,7 @@ def test_apply_without_a_terminal_or_auto_approve_is_refused(host: Host) -> None
     assert host.containers() == {}
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_moments_then_apply_converges(host: Host) -> None:
     dep = host.deployment
 
@@ -473,6 +483,7 @@ def test_kill_9_at_random_moments_then_apply_converges(host: Host) -> None:
         assert host.plan()["actions"] == [], delay
 
 
+@pytest.mark.slow
 def test_status_logs_and_destroy(host: Host) -> None:
     dep = host.deployment
     host.write(
@@ -519,6 +530,7 @@ def test_status_logs_and_destroy(host: Host) -> None:
     assert networks.strip() == ""
 
 
+@pytest.mark.slow
 def test_the_demo_specs_apply_on_docker(tmp_path: Path, docker_url: str) -> None:  # noqa: F811
     """The bundled demo specs on a Docker host: import busybox, apply, status, destroy.
     web's public endpoint is published on 127.0.0.1:8080 here."""
@@ -550,6 +562,7 @@ def test_the_demo_specs_apply_on_docker(tmp_path: Path, docker_url: str) -> None
             remove_deployment(docker_url, deployment)
 
 
+@pytest.mark.slow
 def test_the_readme_main_job_runs_hello_on_docker(tmp_path: Path, docker_url: str) -> None:  # noqa: F811
     """The README's main job where a Docker engine answers: the auto runtime picks
     docker, hello runs on the host's Python imported as an image, worker reaches web
@@ -567,10 +580,16 @@ def test_the_readme_main_job_runs_hello_on_docker(tmp_path: Path, docker_url: st
         with socket.create_connection(("127.0.0.1", 8080), timeout=5) as web:
             web.sendall(b"GET / HTTP/1.0\r\n\r\n")
             assert b"200 OK" in web.recv(1024)
-        deadline = time.monotonic() + 30
-        while "web answered 200" not in (logs := host.run("logs", "worker").stdout):
-            assert time.monotonic() < deadline, logs
-            time.sleep(0.5)
+
+        def worker_logs() -> str:
+            return host.run("logs", "worker").stdout
+
+        wait_for(
+            lambda: "web answered 200" in worker_logs(),
+            lambda: f"the worker to say 'web answered 200'; its logs:\n{worker_logs()}",
+            30,
+            interval=0.5,
+        )
         status = host.run("status")
         assert sum(" running " in line for line in status.stdout.splitlines()) == 2
         assert host.run("destroy", "hello", "--auto-approve").returncode == 0

@@ -11,7 +11,6 @@ doing nothing (no plan, no launch), it also checks that the change *is* reported
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sqlite3
@@ -34,6 +33,7 @@ from reconciler.plan.serialize import plan_to_json
 from reconciler.redact import SENSITIVE_NAME_RE, has_embedded_secret, has_userinfo, scrub_text
 from reconciler.spec.load import SourceFile, load_sources
 from tests.daemon_support import git
+from tests.support import needs_root, wait_for, wait_for_async
 
 pytest_plugins = ["tests.docker_support"]
 
@@ -297,7 +297,7 @@ def test_a_changed_literal_password_shows_against_a_ref(tmp_path: Path) -> None:
 
 @pytest.fixture
 def process_host(tmp_path: Path) -> Iterator[dict[str, str]]:
-    from tests.process_support import kill_recorded, needs_root
+    from tests.process_support import kill_recorded
 
     needs_root("the process runtime's records and launches")
     state = tmp_path / "state"
@@ -346,6 +346,7 @@ def _files_text(state: Path) -> str:
     return "\n".join(parts)
 
 
+@pytest.mark.slow
 def test_apply_records_snapshots_and_status_on_the_process_runtime(
     tmp_path: Path, process_host: dict[str, str]
 ) -> None:
@@ -384,8 +385,6 @@ def test_apply_records_snapshots_and_status_on_the_process_runtime(
         for name, value in values.items():
             assert value not in everything, f"{round_}: {name} leaked"
         # the launch got every clear value
-        from tests.daemon_support import wait_for
-
         got = wait_for(lambda: seen.exists() and seen.read_text(), "the replica to write")
         assert got == "|".join(
             [values["password"], values["env"], f"https://bot:{values['url']}@git.example.invalid/x",
@@ -427,7 +426,7 @@ def test_an_error_quoting_a_clear_value_is_scrubbed(
 
 def test_the_daemon_journal_and_api_hold_no_value(tmp_path: Path) -> None:
     from tests.daemon_support import Daemon
-    from tests.process_support import kill_recorded, needs_root
+    from tests.process_support import kill_recorded
 
     needs_root("the daemon on the process runtime")
     values = {k: canary(f"daemon-{k}") for k in ("password", "url", "label", "arg", "env")}
@@ -505,11 +504,11 @@ async def test_docker_labels_and_observed_configs_hold_no_value(
         await driver.create(service, 1, "rev")
         observed = await driver.observe([deployment_name])
         target = service.workload_id(1)
-        for _ in range(200):
-            out = [line async for line in driver.logs(target)]
-            if out:
-                break
-            await asyncio.sleep(0.1)
+
+        async def output() -> list[str]:
+            return [line async for line in driver.logs(target)]
+
+        out = await wait_for_async(output, "the replica's output", 20, interval=0.1)
     label = json.dumps({"label": [f"zlayer.deployment={deployment_name}"]})
     _, (summary,) = engine_request(
         docker_url, "GET", "/containers/json", {"all": "1", "filters": label}

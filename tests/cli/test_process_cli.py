@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,8 @@ import pytest
 from reconciler.drivers.process import firewall
 from reconciler.drivers.process import host as proc
 from tests.conftest import REPO
-from tests.process_support import kill_recorded, needs_root, remove_networks
+from tests.process_support import kill_recorded, remove_networks
+from tests.support import needs_root, wait_for
 
 pytest_plugins = ["tests.process_support"]
 
@@ -55,6 +55,7 @@ def zlayer(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_the_readme_main_job_runs_hello_as_processes(host: dict[str, str]) -> None:
     from reconciler.drivers.process import netns
 
@@ -72,10 +73,15 @@ def test_the_readme_main_job_runs_hello_as_processes(host: dict[str, str]) -> No
     with urllib.request.urlopen(f"http://{address}:8080/", timeout=5) as answer:
         assert answer.status == 200
 
-    deadline = time.monotonic() + 30
-    while "web answered 200" not in (logs := zlayer(host, "logs", "worker").stdout):
-        assert time.monotonic() < deadline, logs
-        time.sleep(0.5)
+    def worker_logs() -> str:
+        return zlayer(host, "logs", "worker").stdout
+
+    wait_for(
+        lambda: "web answered 200" in worker_logs(),
+        lambda: f"the worker to say 'web answered 200'; its logs:\n{worker_logs()}",
+        30,
+        interval=0.5,
+    )
     status = zlayer(host, "status").stdout.splitlines()
     assert sum(" running " in line for line in status) == 2
     assert any(line.split()[:4] == ["hello", "report", "-", "registered"] for line in status)

@@ -227,6 +227,7 @@ async def test_an_oversized_body_is_refused_before_it_is_read(served: Any) -> No
         status_line = await asyncio.wait_for(reader.readline(), timeout=10)
     finally:
         writer.close()
+        await writer.wait_closed()
     assert b" 413 " in status_line
     # chunked, no length announced: read up to the cap, then refused
     async with aiohttp.ClientSession() as http:

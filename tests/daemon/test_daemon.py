@@ -15,9 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from reconciler.daemon.journal import Journal
-from tests.daemon_support import Daemon, observed_workloads, wait_for
-from tests.process_support import needs_root
+from tests.daemon_support import Daemon, observed_workloads
+from tests.support import needs_root, wait_for
 
 pytest_plugins = ["tests.daemon_support"]
 
@@ -64,6 +66,7 @@ def running(daemon: Daemon, prefix: str = f"{DEP}/") -> dict[str, tuple[str, str
     }
 
 
+@pytest.mark.slow
 def test_a_directory_change_converges_a_broken_one_keeps_the_last_good(
     daemon_host: Daemon,
 ) -> None:
@@ -125,6 +128,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_kill_9_of_the_daemon_five_times_restarts_no_workload(daemon_host: Daemon) -> None:
     needs_root("the process runtime's replicas")
     specs = daemon_host.root / "specs"
@@ -143,6 +147,7 @@ def test_kill_9_of_the_daemon_five_times_restarts_no_workload(daemon_host: Daemo
     assert all(r["outcome"] == "no-changes" for r in recent if r["finished"]), recent
 
 
+@pytest.mark.slow
 def test_a_crash_loop_backs_off_on_schedule_and_its_counters_survive_kill_9(
     daemon_host: Daemon,
 ) -> None:
@@ -164,14 +169,16 @@ def test_a_crash_loop_backs_off_on_schedule_and_its_counters_survive_kill_9(
             journal.close()
 
     seen: list[tuple[int, int, float]] = []  # (streak, restarts, next_at - crashed_at)
-    deadline = time.monotonic() + 60
-    while len({s for s, _, _ in seen}) < 5 and time.monotonic() < deadline:
+
+    def five_streaks_seen() -> bool:
         current = crash()
         if current is not None and current.next_at is not None:
             row = (current.streak, current.restarts, round(current.next_at - current.crashed_at, 3))
             if row not in seen:
                 seen.append(row)
-        time.sleep(0.05)
+        return len({s for s, _, _ in seen}) >= 5
+
+    wait_for(five_streaks_seen, lambda: f"five crash streaks; seen {seen}", 60)
     streaks = sorted({s: d for s, _, d in seen}.items())
     assert streaks[:5] == [(1, 0.4), (2, 0.8), (3, 1.6), (4, 1.6), (5, 1.6)], seen
     # each restart came no sooner than its backoff: from the journal's own times
@@ -220,6 +227,7 @@ def test_an_unhealthy_replica_is_restarted_as_a_crash(daemon_host: Daemon) -> No
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_cron_runs_never_overlap_and_jobs_run_through_the_daemon(daemon_host: Daemon) -> None:
     needs_root("the process runtime's replicas")
     specs = daemon_host.root / "specs"
@@ -268,6 +276,7 @@ def test_cron_runs_never_overlap_and_jobs_run_through_the_daemon(daemon_host: Da
     assert "hello from the job" in direct.stdout
 
 
+@pytest.mark.slow
 def test_once_history_events_and_retry_without_a_daemon(daemon_host: Daemon) -> None:
     needs_root("the process runtime's replicas")
     specs = daemon_host.root / "specs"
@@ -287,6 +296,7 @@ def test_once_history_events_and_retry_without_a_daemon(daemon_host: Daemon) -> 
     assert retry.returncode == 0 and "No daemon runs" in retry.stdout
 
 
+@pytest.mark.slow
 def test_bad_input_is_refused_before_anything_runs(tmp_path: Path, daemon_host: Daemon) -> None:
     daemon_host.configure("")
     nothing = daemon_host.once()

@@ -10,8 +10,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tests.daemon_support import Daemon, wait_for
+import pytest
+
+from tests.daemon_support import Daemon
 from tests.docker_support import engine_request
+from tests.support import wait_for
 
 pytest_plugins = ["tests.docker_support", "tests.daemon_support"]
 
@@ -53,6 +56,7 @@ def _containers(url: str, deployment: str) -> dict[str, tuple[str, str, str]]:
     return out
 
 
+@pytest.mark.slow
 def test_the_daemon_keeps_docker_containers_converged(
     tmp_path: Path, docker_url: str, test_image: str, deployment_name: str
 ) -> None:

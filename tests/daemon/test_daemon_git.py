@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 
 from tests.daemon.test_daemon import DEP, running, sleeper
-from tests.daemon_support import Daemon, git, wait_for
-from tests.process_support import needs_root
+from tests.daemon_support import Daemon, git
+from tests.support import needs_root, unavailable, wait_for
 
 pytest_plugins = ["tests.daemon_support"]
 
@@ -61,6 +61,7 @@ def applied(daemon: Daemon) -> str | None:
     return daemon.status()["applied"]["revision"]
 
 
+@pytest.mark.slow
 def test_commits_converge_broken_and_rewritten_ones_are_refused_remote_comes_back(
     daemon_host: Daemon, repo: Repo
 ) -> None:
@@ -113,8 +114,6 @@ def test_commits_converge_broken_and_rewritten_ones_are_refused_remote_comes_bac
 def gnupg(tmp_path: Path) -> Any:
     """A GnuPG home with a signing key, and a directory with its public key."""
     if shutil.which("gpg") is None:
-        from tests.process_support import unavailable
-
         unavailable("gpg is not installed: signature verification cannot be tested")
     home = tmp_path / "gnupg"
     home.mkdir(mode=0o700)
@@ -178,6 +177,7 @@ def _post(port: int, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
         connection.close()
 
 
+@pytest.mark.slow
 def test_webhooks_fetch_only_when_signed_and_new(daemon_host: Daemon, repo: Repo) -> None:
     needs_root("the process runtime's replicas")
     first = repo.commit({"a": sleeper(1)}, "one")

@@ -16,8 +16,8 @@ import pytest
 from reconciler.daemon.notify import Notifier
 from reconciler.settings import load_settings
 from tests.conftest import REPO
-from tests.daemon_support import Daemon, wait_for
-from tests.process_support import unavailable
+from tests.daemon_support import Daemon
+from tests.support import unavailable, wait_for
 
 pytest_plugins = ["tests.daemon_support"]
 

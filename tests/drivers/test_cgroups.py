@@ -9,7 +9,7 @@ from pathlib import Path
 from reconciler.drivers.process import ProcessDriver, cgroups
 from reconciler.observed import WorkloadId
 from tests.docker_support import compile_services
-from tests.process_support import needs_root
+from tests.support import needs_root
 
 pytest_plugins = ["tests.process_support"]
 

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import json
 import socket
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import cast
 
@@ -31,6 +31,7 @@ from reconciler.errors import (
 )
 from reconciler.observed import Workload, WorkloadId
 from tests.docker_support import compile_services
+from tests.support import wait_for_async
 
 pytest_plugins = ["tests.docker_support"]
 
@@ -49,18 +50,12 @@ def services(
     return compile_services(deployment, text.replace("IMAGE", json.dumps(image)), secrets=secrets)
 
 
-async def until(check: Callable[[], Awaitable[bool]], timeout: float = 20.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not await check():
-            await asyncio.sleep(0.1)
-
-
 async def exited(driver: DockerDriver, target: WorkloadId) -> Workload:
     async def done() -> bool:
         status = await driver.status(target)
         return status is not None and status.status == "exited"
 
-    await until(done)
+    await wait_for_async(done, f"{target} to exit", 20, interval=0.1)
     status = await driver.status(target)
     assert status is not None
     return status
@@ -74,7 +69,7 @@ async def ready(driver: DockerDriver, target: WorkloadId) -> None:
     async def said_ready() -> bool:
         return "ready" in await lines(driver, target)
 
-    await until(said_ready)
+    await wait_for_async(said_ready, f"{target} to say ready", 20, interval=0.1)
 
 
 async def deployment_networks(driver: DockerDriver, deployment: str) -> list[str]:
@@ -256,7 +251,7 @@ async def test_public_endpoint_is_published_on_the_host(
         except OSError:
             return False
 
-    await until(serves)
+    await wait_for_async(serves, "the published port to serve", 20, interval=0.1)
     info = await docker_driver.docker.containers.container(f"{deployment_name}-web-1").show()
     assert info["HostConfig"]["PortBindings"] == {
         "8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]

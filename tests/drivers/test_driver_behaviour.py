@@ -1,14 +1,15 @@
 """The same driver behaviour, checked against both real runtimes: the Docker engine
-(the private one ``tests/with-docker`` starts) and host processes.
+(the private one ``tests/with-docker`` starts) and host processes; and against the
+in-memory fake, so that what planner and executor tests learn from it holds.
 
 Each case runs once per runtime with the same spec text: create, observe, stop,
-start, restart, replace, remove, logs, observing again from a new driver (as
-after a restart of zlayer), and a crashed replica that the plan restarts.
+start, restart, replace (also of a replica that is gone), remove, logs, observing
+again from a new driver (as after a restart of zlayer), and a crashed replica that
+the plan restarts.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -21,6 +22,7 @@ from reconciler.observed import ObservedState, Workload, WorkloadId
 from reconciler.plan.planner import plan_changes
 from tests.docker_support import compile_services
 from tests.driver_support import SERVICE, Backend
+from tests.support import wait_for_async
 
 pytest_plugins = ["tests.docker_support", "tests.process_support", "tests.driver_support"]
 
@@ -28,13 +30,13 @@ pytest_plugins = ["tests.docker_support", "tests.process_support", "tests.driver
 async def until_status(driver: Driver, target: WorkloadId, wanted: str) -> Workload:
     """Until the replica has status ``wanted`` (and, when exited, its exit code is
     known: a runtime may report the exit a moment before its code)."""
-    async with asyncio.timeout(30):
-        while True:
-            found = await driver.status(target)
-            known = found is not None and (wanted != "exited" or found.exit_code is not None)
-            if found is not None and found.status == wanted and known:
-                return found
-            await asyncio.sleep(0.05)
+
+    async def reached() -> Workload | None:
+        found = await driver.status(target)
+        known = found is not None and (wanted != "exited" or found.exit_code is not None)
+        return found if found is not None and found.status == wanted and known else None
+
+    return await wait_for_async(reached, f"{target} to be {wanted}", 30)
 
 
 async def output(driver: Driver, target: WorkloadId, tail: int | None = None) -> list[str]:
@@ -42,12 +44,11 @@ async def output(driver: Driver, target: WorkloadId, tail: int | None = None) ->
 
 
 async def until_output(driver: Driver, target: WorkloadId, text: str) -> list[str]:
-    async with asyncio.timeout(30):
-        while True:
-            lines = await output(driver, target)
-            if text in lines:
-                return lines
-            await asyncio.sleep(0.05)
+    async def said() -> list[str] | None:
+        lines = await output(driver, target)
+        return lines if text in lines else None
+
+    return await wait_for_async(said, f"{target} to print {text!r}", 30)
 
 
 def mine(state: ObservedState, deployment: str) -> list[Workload]:
@@ -91,6 +92,8 @@ async def test_stop_start_restart_remove(backend: Backend) -> None:
     assert mine(await driver.observe([backend.deployment]), backend.deployment) == []
     with pytest.raises(NotFound):
         await driver.remove(target)
+    with pytest.raises(NotFound):
+        await output(driver, target)
 
 
 async def test_replace_runs_the_new_config_in_one_replica(backend: Backend) -> None:
@@ -101,6 +104,22 @@ async def test_replace_runs_the_new_config_in_one_replica(backend: Backend) -> N
     await driver.replace(new, 1, "rev-2")
     lines = await until_output(driver, target, "ready new")
     assert "ready old" not in lines
+    (workload,) = mine(await driver.observe([backend.deployment]), backend.deployment)
+    assert (workload.fingerprint, workload.revision, workload.status) == (
+        new.fingerprint,
+        "rev-2",
+        "running",
+    )
+
+
+async def test_replace_creates_a_replica_that_is_gone(backend: Backend) -> None:
+    """A rollback after a failed start must still restore the replica."""
+    driver, target = backend.driver, backend.target()
+    await driver.create(backend.service("old"), 1, "rev-1")
+    await driver.remove(target)
+    new = backend.service("new")
+    await driver.replace(new, 1, "rev-2")
+    await until_output(driver, target, "ready new")
     (workload,) = mine(await driver.observe([backend.deployment]), backend.deployment)
     assert (workload.fingerprint, workload.revision, workload.status) == (
         new.fingerprint,
@@ -120,6 +139,7 @@ async def test_logs_give_the_last_lines_in_order(backend: Backend) -> None:
     lines = await until_output(backend.driver, backend.target(), "oops")
     assert lines == ["line 1", "line 2", "line 3", "line 4", "line 5", "oops"]
     assert await output(backend.driver, backend.target(), tail=2) == ["line 5", "oops"]
+    assert await output(backend.driver, backend.target(), tail=0) == []
 
 
 async def test_a_crashed_replica_is_planned_for_restart_and_restarted(backend: Backend) -> None:

@@ -20,7 +20,7 @@ from reconciler.observed import RunId, RunState, WorkloadId
 from reconciler.plan.planner import plan_changes
 from tests.docker_support import compile_services, engine_request
 from tests.driver_support import Backend
-from tests.process_support import needs_root
+from tests.support import needs_root, wait_for_async
 
 pytest_plugins = ["tests.docker_support", "tests.process_support", "tests.driver_support"]
 
@@ -42,14 +42,21 @@ def job(backend: Backend, nap: str = "0") -> DesiredService:
 
 
 async def until_run(driver: Driver, run: RunId, status: str) -> RunState:
-    async with asyncio.timeout(60):
-        while True:
-            found = await driver.job_status(run)
-            if found is not None and found.status == status:
-                return found
-            await asyncio.sleep(0.05)
+    async def reached() -> RunState | None:
+        found = await driver.job_status(run)
+        return found if found is not None and found.status == status else None
+
+    return await wait_for_async(reached, f"run {run} to be {status}", 60)
 
 
+real_runtimes = pytest.mark.parametrize(
+    "backend", [pytest.param("docker", marks=pytest.mark.docker), "process"], indirect=True
+)
+"""Runs on the real runtimes only: the fake's runs end when a test says so
+(``FakeDriver.finish_runs``), not by themselves."""
+
+
+@real_runtimes
 async def test_a_run_ends_with_its_code_and_output_and_is_never_a_workload(
     backend: Backend,
 ) -> None:
@@ -84,6 +91,7 @@ async def test_a_run_ends_with_its_code_and_output_and_is_never_a_workload(
         assert not (driver.store.root / backend.deployment / "runs").exists()
 
 
+@real_runtimes
 async def test_exit_hints_name_replicas_and_runs(backend: Backend) -> None:
     driver = backend.driver
     await driver.create(backend.service(), 1, "r1")

@@ -31,7 +31,7 @@ import pytest
 
 from reconciler.drivers.process import host as proc
 from reconciler.drivers.process.monitor import _Log
-from tests.process_support import needs_root
+from tests.support import needs_root, unavailable, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 DEADLINE = 20.0  # seconds for the monitor to report; generous for loaded CI machines
@@ -55,14 +55,6 @@ def gone(pid: int) -> bool:
     return proc.process_state(pid) in (None, "Z")
 
 
-def wait_until(condition: Any, what: str, timeout: float = DEADLINE) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.01)
-
-
 class Record:
     """One launch: its record directory and the files the monitor writes there."""
 
@@ -82,13 +74,13 @@ class Record:
             assert done is None or done["error"] is None, done
             return self.read("run.json") is not None
 
-        wait_until(ready, f"run.json in {self.dir}")
+        wait_for(ready, f"run.json in {self.dir}", DEADLINE)
         run = self.read("run.json")
         assert run is not None
         return run
 
     def exit(self) -> dict[str, Any]:
-        wait_until(lambda: self.read("exit.json") is not None, f"exit.json in {self.dir}")
+        wait_for(lambda: self.read("exit.json") is not None, f"exit.json in {self.dir}", DEADLINE)
         done = self.read("exit.json")
         assert done is not None
         return done
@@ -157,7 +149,7 @@ class Launcher:
         for pid, start in monitors:
             _kill(pid, start, group=False)
         everything = [*monitors, *self.extra]
-        wait_until(lambda: not any(proc.alive(*p) for p in everything), "cleanup", 10)
+        wait_for(lambda: not any(proc.alive(*p) for p in everything), "cleanup", 10)
 
 
 def _kill(pid: int, start: int, *, group: bool) -> None:
@@ -323,7 +315,9 @@ def test_killed_by_a_signal(launch: Launcher) -> None:
     assert done["signal"] == signal.SIGKILL
     assert done["exit_code"] is None
     assert done["error"] is None
-    wait_until(lambda: not proc.alive(run["monitor_pid"], run["monitor_start"]), "monitor end")
+    wait_for(
+        lambda: not proc.alive(run["monitor_pid"], run["monitor_start"]), "monitor end", DEADLINE
+    )
 
 
 def test_sigterm_to_monitor_forwards_the_stop_signal(launch: Launcher) -> None:
@@ -332,7 +326,7 @@ def test_sigterm_to_monitor_forwards_the_stop_signal(launch: Launcher) -> None:
     script = 'trap "echo stopping; exit 7" USR1; echo ready; while :; do sleep 0.05; done'
     record = launch(["sh", "-c", script], stop_signal=int(signal.SIGUSR1))
     run = record.run()
-    wait_until(lambda: "ready" in record.output(), "the trap to be set")
+    wait_for(lambda: "ready" in record.output(), "the trap to be set", DEADLINE)
     os.kill(run["monitor_pid"], signal.SIGHUP)
     os.kill(run["monitor_pid"], signal.SIGINT)
     time.sleep(0.3)
@@ -352,7 +346,7 @@ def test_stragglers_in_the_group_are_killed(launch: Launcher, tmp_path: Path) ->
     assert done["exit_code"] == 0
     child = int((tmp_path / "child.pid").read_text())
     launch.track(child)  # killed afterwards should this fail
-    wait_until(lambda: gone(child), f"straggler {child} to be killed", 5)
+    wait_for(lambda: gone(child), f"straggler {child} to be killed", 5)
 
 
 def test_output_held_open_outside_the_group_does_not_hang_the_monitor(
@@ -362,8 +356,8 @@ def test_output_held_open_outside_the_group_does_not_hang_the_monitor(
     monitor still records the exit (after a short drain)."""
     script = "setsid sh -c 'echo $$ > escaped.pid; exec sleep 300' & sleep 0.5; echo done"
     record = launch(["sh", "-c", script], cwd=str(tmp_path))
-    wait_until(lambda: (tmp_path / "escaped.pid").exists(), "escaped.pid")
-    wait_until(lambda: (tmp_path / "escaped.pid").read_text().strip() != "", "escaped.pid")
+    wait_for(lambda: (tmp_path / "escaped.pid").exists(), "escaped.pid", DEADLINE)
+    wait_for(lambda: (tmp_path / "escaped.pid").read_text().strip() != "", "escaped.pid", DEADLINE)
     escaped = int((tmp_path / "escaped.pid").read_text())
     launch.track(escaped)
     done = record.exit()
@@ -390,7 +384,7 @@ def test_a_failing_monitor_leaves_a_trace_and_no_orphan(launch: Launcher, tmp_pa
         trace = (record.dir / "monitor.err").read_text()
         assert "Traceback" in trace
         assert "run.json" in trace
-        wait_until(lambda: not _with_token(token), "the workload to be killed", 5)
+        wait_for(lambda: not _with_token(token), "the workload to be killed", 5)
     finally:
         for pid in _with_token(token):  # the fixture cannot: no run.json names them
             launch.track(pid)
@@ -535,7 +529,7 @@ def cgroup_dirs() -> Iterator[dict[str, Path]]:
         elif kind == "cgroup" and "pids" in options.split(","):
             roots.setdefault("pids", point)
     if not roots:
-        pytest.skip("no cgroup2 or pids cgroup hierarchy is mounted")
+        unavailable("no cgroup2 or pids cgroup hierarchy is mounted")
     name = f"zlayer-t-{secrets.token_hex(4)}"
     made: dict[str, Path] = {}
     try:
@@ -549,7 +543,7 @@ def cgroup_dirs() -> Iterator[dict[str, Path]]:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(pid), signal.SIGKILL)
         for group in made.values():
-            wait_until(lambda g=group: not (g / "cgroup.procs").read_text(), "empty cgroup", 10)
+            wait_for(lambda g=group: not (g / "cgroup.procs").read_text(), "empty cgroup", 10)
             group.rmdir()
 
 
@@ -570,7 +564,9 @@ def test_start_time_and_alive(tmp_path: Path) -> None:
     shutil.copy("/bin/sleep", odd)
     with subprocess.Popen([str(odd), "300"]) as child:
         try:
-            wait_until(lambda: Path(f"/proc/{child.pid}/comm").read_text() == "a) (b\n", "exec")
+            wait_for(
+                lambda: Path(f"/proc/{child.pid}/comm").read_text() == "a) (b\n", "exec", DEADLINE
+            )
             start = proc.start_time(child.pid)
             assert start is not None
             assert start >= (proc.start_time(os.getpid()) or 0)
@@ -578,7 +574,7 @@ def test_start_time_and_alive(tmp_path: Path) -> None:
             assert proc.alive(child.pid, start)
             assert not proc.alive(child.pid, start + 1)  # a recycled pid is not ours
             child.kill()
-            wait_until(lambda: proc.is_zombie(child.pid), "a zombie")
+            wait_for(lambda: proc.is_zombie(child.pid), "a zombie", DEADLINE)
             assert proc.start_time(child.pid) == start
             assert not proc.alive(child.pid, start)
         finally:

@@ -47,7 +47,7 @@ from pyroute2 import netns as pyroute2_netns
 
 from reconciler.drivers.process import addresses, firewall, names, netns
 from reconciler.errors import PermanentDriverError
-from tests.process_support import unavailable
+from tests.support import needs_root, unavailable
 
 PORT = 8080
 CLONE_NEWNET = 0x40000000
@@ -249,8 +249,7 @@ def root(_etc_netns_existed: bool) -> None:
     """Skips (fails under CI=true) unless bridges and namespaces can be made here."""
     if not sys.platform.startswith("linux"):
         _unavailable(f"not Linux ({sys.platform})")
-    if os.geteuid() != 0:
-        _unavailable("not running as root")
+    needs_root("making bridges and network namespaces")
     reason = netns.available()
     if reason is not None:
         _unavailable(reason)

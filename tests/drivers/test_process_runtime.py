@@ -34,7 +34,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,8 @@ from reconciler.drivers.process import host as proc
 from reconciler.observed import WorkloadId
 from reconciler.spec.load import load_text
 from tests.conftest import REPO
-from tests.process_support import kill_recorded, needs_root, remove_networks
+from tests.process_support import kill_recorded, remove_networks
+from tests.support import needs_root, wait_for
 
 pytest_plugins = ["tests.process_support"]
 pytestmark = pytest.mark.timeout(90)
@@ -156,17 +157,6 @@ def marked(deployment: str) -> dict[int, int]:
 
 def netns_inode(pid: int) -> str:
     return os.readlink(f"/proc/{pid}/ns/net")
-
-
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 20) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"waited {timeout:g}s in vain for {what}")
-        time.sleep(0.05)
 
 
 def service(
@@ -410,6 +400,7 @@ def chain(deployment: str, version: int) -> dict[str, Any]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [20261122, 7, 424242])
 def test_apply_killed_with_sigkill_at_random_moments_then_apply_converges(
     host: Host, seed: int
@@ -527,7 +518,7 @@ async def test_stop_escalates_to_sigkill_when_the_workload_ignores_sigterm(host:
     )
     async with ProcessDriver(host.state, pool=str(host.pool)) as driver:
         await driver.create(config, 1, "rev-1")
-        wait_for(lambda: "ready" in host.log("stubborn"), "the workload to say ready")
+        wait_for(lambda: "ready" in host.log("stubborn"), "the workload to say ready", 20)
         pid, monitor = host.running("stubborn")
         assert group_members(pid)
         began = time.monotonic()
@@ -560,7 +551,7 @@ async def test_logs_rotate_within_their_cap(host: Host) -> None:
     ) as driver:
         await driver.create(config, 1, "rev-1")
         log = host.dir("chatty") / "output.log"
-        wait_for(lambda: printed[-1] in host.log("chatty"), "the last line in output.log")
+        wait_for(lambda: printed[-1] in host.log("chatty"), "the last line in output.log", 20)
         files = [log, Path(f"{log}.1"), Path(f"{log}.2")]
         sizes = {f.name: f.stat().st_size for f in files}
         assert all(0 < size <= 4096 for size in sizes.values()), sizes
@@ -603,7 +594,7 @@ def test_status_and_logs_show_the_replica_and_its_output(host: Host) -> None:
     host.write({"greeter": service(["sh", "-c", script], dep)})
     code, events, err = host.apply()
     assert code == 0, (events, err)
-    wait_for(lambda: "second line" in host.log("greeter"), "the output")
+    wait_for(lambda: "second line" in host.log("greeter"), "the output", 20)
     run = host.run("status", *host.runtime_args(), "--deployment", dep)
     assert run.returncode == 0, run.stderr
     assert "Runtime: process (--runtime process)" in run.stderr
@@ -634,6 +625,7 @@ LEFT_BEHIND = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("left", sorted(LEFT_BEHIND))
 def test_what_a_killed_apply_leaves_in_a_replica_directory_the_next_apply_repairs(
     host: Host, left: str
@@ -648,8 +640,8 @@ def test_what_a_killed_apply_leaves_in_a_replica_directory_the_next_apply_repair
     pid, _ = host.running("app")
     os.killpg(pid, signal.SIGKILL)
     where = host.dir("app")
-    wait_for(lambda: (where / "exit.json").exists(), "the exit record")
-    wait_for(lambda: not live(host.run_record("app")["monitor_pid"]), "the monitor to end")
+    wait_for(lambda: (where / "exit.json").exists(), "the exit record", 20)
+    wait_for(lambda: not live(host.run_record("app")["monitor_pid"]), "the monitor to end", 20)
     record = host.record("app")
     if keeps_launch is False:
         del record["launch"]
@@ -674,7 +666,7 @@ def test_replicas_reach_each_other_by_name_from_their_own_namespaces(host: Host)
     host.write(web_and_client(host))
     code, events, err = host.apply()
     assert code == 0, (events, err)
-    lines = wait_for(lambda: successes(host.log("client")), "the client's first answer")
+    lines = wait_for(lambda: successes(host.log("client")), "the client's first answer", 20)
     assert lines[0].startswith("try ")
     server, client = host.record("server"), host.record("client")
     addresses = {
@@ -720,8 +712,8 @@ def test_network_mode_none_has_no_route_out(host: Host) -> None:
         code, events, err = host.apply()
         assert code == 0, (events, err)
         assert host.record("server")["network"]["address"] == str(first)
-        wait_for(lambda: host_reaches(str(first)), "the server to answer the host")
-        lines = wait_for(lambda: "done" in host.log("alone") and host.log("alone"), "the probe")
+        wait_for(lambda: host_reaches(str(first)), "the server to answer the host", 20)
+        lines = wait_for(lambda: "done" in host.log("alone") and host.log("alone"), "the probe", 20)
         by_target = {line.split()[0]: line for line in lines[:-1]}
         for unreachable in targets[:2]:
             assert by_target[unreachable] == f"{unreachable} ENETUNREACH Network is unreachable"
@@ -736,6 +728,7 @@ def test_network_mode_none_has_no_route_out(host: Host) -> None:
     assert netns_inode(pid) != netns_inode(os.getpid())
 
 
+@pytest.mark.slow
 def test_a_deleted_bridge_is_planned_for_creation_and_apply_brings_traffic_back(
     host: Host,
 ) -> None:
@@ -744,7 +737,7 @@ def test_a_deleted_bridge_is_planned_for_creation_and_apply_brings_traffic_back(
 
     host.write(web_and_client(host))
     assert host.apply()[0] == 0
-    wait_for(lambda: successes(host.log("client")), "the client's first answer")
+    wait_for(lambda: successes(host.log("client")), "the client's first answer", 20)
     bridge = names.bridge_name(host.deployment)
     with IPRoute() as ipr:
         (index,) = ipr.link_lookup(ifname=bridge)
@@ -764,7 +757,7 @@ def test_a_deleted_bridge_is_planned_for_creation_and_apply_brings_traffic_back(
             a.get("address") for a in ipr.get_addr(index=link["index"], family=socket.AF_INET)
         ]
         assert addresses == [str(host.pool.network_address + 1)]
-    wait_for(lambda: successes(host.log("client")[seen:]), "the client to get answers again")
+    wait_for(lambda: successes(host.log("client")[seen:]), "the client to get answers again", 20)
     assert host_reaches(host.record("server")["network"]["address"])
     assert host.plan("--detailed-exitcode").returncode == 0
 
@@ -777,7 +770,7 @@ def test_destroy_leaves_nothing_behind(host: Host) -> None:
     bridge = names.bridge_name(dep)
     host.write(web_and_client(host))
     assert host.apply()[0] == 0
-    wait_for(lambda: successes(host.log("client")), "the client's first answer")
+    wait_for(lambda: successes(host.log("client")), "the client's first answer", 20)
     processes = []
     for name in ("server", "client"):
         run = host.run_record(name)
@@ -830,6 +823,7 @@ def test_destroy_after_the_bridge_was_deleted_removes_its_forward_rule(host: Hos
     assert [rule for rule in firewall.forward_rules() if bridge in rule] == []
 
 
+@pytest.mark.slow
 def test_a_deleted_namespace_is_planned_as_a_restart_and_made_again(host: Host) -> None:
     needs_root("network namespaces")
     from pyroute2 import netns as pyroute2_netns
@@ -840,7 +834,7 @@ def test_a_deleted_namespace_is_planned_as_a_restart_and_made_again(host: Host) 
     host.write(services)
     assert host.apply()[0] == 0
     address = host.record("server")["network"]["address"]
-    wait_for(lambda: host_reaches(address), "the server to answer")
+    wait_for(lambda: host_reaches(address), "the server to answer", 20)
     old, _ = host.running("server")
     namespace = f"zlayer-{dep}-server-1"
     pyroute2_netns.remove(namespace)
@@ -853,10 +847,11 @@ def test_a_deleted_namespace_is_planned_as_a_restart_and_made_again(host: Host) 
     pid, _ = host.running("server")
     assert pid != old and not live(old)
     assert netns_inode(pid) == f"net:[{os.stat(f'/run/netns/{namespace}').st_ino}]"
-    wait_for(lambda: host_reaches(address), "the server to answer again")
+    wait_for(lambda: host_reaches(address), "the server to answer again", 20)
     assert host.plan("--detailed-exitcode").returncode == 0
 
 
+@pytest.mark.slow
 def test_a_deleted_veth_is_planned_as_a_restart_and_made_again(host: Host) -> None:
     needs_root("network namespaces")
     from pyroute2 import IPRoute
@@ -867,7 +862,7 @@ def test_a_deleted_veth_is_planned_as_a_restart_and_made_again(host: Host) -> No
     host.write(services)
     assert host.apply()[0] == 0
     address = host.record("server")["network"]["address"]
-    wait_for(lambda: host_reaches(address), "the server to answer")
+    wait_for(lambda: host_reaches(address), "the server to answer", 20)
     with IPRoute() as ipr:
         (index,) = ipr.link_lookup(ifname=names.veth_name(dep, "server", 1))
         ipr.link("del", index=index)

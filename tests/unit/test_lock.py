@@ -17,6 +17,7 @@ import pytest
 from reconciler.errors import LockHeld
 from reconciler.lock import LOCK_FILE, ApplyLock
 from tests.conftest import REPO
+from tests.support import wait_for
 
 HOLDER = textwrap.dedent(
     """
@@ -47,11 +48,12 @@ def holder(state: Path, tmp_path: Path, hold: float = 60.0) -> Iterator[subproce
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     try:
-        deadline = time.monotonic() + 30
-        while not ready.exists():
+
+        def locked() -> bool:
             assert child.poll() is None, "the lock holder exited early"
-            assert time.monotonic() < deadline, "the lock holder never took the lock"
-            time.sleep(0.02)
+            return ready.exists()
+
+        wait_for(locked, "the lock holder to take the lock", 30, interval=0.02)
         yield child
     finally:
         if child.poll() is None:

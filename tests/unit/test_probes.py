@@ -22,6 +22,7 @@ from reconciler.probes import (
     tcp_probe,
 )
 from tests.conftest import load_ok, service_text
+from tests.support import wait_for_async
 
 
 def free_port() -> int:
@@ -181,11 +182,7 @@ async def test_command_probe_timeout_kills_the_whole_process_group(tmp_path: Pat
     problem = await asyncio.wait_for(command_probe(command, 0.5, {}), 10)
     assert problem == f"command {command!r}: still running after 0.5s (killed)"
     pid = int(pidfile.read_text())
-    for _ in range(100):
-        if not alive(pid):
-            break
-        await asyncio.sleep(0.05)
-    assert not alive(pid)
+    await wait_for_async(lambda: not alive(pid), f"the probe's child {pid} to be killed", 5)
 
 
 # --- health_probe ---------------------------------------------------------------------
