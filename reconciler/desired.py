@@ -21,7 +21,7 @@ import dataclasses
 import hashlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler.fingerprint import fingerprint, keyed_hash
 from reconciler.observed import ObservedState, Workload, WorkloadId
@@ -43,11 +43,15 @@ from reconciler.redact import (
 from reconciler.redact import (
     Path as ConfigPath,
 )
-from reconciler.spec.blocks import AdaptiveScale, FixedScale
-from reconciler.spec.load import LoadedSpec, SourceFile
-from reconciler.spec.models import ServiceSpec
 from reconciler.spec.problems import Path, Problem, format_path
-from reconciler.spec.rules import ENV_REF_RE, SECRET_NAME_RE, SECRET_REF_RE, export_hint
+from reconciler.spec.refs import ENV_REF_RE, SECRET_NAME_RE, SECRET_REF_RE, export_hint
+
+if TYPE_CHECKING:
+    from reconciler.spec.load import LoadedSpec, SourceFile
+    from reconciler.spec.models import ServiceSpec
+
+# The spec models are imported where a spec is compiled (compile_service), so the
+# values defined here can be used (and rebuilt from the compile cache) without them.
 
 _NOT_CONFIG = frozenset(
     {
@@ -293,6 +297,8 @@ def compile_service(
 
 
 def _replica_count(service: ServiceSpec) -> int | None:
+    from reconciler.spec.blocks import AdaptiveScale, FixedScale
+
     if service.rtype != "service":
         return 0
     scale = service.scale
@@ -304,6 +310,8 @@ def _replica_count(service: ServiceSpec) -> int | None:
 
 
 def _warnings(service: ServiceSpec) -> tuple[str, ...]:
+    from reconciler.spec.blocks import AdaptiveScale
+
     out = []
     if service.replica_groups:
         out.append("replica_groups are not supported yet: every replica runs the service's config")
