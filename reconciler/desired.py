@@ -30,6 +30,7 @@ from reconciler.redact import (
     MARK_LABEL,
     MASK,
     Scrubber,
+    has_unhashed,
     hidden,
     is_placeholder,
     is_sensitive_text,
@@ -38,7 +39,6 @@ from reconciler.redact import (
     redact_config,
     reveal,
     secret_parts,
-    unhashed_paths,
 )
 from reconciler.redact import (
     Path as ConfigPath,
@@ -144,6 +144,8 @@ class DesiredService:
 
     marked: frozenset[str] = frozenset()
     """``env``/``labels`` keys the author marked sensitive (label ``zlayer.sensitive``)."""
+    _offline: bool | None = field(default=None, init=False, repr=False, compare=False)
+    """:attr:`offline_secrets`, once asked (the planner asks for every replica)."""
 
     @property
     def sensitive(self) -> frozenset[str]:
@@ -155,7 +157,9 @@ class DesiredService:
     def offline_secrets(self) -> bool:
         """Compiled offline: some sensitive value is known without its hash, so no
         runtime can be given it."""
-        return bool(unhashed_paths(self.config))
+        if self._offline is None:
+            object.__setattr__(self, "_offline", has_unhashed(self.config))
+        return bool(self._offline)
 
     def launch_config(self) -> dict[str, Any]:
         """The config with clear values, for the launch step only (never stored)."""
