@@ -18,7 +18,7 @@ hash compared with the one in the compiled config; any difference, or one unset,
 and the specs are compiled afresh (which reports the problem with its file:line:col).
 
 **Trust.** An entry is ``MAGIC | nonce | ciphertext | tag``, the tag an HMAC-SHA256
-over the rest. A file that is truncated, garbage, written by another version or for
+over the rest, the ciphertext the body (JSON, deflated) encrypted. A file that is truncated, garbage, written by another version or for
 other inputs, or holds a body of the wrong shape is ignored and replaced by the next
 successful compile; it is never partly used. Specs with problems are never stored,
 so their problems are reported every time.
@@ -49,6 +49,7 @@ import json
 import os
 import secrets as random
 import stat
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +69,7 @@ MAGIC = b"zlayer-compile-cache 1\n"
 NONCE_BYTES = 16
 TAG_BYTES = 32
 MAX_ENTRY_BYTES = 256 * 1024 * 1024
-"""Largest entry read; a larger file is no entry of this cache."""
+"""Largest entry read, and largest body it inflates to; a larger one is no entry."""
 MAX_ENTRIES = 8
 """Entries kept (one per set of spec file names and mode); the oldest go first."""
 
@@ -190,7 +191,7 @@ class Entry:
             return None
         try:
             return decode_state(self.open(raw), inputs, revision)
-        except (ValueError, KeyError, TypeError, IndexError, RecursionError):  # Foreign too
+        except (ValueError, KeyError, TypeError, IndexError, RecursionError, zlib.error):
             return None
 
     def write(self, desired: DesiredState) -> None:
@@ -202,7 +203,7 @@ class Entry:
 
     def write_data(self, data: Any) -> None:
         """Seal JSON ``data`` as this entry (tests forge bodies of other shapes with it)."""
-        plain = json.dumps(data, separators=(",", ":")).encode()
+        plain = zlib.compress(json.dumps(data, separators=(",", ":")).encode(), 1)
         nonce = random.token_bytes(NONCE_BYTES)
         body = MAGIC + nonce + _xor(plain, _stream(self.seal_key, nonce, len(plain)))
         _write_atomic(self.path, body + hmac.digest(self.mac_key, body, "sha256"))
@@ -216,7 +217,13 @@ class Entry:
         if not hmac.compare_digest(tag, hmac.digest(self.mac_key, body, "sha256")):
             raise Foreign("another version, other specs, inputs or key, or damaged")
         nonce, sealed = body[len(MAGIC) : head], body[head:]
-        return json.loads(_xor(sealed, _stream(self.seal_key, nonce, len(sealed))))
+        inflate = zlib.decompressobj()
+        plain = inflate.decompress(
+            _xor(sealed, _stream(self.seal_key, nonce, len(sealed))), MAX_ENTRY_BYTES
+        )
+        if inflate.unconsumed_tail or not inflate.eof:
+            raise Foreign("the body does not inflate within the limit")
+        return json.loads(plain)
 
 
 def _is_host_key(state_dir: Path, key: bytes) -> bool:
