@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from secrets import token_bytes
@@ -17,7 +16,8 @@ from reconciler.cli.plan_render import render_markdown, render_text
 from reconciler.cli.render import problems_text
 from reconciler.cli.runtime import STATE_DIR_OPTION, pick_runtime, settings_for
 from reconciler.cli.validate import DEFAULT_PATH
-from reconciler.desired import CompileInputs, DesiredState, compile_specs, content_revision
+from reconciler.compile_cache import compile_cached
+from reconciler.desired import CompileInputs, DesiredState
 from reconciler.errors import ZlayerError
 from reconciler.observed import ObservedState
 from reconciler.plan.model import Plan
@@ -33,7 +33,7 @@ from reconciler.runtimes import (
     read_snapshot,
 )
 from reconciler.sources.files import collect
-from reconciler.spec.load import LoadedSpec, gc_paused, iter_sources
+from reconciler.spec.load import gc_paused
 from reconciler.spec.problems import Problem
 from reconciler.statedir import SecretsDir, default_state_dir, read_secret_key
 
@@ -90,22 +90,27 @@ def compile_paths(
 ) -> DesiredState:
     """The desired state of the specs under ``paths``; exits 1 listing every problem."""
     collected = collect(paths or (DEFAULT_PATH,))
-    load_problems = list(collected.problems)
-
-    def loaded_specs() -> Iterator[LoadedSpec]:
-        for loaded, found in iter_sources(collected.files):
-            load_problems.extend(found)
-            if loaded is not None:
-                yield loaded
-
-    desired, problems = compile_specs(loaded_specs(), content_revision(collected.files), inputs)
+    result = compile_cached(collected, inputs, _command_state_dir())
     files = len(collected.files)
-    if load_problems:
-        fail_with(load_problems, files, f"The specs are not valid; nothing was {verb}.")
-    if desired is None:
-        fail_with(problems, files, f"The specs cannot be compiled; nothing was {verb}.")
+    if result.load_problems:
+        fail_with(result.load_problems, files, f"The specs are not valid; nothing was {verb}.")
+    if result.desired is None:
+        fail_with(
+            result.compile_problems, files, f"The specs cannot be compiled; nothing was {verb}."
+        )
         raise AssertionError("unreachable")
-    return desired
+    return result.desired
+
+
+def _command_state_dir() -> Path | None:
+    """The running command's state directory, as the command itself finds it.
+
+    Wiring for the benchmarks only: the lead re-does this in reconcile.py, where the
+    pipeline is handed the state directory instead of digging it out of click."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None or "state_dir" not in ctx.params:
+        return None
+    return settings_for(ctx.params["state_dir"]).state_dir or default_state_dir()
 
 
 def _observe(
