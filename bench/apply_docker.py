@@ -31,6 +31,9 @@ check ``true`` (zlayer runs it on the host, so compose gets no HEALTHCHECK eithe
   4. ``--concurrency-sweep``: cold apply of 50 with ``zlayer apply --concurrency K``,
      K in 1, 2, 4, 8, 0 (0: unbounded), medians, to choose the default from data.
 
+zlayer runs from bytecode written first, as pip install leaves it (bench/_bytecode.py),
+as Debian's docker-compose does.
+
 A benchmark, not a test: targets are reported (PASS/MISS) and exit status is 0 however
 they turn out; it is 1 only when a contender fails: a non-zero exit, not exactly the N
 containers running afterwards, a no-op that changes container IDs, or a change of one
@@ -64,6 +67,8 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
+
+from _bytecode import compile_bytecode
 
 ZLAYER = "zlbench"  # zlayer's deployment
 BARE = "zlbench-bare"  # the bare loop's deployment (same labels as zlayer's)
@@ -869,6 +874,7 @@ def run(args: argparse.Namespace, bench: Bench) -> int:
     if leftovers:
         print(f"removed {len(leftovers)} leftovers of an earlier run: {leftovers[:3]}")
     print(f"engine {bench.url}, image {bench.image}; zlayer: {sys.executable} -m reconciler")
+    compile_bytecode()
     if bench.compose:
         version = subprocess.run(
             [bench.compose, "version", "--short"], capture_output=True, text=True, check=False

@@ -3,8 +3,12 @@
 Run: .venv/bin/python bench/plan_large.py [--quick] [--keep DIR]
 
 What it measures (each ``zlayer plan`` run is a fresh CLI process, so every time
-includes interpreter start, imports, reading + validating + compiling the specs,
-reading the snapshot, planning and printing the plan):
+includes interpreter start, imports, reading the specs and compiling them (or finding
+them compiled in the compile cache), reading the snapshot, planning and printing the
+plan). The runs share a state directory (``ZLAYER_STATE_DIR``, under the bench's
+directory), so the compile cache works as on a host: the first plan of a spec set
+compiles it and stores it ("cache cold", one run, measured with an emptied cache),
+every later run of the same specs finds it:
 
   * 1,000 services x 2 replicas, nothing changed (JSON), best and median of 5;
   * 1,000 services x 2 replicas against a snapshot in which 1% of the services
@@ -20,12 +24,15 @@ reading the snapshot, planning and printing the plan):
   * the ratio t(10,000)/t(1,000), both cases with nothing changed, so it compares
     like with like (and the same ratio net of the import baseline, for information).
 
-Targets: 1,000 services <= 1.0 s end to end; ratio <= 11; peak RSS <= 200 MB at
-10,000. Specs are written as one file (one deployment, ``bench-NNN``) per 100
-services, since spec files are limited to 1 MiB; 1 service in 10 has a ``$S:``
-secret, so the offline-secrets path (``--observed`` without ``--secrets-dir``) is
-exercised too. The snapshots are built in-process with ``as_running`` on the
+Targets: 1,000 unchanged services, median <= 0.5 s end to end (the line after the
+table gives the ratio to it); 1,000 services with 1% changed, best <= 1.0 s; ratio
+<= 11; peak RSS <= 200 MB at 10,000. Specs are written as one file (one deployment,
+``bench-NNN``) per 100 services, since spec files are limited to 1 MiB; 1 service in
+10 has a ``$S:`` secret, so the offline-secrets path (``--observed`` without
+``--secrets-dir``) is exercised too. The snapshots are built in-process with ``as_running`` on the
 compiled specs and written with ``ObservedState.to_json()``.
+
+zlayer runs from bytecode written first, as pip install leaves it (bench/_bytecode.py).
 
 A benchmark, not a test: the plan contents are checked (a wrong plan exits 1),
 timings are only reported (PASS/MISS).
@@ -48,6 +55,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from _bytecode import compile_bytecode
+
 if TYPE_CHECKING:
     from reconciler.desired import DesiredState
     from reconciler.observed import ObservedState
@@ -62,6 +71,7 @@ REPLICAS = 2
 CHANGED_EVERY = 100  # 1% of the services run an older image in the "1% differ" snapshot
 OLD_TAG = "0.9.0"
 TARGET_1K_S = 1.0
+TARGET_1K_UNCHANGED_MEDIAN_S = 0.5
 TARGET_RATIO = 11.0
 TARGET_RSS_MB = 200.0
 
@@ -175,8 +185,10 @@ class Case:
     fmt: str
     changed: int  # services whose replicas must be replaced
     runs: int
-    target_s: float | None = None
+    target_s: float | None = None  # on the best run
     target_rss_mb: float | None = None
+    target_median_s: float | None = None
+    cold: bool = False  # every run starts with an empty compile cache
 
 
 # --- measuring ---------------------------------------------------------------------------
@@ -207,9 +219,11 @@ def run_child(argv: list[str]) -> Run:
         return Run(seconds, usage.ru_maxrss / 1024, proc.returncode, out, err.read())
 
 
-def measure(argv: list[str], runs: int) -> list[Run]:
+def measure(argv: list[str], runs: int, cold: bool = False) -> list[Run]:
     results = []
     for _ in range(runs):
+        if cold:
+            shutil.rmtree(Path(os.environ["ZLAYER_STATE_DIR"]) / "compile-cache", True)
         run = run_child(argv)
         if run.code != 0:
             sys.stderr.write(run.stderr.decode(errors="replace"))
@@ -285,9 +299,14 @@ def main() -> None:
         generate(args.generate)
         return
     small_runs, large_runs = (2, 1) if args.quick else (5, 3)
+    compile_bytecode()
 
     root = args.keep or Path(tempfile.mkdtemp(prefix="zlayer-plan-bench-"))
     root.mkdir(parents=True, exist_ok=True)
+    # The children's state directory, where the compile cache lives (plan writes no
+    # other file there); this process never reads it.
+    (root / "state").mkdir(exist_ok=True)
+    os.environ["ZLAYER_STATE_DIR"] = str(root / "state")
     try:
         started = time.perf_counter()
         made = run_child([sys.executable, __file__, "--generate", str(root)])
@@ -309,12 +328,16 @@ def main() -> None:
         )
 
         cases = [
+            Case("unchanged, cache cold", 1000, dirs[1000], snapshots["1000-same"], "json", 0,
+                 1, cold=True),
             Case("unchanged", 1000, dirs[1000], snapshots["1000-same"], "json", 0, small_runs,
-                 target_s=TARGET_1K_S),
+                 target_median_s=TARGET_1K_UNCHANGED_MEDIAN_S),
             Case("1% differ", 1000, dirs[1000], snapshots["1000-1pct"], "json", changed,
                  small_runs, target_s=TARGET_1K_S),
             Case("1% differ", 1000, dirs[1000], snapshots["1000-1pct"], "text", changed,
                  small_runs, target_s=TARGET_1K_S),
+            Case("unchanged, cache cold", 10000, dirs[10000], snapshots["10000-same"], "json", 0,
+                 1, cold=True),
             Case("unchanged", 10000, dirs[10000], snapshots["10000-same"], "json", 0, large_runs,
                  target_rss_mb=TARGET_RSS_MB),
         ]  # fmt: skip
@@ -341,15 +364,23 @@ def main() -> None:
                 f"{max(r.rss_mb for r in runs):7.1f}  {'(info)':<15}"
             )
         bests: dict[tuple[str, int, str], float] = {}
+        headline: list[tuple[Case, float]] = []
         misses = 0
         for case in cases:
-            runs = measure(plan_argv(case), case.runs)
+            runs = measure(plan_argv(case), case.runs, case.cold)
             checked = [check_plan(case, run) for run in runs]
             what = checked[0]
             best = min(r.seconds for r in runs)
+            median = statistics.median(r.seconds for r in runs)
             rss = max(r.rss_mb for r in runs)
             bests[(case.name, case.services, case.fmt)] = best
-            if case.target_s is not None:
+            if case.target_median_s is not None:
+                target, ok = (
+                    f"median <= {case.target_median_s:.1f} s",
+                    median <= case.target_median_s,
+                )
+                headline.append((case, median))
+            elif case.target_s is not None:
                 target, ok = f"<= {case.target_s:.1f} s", best <= case.target_s
             elif case.target_rss_mb is not None:
                 target, ok = f"RSS <= {case.target_rss_mb:.0f} MB", rss <= case.target_rss_mb
@@ -359,7 +390,7 @@ def main() -> None:
             label = f"plan {case.name}, {case.fmt}" + ("" if case.runs > 1 else " (1 run)")
             print(
                 f"{label:<36} {case.services:>8} {best:7.3f} "
-                f"{statistics.median(r.seconds for r in runs):8.3f} {rss:7.1f}  "
+                f"{median:8.3f} {rss:7.1f}  "
                 f"{target:<15} {verdict(ok):<6} {what}"
             )
 
@@ -380,6 +411,12 @@ def main() -> None:
                 f"{(large - startup) / (small - startup):6.2f}  (info)"
             )
         print(f"imports are {startup / small:.0%} of the 1,000-service unchanged plan")
+        for case, median in headline:
+            ratio_to = median / (case.target_median_s or 1)
+            print(
+                f"plan {case.name} x {case.services}, median {median:.3f} s against the "
+                f"target {case.target_median_s:.3f} s: {ratio_to:.2f}x of it"
+            )
         print(
             f"RSS is the child's peak (floor: this process's own peak, {own:.0f} MB); "
             f"wall includes spawn and reading stdout"

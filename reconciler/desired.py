@@ -21,7 +21,7 @@ import dataclasses
 import hashlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler.fingerprint import fingerprint, keyed_hash
 from reconciler.observed import ObservedState, Workload, WorkloadId
@@ -30,6 +30,7 @@ from reconciler.redact import (
     MARK_LABEL,
     MASK,
     Scrubber,
+    has_unhashed,
     hidden,
     is_placeholder,
     is_sensitive_text,
@@ -38,16 +39,19 @@ from reconciler.redact import (
     redact_config,
     reveal,
     secret_parts,
-    unhashed_paths,
 )
 from reconciler.redact import (
     Path as ConfigPath,
 )
-from reconciler.spec.blocks import AdaptiveScale, FixedScale
-from reconciler.spec.load import LoadedSpec, SourceFile
-from reconciler.spec.models import ServiceSpec
 from reconciler.spec.problems import Path, Problem, format_path
-from reconciler.spec.rules import ENV_REF_RE, SECRET_NAME_RE, SECRET_REF_RE, export_hint
+from reconciler.spec.refs import ENV_REF_RE, SECRET_NAME_RE, SECRET_REF_RE, export_hint
+
+if TYPE_CHECKING:
+    from reconciler.spec.load import LoadedSpec, SourceFile
+    from reconciler.spec.models import ServiceSpec
+
+# The spec models are imported where a spec is compiled (compile_service), so the
+# values defined here can be used (and rebuilt from the compile cache) without them.
 
 _NOT_CONFIG = frozenset(
     {
@@ -140,6 +144,8 @@ class DesiredService:
 
     marked: frozenset[str] = frozenset()
     """``env``/``labels`` keys the author marked sensitive (label ``zlayer.sensitive``)."""
+    _offline: bool | None = field(default=None, init=False, repr=False, compare=False)
+    """:attr:`offline_secrets`, once asked (the planner asks for every replica)."""
 
     @property
     def sensitive(self) -> frozenset[str]:
@@ -151,7 +157,9 @@ class DesiredService:
     def offline_secrets(self) -> bool:
         """Compiled offline: some sensitive value is known without its hash, so no
         runtime can be given it."""
-        return bool(unhashed_paths(self.config))
+        if self._offline is None:
+            object.__setattr__(self, "_offline", has_unhashed(self.config))
+        return bool(self._offline)
 
     def launch_config(self) -> dict[str, Any]:
         """The config with clear values, for the launch step only (never stored)."""
@@ -293,6 +301,8 @@ def compile_service(
 
 
 def _replica_count(service: ServiceSpec) -> int | None:
+    from reconciler.spec.blocks import AdaptiveScale, FixedScale
+
     if service.rtype != "service":
         return 0
     scale = service.scale
@@ -304,6 +314,8 @@ def _replica_count(service: ServiceSpec) -> int | None:
 
 
 def _warnings(service: ServiceSpec) -> tuple[str, ...]:
+    from reconciler.spec.blocks import AdaptiveScale
+
     out = []
     if service.replica_groups:
         out.append("replica_groups are not supported yet: every replica runs the service's config")

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from reconciler.spec.blocks import CommandCheck, HealthSpec, HttpCheck, TcpCheck
-from reconciler.spec.models import ServiceSpec
-from reconciler.spec.scalars import parse_duration
+if TYPE_CHECKING:
+    from reconciler.spec.blocks import HealthSpec
+    from reconciler.spec.models import ServiceSpec
+
+# The spec models are imported where a policy is built from a spec: the executor and
+# the probes use these values without loading them.
 
 DEFAULT_START_GRACE = 5.0
 DEFAULT_INTERVAL = 10.0
@@ -73,6 +76,8 @@ def _seconds(value: Any, default: float) -> float:
 
 
 def health_policy(spec: HealthSpec, endpoint_ports: tuple[int, ...]) -> HealthPolicy:
+    from reconciler.spec.blocks import CommandCheck, HttpCheck, TcpCheck
+
     common: dict[str, Any] = {
         "start_grace": _seconds(spec.start_grace, DEFAULT_START_GRACE),
         "interval": _seconds(spec.interval, DEFAULT_INTERVAL),
@@ -94,6 +99,8 @@ def health_policy(spec: HealthSpec, endpoint_ports: tuple[int, ...]) -> HealthPo
 def with_timeout(value: Any) -> float | None:
     """Seconds from a ``with.timeout`` value (a number of seconds or a duration like
     ``30s``), ``None`` when it is neither."""
+    from reconciler.spec.scalars import parse_duration
+
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):

@@ -32,6 +32,7 @@ from pathlib import Path
 from secrets import token_bytes
 from typing import Literal
 
+from reconciler.compile_cache import Entry
 from reconciler.desired import (
     CompileInputs,
     DesiredService,
@@ -91,6 +92,19 @@ class Compiled:
     """How many spec files were read."""
     invalid: bool = False
     """The problems are the files' own (syntax, fields, rules), found before compiling."""
+    cached: bool = False
+    """The desired state came from the compile cache (no YAML read, no model built)."""
+
+    @property
+    def load_problems(self) -> tuple[Problem, ...]:
+        """The files' own problems: the specs are not valid."""
+        return self.problems if self.invalid else ()
+
+    @property
+    def compile_problems(self) -> tuple[Problem, ...]:
+        """Problems found compiling valid files (an unset ``$E:`` variable, a missing
+        secret): the specs cannot be compiled."""
+        return () if self.invalid else self.problems
 
     def required(self, verb: str) -> DesiredState:
         """The desired state; raises :class:`InvalidSpecs` saying nothing was ``verb``."""
@@ -101,10 +115,24 @@ class Compiled:
 
 
 def compile_files(
-    collected: Collected, inputs: CompileInputs, revision: str | None = None
+    collected: Collected,
+    inputs: CompileInputs,
+    revision: str | None = None,
+    *,
+    cache: Path | None = None,
 ) -> Compiled:
     """Load, validate and compile spec files (``revision``: the source's, else one
-    derived from the files' content); every problem with its file:line:col."""
+    derived from the files' content); every problem with its file:line:col.
+
+    With ``cache`` (a state directory), an unchanged spec set compiled before under
+    the same inputs comes from :mod:`reconciler.compile_cache` instead, and a fresh
+    result without problems is stored there."""
+    revision = revision if revision is not None else content_revision(collected.files)
+    entry = Entry.locate(collected, inputs, cache)
+    if entry is not None:
+        hit = entry.read(inputs, revision)
+        if hit is not None:
+            return Compiled(hit, (), len(collected.files), cached=True)
     problems = list(collected.problems)
 
     def loaded() -> Iterator[LoadedSpec]:
@@ -113,17 +141,20 @@ def compile_files(
             if spec is not None:
                 yield spec
 
-    revision = revision if revision is not None else content_revision(collected.files)
     desired, found = compile_specs(loaded(), revision, inputs)
     files = len(collected.files)
     if problems:
         return Compiled(None, tuple(problems), files, invalid=True)
+    if entry is not None and desired is not None:
+        entry.write(desired)
     return Compiled(desired, tuple(found), files)
 
 
-def compile_paths(paths: Sequence[str], inputs: CompileInputs) -> Compiled:
+def compile_paths(
+    paths: Sequence[str], inputs: CompileInputs, *, cache: Path | None = None
+) -> Compiled:
     """:func:`compile_files` of the spec files under ``paths`` (default: specs/)."""
-    return compile_files(collect(paths or (DEFAULT_SPECS,)), inputs)
+    return compile_files(collect(paths or (DEFAULT_SPECS,)), inputs, cache=cache)
 
 
 # --- what the runtime can do ---------------------------------------------------------

@@ -78,11 +78,15 @@ def is_sensitive_name(name: str, marked: Iterable[str] = ()) -> bool:
 
 
 def has_userinfo(text: str) -> bool:
-    return URL_USERINFO_RE.search(text) is not None
+    # Userinfo ends in "@": most strings have none, and need no regular expression.
+    return "@" in text and URL_USERINFO_RE.search(text) is not None
 
 
 def has_embedded_secret(text: str, marked: Iterable[str] = ()) -> bool:
-    return any(is_sensitive_name(m["name"], marked) for m in EMBEDDED_RE.finditer(text))
+    # An assignment has its "=": a string without one holds none.
+    return "=" in text and any(
+        is_sensitive_name(m["name"], marked) for m in EMBEDDED_RE.finditer(text)
+    )
 
 
 def is_sensitive_text(text: str) -> bool:
@@ -113,7 +117,7 @@ def hidden(kind: str, value: str, key: bytes | None) -> dict[str, str]:
 
 
 def is_placeholder(value: Any) -> bool:
-    if not isinstance(value, dict) or not value:
+    if not isinstance(value, dict) or not value or len(value) > 2:
         return False
     keys = set(value)
     return keys in ({"secret"}, {"secret", "hmac"}, {"sensitive"}, {"sensitive", "hmac"}) and all(
@@ -258,6 +262,18 @@ def placeholders(config: Any, path: Path = ()) -> list[tuple[Path, dict[str, str
 def unhashed_paths(config: Any) -> list[Path]:
     """Where ``config`` holds placeholders without a hash (compiled offline)."""
     return [path for path, value in placeholders(config) if "hmac" not in value]
+
+
+def has_unhashed(config: Any) -> bool:
+    """``unhashed_paths(config)`` is not empty (without listing them: the planner asks
+    for every replica)."""
+    if isinstance(config, dict):
+        if is_placeholder(config):
+            return "hmac" not in config
+        return any(has_unhashed(v) for v in config.values())
+    if isinstance(config, list):
+        return any(has_unhashed(v) for v in config)
+    return False
 
 
 def adopt_recorded(desired: Any, recorded: Any) -> Any:

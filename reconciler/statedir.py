@@ -15,7 +15,7 @@ from pathlib import Path
 from reconciler.errors import SourceError
 from reconciler.settings import default_state_dir as settings_default_state_dir
 from reconciler.settings import load_settings
-from reconciler.spec.rules import SECRET_NAME_RE
+from reconciler.spec.refs import SECRET_NAME_RE
 from reconciler.spec.yamldoc import format_bytes
 
 KEY_FILE = "secret.key"

@@ -192,7 +192,7 @@ def _run(
         with ApplyLock(opts.state_dir, opts.lock_timeout) as lock:
             inputs = reconcile.compile_inputs(opts.state_dir, opts.secrets_dir, "apply")
             desired = (
-                compile_paths(spec_paths, inputs, "applied")
+                compile_paths(spec_paths, inputs, "applied", opts.state_dir)
                 if spec_paths is not None
                 else DesiredState("destroy", {})
             )

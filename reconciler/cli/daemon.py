@@ -270,7 +270,7 @@ def _run_directly(
     state = _state_dir(settings)
     settings = settings.model_copy(update={"state_dir": state})
     inputs = reconcile.compile_inputs(state, None, "apply")
-    desired = compile_paths(paths, inputs, "run")
+    desired = compile_paths(paths, inputs, "run", state)
     found = desired.services.get((deployment, service))
     if found is None:
         raise click.ClickException(visible(f"{deployment}/{service}: no such service in the specs"))

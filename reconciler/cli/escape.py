@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import re
 
-from rich.markup import escape as _rich_escape
-
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 # @mentions notify people, issue and pull-request references (#12, owner/repo#12,
 # GH-12) link elsewhere and leave a trace there; in code spans GitHub does neither.
@@ -69,6 +67,8 @@ def visible_line(text: str) -> str:
 def markup(text: str, *, line_start: bool = False) -> str:
     """:func:`visible` (:func:`visible_line` with ``line_start``), escaped for rich
     markup: ``[bold]`` prints as it is."""
+    from rich.markup import escape as _rich_escape  # not for `zlayer --version`
+
     return _rich_escape(visible_line(text) if line_start else visible(text))
 
 

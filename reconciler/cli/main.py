@@ -38,13 +38,41 @@ COMMANDS = {
     "history": "reconciler.cli.daemon",
     "events": "reconciler.cli.daemon",
 }
-"""Command → its module, imported only when the command runs (or for --help):
+"""Command → its module, imported only when the command runs (or for its --help):
 ``zlayer plan`` need not load the executor, nor ``validate`` the Docker client."""
+
+SUMMARIES = {
+    "validate": "Validate ZLayer specs (files, or directories searched for *.yaml / *.yml).",
+    "spec": "Work with spec files.",
+    "schema": "Print the JSON Schema of a ZLayer v1 spec file, for editors and linters.",
+    "plan": "Show what applying the specs would change, and why.",
+    "observe": "Write what a runtime reports as a snapshot (JSON, format zlayer-observed).",
+    "apply": "Make the host match the specs: plan, confirm, then act in dependency order.",
+    "destroy": "Stop and remove every workload of DEPLOYMENT, dependents first.",
+    "status": "Every workload zlayer manages: state, health, restarts, age and image.",
+    "logs": "Output of SERVICE's replicas (SERVICE or DEPLOYMENT/SERVICE), each line "
+    "prefixed with its replica when there are several.",
+    "daemon": "Keep this host converged on a spec directory or a git repository, unattended.",
+    "job": "Run jobs and see their runs (rtype: job and cron).",
+    "history": "The daemon's recent reconciles: when, why, which revision, what came of it (UTC).",
+    "events": "What the daemon saw and did to workloads: exits, restarts, health changes, "
+    "runs (UTC).",
+}
+"""Each command's short help (its docstring's first sentence), so that ``zlayer --help``
+lists the commands without importing one; a test keeps them equal to the docstrings."""
 
 
 class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """click's listing, written from :data:`SUMMARIES` (shortened by click's rule)."""
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        rows = [(n, click.Command(n, help=SUMMARIES[n]).get_short_help_str(limit)) for n in names]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         module = COMMANDS.get(cmd_name)

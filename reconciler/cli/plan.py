@@ -45,10 +45,13 @@ def _crash_loops(state_dir: Path) -> dict[str, str]:
         journal.close()
 
 
-def compile_paths(paths: tuple[str, ...], inputs: CompileInputs, verb: str) -> DesiredState:
-    """The desired state of the specs under ``paths``; exits 1 listing every problem."""
+def compile_paths(
+    paths: tuple[str, ...], inputs: CompileInputs, verb: str, state_dir: Path | None
+) -> DesiredState:
+    """The desired state of the specs under ``paths`` (through the compile cache in
+    ``state_dir``); exits 1 listing every problem."""
     try:
-        return reconcile.compile_paths(paths, inputs).required(verb)
+        return reconcile.compile_paths(paths, inputs, cache=state_dir).required(verb)
     except InvalidSpecs as exc:
         fail_invalid(exc)
         raise AssertionError("unreachable") from exc
@@ -183,7 +186,7 @@ def plan(
     # only rescan them (a third of the time for 10,000 services).
     try:
         with gc_paused():
-            desired = compile_paths(paths, inputs, "planned")
+            desired = compile_paths(paths, inputs, "planned", state_dir)
             if runtime is not None:
                 state, desired = reconcile.observe_checked(runtime, desired, settings)
                 observed = Observed(state, f"the {runtime} runtime")

@@ -83,7 +83,7 @@ class Daemon:
         self.cron = Cron(self.journal, clock)
         self.notifier = Notifier()
         self.inputs = pipeline.compile_inputs(state_dir, None, "apply")
-        self.revisions = Revisions(self.journal, source, self.inputs, clock)
+        self.revisions = Revisions(self.journal, source, self.inputs, clock, state_dir)
         self.views = Views(self)
         self.driver: Driver | None = None
         self.monitor: HealthMonitor | None = None

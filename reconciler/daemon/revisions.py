@@ -14,6 +14,7 @@ import base64
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from reconciler.daemon.journal import Journal
 from reconciler.desired import CompileInputs, DesiredState
@@ -43,12 +44,19 @@ class Revisions:
     """The daemon's choice of revision and its memory of the last good one."""
 
     def __init__(
-        self, journal: Journal, source: Source, inputs: CompileInputs, clock: Callable[[], float]
+        self,
+        journal: Journal,
+        source: Source,
+        inputs: CompileInputs,
+        clock: Callable[[], float],
+        cache: Path | None = None,
     ) -> None:
         self.journal = journal
         self.source = source
         self.inputs = inputs
         self.clock = clock
+        self.cache = cache
+        """The state directory whose compile cache spares unchanged revisions a compile."""
         self.applied: DesiredState | None = None
         """The last good revision, compiled."""
         self.applied_at: float | None = None
@@ -59,7 +67,7 @@ class Revisions:
         self._marked: set[str] = set()
 
     def _compile(self, files: Collected, revision: str) -> Compiled:
-        compiled = compile_files(files, self.inputs, revision)
+        compiled = compile_files(files, self.inputs, revision, cache=self.cache)
         if compiled.desired is not None and not compiled.invalid and not files.files:
             return Compiled(None, (Problem("(source)", None, "", "no spec files"),), 0, True)
         return compiled

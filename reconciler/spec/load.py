@@ -13,16 +13,17 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ValidationError
-
-from reconciler.spec import blocks, models
-from reconciler.spec.models import DeploymentSpec, ServiceSpec
 from reconciler.spec.problems import Mark, Path, Problem, ProblemSink, format_path
-from reconciler.spec.rules import check_services
-from reconciler.spec.scalars import source_text
 from reconciler.spec.yamldoc import Document, Plain, Tagged, format_bytes, parse_document
+
+if TYPE_CHECKING:
+    from reconciler.spec.models import DeploymentSpec
+
+# The spec models (pydantic) and the rules are imported by the functions that load a
+# spec: importing this module costs nothing, so a command that finds its compiled
+# specs in the cache (reconciler.compile_cache) never builds the models.
 
 MAX_FILE_BYTES = 1024 * 1024
 """Largest spec file accepted (1 MiB); real specs are a few KiB."""
@@ -121,6 +122,11 @@ def load_text(
     Valid specs are the common case, so the first pass skips recording where every
     value sits; only when something is wrong does a second pass locate it.
     """
+    from pydantic import ValidationError
+
+    from reconciler.spec.models import DeploymentSpec
+    from reconciler.spec.rules import check_services
+
     with gc_paused():
         quick = ProblemSink(name)
         doc = parse_document(text, quick, positions=False)
@@ -152,6 +158,11 @@ def _load_located(
     text: str, name: str, env: Mapping[str, str] | None
 ) -> tuple[LoadedSpec | None, list[Problem]]:
     """The slow path: parse with every position and report every problem."""
+    from pydantic import ValidationError
+
+    from reconciler.spec.models import DeploymentSpec
+    from reconciler.spec.rules import check_services
+
     sink = ProblemSink(name)
     doc = parse_document(text, sink)
     if doc is None:
@@ -176,6 +187,12 @@ def _load_located(
 def _check_valid_services(doc: Document, sink: ProblemSink, env: Mapping[str, str] | None) -> None:
     """After a failed validation, still run the cross-field rules on every service that
     validated on its own, so one run reports every problem of the file."""
+    from pydantic import ValidationError
+
+    from reconciler.spec.models import ServiceSpec
+    from reconciler.spec.rules import check_services
+    from reconciler.spec.scalars import source_text
+
     services = doc.data.get("services")
     if not isinstance(services, dict):
         return
@@ -367,6 +384,10 @@ def describe(value: Any) -> str:
 
 @cache
 def _known_keys() -> tuple[str, ...]:
+    from pydantic import BaseModel
+
+    from reconciler.spec import blocks, models
+
     keys: set[str] = set()
     for module in (blocks, models):
         for obj in vars(module).values():

@@ -12,7 +12,6 @@ variables the environment does not set.
 from __future__ import annotations
 
 import re
-import shlex
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -27,22 +26,18 @@ from reconciler.spec.blocks import (
 )
 from reconciler.spec.models import WASM_SERVICE_TYPES, ServiceSpec
 from reconciler.spec.problems import Path
+from reconciler.spec.refs import ENV_REF_RE, SECRET_REF_RE
+from reconciler.spec.refs import SECRET_NAME_RE as SECRET_NAME_RE  # re-exported
+from reconciler.spec.refs import export_hint as export_hint  # re-exported
 
 Finding = tuple[Path, str, str | None]
 """(path in the document, message, hint)"""
 
 CONTAINER_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
-ENV_REF_RE = re.compile(r"\$E:(?P<name>.*)", re.DOTALL)
-SECRET_REF_RE = re.compile(r"\$(?:S:|secret://)(?P<name>.*)", re.DOTALL)
-"""``$S:NAME`` and ``$secret://NAME``: the value of the secret NAME."""
-SECRET_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
-"""A secret is the file NAME in the secrets directory: one path component, no
-``..``, no hidden file, at most 255 bytes (a file name's limit)."""
 ENV_KEY_RE = re.compile(r"[^=\s\x00-\x1f\x7f-\x9f]+")
 """What a process can receive as an env key: not empty, no ``=`` (the separator in
 ``KEY=VALUE``), no whitespace, no NUL or other control characters. ZLayer itself
 checks nothing; ``1`` or ``a.b`` are accepted, as execve and Docker accept them."""
-SHELL_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 MAX_REPLICAS = 1000
 """Most replicas of one service (``fixed.replicas``, ``adaptive.min`` and ``max``).
@@ -56,16 +51,6 @@ MAX_SERVICE_NAME = HOST_NAME_MAX - len(f"-{MAX_REPLICAS}")
 ``<service>-<replica>``, which must fit :data:`HOST_NAME_MAX` at replica
 :data:`MAX_REPLICAS`. Its other names (network namespace
 ``zlayer-<deployment>-<service>-<replica>``, cgroup, state directory) fit then too."""
-
-
-def export_hint(name: str, when: str) -> str:
-    """How to set the environment variable ``name``, as shell that is valid and safe to
-    paste whatever the name holds: ``export NAME=value`` ``when`` for a name ``export``
-    can set, else ``env 'NA-ME=value'`` in front of the command (quoted)."""
-    if SHELL_NAME_RE.fullmatch(name):
-        return f"export {name}=value {when}"
-    setting = shlex.quote(f"{name}=value")
-    return f"export cannot set this name; run zlayer as: env {setting} zlayer …"
 
 
 # Capabilities each wasm service type may enable (ZLayer's per-type defaults).

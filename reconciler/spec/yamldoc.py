@@ -23,14 +23,15 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
-
-from ruamel.yaml import events as ev
-from ruamel.yaml.cyaml import CParser  # type: ignore[attr-defined]
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
-from ruamel.yaml.reader import ReaderError
+from typing import TYPE_CHECKING, Any
 
 from reconciler.spec.problems import Mark, Path, ProblemSink, format_path
+
+if TYPE_CHECKING:
+    from ruamel.yaml.error import MarkedYAMLError
+
+# ruamel.yaml is imported by parse_document, when a file is parsed: a command that
+# finds its compiled specs in the cache (reconciler.compile_cache) never loads it.
 
 MAX_DEPTH = 64
 """Deepest nesting accepted; real specs stay below 12 (serde_yaml stops at 128)."""
@@ -169,9 +170,10 @@ class _Frame:
 class _Builder:
     """Builds values from parser events; see the module docstring for why."""
 
-    def __init__(self, sink: ProblemSink, positions: bool) -> None:
+    def __init__(self, sink: ProblemSink, positions: bool, mapping_start: type) -> None:
         self.sink = sink
         self.positions = positions
+        self.mapping_start = mapping_start
         self.doc = Document(None)
         self.stack: list[_Frame] = []
         self.anchors: dict[str, tuple[Any, int, int]] = {}
@@ -267,7 +269,7 @@ class _Builder:
         tag = event.tag
         if tag is not None and (tag == "!" or tag.startswith(CORE_TAG)):
             tag = None
-        container: Any = {} if type(event) is ev.MappingStartEvent else []
+        container: Any = {} if type(event) is self.mapping_start else []
         stack.append(
             _Frame(container, path, raw_mark, event.anchor, tag, self.expanded - 1, self.bytes)
         )
@@ -334,7 +336,12 @@ def parse_document(text: str, sink: ProblemSink, *, positions: bool = True) -> D
     which is faster; callers parse again with positions when they need to
     report a problem (see :func:`reconciler.spec.load.load_text`).
     """
-    builder = _Builder(sink, positions)
+    from ruamel.yaml import events as ev
+    from ruamel.yaml.cyaml import CParser  # type: ignore[attr-defined]
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+    from ruamel.yaml.reader import ReaderError
+
+    builder = _Builder(sink, positions, ev.MappingStartEvent)
     handlers = {
         ev.ScalarEvent: builder.scalar,
         ev.MappingStartEvent: builder.start,
