@@ -1,8 +1,11 @@
 """The state directory and what commands read from it: the secrets and their hash key.
 
-Planning only reads. The key for keyed secret hashes is created by the first
-command that records secrets on a host (``apply``); until then there is nothing
-recorded to compare with, so ``plan`` uses a throwaway key and writes nothing.
+Planning changes nothing on the host. The key for keyed secret hashes is created by
+the first command that records secrets on a host (``apply``); until then there is
+nothing recorded to compare with, so ``plan`` uses a throwaway key and writes
+nothing. Once a state directory exists, ``plan`` may add an entry to its compile
+cache (:mod:`reconciler.compile_cache`), which only saves the next compile; it never
+creates the directory.
 """
 
 from __future__ import annotations
