@@ -388,3 +388,42 @@ def test_the_example_pull_request_workflow_runs_real_commands(tmp_path: Path) ->
     markdown = (tmp_path / "plan.md").read_text()
     assert "| + | create | `shop/web/3` | replicas 2 → 3 |" in markdown
     assert json.loads((tmp_path / "plan.json").read_text())["summary"]["create"] == 1
+
+
+CACHE_PROBE = """
+import json, sys
+from reconciler.cli.main import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+loaded = sorted(m for m in sys.modules if m == "ruamel.yaml" or m == "reconciler.spec.models")
+print("LOADED " + json.dumps(loaded), file=sys.stderr)
+"""
+
+
+def test_a_second_plan_comes_from_the_compile_cache(tmp_path: Path) -> None:
+    """The pipeline compiles through the cache in an existing state directory: the
+    second plan of unchanged specs reads no YAML and builds no spec model, and says
+    exactly what the first said."""
+    state = tmp_path / "state"
+    state.mkdir()
+    args = [
+        "plan", "specs", "--observed", "contrib/snapshots/demo-host.json",
+        "--state-dir", str(state), "--format", "json",
+    ]  # fmt: skip
+
+    def run() -> tuple[str, list[str]]:
+        done = subprocess.run(
+            [sys.executable, "-c", CACHE_PROBE, *args],
+            cwd=REPO, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        line = [x for x in done.stderr.splitlines() if x.startswith("LOADED ")][-1]
+        return done.stdout, json.loads(line.removeprefix("LOADED "))
+
+    first, first_loaded = run()
+    assert first_loaded == ["reconciler.spec.models", "ruamel.yaml"]
+    assert list((state / "compile-cache").iterdir()), "no cache entry was written"
+    second, second_loaded = run()
+    assert second_loaded == []
+    assert json.loads(second) == json.loads(first) and json.loads(first)["actions"]
