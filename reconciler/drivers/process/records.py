@@ -218,15 +218,7 @@ class Started(NamedTuple):
     started_at: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "launch": self.launch,
-            "boot_id": self.boot_id,
-            "monitor_pid": self.monitor_pid,
-            "monitor_start": self.monitor_start,
-            "pid": self.pid,
-            "start": self.start,
-            "started_at": self.started_at,
-        }
+        return self._asdict()  # every field, in the file's order
 
     @classmethod
     def from_json(cls, data: Any) -> "Started":
@@ -260,13 +252,7 @@ class Exited(NamedTuple):
     finished_at: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "launch": self.launch,
-            "exit_code": self.exit_code,
-            "signal": self.signal,
-            "error": self.error,
-            "finished_at": self.finished_at,
-        }
+        return self._asdict()  # every field, in the file's order
 
     @classmethod
     def from_json(cls, data: Any) -> "Exited":
@@ -301,12 +287,7 @@ class Subnet(NamedTuple):
     bridge: str
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "deployment": self.deployment,
-            "subnet": self.subnet,
-            "address": self.address,
-            "bridge": self.bridge,
-        }
+        return self._asdict()  # every field, in the file's order
 
     @classmethod
     def from_json(cls, data: Any) -> "Subnet":
