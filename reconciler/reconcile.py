@@ -52,7 +52,7 @@ from reconciler.probes import init_step_problem
 from reconciler.runtimes import open_runtime
 from reconciler.settings import Settings
 from reconciler.sources.files import DEFAULT_SPECS, Collected, collect
-from reconciler.spec.load import LoadedSpec, iter_sources, load_sources
+from reconciler.spec.load import LoadedSpec, iter_sources
 from reconciler.spec.problems import Problem, format_path
 from reconciler.statedir import SecretsDir, ensure_secret_key, read_secret_key
 
@@ -279,14 +279,10 @@ def observe_ref(
     from reconciler.sources.git import files_at_ref  # gitpython is slow to import
 
     collected, commit = files_at_ref(paths or (DEFAULT_SPECS,), ref)
-    loaded = load_sources(collected.files)
-    problems = [*collected.problems, *loaded.problems]
-    if problems:
-        return None, commit, problems
-    desired, problems = compile_specs(loaded.specs, commit, inputs)
-    if desired is None:
-        return None, commit, problems
-    return as_running(desired, runtime=f"git:{ref}"), commit, []
+    compiled = compile_files(collected, inputs, commit)
+    if compiled.desired is None or compiled.invalid:
+        return None, commit, list(compiled.problems)
+    return as_running(compiled.desired, runtime=f"git:{ref}"), commit, []
 
 
 # --- planning ------------------------------------------------------------------------
