@@ -24,11 +24,13 @@ found (``reconciler.spec.problems``) so one run can report them all; a command t
 cannot go on without valid specs raises :class:`InvalidSpecs` carrying them.
 
 Library errors are translated into this tree where they enter the project and
-chained with ``from`` so the original stays visible in tracebacks. Three private
-exceptions never leave their module and are not part of the tree: the YAML reader's
+chained with ``from`` so the original stays visible in tracebacks. Five internal
+exceptions never leave their layer and are not part of the tree: the YAML reader's
 ``YamlFatal`` (a document that cannot be read at all, turned into a ``Problem``), the
-executor's ``Failed`` (an action's failure, turned into its outcome) and the process
-monitor's ``_Failed`` (a launch that failed, recorded for the driver to report).
+executor's ``Failed`` and ``RolledBack`` (an action's failure, turned into its
+outcome), the compile cache's ``Foreign`` (an entry it must not use, so it compiles
+afresh) and the process monitor's ``_Failed`` (a launch that failed, recorded for
+the driver to report).
 """
 
 from __future__ import annotations
