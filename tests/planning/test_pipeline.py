@@ -82,7 +82,15 @@ def test_checked_refuses_what_the_runtime_cannot_do() -> None:
     with pytest.raises(UnsupportedSpecs, match="cannot do; nothing was applied") as caught:
         reconcile.checked(Limited(), desired, "applied")
     assert "no such thing" in str(caught.value)
-    assert reconcile.checked(FakeDriver(), desired, "applied") is not desired
+
+    class Warns(FakeDriver):
+        def limits(self, service: DesiredService) -> Limits:
+            return Limits(warnings=(f"{service.deployment}/{service.name}: not honoured",))
+
+    result = reconcile.checked(Warns(), desired, "applied")
+    assert result.services.keys() == desired.services.keys()
+    for key, service in result.services.items():
+        assert service.warnings == (*desired.services[key].warnings, "not honoured")
 
 
 async def test_a_pass_executes_only_under_the_lock(tmp_path: Path) -> None:
