@@ -41,6 +41,7 @@ timings are only reported (PASS/MISS).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -170,10 +171,10 @@ def with_old_images(observed: ObservedState) -> tuple[ObservedState, int]:
         config = dict(recorded)
         config["image"] = config["image"].rsplit(":", 1)[0] + ":" + OLD_TAG
         configs[fingerprint(config)] = config
-        workloads.append(w.model_copy(update={"fingerprint": fingerprint(config)}))
+        workloads.append(dataclasses.replace(w, fingerprint=fingerprint(config)))
         changed.add((w.deployment, w.service))
     update = {"workloads": tuple(workloads), "configs": configs}
-    return observed.model_copy(update=update), len(changed)
+    return dataclasses.replace(observed, **update), len(changed)
 
 
 @dataclass(frozen=True)

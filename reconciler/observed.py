@@ -5,22 +5,19 @@ This is also the *snapshot* format that ``zlayer observe --out`` writes and
 it cannot reach. The format is versioned (``format_version``) and documented in
 docs/plan.md ("Snapshot format", schema docs/schemas/observed-v1.schema.json);
 readers refuse versions they do not know.
+
+The types are stdlib dataclasses checked in ``__post_init__``, not pydantic models:
+every command that observes builds them, and a converged apply would otherwise
+spend more on building pydantic's validators than on all its other work. Snapshots
+are read and written with pydantic all the same (:mod:`.observed_json`).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, NamedTuple
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple, get_args
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
-
-from reconciler.errors import SnapshotError
 from reconciler.fingerprint import fingerprint
 from reconciler.redact import redact_config
 
@@ -29,6 +26,11 @@ SNAPSHOT_VERSION: Literal[1] = 1
 
 Status = Literal["created", "running", "paused", "restarting", "exited", "dead", "registered"]
 Health = Literal["none", "starting", "healthy", "unhealthy"]
+_STATUSES = frozenset(get_args(Status))
+_HEALTHS = frozenset(get_args(Health))
+_FORBID = {"extra": "forbid"}
+"""pydantic's config for these dataclasses when a snapshot is read (no unknown keys);
+a plain dict, so that this module does not import pydantic (:mod:`.observed_json`)."""
 
 
 NETWORK = "(network)"
@@ -72,10 +74,16 @@ class RunId(NamedTuple):
 RunStatus = Literal["running", "exited"]
 
 
-class RunState(BaseModel):
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunState:
     """A run-to-completion instance of a job or cron service, as the runtime reports it."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    __pydantic_config__ = _FORBID
 
     deployment: str
     service: str
@@ -86,25 +94,29 @@ class RunState(BaseModel):
     started_at: str | None = None
     finished_at: str | None = None
 
+    def __post_init__(self) -> None:
+        _check(self.status in ("running", "exited"), f"run status {self.status!r} is not known")
+
     @property
     def id(self) -> RunId:
         return RunId(self.deployment, self.service, self.run)
 
 
-class Workload(BaseModel):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Workload:
     """One managed replica (``replica`` ≥ 1) or registered job/cron definition."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    __pydantic_config__ = _FORBID
 
     deployment: str
     service: str
-    replica: Annotated[int, Field(ge=1)] | None = None
+    replica: int | None = None
     fingerprint: str
     revision: str | None = None
     status: Status
     exit_code: int | None = None
     started_at: str | None = None
-    restart_count: Annotated[int, Field(ge=0)] = 0
+    restart_count: int = 0
     health: Health = "none"
     depends: tuple[str, ...] = ()
     runtime_id: str | None = None
@@ -112,22 +124,25 @@ class Workload(BaseModel):
     """Drift the runtime noticed in a replica that still runs (its network namespace
     deleted behind zlayer's back, …): the plan restarts it, giving this as the reason."""
 
-    @model_validator(mode="after")
-    def _status_fits_kind(self) -> Workload:
+    def __post_init__(self) -> None:
+        _check(self.replica is None or self.replica >= 1, "replica must be at least 1")
+        _check(self.restart_count >= 0, "restart_count must be at least 0")
+        _check(self.status in _STATUSES, f"status {self.status!r} is not known")
+        _check(self.health in _HEALTHS, f"health {self.health!r} is not known")
         if (self.replica is None) != (self.status == "registered"):
             kind = "a definition (no replica)" if self.replica is None else "a replica"
             raise ValueError(f"status {self.status!r} does not fit {kind}")
-        return self
 
     @property
     def id(self) -> WorkloadId:
         return WorkloadId(self.deployment, self.service, self.replica)
 
 
-class Network(BaseModel):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Network:
     """A deployment's network, as a runtime that manages networks reports it."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    __pydantic_config__ = _FORBID
 
     deployment: str
     name: str
@@ -138,8 +153,11 @@ class Network(BaseModel):
     the plan creates it again, giving this as the reason."""
 
 
-class ObservedState(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+@dataclass(frozen=True, kw_only=True)
+class ObservedState:
+    """What a runtime reports, as a whole (and the snapshot's top level)."""
+
+    __pydantic_config__ = _FORBID
 
     format: Literal["zlayer-observed"] = SNAPSHOT_FORMAT
     format_version: Literal[1] = SNAPSHOT_VERSION
@@ -150,7 +168,7 @@ class ObservedState(BaseModel):
     the plan creates and removes (the process runtime as root). Otherwise networks
     are the driver's business and never appear in a plan."""
     networks: tuple[Network, ...] = ()
-    configs: dict[str, dict[str, Any]] = {}
+    configs: dict[str, dict[str, Any]] = field(default_factory=dict)
     """The canonical config behind each fingerprint, recorded once however many
     replicas share it (sensitive values as placeholders). A fingerprint without an
     entry can still be compared, but a replace can then only say that it changed.
@@ -159,13 +177,13 @@ class ObservedState(BaseModel):
     written by an older version, or a hand-made snapshot, may still hold a
     sensitive value in plain text, and no snapshot, API answer or plan shows it."""
 
-    @field_validator("configs", mode="after")
-    @classmethod
-    def _redacted(cls, configs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        return {digest: redact_config(c, None).config for digest, c in configs.items()}
-
-    @model_validator(mode="after")
-    def _unique(self) -> ObservedState:
+    def __post_init__(self) -> None:
+        _check(self.format == SNAPSHOT_FORMAT, f"format {self.format!r} is not {SNAPSHOT_FORMAT}")
+        _check(self.format_version == SNAPSHOT_VERSION, "format_version is not 1")
+        redacted = {d: redact_config(c, None).config for d, c in self.configs.items()}
+        object.__setattr__(self, "configs", redacted)
+        object.__setattr__(self, "workloads", tuple(self.workloads))
+        object.__setattr__(self, "networks", tuple(self.networks))
         seen: set[WorkloadId] = set()
         for workload in self.workloads:
             if workload.id in seen:
@@ -174,7 +192,6 @@ class ObservedState(BaseModel):
         deployments = [n.deployment for n in self.networks]
         if len(set(deployments)) != len(deployments):
             raise ValueError("a deployment's network is listed twice")
-        return self
 
     def fingerprint(self) -> str:
         """A hash of what the planner reads: identities, fingerprints, statuses and exit
@@ -194,21 +211,16 @@ class ObservedState(BaseModel):
         ordered = sorted(self.workloads, key=lambda w: (w.deployment, w.service, w.replica or 0))
         networks = sorted(self.networks, key=lambda n: n.deployment)
         configs = dict(sorted(self.configs.items()))
-        update = {"workloads": tuple(ordered), "networks": tuple(networks), "configs": configs}
-        copy = self.model_copy(update=update)
-        return copy.model_dump_json(indent=1)
+        copy = dataclasses.replace(
+            self, workloads=tuple(ordered), networks=tuple(networks), configs=configs
+        )
+        from reconciler.observed_json import dump  # pydantic, only when a snapshot is written
+
+        return dump(copy)
 
 
 def load_snapshot(text: str | bytes, name: str = "snapshot") -> ObservedState:
     """Parse a snapshot, or raise :class:`SnapshotError` saying exactly what is wrong."""
-    try:
-        return ObservedState.model_validate_json(text)
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[:5]
-        details = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in first
-        )
-        more = exc.error_count() - len(first)
-        if more > 0:
-            details += f"; and {more} more"
-        raise SnapshotError(f"{name}: not a valid zlayer-observed snapshot: {details}") from exc
+    from reconciler.observed_json import load  # pydantic, only when a snapshot is read
+
+    return load(text, name)

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from reconciler.spec.durations import parse_duration
+
 if TYPE_CHECKING:
     from reconciler.spec.blocks import HealthSpec
     from reconciler.spec.models import ServiceSpec
@@ -99,8 +101,6 @@ def health_policy(spec: HealthSpec, endpoint_ports: tuple[int, ...]) -> HealthPo
 def with_timeout(value: Any) -> float | None:
     """Seconds from a ``with.timeout`` value (a number of seconds or a duration like
     ``30s``), ``None`` when it is neither."""
-    from reconciler.spec.scalars import parse_duration
-
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):

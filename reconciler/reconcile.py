@@ -336,12 +336,12 @@ def destroy_plan(observed: ObservedState, deployment: str) -> Plan:
 
 def _with_problems(observed: ObservedState, unhealthy: Mapping[WorkloadId, str]) -> ObservedState:
     workloads = tuple(
-        w.model_copy(update={"problem": unhealthy[w.id]})
+        dataclasses.replace(w, problem=unhealthy[w.id])
         if w.id in unhealthy and w.status == "running"
         else w
         for w in observed.workloads
     )
-    return observed.model_copy(update={"workloads": workloads})
+    return dataclasses.replace(observed, workloads=workloads)
 
 
 # --- one pass: observe, plan, review, execute ----------------------------------------

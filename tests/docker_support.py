@@ -29,7 +29,6 @@ import http.client
 import json
 import os
 import secrets
-import socket
 import textwrap
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -40,6 +39,7 @@ import pytest
 from reconciler.desired import CompileInputs, DesiredService, DesiredState, compile_specs
 from reconciler.drivers.docker import DockerDriver
 from reconciler.spec.load import load_text
+from reconciler.unixhttp import UnixHTTPConnection
 from tests.support import require_marker, unavailable
 
 __all__ = [
@@ -62,21 +62,9 @@ PRIVATE_ENGINE_MARK = "zlayer-dockerd."
 # --- a minimal synchronous Engine API client ---------------------------------------------------
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._path)
-        self.sock = sock
-
-
 def _connection(url: str, timeout: float) -> http.client.HTTPConnection:
     if url.startswith("unix://"):
-        return _UnixConnection(url.removeprefix("unix://"), timeout)
+        return UnixHTTPConnection(url.removeprefix("unix://"), timeout)
     if url.startswith(("tcp://", "http://")):
         parsed = urllib.parse.urlsplit(url)
         return http.client.HTTPConnection(

@@ -19,14 +19,29 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import os
+import subprocess
+import sys
+import textwrap
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
 from typing import NoReturn, TypeVar
 
 import pytest
 
-__all__ = ["needs_root", "unavailable", "wait_for", "wait_for_async"]
+__all__ = [
+    "heavy_in",
+    "modules_loaded_by",
+    "needs_root",
+    "unavailable",
+    "wait_for",
+    "wait_for_async",
+]
+
+HEAVY = ("pydantic", "deepdiff", "aiodocker", "aiohttp", "git", "rich", "ruamel", "croniter")
+"""The libraries whose import a command pays for noticeably."""
 
 T = TypeVar("T")
 
@@ -113,3 +128,41 @@ def needs_root(what: str) -> None:
     require_marker("root", "needs_root()")
     if os.geteuid() != 0:
         unavailable(f"NOT ROOT: {what} needs root")
+
+
+def modules_loaded_by(
+    argv: Sequence[str], env: Mapping[str, str] | None = None, timeout: float = 120
+) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """``zlayer ARGV`` run in a fresh interpreter: (the run, every module it loaded).
+    The run's exit status is the command's; the listing is taken from its stderr."""
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        from reconciler.cli.main import main
+        code = 0
+        try:
+            main({list(argv)!r})
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        sys.stderr.write("\\nMODULES " + json.dumps(sorted(sys.modules)) + "\\n")
+        sys.exit(code)
+        """
+    )
+    root = Path(__file__).resolve().parent.parent
+    run = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=root,
+        env=None if env is None else dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    marker = run.stderr.rindex("\nMODULES ")
+    modules: list[str] = json.loads(run.stderr[marker + len("\nMODULES ") :])
+    run.stderr = run.stderr[:marker]
+    return run, modules
+
+
+def heavy_in(modules: Sequence[str]) -> list[str]:
+    """The modules of :data:`HEAVY` libraries among ``modules``."""
+    return [m for m in modules if m.split(".")[0] in HEAVY]

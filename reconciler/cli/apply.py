@@ -10,6 +10,7 @@ only if the specs and the runtime are exactly as they were when it was made.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sys
 from collections.abc import Callable
@@ -94,7 +95,7 @@ def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
 def _options(**kw: Any) -> Options:
     settings = settings_for(kw["state_dir"])
     state_dir = settings.state_dir or default_state_dir()
-    settings = settings.model_copy(update={"state_dir": state_dir})
+    settings = dataclasses.replace(settings, state_dir=state_dir)
     return Options(
         runtime=pick_runtime(kw["runtime"], settings),
         settings=settings,

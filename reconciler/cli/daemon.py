@@ -13,6 +13,7 @@ job run is the job's own and is passed through as it is.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -122,7 +123,7 @@ def daemon(ctx: click.Context, /, config: Path | None, once: bool, runtime: str 
         os.environ["ZLAYER_CONFIG"] = str(config)
     settings = settings_for(state_dir)
     daemon_settings = _merged(settings.daemon, options)
-    settings = settings.model_copy(update={"daemon": daemon_settings})
+    settings = dataclasses.replace(settings, daemon=daemon_settings)
     state = _state_dir(settings)
     try:
         source = _source(daemon_settings, state)
@@ -158,7 +159,7 @@ def _merged(base: DaemonSettings, options: dict[str, Any]) -> DaemonSettings:
         changes["socket"] = options["socket_path"]
     if options["dirs"] and options["repo"]:
         raise click.UsageError("--dir and --repo: follow one source, not both")
-    return base.model_copy(update=changes)
+    return dataclasses.replace(base, **changes)
 
 
 def _source(settings: DaemonSettings, state: Path) -> Source:
@@ -268,7 +269,7 @@ def _run_directly(
     from reconciler.runtimes import open_runtime
 
     state = _state_dir(settings)
-    settings = settings.model_copy(update={"state_dir": state})
+    settings = dataclasses.replace(settings, state_dir=state)
     inputs = reconcile.compile_inputs(state, None, "apply")
     desired = compile_paths(paths, inputs, "run", state)
     found = desired.services.get((deployment, service))
@@ -362,7 +363,7 @@ def job_logs(run: str, runtime: str | None, state_dir: Path | None) -> int:
     state = _state_dir(settings)
 
     async def follow() -> None:
-        async with open_runtime(name, settings.model_copy(update={"state_dir": state})) as driver:
+        async with open_runtime(name, dataclasses.replace(settings, state_dir=state)) as driver:
             async for line in driver.job_logs(RunId(record.deployment, record.service, run)):
                 click.echo(line)
 

@@ -3,6 +3,7 @@ config file, ``auto``) and telling the user which one it is."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
@@ -35,7 +36,7 @@ def settings_for(state_dir: Path | None = None) -> Settings:
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
     if state_dir is not None:
-        settings = settings.model_copy(update={"state_dir": state_dir})
+        settings = dataclasses.replace(settings, state_dir=state_dir)
     return settings
 
 

@@ -3,36 +3,19 @@ commands that go through the daemon when one runs (``job run``, ``daemon retry``
 
 from __future__ import annotations
 
-import http.client
 import json
-import socket
 from pathlib import Path
 from typing import Any
 
 from reconciler.errors import NoDaemon
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(str(self.path))
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
+from reconciler.unixhttp import UnixHTTPConnection
 
 
 def call(
     socket_path: Path, method: str, path: str, timeout: float = 30.0
 ) -> tuple[int, dict[str, Any]]:
     """``(status, JSON body)`` of one request; :class:`NoDaemon` when nothing answers."""
-    connection = _UnixConnection(socket_path, timeout)
+    connection = UnixHTTPConnection(socket_path, timeout)
     try:
         connection.request(
             method, path, headers={"Content-Length": "0"} if method == "POST" else {}

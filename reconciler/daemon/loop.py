@@ -204,13 +204,12 @@ class Daemon:
             self.journal.event("daemon", "reload-failed", str(exc), self.clock())
             return
         self.notifier.reloading()
-        reloaded = {
-            "resync": fresh.daemon.resync,
-            "journal_retention": fresh.daemon.journal_retention,
-        }
-        daemon = self.settings.daemon.model_copy(update=reloaded)
-        changes = {"backoff": fresh.backoff, "daemon": daemon}
-        self.settings = self.settings.model_copy(update=changes)
+        daemon = dataclasses.replace(
+            self.settings.daemon,
+            resync=fresh.daemon.resync,
+            journal_retention=fresh.daemon.journal_retention,
+        )
+        self.settings = dataclasses.replace(self.settings, backoff=fresh.backoff, daemon=daemon)
         self.supervisor.policy = fresh.backoff
         self.journal.retention = fresh.daemon.journal_retention * 86400
         self.journal.event("daemon", "reloaded", f"settings from {fresh.source}", self.clock())

@@ -4,11 +4,11 @@ apply now, job runs — read from the daemon's state and journal, never changing
 
 from __future__ import annotations
 
-import json
 import os
 from typing import TYPE_CHECKING, Any
 
 from reconciler.daemon.metrics import Metrics
+from reconciler.observed_json import document
 from reconciler.plan.serialize import plan_to_dict
 from reconciler.reconcile import plan_for
 
@@ -73,7 +73,7 @@ class Views:
     async def observed(self) -> dict[str, Any]:
         assert self.daemon.driver is not None
         state = await self.daemon.driver.observe()
-        return json.loads(state.model_dump_json())  # type: ignore[no-any-return]
+        return document(state)
 
     async def plan(self) -> dict[str, Any]:
         """The plan the daemon would apply now (crash loops noted), applying nothing."""

@@ -15,6 +15,7 @@ substitutes for testing a real driver against its real backend.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncGenerator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -24,7 +25,15 @@ from typing import Any, Self
 from reconciler.desired import DesiredService
 from reconciler.drivers.base import Limits
 from reconciler.errors import Conflict, DriverError, NotFound
-from reconciler.observed import Network, ObservedState, RunId, RunState, Workload, WorkloadId
+from reconciler.observed import (
+    Network,
+    ObservedState,
+    RunId,
+    RunState,
+    Status,
+    Workload,
+    WorkloadId,
+)
 
 _EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
@@ -159,8 +168,8 @@ class FakeDriver:
             if state.status != "running":
                 continue
             code, lines = self.job_script.get((rid.deployment, rid.service), (0, []))
-            self.runs[rid] = state.model_copy(
-                update={"status": "exited", "exit_code": code, "finished_at": "now"}
+            self.runs[rid] = dataclasses.replace(
+                state, status="exited", exit_code=code, finished_at="now"
             )
             self.run_output[rid] = list(lines)
             self._exits.put_nowait(rid)
@@ -217,7 +226,7 @@ class FakeDriver:
         self.output[target] = []
         new = self._workload(service, replica, revision, "running")
         restarts = old.restart_count if old is not None else 0
-        self.workloads[target] = new.model_copy(update={"restart_count": restarts})
+        self.workloads[target] = dataclasses.replace(new, restart_count=restarts)
         self._prints(target)
 
     async def start(self, target: WorkloadId) -> None:
@@ -279,25 +288,23 @@ class FakeDriver:
         except KeyError:
             raise NotFound(f"{target}: no such workload") from None
 
-    def _update(self, target: WorkloadId, **changes: object) -> None:
-        self.workloads[target] = self._get(target).model_copy(update=changes)
+    def _update(self, target: WorkloadId, **changes: Any) -> None:
+        self.workloads[target] = dataclasses.replace(self._get(target), **changes)
 
     def _workload(
-        self, service: DesiredService, replica: int | None, revision: str, status: str
+        self, service: DesiredService, replica: int | None, revision: str, status: Status
     ) -> Workload:
         self.configs[service.fingerprint] = dict(service.config)
-        return Workload.model_validate(
-            {
-                "deployment": service.deployment,
-                "service": service.name,
-                "replica": replica,
-                "fingerprint": service.fingerprint,
-                "revision": revision,
-                "status": status,
-                "started_at": self.runtime.started_at() if status == "running" else None,
-                "health": "healthy" if status == "running" else "none",
-                "depends": [d.service for d in service.depends],
-            }
+        return Workload(
+            deployment=service.deployment,
+            service=service.name,
+            replica=replica,
+            fingerprint=service.fingerprint,
+            revision=revision,
+            status=status,
+            started_at=self.runtime.started_at() if status == "running" else None,
+            health="healthy" if status == "running" else "none",
+            depends=tuple(d.service for d in service.depends),
         )
 
 

@@ -28,7 +28,7 @@ from tests.docker_support import (  # noqa: F401
     remove_deployment,
     test_image,
 )
-from tests.support import wait_for
+from tests.support import heavy_in, modules_loaded_by, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -596,3 +596,24 @@ def test_the_readme_main_job_runs_hello_on_docker(tmp_path: Path, docker_url: st
         assert "No workloads" in host.run("status").stdout
     finally:
         remove_deployment(docker_url, "hello")
+
+
+def test_a_converged_apply_loads_neither_aiodocker_nor_pydantic(host: Host) -> None:
+    """A converged apply only reads (the engine's info and one container list), through
+    the standard library; aiodocker comes with the first call that changes something,
+    and pydantic with a spec that must be compiled or a config that must be checked.
+    The cold apply through the same probe shows that the probe sees both. (No
+    ZLAYER_* override here: an override is checked by the settings' model.)"""
+    host.write(sleeper("web"))
+    argv = ("apply", str(host.specs), "--auto-approve", "--format", "json")
+    argv += ("--state-dir", str(host.state))
+    env = {k: v for k, v in host.env.items() if not k.startswith("ZLAYER_")}
+    cold, cold_modules = modules_loaded_by(argv, env)
+    assert cold.returncode == 0, cold.stderr
+    assert {"aiodocker", "pydantic"} <= {m.split(".")[0] for m in cold_modules}
+    again, modules = modules_loaded_by(argv, env)
+    assert again.returncode == 0, again.stderr
+    plan = json.loads(again.stdout.splitlines()[0])
+    assert plan["event"] == "plan" and plan["plan"]["actions"] == []
+    assert [m for m in heavy_in(modules) if m.split(".")[0] != "rich"] == []
+    assert list(host.containers()) == [f"{host.deployment}-web-1"]

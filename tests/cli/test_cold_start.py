@@ -3,44 +3,18 @@ and the command listing written without importing the commands."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import textwrap
-
 import click
 import pytest
 
 from reconciler import __version__
 from reconciler.cli.main import COMMANDS, SUMMARIES, cli
-from tests.conftest import REPO
-
-HEAVY = ("pydantic", "deepdiff", "aiodocker", "aiohttp", "git", "rich", "ruamel", "croniter")
+from tests.support import heavy_in, modules_loaded_by
 
 
 def loaded_by(*argv: str) -> tuple[str, list[str]]:
     """(stdout, every module loaded) of ``zlayer ARGV`` run in a fresh interpreter."""
-    script = textwrap.dedent(
-        f"""
-        import json, sys
-        from reconciler.cli.main import main
-        try:
-            main({list(argv)!r})
-        except SystemExit:
-            pass
-        sys.stderr.write("\\nMODULES " + json.dumps(sorted(sys.modules)) + "\\n")
-        """
-    )
-    run = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60
-    )
-    marker = run.stderr.rindex("\nMODULES ")
-    modules: list[str] = json.loads(run.stderr[marker + len("\nMODULES ") :])
+    run, modules = modules_loaded_by(argv)
     return run.stdout, modules
-
-
-def heavy_in(modules: list[str]) -> list[str]:
-    return [m for m in modules if m.split(".")[0] in HEAVY]
 
 
 def test_version_loads_no_heavy_library_and_no_command() -> None:

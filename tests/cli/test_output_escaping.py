@@ -14,6 +14,7 @@ What "forged" means per output:
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import re
@@ -111,9 +112,7 @@ def snapshot(specs: str, runtime: str = "docker", extra: tuple[Workload, ...] = 
     desired, problems = compile_specs(loaded.specs, "rev0", CompileInputs(secret_key=b"k" * 32))
     assert desired is not None, problems
     state = as_running(desired, runtime=runtime)
-    data = json.loads(state.to_json())
-    data["workloads"] += [w.model_dump(mode="json") for w in extra]
-    return ObservedState.model_validate(data).to_json()
+    return dataclasses.replace(state, workloads=state.workloads + extra).to_json()
 
 
 @pytest.fixture

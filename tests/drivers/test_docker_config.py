@@ -3,6 +3,7 @@ limits, engine errors. No engine needed (the driver itself: test_docker_driver.p
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import replace
 from typing import Any
 
@@ -427,7 +428,7 @@ def test_workload_from_a_list_entry() -> None:
     }
     workload = workload_from_summary(summary)
     assert workload is not None
-    assert workload.model_dump() == {
+    assert dataclasses.asdict(workload) == {
         "deployment": "demo",
         "service": "web",
         "replica": 1,

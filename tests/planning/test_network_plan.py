@@ -4,6 +4,8 @@ from plans on runtimes that do not manage networks."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from reconciler.desired import DesiredState, as_running
 from reconciler.drivers.fake import FakeDriver
 from reconciler.observed import Network, ObservedState, WorkloadId
@@ -69,7 +71,7 @@ def test_host_network_services_need_no_network_and_an_unused_one_is_removed() ->
 
 def test_a_pruned_deployment_removes_its_network_after_its_workloads() -> None:
     desired = desired_from(TWO)
-    observed = managed(net()).model_copy(update={"workloads": as_running(desired).workloads})
+    observed = dataclasses.replace(managed(net()), workloads=as_running(desired).workloads)
     gone = DesiredState(revision="r2", services={}, deployments=frozenset())
     plan = plan_changes(gone, observed)
     network = plan.action("prune:demo/(network)")
@@ -83,12 +85,12 @@ def test_a_pruned_deployment_removes_its_network_after_its_workloads() -> None:
 def test_a_replica_whose_sandbox_drifted_is_restarted_with_the_reason() -> None:
     desired = desired_from(TWO)
     workloads = list(as_running(desired).workloads)
-    workloads[0] = workloads[0].model_copy(update={"problem": "network namespace x is missing"})
-    observed = managed(net()).model_copy(update={"workloads": tuple(workloads)})
+    workloads[0] = dataclasses.replace(workloads[0], problem="network namespace x is missing")
+    observed = dataclasses.replace(managed(net()), workloads=tuple(workloads))
     plan = plan_changes(desired, observed)
     (action,) = plan.actions
     assert (action.kind, action.reason) == ("restart", "network namespace x is missing")
-    healthy = managed(net()).model_copy(update={"workloads": as_running(desired).workloads})
+    healthy = dataclasses.replace(managed(net()), workloads=as_running(desired).workloads)
     assert observed.fingerprint() != healthy.fingerprint()
 
 

@@ -4,6 +4,7 @@ only with the apply lock held; and that no other module plans or executes."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -152,15 +153,12 @@ def test_crash_loops_are_noted_on_their_restarts(tmp_path: Path) -> None:
 
     desired = reconcile.compile_paths([str(write(tmp_path, SPEC))], INPUTS).required("x")
     running = as_running(desired, runtime="fake")
-    dead = running.model_copy(
-        update={
-            "workloads": tuple(
-                w.model_copy(update={"status": "exited", "exit_code": 1})
-                if str(w.id) == "demo/web/1"
-                else w
-                for w in running.workloads
-            )
-        }
+    dead = dataclasses.replace(
+        running,
+        workloads=tuple(
+            dataclasses.replace(w, status="exited", exit_code=1) if str(w.id) == "demo/web/1" else w
+            for w in running.workloads
+        ),
     )
     plan = reconcile.plan_for(desired, dead, crash_loops={"demo/web/1": "crash-looping: 3"})
     assert [(a.kind, str(a.target)) for a in plan.actions] == [("restart", "demo/web/1")]

@@ -10,6 +10,7 @@ The format is described in ``tests/plan_cases/README.md``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,7 @@ def _observed(case: dict[str, Any]) -> ObservedState:
     if running:
         base = as_running(_compile(running, _inputs(case, "running_secrets"), "rev-running"))
         for w in base.workloads:
-            workloads[(w.deployment, w.service, w.replica)] = w.model_dump()
+            workloads[(w.deployment, w.service, w.replica)] = dataclasses.asdict(w)
     for edit in case.get("observed", []):
         edit = dict(edit)
         key = (edit["deployment"], edit["service"], edit.get("replica"))
@@ -69,7 +70,7 @@ def _observed(case: dict[str, Any]) -> ObservedState:
     configs = {**base.configs, **case.get("observed_configs", {})}
     return ObservedState(
         runtime="fake",
-        workloads=tuple(Workload.model_validate(w) for w in workloads.values()),
+        workloads=tuple(Workload(**w) for w in workloads.values()),
         configs=configs,
     )
 

@@ -9,6 +9,7 @@ gives nothing to do).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from typing import Any
 
@@ -73,7 +74,7 @@ def hosts(draw: st.DrawFn) -> ObservedState:
             continue
         if fate != "ok":
             code = 137 if fate == "exited" else None
-            workload = workload.model_copy(update={"status": fate, "exit_code": code})
+            workload = dataclasses.replace(workload, status=fate, exit_code=code)
         workloads.append(workload)
     return ObservedState(runtime="fake", workloads=tuple(workloads))
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import re
 
 import pytest
@@ -166,7 +168,7 @@ def _workload(**changes: object) -> Workload:
         "fingerprint": "f",
         "status": "running",
     }
-    return Workload.model_validate({**base, **changes})
+    return Workload(**{**base, **changes})  # type: ignore[arg-type]
 
 
 def test_observed_fingerprint_ignores_health_and_start_time_but_not_status() -> None:
@@ -181,12 +183,9 @@ def test_observed_fingerprint_ignores_health_and_start_time_but_not_status() -> 
 
 def test_snapshot_refuses_duplicates_and_unknown_fields() -> None:
     with pytest.raises(SnapshotError, match="listed twice"):
-        load_snapshot(
-            ObservedState.model_construct(
-                runtime="x", workloads=(_workload(), _workload())
-            ).model_dump_json()
-        )
-    with pytest.raises(SnapshotError, match="Extra inputs"):
+        one = dataclasses.asdict(_workload())
+        load_snapshot(json.dumps({"runtime": "x", "workloads": [one, one]}))
+    with pytest.raises(SnapshotError, match="surprise: unknown field"):
         load_snapshot('{"runtime": "x", "surprise": 1}')
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from reconciler.desired import DesiredService
 from reconciler.drivers.docker.labels import RUN, container_labels, network_name, volume_name
-from reconciler.spec.scalars import parse_duration
+from reconciler.spec.durations import parse_duration
 
 _SIZE_RE = re.compile(r"\+?([0-9]+)\s*([KMGT]i?|[kmgt]|[KMGT]?B|b)?")
 _SIZE_UNITS = {

@@ -7,7 +7,10 @@ always ``no``: zlayer supervises. Engine errors become the project's own
 (:mod:`.engine`, :func:`.errors.engine_error`), chained with ``from``, with
 messages that start with the workload: ``demo/web/1: create failed: …``.
 
-Only this package imports aiodocker.
+Reads (``info``, the container list, inspects) go through :mod:`.reader` when the
+engine is on a unix socket; the aiodocker client is made on the first call that
+changes something or streams, so a converged apply never imports it. Only this
+package imports aiodocker.
 """
 
 from __future__ import annotations
@@ -15,12 +18,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncGenerator, Collection
+from collections.abc import AsyncGenerator, Collection, Mapping
 from types import TracebackType
-from typing import Any, Self
-
-import aiodocker
-from aiodocker.containers import DockerContainer
+from typing import TYPE_CHECKING, Any, Self
 
 from reconciler.desired import DesiredService
 from reconciler.drivers.base import Limits
@@ -28,13 +28,14 @@ from reconciler.drivers.docker import labels as names
 from reconciler.drivers.docker import observation
 from reconciler.drivers.docker.config import create_body, run_body
 from reconciler.drivers.docker.engine import (
-    STREAM_ERRORS,
-    TIMEOUT,
+    connect,
     events,
     log_lines,
+    stream_errors,
     translated,
 )
 from reconciler.drivers.docker.limits import EngineFacts, service_limits
+from reconciler.drivers.docker.reader import SocketReader, socket_path
 from reconciler.drivers.docker.resources import Images, Networks, ensure_volume
 from reconciler.errors import (
     Conflict,
@@ -44,6 +45,10 @@ from reconciler.errors import (
     TemporaryDriverError,
 )
 from reconciler.observed import ObservedState, RunId, RunState, Workload, WorkloadId
+
+if TYPE_CHECKING:
+    import aiodocker
+    from aiodocker.containers import DockerContainer
 
 log = logging.getLogger(__name__)
 
@@ -63,26 +68,23 @@ class DockerDriver:
         self.facts = EngineFacts()
         """What ``docker info`` said when the session opened (for :meth:`limits`)."""
         self._client: aiodocker.Docker | None = None
+        self._reader: SocketReader | None = None
+        self._open = False
         self._images = Images()
         self._networks = Networks()
 
     # --- session ------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
+        path = socket_path(self.url)
+        self._reader = SocketReader(path) if path is not None else None
+        self._open = True
         try:
-            client = aiodocker.Docker(url=self.url, timeout=TIMEOUT)
-        except (ValueError, AssertionError) as exc:
-            # aiodocker asserts (or, under -O, raises ValueError) when no address is known.
-            reason = str(exc) or "DOCKER_HOST is not set and no Docker socket was found"
-            raise PermanentDriverError(f"docker: no engine to connect to: {reason}") from exc
-        try:
-            with translated("docker", "connect"):
-                info = await client.system.info()
+            info = await self._get("info", subject="docker", action="connect")
         except BaseException:
-            await client.close()
+            await self.__aexit__(None, None, None)
             raise
         self.facts = EngineFacts.from_info(info)
-        self._client = client
         return self
 
     async def __aexit__(
@@ -92,14 +94,32 @@ class DockerDriver:
         tb: TracebackType | None,
     ) -> None:
         client, self._client = self._client, None
+        self._open = False
         if client is not None:
             await client.close()
 
     @property
     def docker(self) -> aiodocker.Docker:
-        if self._client is None:
+        """The aiodocker client, made (and aiodocker imported) on first use."""
+        if not self._open:
             raise RuntimeError("DockerDriver is used outside 'async with'")
+        if self._client is None:
+            self._client = connect(self.url)
         return self._client
+
+    async def _get(
+        self,
+        path: str,
+        params: Mapping[str, str] | None = None,
+        *,
+        subject: object,
+        action: str,
+    ) -> Any:
+        """A read: through the socket reader when there is one, else aiodocker."""
+        if self._reader is not None:
+            return await self._reader.get(path, params, subject=subject, action=action)
+        with translated(subject, action):
+            return await self.docker._query_json(path, params=dict(params or {}))
 
     # --- reading --------------------------------------------------------------------------
 
@@ -108,10 +128,9 @@ class DockerDriver:
         if wanted == []:
             return ObservedState(runtime=self.name)
         filters = json.dumps(names.deployment_filter(wanted))
-        with translated("docker", "observe"):
-            containers = await self.docker.containers.list(all=True, filters=filters)
+        listed = await self._containers(filters, "observe")
         summaries = [  # the list entries, as listed; runs of jobs are not workloads
-            c._container for c in containers if names.RUN not in (c._container.get("Labels") or {})
+            c for c in listed if names.RUN not in (c.get("Labels") or {})
         ]
         if wanted is not None:
             summaries = [
@@ -176,8 +195,9 @@ class DockerDriver:
         mode = str((info.get("HostConfig") or {}).get("NetworkMode", ""))
         if mode.startswith("container:"):
             # The same network namespace as that container: its address is this one's.
-            with translated(target, "address"):
-                info = await self.docker.containers.container(mode.split(":", 1)[1]).show()
+            info = await self._get(
+                f"containers/{mode.split(':', 1)[1]}/json", subject=target, action="address"
+            )
             mode = str((info.get("HostConfig") or {}).get("NetworkMode", ""))
         if mode == "host":
             return (_LOCAL, port)
@@ -251,14 +271,12 @@ class DockerDriver:
 
     async def job_runs(self, deployments: Collection[str] | None = None) -> list[RunState]:
         filters = json.dumps({"label": [names.RUN]})
-        with translated("docker", "list runs"):
-            listed = await self.docker.containers.list(all=True, filters=filters)
         found = []
-        for container in listed:
-            labels = container._container.get("Labels") or {}
+        for container in await self._containers(filters, "list runs"):
+            labels = container.get("Labels") or {}
             if deployments is not None and labels.get(names.DEPLOYMENT) not in deployments:
                 continue
-            info = await self._inspect_id(str(container._container["Id"]))
+            info = await self._inspect_id(str(container["Id"]))
             state = observation.run_from_inspect(info) if info is not None else None
             if state is not None:
                 found.append(state)
@@ -297,7 +315,7 @@ class DockerDriver:
                     exited = observation.exited(labels)
                     if exited is not None:
                         yield exited
-            except STREAM_ERRORS as exc:
+            except stream_errors() as exc:
                 log.warning("docker: event stream broken (%s); opening it again", exc)
             await asyncio.sleep(2.0)
 
@@ -394,19 +412,30 @@ class DockerDriver:
         """The container by name, without a call (the engine accepts names for ids)."""
         return self.docker.containers.container(names.container_name(target))
 
-    async def _inspect_id(self, container_id: str) -> dict[str, Any] | None:
+    async def _containers(self, filters: str, action: str) -> list[dict[str, Any]]:
+        """The engine's list entries of every container (running or not) ``filters``
+        (JSON) matches."""
+        listed = await self._get(
+            "containers/json", {"all": "1", "filters": filters}, subject="docker", action=action
+        )
+        return [c for c in listed if isinstance(c, dict)]
+
+    async def _inspect_id(
+        self, container_id: str, subject: object = None, action: str = "inspect"
+    ) -> dict[str, Any] | None:
+        """The container's inspect document, ``None`` when there is no such container."""
         try:
-            with translated(container_id, "inspect"):
-                return await self.docker.containers.container(container_id).show()
+            info = await self._get(
+                f"containers/{container_id}/json",
+                subject=container_id if subject is None else subject,
+                action=action,
+            )
         except NotFound:
             return None
+        return info if isinstance(info, dict) else None
 
     async def _inspect(self, target: WorkloadId, action: str) -> dict[str, Any] | None:
-        try:
-            with translated(target, action):
-                return await self._handle(target).show()
-        except NotFound:
-            return None
+        return await self._inspect_id(names.container_name(target), target, action)
 
     async def _managed_or_none(self, target: WorkloadId, action: str) -> dict[str, Any] | None:
         """The container of ``target``; ``Conflict`` if a container has its name but is

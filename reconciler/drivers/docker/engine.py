@@ -1,10 +1,12 @@
 """The way to the engine: timeouts, errors translated at the call, and streams.
 
-Every engine call runs inside :func:`translated`, so what aiodocker or aiohttp
+Every aiodocker call runs inside :func:`translated`, so what aiodocker or aiohttp
 raise leaves the driver as the project's own error (:func:`.errors.engine_error`),
-chained with ``from``. The streaming calls (logs, events) are made here rather
-than through aiodocker's helpers, whose responses stay open when a reader stops
-early: these are released for certain.
+chained with ``from``. aiodocker is imported by :func:`connect`, on the first call
+that needs it (reads go through :mod:`.reader`): nothing here imports it earlier.
+The streaming calls (logs, events) are made here rather than through aiodocker's
+helpers, whose responses stay open when a reader stops early: these are released
+for certain.
 """
 
 from __future__ import annotations
@@ -12,37 +14,77 @@ from __future__ import annotations
 import asyncio
 import codecs
 import json
+import sys
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import contextmanager
-
-import aiodocker
-import aiohttp
-from aiodocker.exceptions import DockerError
+from typing import TYPE_CHECKING
 
 from reconciler.drivers.docker.errors import engine_error
 from reconciler.errors import NotFound, PermanentDriverError, TemporaryDriverError
 
-TIMEOUT = aiohttp.ClientTimeout(total=120, connect=10)
-"""Per request; Docker's long operations (pull, stop, logs) lift ``total``."""
-STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=10, sock_read=None)
+if TYPE_CHECKING:
+    import aiodocker
+    import aiohttp
 
-STREAM_ERRORS = (DockerError, TimeoutError, aiohttp.ClientError)
-"""What a broken stream raises (outside :func:`translated`)."""
+TIMEOUT = 120.0
+"""Per request, seconds; Docker's long operations (pull, stop, logs) lift it."""
+CONNECT_TIMEOUT = 10.0
+
+
+def connect(url: str | None) -> aiodocker.Docker:
+    """An aiodocker client for the engine at ``url`` (``None``: as aiodocker finds it);
+    ``PermanentDriverError`` when no engine is named and no socket exists."""
+    import aiodocker
+    import aiohttp
+
+    try:
+        timeout = aiohttp.ClientTimeout(total=TIMEOUT, connect=CONNECT_TIMEOUT)
+        return aiodocker.Docker(url=url, timeout=timeout)
+    except (ValueError, AssertionError) as exc:
+        # aiodocker asserts (or, under -O, raises ValueError) when no address is known.
+        reason = str(exc) or "DOCKER_HOST is not set and no Docker socket was found"
+        raise PermanentDriverError(f"docker: no engine to connect to: {reason}") from exc
+
+
+def _stream_timeout() -> aiohttp.ClientTimeout:
+    import aiohttp
+
+    return aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT, sock_read=None)
+
+
+def stream_errors() -> tuple[type[BaseException], ...]:
+    """What a broken stream raises (outside :func:`translated`)."""
+    import aiohttp
+    from aiodocker.exceptions import DockerError
+
+    return (DockerError, TimeoutError, aiohttp.ClientError)
 
 
 @contextmanager
 def translated(
     subject: object, action: str, *, missing: type[PermanentDriverError] = NotFound
 ) -> Iterator[None]:
-    """Translate what the engine (or the way to it) raises into the project's errors."""
+    """Translate what the engine (or the way to it) raises into the project's errors.
+
+    The classes are looked up only when something was raised, and only if aiodocker
+    is loaded at all (an exception cannot come from a module never imported), so this
+    costs a read through :mod:`.reader` no aiodocker import."""
     try:
         yield
-    except DockerError as exc:
-        raise engine_error(exc.status, exc.message, str(subject), action, missing=missing) from exc
-    except (TimeoutError, aiohttp.ClientError) as exc:
-        reason = str(exc) or type(exc).__name__
-        message = f"{subject}: {action} failed: no answer from the engine ({reason})"
-        raise TemporaryDriverError(message, delay=5.0) from exc
+    except Exception as exc:
+        exceptions = sys.modules.get("aiodocker.exceptions")
+        if exceptions is not None and isinstance(exc, exceptions.DockerError):
+            raise engine_error(
+                exc.status, exc.message, str(subject), action, missing=missing
+            ) from exc
+        client = sys.modules.get("aiohttp")
+        if isinstance(exc, TimeoutError) or (
+            client is not None and isinstance(exc, client.ClientError)
+        ):
+            reason = str(exc) or type(exc).__name__
+            message = f"{subject}: {action} failed: no answer from the engine ({reason})"
+            raise TemporaryDriverError(message, delay=5.0) from exc
+        raise
 
 
 async def log_lines(
@@ -70,7 +112,7 @@ async def log_lines(
     pending = ""
     with translated(subject, "logs"):
         async with docker._query(
-            f"containers/{name}/logs", params=params, timeout=STREAM_TIMEOUT
+            f"containers/{name}/logs", params=params, timeout=_stream_timeout()
         ) as response:
             try:
                 async for chunk in _frames(response, tty=tty):
@@ -106,7 +148,7 @@ async def events(docker: aiodocker.Docker, filters: str) -> AsyncGenerator[dict[
     """The engine's events matching ``filters`` (JSON), until the stream breaks (then
     one of :data:`STREAM_ERRORS` is raised, or the generator ends)."""
     async with docker._query(
-        "events", params={"filters": filters}, timeout=STREAM_TIMEOUT
+        "events", params={"filters": filters}, timeout=_stream_timeout()
     ) as response:
         try:
             async for raw in response.content:

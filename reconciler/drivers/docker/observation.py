@@ -85,21 +85,19 @@ def _workload(
     else:
         return None
     depends = tuple(d for d in labels.get(DEPENDS, "").split(",") if d)
-    return Workload.model_validate(
-        {
-            "deployment": deployment,
-            "service": service,
-            "replica": replica,
-            "fingerprint": fingerprint,
-            "revision": labels.get(REVISION) or None,
-            "status": status,
-            "exit_code": exit_code if isinstance(exit_code, int) and replica else None,
-            "started_at": started_at,
-            "restart_count": restart_count,
-            "health": health if health in _HEALTHS else "none",
-            "depends": depends,
-            "runtime_id": str(runtime_id) if runtime_id else None,
-        }
+    return Workload(
+        deployment=deployment,
+        service=service,
+        replica=replica,
+        fingerprint=fingerprint,
+        revision=labels.get(REVISION) or None,
+        status=status,  # type: ignore[arg-type]  # checked against _STATUSES above
+        exit_code=exit_code if isinstance(exit_code, int) and replica else None,
+        started_at=started_at,
+        restart_count=restart_count,
+        health=health if health in _HEALTHS else "none",  # type: ignore[arg-type]
+        depends=depends,
+        runtime_id=str(runtime_id) if runtime_id else None,
     )
 
 

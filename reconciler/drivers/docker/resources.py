@@ -14,14 +14,16 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
-
-import aiodocker
+from typing import TYPE_CHECKING
 
 from reconciler.desired import DesiredService
 from reconciler.drivers.docker.engine import translated
 from reconciler.drivers.docker.labels import DEPLOYMENT, network_name, volume_labels, volume_name
 from reconciler.errors import Conflict, DriverError, NotFound, PermanentDriverError
 from reconciler.observed import WorkloadId
+
+if TYPE_CHECKING:
+    import aiodocker
 
 log = logging.getLogger(__name__)
 

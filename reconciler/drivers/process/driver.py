@@ -36,7 +36,15 @@ from reconciler.drivers.process.names import hosts_path, netns_name
 from reconciler.drivers.process.records import Attachment, Record
 from reconciler.drivers.process.store import Store
 from reconciler.errors import Conflict, NotFound, PermanentDriverError
-from reconciler.observed import Network, ObservedState, RunId, RunState, Workload, WorkloadId
+from reconciler.observed import (
+    Network,
+    ObservedState,
+    RunId,
+    RunState,
+    Status,
+    Workload,
+    WorkloadId,
+)
 from reconciler.settings import DEFAULT_POOL
 
 LOG_MAX_BYTES = 10 * 1024 * 1024
@@ -458,7 +466,7 @@ def _new_record(
 
 def _workload(where: Path, record: Record, inventory: Any) -> Workload:
     code, started, problem = None, None, None
-    state = "registered"
+    state: Status = "registered"
     if record.replica is not None:
         state, code, started = status.state(where, record)
         if state == "running" and inventory is not None:

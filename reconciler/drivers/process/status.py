@@ -12,11 +12,11 @@ from typing import Any, NamedTuple
 
 from reconciler.drivers.process import host, records
 from reconciler.drivers.process.records import Exited, Record, Started
-from reconciler.observed import RunId, RunState
+from reconciler.observed import RunId, RunState, Status
 
 
 class State(NamedTuple):
-    status: str
+    status: Status
     """``created`` (never launched), ``running``, ``exited`` or ``dead``."""
     exit_code: int | None
     started_at: str | None

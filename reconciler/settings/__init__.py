@@ -36,146 +36,75 @@ The file is TOML: ``--config FILE``, else ``$ZLAYER_CONFIG``, else
     cap = 300
     reset_after = 600
     jitter = 0.1
+
+The settings in effect are plain frozen dataclasses (:class:`Settings`); the file
+and the environment are checked by a pydantic model (:mod:`.model`) whose errors
+name the key. That model is loaded only when there is something to check: with no
+config file and no override, as on most hosts, a command does not import pydantic
+for its settings.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import tomllib
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
-
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
-from pydantic_core import ErrorDetails
+from typing import Any
 
 from reconciler.backoff import BackoffPolicy
-from reconciler.errors import ConfigError, ZlayerError
+from reconciler.errors import ConfigError
 
 DEFAULT_CONFIG = Path("/etc/zlayer/config.toml")
 RUNTIME_CHOICES = ("auto", "docker", "process")
 DEFAULT_POOL = "10.213.0.0/16"
 
 
-def _runtime(name: str) -> str:
-    if name not in RUNTIME_CHOICES:
-        raise ValueError(f"is not one of {', '.join(RUNTIME_CHOICES)}")
-    return name
+@dataclass(frozen=True, kw_only=True)
+class DaemonSettings:
+    """``[daemon]``: what ``zlayer daemon`` follows and how it answers. Each key's
+    check is in :mod:`.model`."""
 
-
-def _network_pool(pool: str) -> str:
-    try:
-        network = ipaddress.IPv4Network(pool)
-    except ValueError as exc:
-        raise ValueError(f"{pool!r}: {exc}") from exc
-    if network.prefixlen > 24:
-        raise ValueError(f"{pool} is smaller than a /24")
-    return str(network)
-
-
-def _source(kind: str) -> str:
-    if kind not in ("dir", "git"):
-        raise ValueError(f"{kind!r} is not dir or git")
-    return kind
-
-
-def _more_than_zero(seconds: float) -> float:
-    if seconds <= 0:
-        raise ValueError("must be more than 0 seconds")
-    return seconds
-
-
-_Runtime = Annotated[str, AfterValidator(_runtime)]
-_NetworkPool = Annotated[str, AfterValidator(_network_pool)]
-_Number = Annotated[float, Field(ge=0)]
-"""A number of at least 0 (an int is taken as a float, a bool is not a number)."""
-_Seconds = Annotated[_Number, AfterValidator(_more_than_zero)]
-"""Seconds, more than 0 (a negative number is "not a number of at least 0")."""
-_Path = Annotated[Path, Field(strict=False)]
-"""A path, written as a string (a Path given in code is kept)."""
-
-
-class _Strict(BaseModel):
-    """Frozen, no unknown keys, no coercion: a string where a string is wanted."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
-
-
-class DaemonSettings(_Strict):
-    """``[daemon]``: what ``zlayer daemon`` follows and how it answers."""
-
-    source: Annotated[str, AfterValidator(_source)] | None = None
+    source: str | None = None
     """``dir`` or ``git``; None: taken from which of ``path`` / ``repo`` is set."""
     path: str | None = None
     repo: str | None = None
     branch: str | None = None
     ref: str | None = None
     subdir: str = ""
-    interval: _Seconds = 60.0
+    interval: float = 60.0
     """Seconds between fetches of a git source (±10% jitter)."""
-    resync: _Seconds = 30.0
+    resync: float = 30.0
     """Seconds between full reconciles when nothing else triggers one."""
     allow_rewrite: bool = False
     verify_signatures: bool = False
-    trusted_keys: _Path | None = None
-    socket: _Path | None = None
+    trusted_keys: Path | None = None
+    socket: Path | None = None
     """The API's unix socket; None: ``STATE_DIR/zlayer.sock``."""
     listen: str | None = None
     """``HOST:PORT`` on loopback for the API over TCP; None: unix socket only."""
-    token_file: _Path | None = None
-    webhook_secret_file: _Path | None = None
-    journal_retention: _Number = 14.0
+    token_file: Path | None = None
+    webhook_secret_file: Path | None = None
+    journal_retention: float = 14.0
     """Days of reconciles, events and job runs the journal keeps."""
 
 
-class Settings(_Strict):
+@dataclass(frozen=True, kw_only=True)
+class Settings:
     """The settings in effect (:func:`load_settings`)."""
 
-    runtime: _Runtime = "auto"
+    runtime: str = "auto"
     """Which runtime commands use unless ``--runtime`` says otherwise."""
-    state_dir: _Path | None = None
+    state_dir: Path | None = None
     """Where zlayer keeps its state; None: the default for the user (see cli.state)."""
-    network_pool: _NetworkPool = DEFAULT_POOL
+    network_pool: str = DEFAULT_POOL
     """The process runtime's address pool; each deployment gets the lowest free /24."""
     publish_address: str = "0.0.0.0"
     """The host address the docker runtime publishes public endpoints on."""
     source: str = "defaults"
     """Where the settings came from, for messages."""
-    daemon: DaemonSettings = Field(default_factory=DaemonSettings)
-    backoff: BackoffPolicy = Field(default_factory=BackoffPolicy)
-
-
-class _Process(_Strict):
-    """``[process]``."""
-
-    network_pool: _NetworkPool = DEFAULT_POOL
-
-
-class _Docker(_Strict):
-    """``[docker]``."""
-
-    publish_address: str = "0.0.0.0"
-
-
-class _Backoff(_Strict):
-    """``[backoff]``: checked further by :class:`BackoffPolicy`."""
-
-    initial: _Number = 1.0
-    factor: _Number = 2.0
-    cap: _Number = 300.0
-    reset_after: _Number = 600.0
-    jitter: _Number = 0.1
-
-
-class _ConfigFile(_Strict):
-    """The config file as written (the env overrides merged in)."""
-
-    runtime: _Runtime = "auto"
-    state_dir: _Path | None = None
-    process: _Process = Field(default_factory=_Process)
-    docker: _Docker = Field(default_factory=_Docker)
-    daemon: DaemonSettings = Field(default_factory=DaemonSettings)
-    backoff: _Backoff = Field(default_factory=_Backoff)
+    daemon: DaemonSettings = field(default_factory=DaemonSettings)
+    backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
 
 
 ENV_OVERRIDES: dict[tuple[str, ...], str] = {
@@ -223,23 +152,11 @@ def load_settings(path: Path | None = None) -> Settings:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     where = str(path) if path else "defaults"
     overridden = _with_env(data)
-    try:
-        config = _ConfigFile.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_message(exc.errors()[0], where, overridden)) from exc
-    try:
-        backoff = BackoffPolicy(**config.backoff.model_dump())
-    except ZlayerError as exc:
-        raise ConfigError(f"{where}: {exc}") from exc
-    return Settings(
-        runtime=config.runtime,
-        state_dir=config.state_dir,
-        network_pool=config.process.network_pool,
-        publish_address=config.docker.publish_address,
-        source=where,
-        daemon=config.daemon,
-        backoff=backoff,
-    )
+    if not data:
+        return Settings(source=where)  # the defaults, which need no check
+    from reconciler.settings.model import checked  # pydantic, only when there is data
+
+    return checked(data, where, overridden)
 
 
 def _with_env(data: dict[str, Any]) -> set[tuple[str, ...]]:
@@ -269,39 +186,3 @@ def _table(data: dict[str, Any], names: tuple[str, ...], create: bool = False) -
         if not isinstance(table, dict):
             return None
     return table
-
-
-_REASONS = {
-    "string_type": "must be a string",
-    "path_type": "must be a string",
-    "bool_type": "must be true or false",
-    "float_type": "must be a number of at least 0",
-    "greater_than_equal": "must be a number of at least 0",
-}
-
-
-def _message(error: ErrorDetails, where: str, overridden: set[tuple[str, ...]]) -> str:
-    """One of pydantic's errors as zlayer says it: the file, the dotted key, what is wrong."""
-    loc = tuple(str(part) for part in error["loc"])
-    key, kind, value = ".".join(loc), error["type"], error["input"]
-    if kind == "extra_forbidden":
-        known = ", ".join(sorted(_model_at(loc[:-1]).model_fields))
-        return f"{where}: unknown key {key if len(loc) > 1 else repr(key)} (known: {known})"
-    if kind == "model_type":
-        return f"{where}: {key} must be a table ([{key}])"
-    if kind in _REASONS:
-        return f"{where}: {key} {_REASONS[kind]}, not {value!r}"
-    if kind != "value_error":
-        return f"{where}: {key}: {error['msg']}"
-    reason = error.get("ctx", {}).get("error")
-    if loc == ("runtime",):  # says where the name came from: the file or $ZLAYER_RUNTIME
-        origin = ENV_OVERRIDES[loc] if loc in overridden else where
-        return f"runtime {value!r} (from {origin}) {reason}"
-    return f"{where}: {key} {reason}"
-
-
-def _model_at(loc: tuple[str, ...]) -> type[BaseModel]:
-    model: type[BaseModel] = _ConfigFile
-    for name in loc:
-        model = model.model_fields[name].annotation  # type: ignore[assignment]
-    return model
