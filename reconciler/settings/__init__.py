@@ -151,12 +151,32 @@ def load_settings(path: Path | None = None) -> Settings:
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     where = str(path) if path else "defaults"
+    from_file = bool(data)
     overridden = _with_env(data)
-    if not data:
-        return Settings(source=where)  # the defaults, which need no check
+    if not from_file:
+        plain = _from_env_alone(data, where)
+        if plain is not None:
+            return plain
     from reconciler.settings.model import checked  # pydantic, only when there is data
 
     return checked(data, where, overridden)
+
+
+def _from_env_alone(data: dict[str, Any], where: str) -> Settings | None:
+    """The settings when nothing but the environment sets anything and what it sets
+    needs no check (every value is a string; a runtime must be one of the choices);
+    ``None`` sends ``data`` to the model, which says what is wrong."""
+    runtime = data.get("runtime", "auto")
+    if runtime not in RUNTIME_CHOICES:
+        return None
+    state_dir = data.get("state_dir")
+    docker = data.get("docker") or {}
+    return Settings(
+        runtime=runtime,
+        state_dir=Path(state_dir) if state_dir else None,
+        publish_address=docker.get("publish_address", "0.0.0.0"),
+        source=where,
+    )
 
 
 def _with_env(data: dict[str, Any]) -> set[tuple[str, ...]]:

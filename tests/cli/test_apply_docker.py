@@ -602,16 +602,14 @@ def test_a_converged_apply_loads_neither_aiodocker_nor_pydantic(host: Host) -> N
     """A converged apply only reads (the engine's info and one container list), through
     the standard library; aiodocker comes with the first call that changes something,
     and pydantic with a spec that must be compiled or a config that must be checked.
-    The cold apply through the same probe shows that the probe sees both. (No
-    ZLAYER_* override here: an override is checked by the settings' model.)"""
+    The cold apply through the same probe shows that the probe sees both."""
     host.write(sleeper("web"))
     argv = ("apply", str(host.specs), "--auto-approve", "--format", "json")
-    argv += ("--state-dir", str(host.state))
-    env = {k: v for k, v in host.env.items() if not k.startswith("ZLAYER_")}
-    cold, cold_modules = modules_loaded_by(argv, env)
+    assert host.env["ZLAYER_STATE_DIR"] and host.env["ZLAYER_PUBLISH_ADDRESS"]
+    cold, cold_modules = modules_loaded_by(argv, host.env)
     assert cold.returncode == 0, cold.stderr
     assert {"aiodocker", "pydantic"} <= {m.split(".")[0] for m in cold_modules}
-    again, modules = modules_loaded_by(argv, env)
+    again, modules = modules_loaded_by(argv, host.env)
     assert again.returncode == 0, again.stderr
     plan = json.loads(again.stdout.splitlines()[0])
     assert plan["event"] == "plan" and plan["plan"]["actions"] == []

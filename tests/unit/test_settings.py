@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -337,3 +338,29 @@ def test_settings_are_frozen_and_copied_with_changes(config: Path) -> None:
     moved = dataclasses.replace(settings, state_dir=Path("/tmp/x"))
     assert moved.state_dir == Path("/tmp/x") and moved.daemon is settings.daemon
     assert settings.state_dir == Path("/srv/zlayer")
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},
+        {"ZLAYER_RUNTIME": "process"},
+        {"ZLAYER_STATE_DIR": "/elsewhere"},
+        {"ZLAYER_PUBLISH_ADDRESS": "127.0.0.1"},
+        {"ZLAYER_RUNTIME": "docker", "ZLAYER_STATE_DIR": "/e", "ZLAYER_PUBLISH_ADDRESS": "::1"},
+    ],
+)
+def test_settings_from_the_environment_alone_are_the_models(
+    env: dict[str, str], config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With nothing in the file, load_settings takes the environment without the
+    pydantic model; what it gives is what the model gives."""
+    from reconciler.settings import _with_env, model
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    config.write_text("")
+    data: dict[str, Any] = {}
+    overridden = _with_env(data)
+    assert load_settings(config) == model.checked(data, str(config), overridden)
+    assert (load_settings(config) == Settings(source=str(config))) == (not env)
