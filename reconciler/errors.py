@@ -11,6 +11,7 @@
     ├── PlanError              a plan cannot be made as asked (unknown --target, …)
     ├── LockHeld               another apply (or the daemon) holds the host's apply lock
     ├── NoDaemon               no daemon answers on its socket
+    ├── ProxyError             the managed HAProxy is missing, refuses a change or does not answer
     ├── SourceError            specs cannot be read from a source (git ref, …)
     │   └── SourceUnreachable  the source's remote cannot be reached now
     └── DriverError            a runtime refused or failed an action
@@ -46,6 +47,10 @@ class ZlayerError(Exception):
 
 class ConfigError(ZlayerError):
     """The config file cannot be read or holds a wrong value."""
+
+
+class ProxyError(ZlayerError):
+    """The managed HAProxy is missing, refuses a change or does not answer."""
 
 
 class _Problem(Protocol):

@@ -1,0 +1,390 @@
+"""Routes: the public endpoints of the desired state, as the proxy serves them (pure).
+
+A *route* takes connections on a host port and balances them over the ready
+replicas of one service at the endpoint's ``target_port``. Endpoints with
+``protocol`` http, https or websocket are layer 7: several services may share one
+port, told apart by ``host`` (exact, or ``*.example.test`` for any subdomain) and
+``path`` (a prefix; the longest matching path wins, a rule with a host before one
+without). ``tcp`` endpoints are layer 4 and own their port alone. ``udp`` is not
+proxied (HAProxy does not balance UDP): the runtime publishes it for one replica.
+
+:func:`route_table` compiles the table and every conflict it finds; :func:`render`
+turns it into HAProxy's configuration. Both are pure, so the same table serves
+``plan`` (what would change) and the control plane (:mod:`reconciler.routing.proxy`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from reconciler.desired import DesiredService, DesiredState
+
+LAYER7 = frozenset({"http", "https", "websocket"})
+ROUTED = LAYER7 | {"tcp"}
+
+Mode = Literal["http", "tcp"]
+NO_ROUTE = "zlayer_no_route"
+"""The backend of requests no rule matches: a 404 saying so."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerCheck:
+    """How HAProxy itself checks a replica, so that rotation does not depend on a
+    zlayer process staying alive. ``kind`` ``none``: HAProxy does not check (a
+    command check, which only zlayer can run, or no check at all)."""
+
+    kind: Literal["tcp", "http", "none"]
+    port: int | None = None
+    path: str = "/"
+    expect_status: int = 200
+    interval: float = 10.0
+    timeout: float = 5.0
+    fall: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """The replicas of one service behind one endpoint."""
+
+    name: str
+    """HAProxy's name for it (see :func:`backend_name`)."""
+    deployment: str
+    service: str
+    endpoint: str
+    protocol: str
+    mode: Mode
+    target_port: int
+    check: ServerCheck
+    replicas: int | None
+    """How many replicas the service asks for (``None``: manual scale)."""
+
+    @property
+    def subject(self) -> str:
+        return f"{self.deployment}/{self.service}"
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """Send what matches ``host`` and ``path`` (``None``: any) to ``backend``."""
+
+    host: str | None
+    path: str | None
+    backend: str
+
+
+@dataclass(frozen=True, slots=True)
+class Frontend:
+    """One listening port and its rules, most specific first."""
+
+    port: int
+    mode: Mode
+    rules: tuple[Rule, ...]
+
+    @property
+    def name(self) -> str:
+        return f"port_{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTable:
+    frontends: tuple[Frontend, ...] = ()
+    backends: tuple[Backend, ...] = ()
+    problems: tuple[str, ...] = ()
+    """Conflicts (two services on one port that cannot share it): each names both."""
+
+    @property
+    def empty(self) -> bool:
+        return not self.frontends
+
+    def backend(self, name: str) -> Backend:
+        for backend in self.backends:
+            if backend.name == name:
+                return backend
+        raise KeyError(name)
+
+    def for_service(self, deployment: str, service: str) -> tuple[Backend, ...]:
+        return tuple(
+            b for b in self.backends if b.deployment == deployment and b.service == service
+        )
+
+    def frontend_of(self, backend: str) -> Frontend:
+        for frontend in self.frontends:
+            if any(rule.backend == backend for rule in frontend.rules):
+                return frontend
+        raise KeyError(backend)
+
+
+_NAME_OK = re.compile(r"[A-Za-z0-9_.:-]+")
+
+
+def backend_name(deployment: str, service: str, endpoint: str) -> str:
+    """``deployment.service.endpoint`` in the characters HAProxy allows in names; a
+    name that had to be changed gets a short hash of the original, so two endpoints
+    never share a backend."""
+    plain = f"{deployment}.{service}.{endpoint}"
+    if _NAME_OK.fullmatch(plain):
+        return plain
+    cleaned = re.sub(r"[^A-Za-z0-9_.:-]", "_", plain)
+    return f"{cleaned}~{hashlib.sha256(plain.encode()).hexdigest()[:8]}".replace("~", "-")
+
+
+def server_name(replica: int, address: str) -> str:
+    """``r<replica>-<hash of its address>``: a replaced replica (a new address) gets a
+    new server next to the old one, which drains while the new one takes over."""
+    return f"r{replica}-{hashlib.sha256(address.encode()).hexdigest()[:6]}"
+
+
+def replica_of(server: str) -> int | None:
+    head = server.split("-", 1)[0]
+    return int(head[1:]) if head.startswith("r") and head[1:].isdigit() else None
+
+
+def routed_endpoints(config: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The endpoints of a service's config the proxy serves: public, not udp."""
+    return [
+        e
+        for e in config.get("endpoints", ())
+        if e.get("expose", "internal") == "public" and e.get("protocol") in ROUTED
+    ]
+
+
+def _check(service: DesiredService, target_port: int) -> ServerCheck:
+    health = service.policy.health
+    common: dict[str, Any] = {
+        "interval": max(health.interval, 0.1),
+        "timeout": max(health.timeout, 0.1),
+        "fall": max(health.retries, 1),
+    }
+    if health.kind == "http" and health.url:
+        path = _url_path(health.url)
+        port = _url_port(health.url)
+        return ServerCheck(
+            "http", port=port, path=path, expect_status=health.expect_status, **common
+        )
+    if health.kind == "tcp" and health.port is not None:
+        return ServerCheck("tcp", port=health.port, **common)
+    if health.kind == "tcp":
+        return ServerCheck("tcp", port=target_port, **common)
+    return ServerCheck("none", **common)
+
+
+def _url_path(url: str) -> str:
+    rest = url.split("://", 1)[-1]
+    slash = rest.find("/")
+    return rest[slash:] if slash >= 0 else "/"
+
+
+def _url_port(url: str) -> int | None:
+    scheme, _, rest = url.partition("://")
+    hostport = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    if hostport.startswith("["):
+        tail = hostport.partition("]")[2]
+        port = tail[1:] if tail.startswith(":") else ""
+    else:
+        port = hostport.rpartition(":")[2] if ":" in hostport else ""
+    if port.isdigit():
+        return int(port)
+    return 443 if scheme == "https" else 80
+
+
+def _rule_order(rule: Rule) -> tuple[int, int, int, str, str]:
+    """Most specific first: an exact host, then a wildcard host, then any host; within
+    those, the longest path first."""
+    host = rule.host or ""
+    host_rank = 2 if not host else (1 if host.startswith("*.") else 0)
+    path = rule.path or ""
+    return (host_rank, -len(path), 0 if path else 1, host, path)
+
+
+def route_table(services: Iterable[DesiredService]) -> RouteTable:
+    """The routes of ``services`` (every deployment), with the conflicts among them."""
+    backends: list[Backend] = []
+    by_port: dict[int, list[tuple[Rule, Backend]]] = {}
+    for service in sorted(services, key=lambda s: s.key):
+        if service.is_definition:
+            continue
+        for endpoint in routed_endpoints(service.config):
+            port = int(endpoint["port"])
+            target = int(endpoint.get("target_port") or port)
+            protocol = str(endpoint["protocol"])
+            name = backend_name(service.deployment, service.name, str(endpoint["name"]))
+            backend = Backend(
+                name=name,
+                deployment=service.deployment,
+                service=service.name,
+                endpoint=str(endpoint["name"]),
+                protocol=protocol,
+                mode="http" if protocol in LAYER7 else "tcp",
+                target_port=target,
+                check=_check(service, target),
+                replicas=service.replicas,
+            )
+            backends.append(backend)
+            host = endpoint.get("host") or None
+            path = endpoint.get("path") or None
+            rule = Rule(host.lower() if host else None, path, name)
+            by_port.setdefault(port, []).append((rule, backend))
+    frontends: list[Frontend] = []
+    problems: list[str] = []
+    for port in sorted(by_port):
+        entries = by_port[port]
+        problems += _conflicts(port, entries)
+        mode: Mode = "tcp" if any(b.mode == "tcp" for _, b in entries) else "http"
+        rules = tuple(sorted((rule for rule, _ in entries), key=_rule_order))
+        frontends.append(Frontend(port, mode, rules))
+    return RouteTable(tuple(frontends), tuple(backends), tuple(problems))
+
+
+def routes_of(desired: DesiredState) -> RouteTable:
+    return route_table(desired.services.values())
+
+
+def _conflicts(port: int, entries: list[tuple[Rule, Backend]]) -> list[str]:
+    if len(entries) < 2:
+        return []
+    names = ", ".join(f"{b.subject} ({b.endpoint}, {b.protocol})" for _, b in entries)
+    if any(b.mode == "tcp" for _, b in entries):
+        return [f"port {port}: a tcp endpoint owns its port alone, and {names} all ask for it"]
+    seen: dict[tuple[str | None, str | None], Backend] = {}
+    problems = []
+    for rule, backend in entries:
+        key = (rule.host, rule.path)
+        if key in seen:
+            first = seen[key]
+            match = " ".join(
+                part
+                for part in (
+                    f"host {rule.host}" if rule.host else "any host",
+                    f"path {rule.path}" if rule.path else "any path",
+                )
+            )
+            problems.append(
+                f"port {port}: {first.subject} ({first.endpoint}) and {backend.subject} "
+                f"({backend.endpoint}) both route {match}; give them different hosts or paths"
+            )
+        else:
+            seen[key] = backend
+    return problems
+
+
+# --- HAProxy's configuration ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A replica in a backend: where HAProxy reaches it."""
+
+    replica: int
+    address: str
+    port: int
+
+    @property
+    def endpoint(self) -> str:
+        return (
+            f"[{self.address}]:{self.port}"
+            if ":" in self.address
+            else f"{self.address}:{self.port}"
+        )
+
+    @property
+    def server(self) -> str:
+        return server_name(self.replica, self.endpoint)
+
+
+def _ms(seconds: float) -> str:
+    return f"{max(int(seconds * 1000), 1)}ms"
+
+
+def server_options(backend: Backend, state: str = "ready") -> str:
+    """The server line's options (for the configuration and for ``add server``)."""
+    check = backend.check
+    parts: list[str] = []
+    if check.kind != "none":
+        parts += ["check", "inter", _ms(check.interval), "fall", str(check.fall), "rise", "1"]
+        if check.port is not None and check.port != backend.target_port:
+            parts += ["port", str(check.port)]
+    if state == "maint":
+        parts.append("disabled")
+    return " ".join(parts)
+
+
+def _acl_host(host: str) -> str:
+    if host.startswith("*."):
+        return f"hdr(host),field(1,:),lower -m end {host[1:]}"
+    return f"hdr(host),field(1,:),lower -m str {host}"
+
+
+def render(
+    table: RouteTable,
+    members: Mapping[str, Iterable[Member]],
+    *,
+    bind_address: str,
+    admin_socket: str,
+    pidfile: str,
+) -> str:
+    """HAProxy's configuration for ``table``, with ``members`` (backend name →
+    replicas) as its servers, so that a reload keeps the rotation as it was."""
+    bind = "*" if bind_address in ("0.0.0.0", "") else bind_address
+    bind = f"[{bind}]" if ":" in bind else bind
+    lines = [
+        "# Written by zlayer: do not edit; the next apply rewrites it.",
+        "global",
+        "    master-worker",
+        f"    pidfile {pidfile}",
+        f"    stats socket {admin_socket} mode 600 level admin expose-fd listeners",
+        "    stats timeout 30s",
+        "",
+        "defaults",
+        "    timeout connect 5s",
+        "    timeout client 60s",
+        "    timeout server 60s",
+        "    timeout tunnel 1h",
+        "    timeout http-keep-alive 5s",
+        "    retries 3",
+        "    option redispatch",
+        "    default-server init-addr none",
+    ]
+    for frontend in table.frontends:
+        lines += ["", f"frontend {frontend.name}", f"    mode {frontend.mode}"]
+        lines.append(f"    bind {bind}:{frontend.port}")
+        if frontend.mode == "http":
+            lines.append("    option forwardfor")
+            for index, rule in enumerate(frontend.rules):
+                conditions = []
+                if rule.host:
+                    lines.append(f"    acl h{index} {_acl_host(rule.host)}")
+                    conditions.append(f"h{index}")
+                if rule.path:
+                    lines.append(f"    acl p{index} path -m beg {rule.path}")
+                    conditions.append(f"p{index}")
+                if conditions:
+                    lines.append(f"    use_backend {rule.backend} if {' '.join(conditions)}")
+                else:
+                    lines.append(f"    default_backend {rule.backend}")
+            if all(rule.host or rule.path for rule in frontend.rules):
+                lines.append(f"    default_backend {NO_ROUTE}")
+        else:
+            lines.append(f"    default_backend {frontend.rules[0].backend}")
+    if any(f.mode == "http" and all(r.host or r.path for r in f.rules) for f in table.frontends):
+        lines += ["", f"backend {NO_ROUTE}", "    mode http"]
+        lines.append('    http-request return status 404 content-type text/plain string "no route"')
+    for backend in table.backends:
+        lines += [
+            "",
+            f"backend {backend.name}",
+            f"    mode {backend.mode}",
+            "    balance roundrobin",
+        ]
+        if backend.check.kind == "http":
+            lines.append(f"    option httpchk GET {backend.check.path}")
+            lines.append(f"    http-check expect status {backend.check.expect_status}")
+        if backend.check.kind != "none":
+            lines.append(f"    timeout check {_ms(backend.check.timeout)}")
+        for member in sorted(members.get(backend.name, ()), key=lambda m: m.replica):
+            options = server_options(backend)
+            lines.append(f"    server {member.server} {member.endpoint} {options}".rstrip())
+    return "\n".join(lines) + "\n"

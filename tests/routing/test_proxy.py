@@ -1,0 +1,283 @@
+"""The managed HAProxy, for real: real HAProxy, real HTTP backends, loopback only.
+
+Every backend is a small HTTP server process on 127.0.0.1 that answers with its own
+name, so a test sees which replica served each request. Each test's HAProxy is
+stopped by its pid afterwards, also when the test fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler.policy import HealthPolicy
+from reconciler.routing.control import proxy_for, sync_routes
+from reconciler.routing.proxy import Proxy, executable
+from reconciler.routing.table import Member, RouteTable, route_table
+from tests.support import unavailable, wait_for_async
+from tests.unit.test_routes import public, service
+
+BACKEND = r"""
+import http.server, sys
+name = sys.argv[1]
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.0"
+    def do_GET(self):
+        if self.path.startswith("/fail"):
+            self.send_response(500); self.end_headers(); return
+        body = f"{name} {self.path} {self.headers.get('Host', '')}".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def backends() -> Iterator[Callable[[str], int]]:
+    """Start a named backend; its port. Every one is stopped by its pid afterwards."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(name: str) -> int:
+        process = subprocess.Popen(
+            [sys.executable, "-c", BACKEND, name], stdout=subprocess.PIPE, text=True
+        )
+        started.append(process)
+        assert process.stdout is not None
+        return int(process.stdout.readline())
+
+    yield start
+    for process in started:
+        process.kill()
+        process.wait()
+        assert process.stdout is not None
+        process.stdout.close()
+
+
+@pytest.fixture
+async def proxy(tmp_path: Path) -> AsyncIterator[Proxy]:
+    if executable() is None:
+        unavailable("HAProxy is not installed (apt-get install haproxy)")
+    found = proxy_for(tmp_path)
+    try:
+        yield found
+    finally:
+        pid = found.pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+
+
+def get(port: int, path: str = "/", host: str | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if host:
+        request.add_header("Host", host)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+async def fetch(port: int, path: str = "/", host: str | None = None) -> tuple[int, str]:
+    return await asyncio.to_thread(get, port, path, host)
+
+
+async def served_by(port: int, count: int, path: str = "/") -> Counter[str]:
+    names: Counter[str] = Counter()
+    for _ in range(count):
+        status, body = await fetch(port, path)
+        names[body.split()[0] if status == 200 else f"status {status}"] += 1
+    return names
+
+
+def quick(port: int, path: str = "/") -> HealthPolicy:
+    """An http check of ``path`` on the replica's ``port``, every 0.2 s."""
+    url = f"http://localhost:{port}{path}"
+    return HealthPolicy("http", url=url, interval=0.2, timeout=1.0, retries=2)
+
+
+def web_table(port: int, target: int, path: str = "/") -> RouteTable:
+    endpoint = public(port, target_port=target)
+    return route_table([service("web", endpoint, health=quick(target, path))])
+
+
+async def sync(proxy: Proxy, table: RouteTable, members: dict[str, list[Member]], **kw: Any) -> Any:
+    return await sync_routes(proxy, table, members, bind_address="127.0.0.1", **kw)
+
+
+async def test_every_replica_serves_through_one_public_port(
+    proxy: Proxy, backends: Callable[[str], int]
+) -> None:
+    port = free_port()
+    replicas = [backends(f"web-{i}") for i in (1, 2, 3)]
+    # One route; each replica on a port of its own (the check follows the member's port).
+    table = route_table(
+        [service("web", public(port), health=HealthPolicy("tcp", interval=0.2, retries=2))]
+    )
+    members = [Member(i + 1, "127.0.0.1", p) for i, p in enumerate(replicas)]
+    result = await sync(proxy, table, {"demo.web.web": members})
+    assert result.proxy == "started"
+    assert sorted(result.changes[1:]) == [f"demo/web/{i} in rotation on :{port}" for i in (1, 2, 3)]
+    names = await served_by(port, 30)
+    assert set(names) == {"web-1", "web-2", "web-3"}, names
+    again = await sync(proxy, table, {"demo.web.web": members})
+    assert (again.proxy, again.changes) == ("unchanged", ())
+
+
+async def test_hosts_and_paths_share_a_port_and_the_rest_is_a_404(
+    proxy: Proxy, backends: Callable[[str], int]
+) -> None:
+    port = free_port()
+    tcp = HealthPolicy("tcp", interval=0.2, retries=2)
+    table = route_table(
+        [
+            service("shop", public(port, host="shop.example.test"), health=tcp),
+            service("api", public(port, path="/api"), health=tcp),
+            service("apiv2", public(port, path="/api/v2"), health=tcp),
+        ]
+    )
+    members = {
+        "demo.shop.web": [Member(1, "127.0.0.1", backends("shop"))],
+        "demo.api.web": [Member(1, "127.0.0.1", backends("api"))],
+        "demo.apiv2.web": [Member(1, "127.0.0.1", backends("apiv2"))],
+    }
+    await sync(proxy, table, members)
+    assert (await fetch(port, "/", "shop.example.test:80"))[1].startswith("shop ")
+    assert (await fetch(port, "/api/x"))[1].startswith("api /api/x")
+    assert (await fetch(port, "/api/v2/y"))[1].startswith("apiv2 /api/v2/y")
+    status, body = await fetch(port, "/other")
+    assert (status, body) == (404, "no route")
+
+
+async def test_a_replica_that_never_passes_the_check_stays_out_of_rotation(
+    proxy: Proxy, backends: Callable[[str], int]
+) -> None:
+    port = free_port()
+    target = backends("web-1")
+    table = web_table(port, target, "/fail")
+    assert table.backends[0].check.path == "/fail"
+    members = {"demo.web.web": [Member(1, "127.0.0.1", target)]}
+    result = await sync(proxy, table, members, ready_timeout=3.0)
+    assert any("has not passed" in w for w in result.warnings), result
+    status, _ = await fetch(port)
+    assert status == 503
+
+
+async def test_a_replaced_replica_takes_over_and_a_removed_one_leaves(
+    proxy: Proxy, backends: Callable[[str], int]
+) -> None:
+    port = free_port()
+    table = route_table([service("web", public(port), health=HealthPolicy("tcp", interval=0.2))])
+    first, second = backends("old-1"), backends("web-2")
+    await sync(
+        proxy,
+        table,
+        {"demo.web.web": [Member(1, "127.0.0.1", first), Member(2, "127.0.0.1", second)]},
+    )
+    assert set(await served_by(port, 12)) == {"old-1", "web-2"}
+    replaced = backends("new-1")
+    result = await sync(proxy, table, {"demo.web.web": [Member(1, "127.0.0.1", replaced)]})
+    assert f"demo/web/1 in rotation on :{port}" in result.changes
+    assert {"demo/web/1 out of rotation", "demo/web/2 out of rotation"} <= set(result.changes)
+    assert set(await served_by(port, 12)) == {"new-1"}
+    servers = (await proxy.servers())["demo.web.web"]
+    assert [s.address for s in servers.values()] == [f"127.0.0.1:{replaced}"]
+
+
+async def test_a_killed_proxy_comes_back_with_its_rotation(
+    proxy: Proxy, backends: Callable[[str], int]
+) -> None:
+    port = free_port()
+    target = backends("web-1")
+    table = web_table(port, target)
+    members = {"demo.web.web": [Member(1, "127.0.0.1", target)]}
+    await sync(proxy, table, members)
+    pid = proxy.pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    await wait_for_async(lambda: proxy.pid() is None, "the killed HAProxy to be gone")
+    result = await sync(proxy, table, members)
+    assert result.proxy == "started"
+    assert (await fetch(port))[1].startswith("web-1 ")
+
+
+async def test_a_new_frontend_reloads_without_refusing_a_connection(
+    proxy: Proxy, backends: Callable[[str], int]
+) -> None:
+    port, other = free_port(), free_port()
+    one = backends("web-1")
+    tcp = HealthPolicy("tcp", interval=0.2, retries=2)
+    table = route_table([service("web", public(port), health=tcp)])
+    members = {"demo.web.web": [Member(1, "127.0.0.1", one)]}
+    await sync(proxy, table, members)
+    failures: list[str] = []
+    done = threading.Event()
+    answered = 0
+
+    def load() -> None:
+        nonlocal answered
+        while not done.is_set():
+            try:
+                status, _ = get(port)
+                if status != 200:
+                    failures.append(f"status {status}")
+            except OSError as error:
+                failures.append(repr(error))
+            answered += 1
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    try:
+        await wait_for_async(lambda: answered > 20, "requests before the reload")
+        bigger = route_table(
+            [
+                service("web", public(port), health=tcp),
+                service("admin", public(other), health=tcp),
+            ]
+        )
+        members["demo.admin.web"] = [Member(1, "127.0.0.1", backends("admin-1"))]
+        result = await sync(proxy, bigger, members)
+        seen = answered
+        await wait_for_async(lambda: answered > seen + 20, "requests after the reload")
+    finally:
+        done.set()
+        worker.join()
+    assert result.proxy == "reloaded"
+    assert failures == []
+    assert (await fetch(other))[1].startswith("admin-1 ")
+    assert (await fetch(port))[1].startswith("web-1 ")
+
+
+async def test_no_route_left_stops_the_proxy(proxy: Proxy, backends: Callable[[str], int]) -> None:
+    port = free_port()
+    target = backends("w")
+    await sync(proxy, web_table(port, target), {"demo.web.web": [Member(1, "127.0.0.1", target)]})
+    assert proxy.pid() is not None
+    result = await sync(proxy, RouteTable(), {})
+    assert result.proxy == "stopped" and proxy.pid() is None
+    with pytest.raises(OSError):
+        get(port)

@@ -1,0 +1,135 @@
+"""The route table and HAProxy's configuration (pure)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from reconciler.desired import DesiredService
+from reconciler.policy import HealthPolicy, ServicePolicy
+from reconciler.routing.table import (
+    NO_ROUTE,
+    Member,
+    backend_name,
+    render,
+    replica_of,
+    route_table,
+)
+
+
+def service(
+    name: str,
+    *endpoints: dict[str, Any],
+    health: HealthPolicy | None = None,
+    deployment: str = "demo",
+    rtype: str = "service",
+) -> DesiredService:
+    return DesiredService(
+        deployment=deployment,
+        name=name,
+        rtype=rtype,
+        config={"endpoints": list(endpoints)},
+        fingerprint=f"fp-{name}",
+        replicas=2,
+        depends=(),
+        pull_policy="never",
+        file=f"{name}.yaml",
+        policy=ServicePolicy(health or HealthPolicy("tcp")),
+    )
+
+
+def public(port: int, protocol: str = "http", **extra: Any) -> dict[str, Any]:
+    return {"name": "web", "protocol": protocol, "port": port, "expose": "public", **extra}
+
+
+def test_only_public_routable_endpoints_of_services_become_routes() -> None:
+    table = route_table(
+        [
+            service("a", public(8080), {"name": "in", "protocol": "http", "port": 9000}),
+            service("b", public(5353, "udp")),
+            service("c", public(8081), rtype="job"),
+        ]
+    )
+    assert [f.port for f in table.frontends] == [8080]
+    assert [b.name for b in table.backends] == ["demo.a.web"]
+    assert table.problems == ()
+
+
+def test_target_port_defaults_to_port_and_checks_follow_the_health_policy() -> None:
+    http = HealthPolicy("http", url="http://localhost:9000/ready", expect_status=204, retries=4)
+    table = route_table(
+        [
+            service("a", public(80, target_port=9000), health=http),
+            service("b", public(81, "tcp")),
+            service("c", public(82), health=HealthPolicy("command", command="true")),
+        ]
+    )
+    a, b, c = table.backends
+    assert (a.target_port, a.check.kind, a.check.path, a.check.port) == (
+        9000,
+        "http",
+        "/ready",
+        9000,
+    )
+    assert (a.check.expect_status, a.check.fall, a.mode) == (204, 4, "http")
+    assert (b.target_port, b.check.kind, b.check.port, b.mode) == (81, "tcp", 81, "tcp")
+    assert c.check.kind == "none"
+
+
+def test_rules_are_most_specific_first() -> None:
+    table = route_table(
+        [
+            service("any", public(80)),
+            service("api", public(80, path="/api")),
+            service("apiv2", public(80, path="/api/v2")),
+            service("shop", public(80, host="Shop.Example.Test")),
+            service("wild", public(80, host="*.example.test")),
+        ]
+    )
+    (frontend,) = table.frontends
+    order = [(r.host, r.path) for r in frontend.rules]
+    assert order == [
+        ("shop.example.test", None),
+        ("*.example.test", None),
+        (None, "/api/v2"),
+        (None, "/api"),
+        (None, None),
+    ]
+    assert table.problems == ()
+
+
+def test_conflicts_name_both_services() -> None:
+    tcp = route_table([service("a", public(80)), service("b", public(80, "tcp"))])
+    assert len(tcp.problems) == 1 and "demo/a" in tcp.problems[0] and "demo/b" in tcp.problems[0]
+    same = route_table([service("a", public(80, path="/x")), service("b", public(80, path="/x"))])
+    assert same.problems and "both route any host path /x" in same.problems[0]
+    fine = route_table([service("a", public(80, path="/x")), service("b", public(80, path="/y"))])
+    assert fine.problems == ()
+
+
+def test_backend_names_are_haproxy_names_and_never_collide() -> None:
+    assert backend_name("demo", "web", "http") == "demo.web.http"
+    odd = backend_name("demo", "web", "my port")
+    other = backend_name("demo", "web", "my/port")
+    assert " " not in odd and "/" not in other and odd != other
+
+
+def test_render_lists_members_and_falls_back_to_404_without_a_catch_all() -> None:
+    table = route_table([service("api", public(80, path="/api"))])
+    member = Member(2, "10.0.0.5", 8080)
+    text = render(
+        table, {"demo.api.web": [member]}, bind_address="127.0.0.1", admin_socket="/s", pidfile="/p"
+    )
+    assert f"server {member.server} 10.0.0.5:8080 check" in text
+    assert replica_of(member.server) == 2
+    assert f"default_backend {NO_ROUTE}" in text and "return status 404" in text
+    assert "bind 127.0.0.1:80" in text
+    everything = route_table([service("any", public(80))])
+    assert NO_ROUTE not in render(
+        everything, {}, bind_address="0.0.0.0", admin_socket="/s", pidfile="/p"
+    )
+
+
+def test_a_replaced_replica_gets_a_server_of_its_own() -> None:
+    old, new = Member(1, "10.0.0.5", 80), Member(1, "10.0.0.9", 80)
+    assert old.server != new.server and replica_of(old.server) == replica_of(new.server) == 1
+    assert Member(1, "fd00::5", 80).endpoint == "[fd00::5]:80"
