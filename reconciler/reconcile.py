@@ -49,6 +49,9 @@ from reconciler.observed import ObservedState, WorkloadId
 from reconciler.plan.model import Note, Plan
 from reconciler.plan.planner import plan_changes
 from reconciler.probes import init_step_problem
+from reconciler.routing.control import RouteSync
+from reconciler.routing.host import HostRoutes, routing_warnings
+from reconciler.routing.table import route_table
 from reconciler.runtimes import open_runtime
 from reconciler.settings import Settings
 from reconciler.sources.files import DEFAULT_SPECS, Collected, collect
@@ -168,10 +171,13 @@ def check_runtime(driver: Driver, desired: DesiredState) -> tuple[DesiredState, 
     services = {}
     for key, service in desired.services.items():
         found, warnings = _service_limits(driver, service)
+        warnings += routing_warnings(service, driver.routable)
         subject = f"{key[0]}/{key[1]}"
         where = f"{service.file}: {subject}" if service.file else subject
         errors += [f"{where}: {message}" for message in found]
         services[key] = dataclasses.replace(service, warnings=service.warnings + warnings)
+    if driver.routable:
+        errors += list(route_table(desired.services.values()).problems)
     return dataclasses.replace(desired, services=services), errors
 
 
@@ -357,6 +363,8 @@ class Pass:
     """None when nothing was executed: the plan was empty or its review declined it."""
     after: ObservedState | None = None
     """The runtime observed again after executing (when asked for)."""
+    routes: RouteSync | None = None
+    """What syncing the managed proxy did (None: nothing on the host is routed)."""
 
 
 async def run_pass(
@@ -371,17 +379,25 @@ async def run_pass(
     concurrency: int | None = DEFAULT_CONCURRENCY,
     on_event: Callable[[Event], None] = lambda _event: None,
     observe_after: bool = False,
+    routes: HostRoutes | None = None,
 ) -> Pass:
     """Observe (``scope``: one deployment, else all), plan, let ``review`` see the plan
     (False: do nothing), and execute it through ``driver``, with the host's apply
-    ``lock`` held so no other apply or daemon acts on the host meanwhile."""
+    ``lock`` held so no other apply or daemon acts on the host meanwhile. With
+    ``routes`` (on a runtime whose public endpoints the proxy serves), the managed
+    proxy is synced with what runs afterwards, also when the plan was empty, so a
+    dead proxy or a missing server is repaired."""
     if not lock.held:
         raise ZlayerError(f"{lock.path}: a plan is executed only with the apply lock held")
     observed = await driver.observe([scope] if scope else None)
     plan = make_plan(desired, observed)
     proceed = True if review is None else await review(plan)
-    if plan.empty or not proceed:
+    if not proceed:
         return Pass(observed, plan, None)
+    deployments = [scope] if scope else sorted(desired.deployments)
+    if plan.empty:
+        synced = await _sync_routes(routes, driver, desired, observed, deployments)
+        return Pass(observed, plan, None, routes=synced)
     report = await execute(
         plan,
         driver,
@@ -391,5 +407,21 @@ async def run_pass(
         settings=ExecutorSettings(concurrency=concurrency),
         on_event=on_event,
     )
-    after = await driver.observe([scope] if scope else None) if observe_after else None
-    return Pass(observed, plan, report, after)
+    wants_after = observe_after or (routes is not None and driver.routable)
+    after = await driver.observe([scope] if scope else None) if wants_after else None
+    synced = None
+    if after is not None:
+        synced = await _sync_routes(routes, driver, desired, after, deployments)
+    return Pass(observed, plan, report, after if observe_after else None, synced)
+
+
+async def _sync_routes(
+    routes: HostRoutes | None,
+    driver: Driver,
+    desired: DesiredState,
+    observed: ObservedState,
+    deployments: Sequence[str],
+) -> RouteSync | None:
+    if routes is None or not driver.routable:
+        return None
+    return await routes.sync(driver, desired, observed, deployments)

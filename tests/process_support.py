@@ -56,6 +56,14 @@ def kill_recorded(state_dir: Path) -> list[int]:
                     killed.append(pid)
                 except ProcessLookupError:
                     pass
+    proxy = state_dir / "proxy" / "haproxy.pid"  # the managed HAProxy, by its pid
+    try:
+        proxy_pid = int(proxy.read_text().split()[0])
+        if b"haproxy" in Path(f"/proc/{proxy_pid}/cmdline").read_bytes():
+            os.kill(proxy_pid, signal.SIGKILL)
+            killed.append(proxy_pid)
+    except (OSError, ValueError, IndexError):
+        pass
     deadline = time.monotonic() + 10
     while any(_exists(pid) for pid in killed) and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -34,6 +34,8 @@ from reconciler.lock import ApplyLock
 from reconciler.observed import ObservedState
 from reconciler.plan.model import Plan
 from reconciler.plan.serialize import PLAN_FORMAT, plan_to_json
+from reconciler.routing.control import RouteSync
+from reconciler.routing.host import HostRoutes
 from reconciler.runtimes import open_runtime
 from reconciler.settings import Settings as RuntimeSettings
 from reconciler.statedir import default_state_dir
@@ -258,7 +260,9 @@ async def _act(
             scope=scope,
             concurrency=opts.concurrency,
             on_event=on_event,
+            routes=HostRoutes.of(opts.state_dir, opts.settings.publish_address),
         )
+    _print_routes(done.routes, opts.fmt, out)
     report = done.report
     if report is None:
         return 0 if done.plan.empty else 1
@@ -273,6 +277,20 @@ async def _act(
     else:
         render_report(out, report)
     return 0 if report.ok else 1
+
+
+def _print_routes(routes: RouteSync | None, fmt: str, out: Console) -> None:
+    """What syncing the managed proxy changed (nothing when nothing changed)."""
+    if routes is None or not (routes.changes or routes.warnings):
+        return
+    if fmt == "json":
+        document = {"event": "routes", "proxy": routes.proxy, "changes": list(routes.changes)}
+        click.echo(json.dumps({**document, "warnings": list(routes.warnings)}))
+        return
+    for change in routes.changes:
+        out.print(f"route: {markup(change)}", highlight=False)
+    for warning in routes.warnings:
+        out.print(f"[yellow]route warning:[/] {markup(warning)}", highlight=False)
 
 
 def _saved_plan(path: str) -> dict[str, Any] | None:

@@ -31,6 +31,12 @@ class Observer(Protocol):
 
     name: str
 
+    @property
+    def routable(self) -> bool:
+        """Public endpoints are served by zlayer's managed proxy: every replica has an
+        address of its own that the host reaches (:mod:`reconciler.routing`)."""
+        ...
+
     async def observe(self, deployments: Collection[str] | None = None) -> ObservedState:
         """Every workload zlayer manages (of ``deployments`` only, when given)."""
         ...

@@ -72,6 +72,7 @@ class FakeRuntime:
 
 class FakeDriver:
     name = "fake"
+    routable = False
 
     def __init__(
         self,

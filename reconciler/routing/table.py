@@ -15,6 +15,7 @@ turns it into HAProxy's configuration. Both are pure, so the same table serves
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from reconciler.desired import DesiredService, DesiredState
+from reconciler.policy import HealthPolicy
 
 LAYER7 = frozenset({"http", "https", "websocket"})
 ROUTED = LAYER7 | {"tcp"}
@@ -152,8 +154,44 @@ def routed_endpoints(config: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     ]
 
 
-def _check(service: DesiredService, target_port: int) -> ServerCheck:
-    health = service.policy.health
+@dataclass(frozen=True, slots=True)
+class RoutedService:
+    """What routing needs of a service, as plain data (recorded per deployment, see
+    :mod:`reconciler.routing.host`): its routed endpoints as in its config, and its
+    health check."""
+
+    deployment: str
+    service: str
+    replicas: int | None
+    endpoints: tuple[dict[str, Any], ...]
+    health: dict[str, Any]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RoutedService:
+        return cls(
+            deployment=str(data["deployment"]),
+            service=str(data["service"]),
+            replicas=data["replicas"],
+            endpoints=tuple(dict(e) for e in data["endpoints"]),
+            health=dict(data["health"]),
+        )
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.deployment, self.service)
+
+
+def routed_service(service: DesiredService) -> RoutedService:
+    return RoutedService(
+        deployment=service.deployment,
+        service=service.name,
+        replicas=service.replicas,
+        endpoints=tuple(dict(e) for e in routed_endpoints(service.config)),
+        health=dataclasses.asdict(service.policy.health),
+    )
+
+
+def _check(health: HealthPolicy, target_port: int) -> ServerCheck:
     common: dict[str, Any] = {
         "interval": max(health.interval, 0.1),
         "timeout": max(health.timeout, 0.1),
@@ -202,25 +240,29 @@ def _rule_order(rule: Rule) -> tuple[int, int, int, str, str]:
 
 def route_table(services: Iterable[DesiredService]) -> RouteTable:
     """The routes of ``services`` (every deployment), with the conflicts among them."""
+    return table_of(routed_service(s) for s in services if not s.is_definition)
+
+
+def table_of(services: Iterable[RoutedService]) -> RouteTable:
+    """The route table of ``services``, with the conflicts among them."""
     backends: list[Backend] = []
     by_port: dict[int, list[tuple[Rule, Backend]]] = {}
     for service in sorted(services, key=lambda s: s.key):
-        if service.is_definition:
-            continue
-        for endpoint in routed_endpoints(service.config):
+        health = HealthPolicy(**service.health)
+        for endpoint in service.endpoints:
             port = int(endpoint["port"])
             target = int(endpoint.get("target_port") or port)
             protocol = str(endpoint["protocol"])
-            name = backend_name(service.deployment, service.name, str(endpoint["name"]))
+            name = backend_name(service.deployment, service.service, str(endpoint["name"]))
             backend = Backend(
                 name=name,
                 deployment=service.deployment,
-                service=service.name,
+                service=service.service,
                 endpoint=str(endpoint["name"]),
                 protocol=protocol,
                 mode="http" if protocol in LAYER7 else "tcp",
                 target_port=target,
-                check=_check(service, target),
+                check=_check(health, target),
                 replicas=service.replicas,
             )
             backends.append(backend)

@@ -33,6 +33,7 @@ def host(tmp_path: Path) -> Iterator[dict[str, str]]:
         **os.environ,
         "DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock",
         "ZLAYER_STATE_DIR": str(state),
+        "ZLAYER_PUBLISH_ADDRESS": "127.0.0.1",  # the proxy listens on loopback only
         "NO_COLOR": "1",
         "COLUMNS": "200",
     }
@@ -72,6 +73,11 @@ def test_the_readme_main_job_runs_hello_as_processes(host: dict[str, str]) -> No
     address = record["network"]["address"]
     with urllib.request.urlopen(f"http://{address}:8080/", timeout=5) as answer:
         assert answer.status == 200
+    # From the host, through the managed proxy, with no warning in the plan.
+    assert "route: hello/web/1 in rotation on :8080" in run.stdout, run.stdout
+    assert "warning" not in run.stdout.lower(), run.stdout
+    with urllib.request.urlopen("http://127.0.0.1:8080/", timeout=5) as answer:
+        assert answer.status == 200
 
     def worker_logs() -> str:
         return zlayer(host, "logs", "worker").stdout
@@ -91,6 +97,8 @@ def test_the_readme_main_job_runs_hello_as_processes(host: dict[str, str]) -> No
 
     gone = zlayer(host, "destroy", "hello", "--auto-approve")
     assert gone.returncode == 0, gone.stdout + gone.stderr
+    assert "route: proxy stopped: no public endpoint left" in gone.stdout, gone.stdout
+    assert not (Path(host["ZLAYER_STATE_DIR"]) / "proxy/routes/hello.json").exists()
     assert "No workloads" in zlayer(host, "status").stdout
     found = netns.inventory()
     assert "hello" not in found.bridges

@@ -192,12 +192,28 @@ app:
     errors, warnings = limits_of(text)
     assert errors == ()
     assert warnings == (
-        "demo/app: public endpoint http is not reachable from outside: replicas in their own "
-        "network namespace need the proxy, which does not exist yet",
         "demo/app: resources.memory not enforced: no cgroups here",
         "demo/app: resources.cpuset is not applied by the process runtime",
         "demo/app: privileged is not applied by the process runtime",
     )
+
+
+def test_on_the_host_network_host_and_path_routing_is_a_warning() -> None:
+    """Isolated replicas get the managed proxy (no warning from the runtime); on the
+    host network a replica serves its port itself, so host and path cannot apply."""
+    text = """
+app:
+  image: {name: x}
+  command: {entrypoint: [sleep, "60"]}
+  endpoints: [{name: http, protocol: http, port: 80, expose: public, host: a.test, path: /x}]
+"""
+    assert limits_of(text) == ((), ())
+    _, warnings = limits_of(text, isolation="not running as root")
+    assert any(
+        "endpoint http: host and path not applied: replicas on the host network" in w
+        and "not running as root" in w
+        for w in warnings
+    ), warnings
     _, host = limits_of(text, isolation="not running as root")
     assert host[0] == (
         "demo/app: runs on the host network, not network_mode default: not running as root "

@@ -61,6 +61,8 @@ class DockerDriver:
     on ``publish_address``."""
 
     name = "docker"
+    routable = False
+    """Not yet: the engine publishes a single replica's public ports itself."""
 
     def __init__(self, url: str | None = None, *, publish_address: str = "0.0.0.0") -> None:
         self.url = url

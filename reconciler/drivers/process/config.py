@@ -183,16 +183,18 @@ def _network_limits(
             f"{subject}: network_mode {mode}: named networks are not implemented; the replicas "
             "join their deployment's network"
         )
-    public = [
-        str(e.get("name"))
-        for e in service.config.get("endpoints", ())
-        if e.get("expose", "internal") == "public"
-    ]
-    if public and planned != "host":
-        warnings.append(
-            f"{subject}: public endpoint {', '.join(public)} is not reachable from outside: "
-            "replicas in their own network namespace need the proxy, which does not exist yet"
-        )
+    if planned != "host":
+        return  # public endpoints are served by the managed proxy (reconciler.routing)
+    for endpoint in service.config.get("endpoints", ()):
+        if endpoint.get("expose", "internal") != "public":
+            continue
+        dropped = [key for key in ("host", "path") if endpoint.get(key)]
+        if dropped:
+            warnings.append(
+                f"{subject}: endpoint {endpoint.get('name')}: {' and '.join(dropped)} not "
+                f"applied: replicas on the host network serve their port themselves (the "
+                f"managed proxy needs network namespaces: {facts.isolation})"
+            )
 
 
 def _resource_limits(

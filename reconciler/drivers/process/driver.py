@@ -114,6 +114,12 @@ class ProcessDriver:
     def isolated(self) -> bool:
         return self.facts.isolation is None
 
+    @property
+    def routable(self) -> bool:
+        """Replicas in network namespaces have addresses the proxy reaches; on the host
+        network they listen on the public port themselves."""
+        return self.isolated
+
     def limits(self, service: DesiredService) -> Limits:
         return pc.service_limits(service, self.facts)
 

@@ -1,0 +1,165 @@
+"""The routes of the whole host, one HAProxy for every deployment.
+
+An apply sees the deployments of its own spec files only, while the proxy serves
+every deployment on the host. So each deployment's routed services are recorded
+in the proxy's directory (``proxy/routes/<deployment>.json``) when it is synced,
+and the table HAProxy gets is the union: the deployments being applied from their
+specs, the others from their record, their servers left as they are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reconciler.desired import DesiredService, DesiredState
+from reconciler.drivers.base import Driver
+from reconciler.errors import DriverError, ProxyError
+from reconciler.observed import ObservedState, WorkloadId
+from reconciler.routing.control import RouteSync, proxy_for, sync_routes
+from reconciler.routing.proxy import INSTALL_HINT, Proxy, executable
+from reconciler.routing.table import (
+    Member,
+    RoutedService,
+    RouteTable,
+    replica_of,
+    routed_endpoints,
+    routed_service,
+    table_of,
+)
+
+
+def routing_warnings(service: DesiredService, routable: bool) -> tuple[str, ...]:
+    """What the plan says about ``service``'s public endpoints on this host."""
+    endpoints = [str(e.get("name")) for e in routed_endpoints(service.config)]
+    if not endpoints or not routable:
+        return ()
+    if executable() is None:
+        return tuple(
+            f"endpoint {name} is public but not reachable from outside: the managed proxy "
+            f"needs HAProxy, which is not installed ({INSTALL_HINT})"
+            for name in endpoints
+        )
+    return ()
+
+
+@dataclass
+class HostRoutes:
+    """The proxy of one state directory and the deployments' recorded routes."""
+
+    proxy: Proxy
+    bind_address: str
+
+    @classmethod
+    def of(cls, state_dir: Path, bind_address: str) -> HostRoutes:
+        return cls(proxy_for(state_dir), bind_address)
+
+    @property
+    def records(self) -> Path:
+        return self.proxy.paths.directory / "routes"
+
+    def recorded(self) -> dict[str, list[RoutedService]]:
+        found: dict[str, list[RoutedService]] = {}
+        try:
+            files = sorted(self.records.glob("*.json"))
+        except OSError:
+            return found
+        for path in files:
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+                found[path.stem] = [RoutedService.from_dict(item) for item in data]
+            except (OSError, ValueError, TypeError, KeyError):
+                continue  # a damaged record: that deployment is synced again when applied
+        return found
+
+    def _record(self, deployment: str, services: Sequence[RoutedService]) -> None:
+        self.records.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = self.records / f"{deployment}.json"
+        if not services:
+            path.unlink(missing_ok=True)
+            return
+        temporary = path.with_suffix(".tmp")
+        data = [dataclasses.asdict(s) for s in services]
+        temporary.write_text(json.dumps(data, sort_keys=True), encoding="utf-8")
+        os.replace(temporary, path)
+
+    async def sync(
+        self,
+        driver: Driver,
+        desired: DesiredState,
+        observed: ObservedState,
+        deployments: Collection[str],
+    ) -> RouteSync | None:
+        """Sync the proxy for ``deployments`` (their routes from ``desired``, their
+        replicas from ``observed``); ``None`` when nothing on the host is routed and no
+        proxy runs."""
+        recorded = self.recorded()
+        mine = {
+            d: [
+                routed_service(s)
+                for s in desired.services.values()
+                if s.deployment == d and not s.is_definition and routed_endpoints(s.config)
+            ]
+            for d in deployments
+        }
+        everything = {**recorded, **mine}
+        table = table_of(s for services in everything.values() for s in services)
+        if table.empty and self.proxy.pid() is None and not any(recorded.get(d) for d in mine):
+            for deployment in mine:
+                self._record(deployment, [])
+            return None
+        if table.problems:
+            raise ProxyError("the routes conflict: " + "; ".join(table.problems))
+        members = await self._members(driver, table, observed, set(mine))
+        result = await sync_routes(self.proxy, table, members, bind_address=self.bind_address)
+        for deployment, services in mine.items():
+            self._record(deployment, services)
+        return result
+
+    async def _members(
+        self,
+        driver: Driver,
+        table: RouteTable,
+        observed: ObservedState,
+        synced: set[str],
+    ) -> dict[str, list[Member]]:
+        """The replicas each backend should have: for the deployments being synced,
+        those that run and are not unhealthy; for the others, the servers HAProxy has."""
+        live = await self.proxy.servers() if await self.proxy.running() else {}
+        members: dict[str, list[Member]] = {}
+        for backend in table.backends:
+            if backend.deployment not in synced:
+                members[backend.name] = _from_servers(live.get(backend.name, {}))
+                continue
+            found = []
+            for workload in observed.workloads:
+                if (workload.deployment, workload.service) != (backend.deployment, backend.service):
+                    continue
+                if workload.status != "running" or workload.health == "unhealthy":
+                    continue
+                if workload.replica is None:
+                    continue
+                target = WorkloadId(workload.deployment, workload.service, workload.replica)
+                try:
+                    host, port = await driver.address(target, backend.target_port)
+                except DriverError:
+                    continue  # gone meanwhile: not a member
+                found.append(Member(workload.replica, host, port))
+            members[backend.name] = found
+        return members
+
+
+def _from_servers(servers: Mapping[str, Any]) -> list[Member]:
+    found = []
+    for name, stat in servers.items():
+        replica = replica_of(name)
+        host, _, port = str(stat.address).rpartition(":")
+        if replica is None or not port.isdigit():
+            continue
+        found.append(Member(replica, host.strip("[]"), int(port)))
+    return found

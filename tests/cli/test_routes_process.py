@@ -1,0 +1,131 @@
+"""Public endpoints on the process runtime, through the managed HAProxy: real
+replicas in network namespaces (root), real HAProxy, requests from the host on
+loopback. Every replica answers with its own address, so a test sees who served."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import textwrap
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from reconciler.routing.proxy import executable
+from tests.cli.test_process_cli import zlayer
+from tests.process_support import kill_recorded, remove_networks
+from tests.routing.test_proxy import free_port, get
+from tests.support import needs_root, unavailable
+
+SERVER = (
+    "import http.server\n"
+    "class H(http.server.BaseHTTPRequestHandler):\n"
+    "    def do_GET(self):\n"
+    "        body = ('%s %s %s' % (NAME, self.connection.getsockname()[0], self.path)).encode()\n"
+    "        self.send_response(200); self.send_header('Content-Length', str(len(body)))\n"
+    "        self.end_headers(); self.wfile.write(body)\n"
+    "    def log_message(self, *a): pass\n"
+    "http.server.ThreadingHTTPServer(('0.0.0.0', PORT), H).serve_forever()\n"
+)
+
+
+def web(name: str, port: int, replicas: int, target: int = 9000, extra: str = "") -> str:
+    code = SERVER.replace("NAME", repr(name)).replace("PORT", str(target))
+    return textwrap.dedent(
+        f"""\
+          {name}:
+            image: {{name: "zlayer-example/python:3"}}
+            command:
+              entrypoint: ["{sys.executable}", "-c"]
+              args: [{json.dumps(code)}]
+            scale: {{mode: fixed, replicas: {replicas}}}
+            endpoints:
+              - {{name: http, protocol: http, port: {port}, target_port: {target},
+                  expose: public{extra}}}
+            health:
+              start_grace: 0s
+              interval: 1s
+              check: {{type: http, url: "http://localhost:{target}/", expect_status: 200}}
+        """
+    )
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Iterator[dict[str, str]]:
+    needs_root("the process runtime's network namespaces")
+    if executable() is None:
+        unavailable("HAProxy is not installed (apt-get install haproxy)")
+    state = tmp_path / "state"
+    env = {
+        **os.environ,
+        "ZLAYER_STATE_DIR": str(state),
+        "ZLAYER_RUNTIME": "process",
+        "ZLAYER_PUBLISH_ADDRESS": "127.0.0.1",
+        "NO_COLOR": "1",
+        "COLUMNS": "200",
+    }
+    try:
+        yield env
+    finally:
+        kill_recorded(state)
+        remove_networks("routed")
+
+
+def spec(tmp_path: Path, *services: str) -> Path:
+    path = tmp_path / "routed.yaml"
+    body = "".join(textwrap.indent(s, "  ") for s in services)
+    path.write_text(f"version: v1\ndeployment: routed\nservices:\n{body}")
+    return path
+
+
+@pytest.mark.slow
+def test_three_replicas_serve_through_the_public_port(host: dict[str, str], tmp_path: Path) -> None:
+    port = free_port()
+    path = spec(tmp_path, web("web", port, 3))
+    run = zlayer(host, "apply", str(path), "--auto-approve")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "not reachable" not in run.stdout + run.stderr
+    for replica in (1, 2, 3):
+        assert f"route: routed/web/{replica} in rotation on :{port}" in run.stdout, run.stdout
+    served = Counter(get(port)[1].split()[1] for _ in range(30))
+    assert len(served) == 3, served  # three replica addresses
+    again = zlayer(host, "apply", str(path), "--auto-approve")
+    assert "No changes." in again.stdout and "route:" not in again.stdout, again.stdout
+
+    # Scale down: the replica that leaves leaves the rotation too.
+    path.write_text(path.read_text().replace("replicas: 3", "replicas: 1"))
+    down = zlayer(host, "apply", str(path), "--auto-approve")
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert "route: routed/web/2 out of rotation" in down.stdout, down.stdout
+    assert len({get(port)[1].split()[1] for _ in range(10)}) == 1
+
+
+@pytest.mark.slow
+def test_hosts_and_paths_route_between_services_on_one_port(
+    host: dict[str, str], tmp_path: Path
+) -> None:
+    port = free_port()
+    path = spec(
+        tmp_path,
+        web("shop", port, 1, 9001, ", host: shop.example.test"),
+        web("api", port, 1, 9002, ", path: /api"),
+    )
+    run = zlayer(host, "apply", str(path), "--auto-approve")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert get(port, "/", "shop.example.test")[1].startswith("shop ")
+    assert get(port, "/api/items")[1].startswith("api ")
+    assert get(port, "/elsewhere") == (404, "no route")
+
+
+def test_routes_that_conflict_are_refused_before_anything_runs(
+    host: dict[str, str], tmp_path: Path
+) -> None:
+    port = free_port()
+    path = spec(tmp_path, web("one", port, 1, 9001), web("two", port, 1, 9002))
+    run = zlayer(host, "apply", str(path), "--auto-approve")
+    assert run.returncode == 1
+    assert "routed/one (http) and routed/two (http) both route any host any path" in run.stderr
+    assert not (Path(host["ZLAYER_STATE_DIR"]) / "process/deployments/routed").exists()
