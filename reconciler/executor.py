@@ -25,7 +25,7 @@ from typing import Literal, NoReturn
 from reconciler import probes
 from reconciler.desired import CompileInputs, DesiredService, DesiredState, restore_service
 from reconciler.drivers.base import Driver
-from reconciler.errors import DriverError, TemporaryDriverError
+from reconciler.errors import DriverError, TemporaryDriverError, ZlayerError
 from reconciler.observed import ObservedState, Workload, WorkloadId
 from reconciler.plan.model import STARTUP_KINDS, Action, Condition, Plan
 from reconciler.policy import HealthPolicy, InitStep
@@ -88,6 +88,9 @@ class ExecutorSettings:
     """Longest pause between probes while something waits on health."""
     init_backoff: tuple[float, ...] = (1.0, 2.0, 4.0)
     """``errors.on_init_failure: backoff``: pauses before each further try (ZLayer's)."""
+    before_stop: Callable[[WorkloadId], Awaitable[None]] | None = None
+    """Called before a running replica is stopped, restarted, replaced or removed: the
+    managed proxy drains it (no new connections; in-flight ones may finish)."""
 
 
 class Failed(Exception):
@@ -186,6 +189,17 @@ class Executor:
         elapsed = asyncio.get_running_loop().time() - self._t0
         self.on_event(Event(action, kind, self._scrub(message), round(elapsed, 3)))
 
+    async def _before_stop(self, target: WorkloadId, warnings: list[str]) -> None:
+        """Let :attr:`ExecutorSettings.before_stop` drain ``target``; a failure is a
+        warning, never a reason to keep a replica the plan stops."""
+        hook = self.settings.before_stop
+        if hook is None or target.replica is None:
+            return
+        try:
+            await hook(target)
+        except ZlayerError as error:
+            warnings.append(f"{target}: not drained first: {error}")
+
     async def _perform(self, action: Action, warnings: list[str]) -> str:
         self._emit(action.id, "started", action.reason)
         target = action.target
@@ -196,6 +210,8 @@ class Executor:
             if action.kind == "replace":
                 return await self._replace(action, warnings)
             await self.init_steps(action, self._service(target), warnings)
+        if action.kind in ("stop", "remove", "prune", "restart"):
+            await self._before_stop(target, warnings)
         await self._call(action, lambda: perform(self.driver, action, self.desired))
         if action.kind in ("create", "start", "restart"):
             status = await self.driver.status(target)
@@ -374,6 +390,7 @@ class Executor:
         previous = self._previous(target, service, warnings)
         rollout.done.append((target, previous))
         rollout.action_ids.append(action.id)
+        await self._before_stop(target, warnings)
         try:
             await self._call(action, lambda: perform(self.driver, action, self.desired))
         except DriverError as error:

@@ -404,7 +404,10 @@ async def run_pass(
         desired,
         observed,
         inputs=inputs,
-        settings=ExecutorSettings(concurrency=concurrency),
+        settings=ExecutorSettings(
+            concurrency=concurrency,
+            before_stop=routes.drain if routes is not None and driver.routable else None,
+        ),
         on_event=on_event,
     )
     wants_after = observe_after or (routes is not None and driver.routable)

@@ -44,6 +44,8 @@ from reconciler.lock import ApplyLock
 from reconciler.observed import ObservedState, RunId, WorkloadId
 from reconciler.plan.model import Plan
 from reconciler.plan.serialize import plan_to_dict
+from reconciler.routing.control import RouteSync
+from reconciler.routing.host import HostRoutes
 from reconciler.runtimes import open_runtime
 from reconciler.settings import Settings, load_settings
 from reconciler.sources.base import Source
@@ -387,9 +389,11 @@ class Daemon:
                 review=review,
                 on_event=self._on_event,
                 observe_after=True,
+                routes=HostRoutes.of(self.state_dir, self.settings.publish_address),
             )
         finally:
             lock.release()
+        self._journal_routes(done.routes)
         plan_doc = plan_to_dict(done.plan, f"the {driver.name} runtime")
         if done.report is None:
             monitor.update(desired, done.observed)
@@ -409,6 +413,15 @@ class Daemon:
         for workload in observed.workloads:
             states[workload.status] = states.get(workload.status, 0) + 1
         self.workload_states = states
+
+    def _journal_routes(self, routes: RouteSync | None) -> None:
+        """Each change the proxy sync made, and each of its warnings, as an event."""
+        if routes is None:
+            return
+        for change in routes.changes:
+            self.journal.event("proxy", "route", change, self.clock())
+        for warning in routes.warnings:
+            self.journal.event("proxy", "route_warning", warning, self.clock())
 
     def _on_event(self, event: Event) -> None:
         if event.kind in ("failed", "rolled_back", "succeeded"):

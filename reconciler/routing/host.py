@@ -32,6 +32,10 @@ from reconciler.routing.table import (
     routed_service,
     table_of,
 )
+from reconciler.waits import wait_until
+
+DRAIN_GRACE = 10.0
+"""Seconds a draining replica's connections get before it is stopped anyway."""
 
 
 def routing_warnings(service: DesiredService, routable: bool) -> tuple[str, ...]:
@@ -120,6 +124,34 @@ class HostRoutes:
         for deployment, services in mine.items():
             self._record(deployment, services)
         return result
+
+    async def drain(self, target: WorkloadId, grace: float = DRAIN_GRACE) -> None:
+        """Before ``target`` stops: its servers get no new connections, and the ones
+        they carry get up to ``grace`` seconds to finish. Nothing when no proxy runs
+        or the replica is in no backend."""
+        if self.proxy.pid() is None:
+            return
+        prefix = f"{target.deployment}.{target.service}."
+        servers = await self.proxy.servers()
+        mine = [
+            (backend, name)
+            for backend, by_name in servers.items()
+            if backend.startswith(prefix)
+            for name in by_name
+            if replica_of(name) == target.replica
+        ]
+        for backend, name in mine:
+            await self.proxy.set_state(backend, name, "drain")
+
+        async def idle() -> bool:
+            now = await self.proxy.servers()
+            return all(
+                (stat := now.get(backend, {}).get(name)) is None or stat.sessions == 0
+                for backend, name in mine
+            )
+
+        if mine:
+            await wait_until(idle, timeout=grace)
 
     async def _members(
         self,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,7 @@ from reconciler.desired import (
     compile_specs,
 )
 from reconciler.drivers.fake import FakeDriver
-from reconciler.errors import PermanentDriverError, TemporaryDriverError
+from reconciler.errors import PermanentDriverError, ProxyError, TemporaryDriverError
 from reconciler.executor import (
     Event,
     Executor,
@@ -702,3 +702,36 @@ async def test_a_second_plan_after_a_successful_run_is_empty() -> None:
     report = await execute(plan, driver, changed, observed, inputs=INPUTS)
     assert report.ok
     assert plan_changes(changed, await driver.observe()).empty
+
+
+# --- draining before a stop ----------------------------------------------------------
+
+
+async def test_every_replica_is_drained_before_the_driver_stops_it() -> None:
+    """``before_stop`` runs for each replaced replica, and only then does the driver
+    act on it (the proxy drains it there)."""
+    driver, _, b = await rolled_out()
+    order: list[tuple[str, str]] = []
+
+    async def drain(target: WorkloadId) -> None:
+        order.append(("drain", str(target)))
+        assert ("replace", str(target)) not in driver.calls
+
+    run = await apply(driver, b, settings=replace(FAST, before_stop=drain))
+    assert run.report.ok
+    assert order == [("drain", f"demo/web/{i}") for i in (1, 2, 3)]
+
+
+async def test_a_failed_drain_is_a_warning_and_the_replica_still_stops() -> None:
+    driver, _, _ = await rolled_out()
+    fewer = desired_from(ROLLING.format(version="a").replace("replicas: 3", "replicas: 1"), "rA")
+
+    async def drain(target: WorkloadId) -> None:
+        raise ProxyError("HAProxy's runtime API does not answer")
+
+    run = await apply(driver, fewer, settings=replace(FAST, before_stop=drain))
+    assert run.report.ok
+    removed = run.outcome("remove:demo/web/3")
+    assert removed.status == "succeeded"
+    assert any("not drained first" in w for w in removed.warnings), removed
+    assert wid("web", 3) not in driver.workloads and wid("web", 1) in driver.workloads

@@ -23,21 +23,25 @@ from typing import Any
 
 import pytest
 
+from reconciler.observed import WorkloadId
 from reconciler.policy import HealthPolicy
 from reconciler.routing.control import proxy_for, sync_routes
+from reconciler.routing.host import HostRoutes
 from reconciler.routing.proxy import Proxy, executable
 from reconciler.routing.table import Member, RouteTable, route_table
 from tests.support import unavailable, wait_for_async
 from tests.unit.test_routes import public, service
 
 BACKEND = r"""
-import http.server, sys
+import http.server, sys, time
 name = sys.argv[1]
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.0"
     def do_GET(self):
         if self.path.startswith("/fail"):
             self.send_response(500); self.end_headers(); return
+        if self.path.startswith("/slow"):
+            time.sleep(2)
         body = f"{name} {self.path} {self.headers.get('Host', '')}".encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
@@ -281,3 +285,33 @@ async def test_no_route_left_stops_the_proxy(proxy: Proxy, backends: Callable[[s
     assert result.proxy == "stopped" and proxy.pid() is None
     with pytest.raises(OSError):
         get(port)
+
+
+async def test_a_draining_replica_finishes_its_requests_and_gets_no_new_ones(
+    proxy: Proxy, backends: Callable[[str], int]
+) -> None:
+    port = free_port()
+    table = route_table([service("web", public(port), health=HealthPolicy("tcp", interval=0.2))])
+    one = Member(1, "127.0.0.1", backends("web-1"))
+    await sync(proxy, table, {"demo.web.web": [one]})
+    slow = asyncio.ensure_future(fetch(port, "/slow"))
+
+    async def busy() -> bool:
+        stat = (await proxy.servers())["demo.web.web"][one.server]
+        return stat.sessions == 1
+
+    await wait_for_async(busy, "the slow request to reach web-1")
+    two = Member(2, "127.0.0.1", backends("web-2"))
+    await sync(proxy, table, {"demo.web.web": [one, two]})
+    routes = HostRoutes(proxy, "127.0.0.1")
+    draining = asyncio.ensure_future(routes.drain(WorkloadId("demo", "web", 1)))
+    await wait_for_async(lambda: _state_of(proxy, one.server, "DRAIN"), "web-1 to be draining")
+    assert set(await served_by(port, 6)) == {"web-2"}
+    assert not draining.done()  # the slow request still runs on web-1
+    status, body = await slow
+    assert (status, body.split()[0]) == (200, "web-1")
+    await asyncio.wait_for(draining, timeout=30)
+
+
+async def _state_of(proxy: Proxy, server: str, status: str) -> bool:
+    return (await proxy.servers())["demo.web.web"][server].status == status
