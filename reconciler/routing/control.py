@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.errors import ProxyError
-from reconciler.routing.proxy import Proxy, ServerStat, executable, structure_hash
+from reconciler.routing.proxy import Proxy, ServerStat, structure_hash
 from reconciler.routing.table import Backend, Member, RouteTable, render, replica_of, server_options
 from reconciler.waits import wait_until
 
@@ -49,10 +49,6 @@ class RouteSync:
 def proxy_for(state_dir: Path) -> Proxy:
     """The proxy of the host whose state directory is ``state_dir``."""
     return Proxy(state_dir / "proxy")
-
-
-def available() -> bool:
-    return executable() is not None
 
 
 async def sync_routes(

@@ -81,7 +81,8 @@ class HostRoutes:
                 continue  # a damaged record: that deployment is synced again when applied
         return found
 
-    def _record(self, deployment: str, services: Sequence[RoutedService]) -> None:
+    def record(self, deployment: str, services: Sequence[RoutedService]) -> None:
+        """Keep ``deployment``'s routed services (none: forget it)."""
         self.records.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = self.records / f"{deployment}.json"
         if not services:
@@ -115,14 +116,14 @@ class HostRoutes:
         table = table_of(s for services in everything.values() for s in services)
         if table.empty and self.proxy.pid() is None and not any(recorded.get(d) for d in mine):
             for deployment in mine:
-                self._record(deployment, [])
+                self.record(deployment, [])
             return None
         if table.problems:
             raise ProxyError("the routes conflict: " + "; ".join(table.problems))
         members = await self._members(driver, table, observed, set(mine))
         result = await sync_routes(self.proxy, table, members, bind_address=self.bind_address)
         for deployment, services in mine.items():
-            self._record(deployment, services)
+            self.record(deployment, services)
         return result
 
     async def drain(self, target: WorkloadId, grace: float = DRAIN_GRACE) -> None:
@@ -131,12 +132,13 @@ class HostRoutes:
         or the replica is in no backend."""
         if self.proxy.pid() is None:
             return
-        prefix = f"{target.deployment}.{target.service}."
+        recorded = table_of(s for services in self.recorded().values() for s in services)
+        backends = {b.name for b in recorded.backends if (b.deployment, b.service) == target[:2]}
         servers = await self.proxy.servers()
         mine = [
             (backend, name)
             for backend, by_name in servers.items()
-            if backend.startswith(prefix)
+            if backend in backends
             for name in by_name
             if replica_of(name) == target.replica
         ]

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from reconciler.desired import DesiredService, DesiredState
+from reconciler.desired import DesiredService
 from reconciler.policy import HealthPolicy
 
 LAYER7 = frozenset({"http", "https", "websocket"})
@@ -107,11 +107,6 @@ class RouteTable:
             if backend.name == name:
                 return backend
         raise KeyError(name)
-
-    def for_service(self, deployment: str, service: str) -> tuple[Backend, ...]:
-        return tuple(
-            b for b in self.backends if b.deployment == deployment and b.service == service
-        )
 
     def frontend_of(self, backend: str) -> Frontend:
         for frontend in self.frontends:
@@ -279,10 +274,6 @@ def table_of(services: Iterable[RoutedService]) -> RouteTable:
         rules = tuple(sorted((rule for rule, _ in entries), key=_rule_order))
         frontends.append(Frontend(port, mode, rules))
     return RouteTable(tuple(frontends), tuple(backends), tuple(problems))
-
-
-def routes_of(desired: DesiredState) -> RouteTable:
-    return route_table(desired.services.values())
 
 
 def _conflicts(port: int, entries: list[tuple[Rule, Backend]]) -> list[str]:

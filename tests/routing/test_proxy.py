@@ -28,7 +28,7 @@ from reconciler.policy import HealthPolicy
 from reconciler.routing.control import proxy_for, sync_routes
 from reconciler.routing.host import HostRoutes
 from reconciler.routing.proxy import Proxy, executable
-from reconciler.routing.table import Member, RouteTable, route_table
+from reconciler.routing.table import Member, RouteTable, route_table, routed_service
 from tests.support import unavailable, wait_for_async
 from tests.unit.test_routes import public, service
 
@@ -291,7 +291,10 @@ async def test_a_draining_replica_finishes_its_requests_and_gets_no_new_ones(
     proxy: Proxy, backends: Callable[[str], int]
 ) -> None:
     port = free_port()
-    table = route_table([service("web", public(port), health=HealthPolicy("tcp", interval=0.2))])
+    web = service("web", public(port), health=HealthPolicy("tcp", interval=0.2))
+    table = route_table([web])
+    routes = HostRoutes(proxy, "127.0.0.1")
+    routes.record("demo", [routed_service(web)])  # what a sync of demo records
     one = Member(1, "127.0.0.1", backends("web-1"))
     await sync(proxy, table, {"demo.web.web": [one]})
     slow = asyncio.ensure_future(fetch(port, "/slow"))
@@ -303,7 +306,6 @@ async def test_a_draining_replica_finishes_its_requests_and_gets_no_new_ones(
     await wait_for_async(busy, "the slow request to reach web-1")
     two = Member(2, "127.0.0.1", backends("web-2"))
     await sync(proxy, table, {"demo.web.web": [one, two]})
-    routes = HostRoutes(proxy, "127.0.0.1")
     draining = asyncio.ensure_future(routes.drain(WorkloadId("demo", "web", 1)))
     await wait_for_async(lambda: _state_of(proxy, one.server, "DRAIN"), "web-1 to be draining")
     assert set(await served_by(port, 6)) == {"web-2"}
