@@ -60,6 +60,34 @@ RUN_POLL = 2.0
 MAX_REASONS = 20
 
 
+STOP_SIGNALS = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT"}
+
+
+def handle_signals(
+    loop: asyncio.AbstractEventLoop, stop: Callable[[str], None], reload: Callable[[], None]
+) -> None:
+    """SIGTERM and SIGINT stop the daemon, SIGHUP reloads its config.
+
+    asyncio hands a signal to the loop by writing its number to a wakeup socket,
+    and a forked child inherits that socket with the handlers. pyroute2 forks a
+    helper to enter a network namespace and ends it with SIGTERM: without
+    :func:`_own_signals` in the child, the helper's SIGTERM reached this loop as
+    the daemon's own and stopped the daemon."""
+    for signum, name in STOP_SIGNALS.items():
+        loop.add_signal_handler(signum, stop, name)
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    os.register_at_fork(after_in_child=_own_signals)
+
+
+def _own_signals() -> None:
+    """In a forked child: signals are its own again (default handlers, and no
+    wakeup socket shared with the daemon's loop)."""
+    with contextlib.suppress(ValueError):  # not the main thread: nothing to undo
+        signal.set_wakeup_fd(-1)
+    for signum in (*STOP_SIGNALS, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 class Daemon:
     def __init__(
         self,
@@ -132,9 +160,7 @@ class Daemon:
         """Until SIGTERM (or one cycle with ``once``); the exit status."""
         loop = asyncio.get_running_loop()
         if not self.once:
-            loop.add_signal_handler(signal.SIGTERM, self.stop, "SIGTERM")
-            loop.add_signal_handler(signal.SIGINT, self.stop, "SIGINT")
-            loop.add_signal_handler(signal.SIGHUP, self.reload)
+            handle_signals(loop, self.stop, self.reload)
         try:
             async with open_runtime(self.runtime, self.settings) as driver:
                 self.driver = driver
