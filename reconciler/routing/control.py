@@ -96,7 +96,12 @@ async def sync_routes(
     retired = await _retire_unwanted(proxy, table, live, wanted, drain_grace)
     changes += [f"{_subject(table.backend(b), name)} out of rotation" for b, name in retired]
     final = _in_rotation(await _servers(proxy), wanted)
-    await proxy.apply_config(text(final), structure)
+    # HAProxy can die during the sync (its worker still answers for a moment after
+    # the master is gone): then this write starts it again, and that is a change too.
+    again = await proxy.apply_config(text(final), structure)
+    if again == "started":
+        changes.append("proxy started")
+        outcome = again
     return RouteSync(outcome, tuple(changes), tuple(warnings))
 
 

@@ -229,6 +229,38 @@ async def test_a_killed_proxy_comes_back_with_its_rotation(
     assert (await fetch(port))[1].startswith("web-1 ")
 
 
+class DiesMidSync(Proxy):
+    """A proxy whose master is killed just before the sync's last write, the moment a
+    proxy killed behind zlayer's back lands between two of its steps."""
+
+    writes = 0
+
+    async def apply_config(self, text: str, structure: str) -> Any:
+        self.writes += 1
+        if self.writes == 2:
+            pid = self.pid()
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            await wait_for_async(lambda: self.pid() is None, "the killed HAProxy to be gone")
+        return await super().apply_config(text, structure)
+
+
+async def test_a_proxy_killed_during_a_sync_is_started_again_and_says_so(
+    proxy: Proxy, backends: Callable[[str], int]
+) -> None:
+    port = free_port()
+    target = backends("web-1")
+    table = web_table(port, target)
+    members = {"demo.web.web": [Member(1, "127.0.0.1", target)]}
+    await sync(proxy, table, members)
+    dying = DiesMidSync(proxy.paths.directory)
+    result = await sync(dying, table, members)
+    assert dying.writes == 2
+    assert result.proxy == "started"
+    assert "proxy started" in result.changes
+    assert (await fetch(port))[1].startswith("web-1 ")
+
+
 async def test_a_new_frontend_reloads_without_refusing_a_connection(
     proxy: Proxy, backends: Callable[[str], int]
 ) -> None:
