@@ -123,6 +123,10 @@ class Workload:
     problem: str | None = None
     """Drift the runtime noticed in a replica that still runs (its network namespace
     deleted behind zlayer's back, …): the plan restarts it, giving this as the reason."""
+    outdated: str | None = None
+    """Why the runtime would make this replica differently now (it was made by an older
+    zlayer, before its public ports went through the managed proxy, …): the plan
+    replaces it, giving this as the reason."""
 
     def __post_init__(self) -> None:
         _check(self.replica is None or self.replica >= 1, "replica must be at least 1")

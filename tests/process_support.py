@@ -28,6 +28,7 @@ import pytest
 
 from reconciler.drivers.process import ProcessDriver
 from reconciler.drivers.process import host as proc
+from tests.support import stop_proxy
 
 __all__ = [
     "kill_recorded",
@@ -56,14 +57,9 @@ def kill_recorded(state_dir: Path) -> list[int]:
                     killed.append(pid)
                 except ProcessLookupError:
                     pass
-    proxy = state_dir / "proxy" / "haproxy.pid"  # the managed HAProxy, by its pid
-    try:
-        proxy_pid = int(proxy.read_text().split()[0])
-        if b"haproxy" in Path(f"/proc/{proxy_pid}/cmdline").read_bytes():
-            os.kill(proxy_pid, signal.SIGKILL)
-            killed.append(proxy_pid)
-    except (OSError, ValueError, IndexError):
-        pass
+    proxy_pid = stop_proxy(state_dir)  # the managed HAProxy, by its pid
+    if proxy_pid is not None:
+        killed.append(proxy_pid)
     deadline = time.monotonic() + 10
     while any(_exists(pid) for pid in killed) and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -21,6 +21,7 @@ import asyncio
 import inspect
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -35,6 +36,7 @@ __all__ = [
     "heavy_in",
     "modules_loaded_by",
     "needs_root",
+    "stop_proxy",
     "unavailable",
     "wait_for",
     "wait_for_async",
@@ -166,3 +168,17 @@ def modules_loaded_by(
 def heavy_in(modules: Sequence[str]) -> list[str]:
     """The modules of :data:`HEAVY` libraries among ``modules``."""
     return [m for m in modules if m.split(".")[0] in HEAVY]
+
+
+def stop_proxy(state_dir: Path) -> int | None:
+    """SIGKILL the managed HAProxy of ``state_dir`` by the pid its pid file names, when
+    that pid still is HAProxy (a test's proxy outlives the zlayer that started it);
+    the pid killed. Its worker exits with its master."""
+    try:
+        pid = int((state_dir / "proxy" / "haproxy.pid").read_text().split()[0])
+        if b"haproxy" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return None
+        os.kill(pid, signal.SIGKILL)
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid

@@ -227,6 +227,8 @@ def _existing(
     if digest != current.fingerprint:
         changes = _changes(service, recorded, config)
         return _action("replace", current.id, _reason(changes), changes or (), conditions)
+    if current.outdated is not None:
+        return _action("replace", current.id, current.outdated, (), conditions)
     if current.status in ("exited", "dead"):
         code = current.exit_code
         reason = f"exited with status {code}" if code is not None else f"{current.status}"

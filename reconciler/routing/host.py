@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reconciler.desired import DesiredService, DesiredState
+from reconciler.desired import DesiredService, DesiredState, routed_endpoints
 from reconciler.drivers.base import Driver
 from reconciler.errors import DriverError, ProxyError
 from reconciler.observed import ObservedState, WorkloadId
@@ -28,7 +28,6 @@ from reconciler.routing.table import (
     RoutedService,
     RouteTable,
     replica_of,
-    routed_endpoints,
     routed_service,
     table_of,
 )

@@ -22,11 +22,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from reconciler.desired import DesiredService
+from reconciler.desired import LAYER7, DesiredService, routed_endpoints
 from reconciler.policy import HealthPolicy
-
-LAYER7 = frozenset({"http", "https", "websocket"})
-ROUTED = LAYER7 | {"tcp"}
 
 Mode = Literal["http", "tcp"]
 NO_ROUTE = "zlayer_no_route"
@@ -138,15 +135,6 @@ def server_name(replica: int, address: str) -> str:
 def replica_of(server: str) -> int | None:
     head = server.split("-", 1)[0]
     return int(head[1:]) if head.startswith("r") and head[1:].isdigit() else None
-
-
-def routed_endpoints(config: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """The endpoints of a service's config the proxy serves: public, not udp."""
-    return [
-        e
-        for e in config.get("endpoints", ())
-        if e.get("expose", "internal") == "public" and e.get("protocol") in ROUTED
-    ]
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from tests.docker_support import (  # noqa: F401
     remove_deployment,
     test_image,
 )
-from tests.support import heavy_in, modules_loaded_by, wait_for
+from tests.support import heavy_in, modules_loaded_by, stop_proxy, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -113,8 +113,10 @@ def docker(url: str, *args: str) -> str:
 
 
 @pytest.fixture
-def host(tmp_path: Path, docker_url: str, test_image: str, deployment_name: str) -> Host:  # noqa: F811
-    return Host(tmp_path, docker_url, test_image, deployment_name)
+def host(tmp_path: Path, docker_url: str, test_image: str, deployment_name: str) -> Iterator[Host]:  # noqa: F811
+    found = Host(tmp_path, docker_url, test_image, deployment_name)
+    yield found
+    stop_proxy(found.state)  # the managed HAProxy, when a test's spec had a public endpoint
 
 
 def outcomes(events: list[dict[str, Any]]) -> dict[str, str]:
@@ -533,7 +535,7 @@ def test_status_logs_and_destroy(host: Host) -> None:
 @pytest.mark.slow
 def test_the_demo_specs_apply_on_docker(tmp_path: Path, docker_url: str) -> None:  # noqa: F811
     """The bundled demo specs on a Docker host: import busybox, apply, status, destroy.
-    web's public endpoint is published on 127.0.0.1:8080 here."""
+    web's public endpoint is served on 127.0.0.1:8080 here, by the managed HAProxy."""
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", 8080)) != 0, "port 8080 is taken on this host"
     env = {**os.environ, "DOCKER_HOST": docker_url}
@@ -546,6 +548,7 @@ def test_the_demo_specs_apply_on_docker(tmp_path: Path, docker_url: str) -> None
         run = host.run("apply", *demo, "--auto-approve")
         assert run.returncode == 0, run.stdout + run.stderr
         assert "Apply complete: 6 succeeded" in run.stdout
+        assert "route: demo/web/1 in rotation on :8080" in run.stdout, run.stdout
         with socket.create_connection(("127.0.0.1", 8080), timeout=5) as web:
             web.sendall(b"GET / HTTP/1.0\r\n\r\n")
             assert b"200 OK" in web.recv(1024)
@@ -556,8 +559,11 @@ def test_the_demo_specs_apply_on_docker(tmp_path: Path, docker_url: str) -> None
         for deployment in ("demo", "observability"):
             run = host.run("destroy", deployment, "--auto-approve")
             assert run.returncode == 0, run.stderr
+            if deployment == "demo":  # the only public endpoint
+                assert "route: proxy stopped: no public endpoint left" in run.stdout, run.stdout
         assert "No workloads" in host.run("status").stdout
     finally:
+        stop_proxy(tmp_path / "state")
         for deployment in ("demo", "observability"):
             remove_deployment(docker_url, deployment)
 
@@ -566,7 +572,8 @@ def test_the_demo_specs_apply_on_docker(tmp_path: Path, docker_url: str) -> None
 def test_the_readme_main_job_runs_hello_on_docker(tmp_path: Path, docker_url: str) -> None:  # noqa: F811
     """The README's main job where a Docker engine answers: the auto runtime picks
     docker, hello runs on the host's Python imported as an image, worker reaches web
-    by name, web's public endpoint is published on 127.0.0.1:8080; then destroy."""
+    by name, web's public endpoint is served on 127.0.0.1:8080 by the managed HAProxy,
+    with no warning; then destroy."""
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", 8080)) != 0, "port 8080 is taken on this host"
     env = {**os.environ, "DOCKER_HOST": docker_url}
@@ -577,6 +584,8 @@ def test_the_readme_main_job_runs_hello_on_docker(tmp_path: Path, docker_url: st
         assert run.returncode == 0, run.stdout + run.stderr
         assert "Runtime: docker (auto: a Docker engine answered" in run.stderr
         assert "Apply complete: 3 succeeded" in run.stdout  # Docker networks are implicit
+        assert "warning" not in (run.stdout + run.stderr).lower(), run.stdout + run.stderr
+        assert "route: hello/web/1 in rotation on :8080" in run.stdout, run.stdout
         with socket.create_connection(("127.0.0.1", 8080), timeout=5) as web:
             web.sendall(b"GET / HTTP/1.0\r\n\r\n")
             assert b"200 OK" in web.recv(1024)
@@ -592,9 +601,12 @@ def test_the_readme_main_job_runs_hello_on_docker(tmp_path: Path, docker_url: st
         )
         status = host.run("status")
         assert sum(" running " in line for line in status.stdout.splitlines()) == 2
-        assert host.run("destroy", "hello", "--auto-approve").returncode == 0
+        destroyed = host.run("destroy", "hello", "--auto-approve")
+        assert destroyed.returncode == 0, destroyed.stderr
+        assert "route: proxy stopped: no public endpoint left" in destroyed.stdout
         assert "No workloads" in host.run("status").stdout
     finally:
+        stop_proxy(tmp_path / "state")
         remove_deployment(docker_url, "hello")
 
 

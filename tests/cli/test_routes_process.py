@@ -32,14 +32,22 @@ SERVER = (
 )
 
 
-def web(name: str, port: int, replicas: int, target: int = 9000, extra: str = "") -> str:
+def web(
+    name: str,
+    port: int,
+    replicas: int,
+    target: int = 9000,
+    extra: str = "",
+    python: str = sys.executable,
+) -> str:
+    """A service whose replicas answer ``<name> <their address> <path>``."""
     code = SERVER.replace("NAME", repr(name)).replace("PORT", str(target))
     return textwrap.dedent(
         f"""\
           {name}:
             image: {{name: "zlayer-example/python:3"}}
             command:
-              entrypoint: ["{sys.executable}", "-c"]
+              entrypoint: ["{python}", "-c"]
               args: [{json.dumps(code)}]
             scale: {{mode: fixed, replicas: {replicas}}}
             endpoints:

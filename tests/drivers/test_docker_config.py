@@ -121,7 +121,7 @@ def _one(fields: str, *, replicas: int = 1, deployment: str = "demo") -> Desired
 
 def test_create_body_maps_every_docker_field() -> None:
     service = _full()
-    body = create_body(service, 1, "rev-9", publish_address="127.0.0.1")
+    body = create_body(service, 1, "rev-9", publish_address="192.0.2.10")
     host = body.pop("HostConfig")
     labels = body.pop("Labels")
     assert body == {
@@ -169,7 +169,7 @@ def test_create_body_maps_every_docker_field() -> None:
         "Dns": ["1.1.1.1"],
         "ExtraHosts": ["x:1.2.3.4"],
         "PortBindings": {
-            "8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": "80"}],
+            "8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}],  # for the proxy
             "9000/udp": [{"HostIp": "0.0.0.0", "HostPort": "19000"}],
             "9100/tcp": [{"HostIp": "0.0.0.0", "HostPort": ""}],
         },
@@ -200,6 +200,7 @@ def test_create_body_maps_every_docker_field() -> None:
         "zlayer.config": canonical_json(service.config),
         "zlayer.revision": "rev-9",
         "zlayer.depends": "db",
+        "zlayer.publish": "proxy",
     }
 
 
@@ -235,16 +236,48 @@ def test_definition_has_no_replica_label_and_publishes_nothing() -> None:
     assert container_name(service.workload_id(None)) == "demo-job"
 
 
-def test_public_endpoints_are_published_only_for_a_single_replica() -> None:
-    fields = "endpoints: [{name: http, protocol: http, port: 80, expose: public}]"
-    single = create_body(_one(fields), 1, "r")
+def test_routed_endpoints_are_published_on_loopback_for_the_proxy_at_any_scale() -> None:
+    fields = (
+        "endpoints: [{name: http, protocol: http, port: 80, target_port: 8080, expose: public,"
+        " host: a.example.test, path: /api}]"
+    )
+    for replicas in (1, 3):
+        service = _one(fields, replicas=replicas)
+        body = create_body(service, 2, "r", publish_address="0.0.0.0")
+        assert body["HostConfig"]["PortBindings"] == {
+            "8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]
+        }
+        assert body["Labels"]["zlayer.publish"] == "proxy"
+        warnings = service_limits(service, EngineFacts()).warnings
+        assert not any("endpoint http" in w for w in warnings), warnings
+
+
+def test_a_public_udp_endpoint_is_published_for_a_single_replica_only() -> None:
+    fields = "endpoints: [{name: dns, protocol: udp, port: 53, expose: public}]"
+    single = create_body(_one(fields), 1, "r", publish_address="0.0.0.0")
     assert single["HostConfig"]["PortBindings"] == {
-        "80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "80"}]
+        "53/udp": [{"HostIp": "0.0.0.0", "HostPort": "53"}]
     }
+    assert "zlayer.publish" not in single["Labels"]
     pair = _one(fields, replicas=2)
     assert "PortBindings" not in create_body(pair, 1, "r")["HostConfig"]
     warnings = service_limits(pair, EngineFacts()).warnings
-    assert any("not published until a proxy exists" in w for w in warnings)
+    assert any("endpoint dns is public but the service has 2 replicas: not published" in w
+               for w in warnings), warnings  # fmt: skip
+
+
+def test_on_the_host_network_a_public_endpoint_is_not_routed() -> None:
+    fields = (
+        "network_mode: host\n"
+        "endpoints: [{name: w, protocol: http, port: 80, expose: public, path: /api}]"
+    )
+    service = _one(fields)
+    body = create_body(service, 1, "r")
+    assert "PortBindings" not in body["HostConfig"]
+    assert "zlayer.publish" not in body["Labels"]
+    warnings = service_limits(service, EngineFacts()).warnings
+    assert any("endpoint w: path not applied: the managed proxy does not serve it" in w
+               for w in warnings), warnings  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -309,7 +342,7 @@ def _errors(fields: str, **kw: Any) -> str:
         ("localhost_reachability: never", "localhost_reachability never is not applied"),
         ("logs: {retention_secs: 60}", "logs.retention_secs is not applied"),
         ("network_mode: host\nport_mappings: [{container_port: 1}]", "ports are not published"),
-        ("endpoints: [{name: w, protocol: http, port: 80, path: /api}]", "path needs a proxy"),
+        ("endpoints: [{name: w, protocol: http, port: 80, stream: {}}]", "stream not applied"),
         ("overlay: {mode: shared}", "overlay is not implemented"),
         ("resources: {gpu: {count: 1, sharing: mps}}", "resources.gpu.sharing is not applied"),
     ],
@@ -442,6 +475,7 @@ def test_workload_from_a_list_entry() -> None:
         "depends": ("db", "cache"),
         "runtime_id": "c0ffee",
         "problem": None,
+        "outdated": None,
     }
     starting = workload_from_summary({**summary, "Status": "Up 1 second (health: starting)"})
     assert starting is not None
@@ -452,6 +486,23 @@ def test_workload_from_a_list_entry() -> None:
     removing = workload_from_summary({**summary, "State": "removing"})
     assert removing is not None
     assert removing.status == "dead"
+
+
+def test_a_replica_publishing_its_public_port_itself_is_outdated() -> None:
+    """Made by a zlayer from before the managed proxy: the plan replaces it."""
+    routed = _one("endpoints: [{name: http, protocol: http, port: 80, expose: public}]")
+
+    def outdated(labels: dict[str, str]) -> str | None:
+        workload = workload_from_summary({"Id": "a", "State": "running", "Labels": labels})
+        assert workload is not None
+        return workload.outdated
+
+    now = container_labels(routed, 1, "r")
+    assert outdated(now) is None
+    why = outdated({k: v for k, v in now.items() if k != "zlayer.publish"})
+    assert why is not None and "public endpoints move to the managed proxy" in why
+    plain = container_labels(_one("endpoints: [{name: h, protocol: http, port: 80}]"), 1, "r")
+    assert outdated(plain) is None
 
 
 @pytest.mark.parametrize(

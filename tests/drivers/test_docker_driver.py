@@ -224,9 +224,11 @@ async def test_pull_policies_with_a_local_image_and_no_registry(
     ]
 
 
-async def test_public_endpoint_is_published_on_the_host(
+async def test_each_replica_publishes_its_target_port_on_loopback_for_the_proxy(
     docker_driver: DockerDriver, deployment_name: str, test_image: str
 ) -> None:
+    """The managed proxy listens on the public port; the engine does not. It reaches
+    each replica at a loopback port the engine chose, which ``address`` names."""
     port = free_port()
     web = services(
         deployment_name,
@@ -238,24 +240,32 @@ async def test_public_endpoint_is_published_on_the_host(
           stop_grace_period: 1s
           endpoints:
             - {{name: http, protocol: http, port: {port}, target_port: 8080, expose: public}}
-          scale: {{mode: fixed, replicas: 1}}
+          scale: {{mode: fixed, replicas: 2}}
         """,
     )["web"]
-    target = web.workload_id(1)
     await docker_driver.create(web, 1, "rev-1")
-    assert await docker_driver.address(target, 8080) == ("127.0.0.1", port)
+    await docker_driver.create(web, 2, "rev-1")
+    addresses = [await docker_driver.address(web.workload_id(r), 8080) for r in (1, 2)]
+    assert [host for host, _ in addresses] == ["127.0.0.1", "127.0.0.1"]
+    assert len({published for _, published in addresses}) == 2
+    assert port not in {published for _, published in addresses}
 
-    async def serves() -> bool:
-        try:
-            return "zlayer demo" in await http_get("127.0.0.1", port, "/index.html")
-        except OSError:
-            return False
+    for _, published in addresses:
 
-    await wait_for_async(serves, "the published port to serve", 20, interval=0.1)
+        async def serves(published: int = published) -> bool:
+            try:
+                return "zlayer demo" in await http_get("127.0.0.1", published, "/index.html")
+            except OSError:
+                return False
+
+        await wait_for_async(serves, f"the replica on :{published} to serve", 20, interval=0.1)
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0, "the engine published the public port"
     info = await docker_driver.docker.containers.container(f"{deployment_name}-web-1").show()
     assert info["HostConfig"]["PortBindings"] == {
-        "8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]
+        "8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]
     }
+    assert info["Config"]["Labels"]["zlayer.publish"] == "proxy"
     assert info["Config"]["StopTimeout"] == 1
 
 

@@ -16,9 +16,11 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from reconciler.desired import DesiredService
+from reconciler.desired import DesiredService, routed_endpoints
 from reconciler.drivers.docker.labels import RUN, container_labels, network_name, volume_name
 from reconciler.spec.durations import parse_duration
+
+LOOPBACK = "127.0.0.1"
 
 _SIZE_RE = re.compile(r"\+?([0-9]+)\s*([KMGT]i?|[kmgt]|[KMGT]?B|b)?")
 _SIZE_UNITS = {
@@ -253,11 +255,19 @@ def _network(
         return  # Docker refuses or ignores ports there; ``limits`` warns.
     exposed: dict[str, dict[str, Any]] = {}
     bindings: dict[str, list[dict[str, str]]] = {}
+    # A definition (no replica) is never started, so it publishes nothing.
+    routed = {id(e) for e in routed_endpoints(config)} if replica is not None else set()
     for endpoint in config.get("endpoints", ()):
         protocol = "udp" if endpoint.get("protocol") == "udp" else "tcp"
         port = f"{endpoint.get('target_port') or endpoint['port']}/{protocol}"
         exposed[port] = {}
-        if endpoint.get("expose", "internal") == "public" and service.replicas == 1:
+        if id(endpoint) in routed:
+            # The managed proxy listens on the public port and reaches each replica
+            # here: a port of the engine's choice, on loopback only.
+            if {"HostIp": LOOPBACK, "HostPort": ""} not in bindings.get(port, []):
+                bindings.setdefault(port, []).append({"HostIp": LOOPBACK, "HostPort": ""})
+        elif endpoint.get("expose", "internal") == "public" and service.replicas == 1:
+            # udp: HAProxy does not balance it, the engine publishes the one replica.
             bindings.setdefault(port, []).append(
                 {"HostIp": publish_address, "HostPort": str(endpoint["port"])}
             )

@@ -57,12 +57,14 @@ _LOCAL = "127.0.0.1"
 
 class DockerDriver:
     """Replicas as containers on the Docker engine at ``url`` (``None``: ``DOCKER_HOST``
-    or the default socket). Public endpoints of single-replica services are published
-    on ``publish_address``."""
+    or the default socket). Public endpoints go through the managed proxy, which
+    listens on ``publish_address``: each replica publishes its target port on
+    loopback for it. A public udp endpoint of a single-replica service is published
+    on ``publish_address`` by the engine."""
 
     name = "docker"
-    routable = False
-    """Not yet: the engine publishes a single replica's public ports itself."""
+    routable = True
+    """The proxy reaches every replica at the port it publishes on loopback."""
 
     def __init__(self, url: str | None = None, *, publish_address: str = "0.0.0.0") -> None:
         self.url = url

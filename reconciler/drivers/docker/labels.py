@@ -14,12 +14,16 @@ are how zlayer finds its own again:
   ``zlayer.replica`` (empty for definitions), ``zlayer.fingerprint``,
   ``zlayer.config`` (canonical config JSON: secrets only as keyed hashes),
   ``zlayer.revision`` and ``zlayer.depends`` (comma-joined service names), over
-  the spec's own ``labels``.
+  the spec's own ``labels``;
+* ``zlayer.publish=proxy`` on a replica with public endpoints the managed proxy
+  serves: their target ports are published on loopback, for the proxy only. A
+  replica without it was made before that (it publishes its public port itself)
+  and is replaced.
 """
 
 from __future__ import annotations
 
-from reconciler.desired import DesiredService
+from reconciler.desired import DesiredService, routed_endpoints
 from reconciler.fingerprint import canonical_json
 from reconciler.observed import RunId, WorkloadId
 
@@ -31,6 +35,8 @@ FINGERPRINT = "zlayer.fingerprint"
 CONFIG = "zlayer.config"
 REVISION = "zlayer.revision"
 DEPENDS = "zlayer.depends"
+PUBLISH = "zlayer.publish"
+PUBLISH_PROXY = "proxy"
 VOLUME = "zlayer.volume"
 """On named volumes: the volume's name in the spec."""
 
@@ -80,6 +86,8 @@ def container_labels(service: DesiredService, replica: int | None, revision: str
             DEPENDS: ",".join(d.service for d in service.depends),
         }
     )
+    if replica is not None and routed_endpoints(service.config):
+        labels[PUBLISH] = PUBLISH_PROXY
     return labels
 
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from reconciler.desired import DesiredService
+from reconciler.desired import DesiredService, routed_endpoints
 from reconciler.drivers.base import Limits
 from reconciler.drivers.docker.config import parse_size, parse_swap, tmpfs_mode
 from reconciler.drivers.docker.labels import LABEL_PREFIX, network_name
@@ -46,6 +46,13 @@ KNOWN_RESOURCES = frozenset(
     }
 )  # fmt: skip
 _PROXY_ENDPOINT_FIELDS = ("path", "host", "stream", "tunnel", "target_role")
+_ROUTE_FIELDS = frozenset({"path", "host"})
+"""Applied by the managed proxy on a routed endpoint."""
+_UNROUTED_WHY = (
+    "the proxy serves public http, https, websocket and tcp endpoints of services on "
+    "their deployment's network; udp is published for one replica, and a replica on "
+    "the host's network listens there itself"
+)
 
 
 # --- facts about the engine ---------------------------------------------------------------------
@@ -275,20 +282,23 @@ def _network_limits(
             f"{subject}: network_mode {mode}: ports are not published"
             + (" (the service listens on the host directly)" if mode == "host" else "")
         )
+    routed = {id(e) for e in routed_endpoints(config)}
     for endpoint in config.get("endpoints", ()):
         name = endpoint.get("name")
-        if endpoint.get("expose", "internal") == "public" and service.replicas != 1:
+        public = endpoint.get("expose", "internal") == "public"
+        if public and id(endpoint) not in routed and service.replicas != 1:
             count = "a varying number of" if service.replicas is None else service.replicas
             warnings.append(
                 f"{subject}: endpoint {name} is public but the service has {count} replicas: "
-                "not published until a proxy exists"
+                f"not published ({_UNROUTED_WHY})"
             )
         for key in _PROXY_ENDPOINT_FIELDS:
-            if key in endpoint:
-                warnings.append(
-                    f"{subject}: endpoint {name}: {key} needs a proxy; not applied by the "
-                    "docker runtime"
-                )
+            if key not in endpoint or (key in _ROUTE_FIELDS and id(endpoint) in routed):
+                continue
+            why = f"the managed proxy does not serve it ({_UNROUTED_WHY})"
+            if key not in _ROUTE_FIELDS:
+                why = "not implemented"
+            warnings.append(f"{subject}: endpoint {name}: {key} not applied: {why}")
     fixed_ports = [m for m in config.get("port_mappings", ()) if m.get("host_port")]
     if fixed_ports and (service.replicas is None or service.replicas > 1):
         errors.append(

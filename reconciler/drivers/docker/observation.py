@@ -12,11 +12,14 @@ import re
 from collections.abc import Mapping
 from typing import Any, get_args
 
+from reconciler.desired import routed_endpoints
 from reconciler.drivers.docker.labels import (
     CONFIG,
     DEPENDS,
     DEPLOYMENT,
     FINGERPRINT,
+    PUBLISH,
+    PUBLISH_PROXY,
     REPLICA,
     REVISION,
     RUN,
@@ -98,6 +101,20 @@ def _workload(
         health=health if health in _HEALTHS else "none",  # type: ignore[arg-type]
         depends=depends,
         runtime_id=str(runtime_id) if runtime_id else None,
+        outdated=_outdated(labels) if replica is not None else None,
+    )
+
+
+def _outdated(labels: Mapping[str, str]) -> str | None:
+    """Why a replica is not what the driver makes now, or ``None``."""
+    if labels.get(PUBLISH) == PUBLISH_PROXY:
+        return None
+    config = config_from_labels(labels)
+    if config is None or not routed_endpoints(config):
+        return None
+    return (
+        "its public endpoints move to the managed proxy (this container was made by an "
+        "older zlayer and publishes its port itself)"
     )
 
 

@@ -1,0 +1,148 @@
+"""Public endpoints on Docker, through the managed HAProxy: real containers on the
+private engine (tests/with-docker), real HAProxy on loopback, requests from the host.
+Each replica publishes its target port on loopback for the proxy only; every replica
+answers with its own container address, so a test sees who served.
+
+The same cases as tests/cli/test_routes_process.py, on the other runtime.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from reconciler.routing.proxy import executable
+from tests.cli.test_apply_docker import Host, docker
+from tests.cli.test_routes_process import web
+from tests.docker_support import (  # noqa: F401
+    deployment_name,
+    docker_url,
+    remove_deployment,
+)
+from tests.routing.test_proxy import free_port, get
+from tests.support import stop_proxy, unavailable
+
+pytestmark = pytest.mark.timeout(300)
+
+PYTHON_IMAGE = "zlayer-example/python:3"
+"""The host's Python as an image (contrib/docker/import-python; tests/with-docker
+imports it)."""
+
+
+@pytest.fixture
+def host(tmp_path: Path, docker_url: str, deployment_name: str) -> Iterator[Host]:  # noqa: F811
+    if executable() is None:
+        unavailable("HAProxy is not installed (apt-get install haproxy)")
+    found = Host(tmp_path, docker_url, PYTHON_IMAGE, deployment_name)
+    try:
+        yield found
+    finally:
+        stop_proxy(found.state)
+
+
+def write(host: Host, *services: str) -> None:
+    body = "".join("  " + line + "\n" for s in services for line in s.splitlines())
+    (host.specs / "app.yaml").write_text(
+        f"version: v1\ndeployment: {host.deployment}\nservices:\n{body}"
+    )
+
+
+def server(name: str, port: int, replicas: int, target: int = 9000, extra: str = "") -> str:
+    return web(name, port, replicas, target, extra, python="python3")
+
+
+def apply(host: Host) -> str:
+    run = host.run("apply", str(host.specs), "--auto-approve")
+    assert run.returncode == 0, run.stdout + run.stderr
+    return run.stdout + run.stderr
+
+
+@pytest.mark.slow
+def test_three_replicas_serve_through_the_public_port(host: Host) -> None:
+    port = free_port()
+    write(host, server("web", port, 3))
+    out = apply(host)
+    assert "warning" not in out.lower(), out
+    for replica in (1, 2, 3):
+        assert f"route: {host.deployment}/web/{replica} in rotation on :{port}" in out, out
+    served = Counter(get(port)[1].split()[1] for _ in range(30))
+    assert len(served) == 3, served  # three container addresses
+
+    # The engine publishes only loopback ports of its own choice, for the proxy.
+    bindings = [c["HostConfig"]["PortBindings"] for c in host.containers().values()]
+    assert bindings == [{"9000/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]}] * 3
+    again = apply(host)
+    assert "No changes." in again and "route:" not in again, again
+
+    # Scale down: the replica that leaves leaves the rotation first.
+    path = host.specs / "app.yaml"
+    path.write_text(path.read_text().replace("replicas: 3", "replicas: 1"))
+    down = apply(host)
+    assert f"route: {host.deployment}/web/2 out of rotation" in down, down
+    assert len({get(port)[1].split()[1] for _ in range(10)}) == 1
+
+    destroyed = host.run("destroy", host.deployment, "--auto-approve")
+    assert destroyed.returncode == 0, destroyed.stderr
+    assert "route: proxy stopped: no public endpoint left" in destroyed.stdout
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0, "the public port still answers"
+
+
+@pytest.mark.slow
+def test_hosts_and_paths_route_between_services_on_one_port(host: Host) -> None:
+    port = free_port()
+    write(
+        host,
+        server("shop", port, 1, 9001, ", host: shop.example.test"),
+        server("api", port, 2, 9002, ", path: /api"),
+    )
+    out = apply(host)
+    assert "warning" not in out.lower(), out
+    assert get(port, "/", "shop.example.test")[1].startswith("shop ")
+    assert get(port, "/api/items")[1].startswith("api ")
+    assert get(port, "/elsewhere") == (404, "no route")
+
+
+@pytest.mark.slow
+def test_a_container_that_publishes_its_public_port_itself_is_replaced(
+    host: Host,
+    docker_url: str,  # noqa: F811
+) -> None:
+    """A replica made before public endpoints went through the proxy (it publishes the
+    public port itself, without ``zlayer.publish``): the plan replaces it, saying why,
+    and after the apply the proxy serves the port."""
+    port = free_port()
+    write(host, server("web", port, 1))
+    apply(host)
+    name = f"{host.deployment}-web-1"
+    info = host.containers()[name]
+    labels = {k: v for k, v in info["Config"]["Labels"].items() if k != "zlayer.publish"}
+    stop_proxy(host.state)  # an older zlayer ran no proxy
+    docker(docker_url, "rm", "-f", name)
+    label_args = [arg for k, v in labels.items() for arg in ("--label", f"{k}={v}")]
+    config = info["Config"]
+    docker(
+        docker_url, "create", "--name", name, "--network", f"zlayer-{host.deployment}",
+        "-p", f"127.0.0.1:{port}:9000", *label_args,
+        "--entrypoint", config["Entrypoint"][0], config["Image"],
+        *config["Entrypoint"][1:], *config["Cmd"],
+    )  # fmt: skip
+    docker(docker_url, "start", name)
+
+    plan = host.plan()
+    reasons = {a["id"]: a["reason"] for a in plan["actions"]}
+    assert list(reasons) == [f"replace:{host.deployment}/web/1"], plan["actions"]
+    assert (
+        "public endpoints move to the managed proxy" in reasons[f"replace:{host.deployment}/web/1"]
+    )
+    out = apply(host)
+    assert f"route: {host.deployment}/web/1 in rotation on :{port}" in out, out
+    assert get(port)[1].startswith("web ")
+    assert host.containers()[name]["HostConfig"]["PortBindings"] == {
+        "9000/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]
+    }
+    assert host.plan()["actions"] == []
