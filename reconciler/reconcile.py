@@ -394,7 +394,9 @@ async def run_pass(
     proceed = True if review is None else await review(plan)
     if not proceed:
         return Pass(observed, plan, None)
-    deployments = [scope] if scope else sorted(desired.deployments)
+    # A deployment the plan prunes is synced too, so its routes leave with it.
+    pruned = {a.target.deployment for a in plan.actions if a.kind == "prune"}
+    deployments = [scope] if scope else sorted(set(desired.deployments) | pruned)
     if plan.empty:
         synced = await _sync_routes(routes, driver, desired, observed, deployments)
         return Pass(observed, plan, None, routes=synced)

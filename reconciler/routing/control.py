@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,9 +59,12 @@ async def sync_routes(
     bind_address: str,
     drain_grace: float = 10.0,
     ready_timeout: float = 30.0,
+    frozen: Collection[str] = (),
 ) -> RouteSync:
     """Make HAProxy serve ``table`` with ``members`` (backend name → the replicas that
-    run and passed zlayer's health gate) in rotation."""
+    run and passed zlayer's health gate) in rotation. The ``frozen`` backends (of
+    deployments this sync is not about) keep their servers as they are: none is
+    added, readied or retired, whatever state HAProxy's checks left it in."""
     if table.empty:
         if proxy.pid() is None:
             return RouteSync("unchanged")
@@ -88,12 +91,13 @@ async def sync_routes(
     changes: list[str] = [f"proxy {outcome}"] if outcome in ("started", "reloaded") else []
     warnings: list[str] = []
     live = await _servers(proxy)
-    added = await _add_missing(proxy, table, live, wanted, ready_timeout, warnings)
+    moving = {b: m for b, m in wanted.items() if b not in frozen}
+    added = await _add_missing(proxy, table, live, moving, ready_timeout, warnings)
     for backend_name, names in added.items():
         backend = table.backend(backend_name)
         port = table.frontend_of(backend_name).port
         changes += [f"{_subject(backend, name)} in rotation on :{port}" for name in names]
-    retired = await _retire_unwanted(proxy, table, live, wanted, drain_grace)
+    retired = await _retire_unwanted(proxy, table, live, moving, drain_grace)
     changes += [f"{_subject(table.backend(b), name)} out of rotation" for b, name in retired]
     final = _in_rotation(await _servers(proxy), wanted)
     # HAProxy can die during the sync (its worker still answers for a moment after
@@ -187,7 +191,7 @@ async def _add_missing(
         *(
             one(backend, member)
             for backend in table.backends
-            for member in wanted[backend.name].values()
+            for member in wanted.get(backend.name, {}).values()
         )
     )
     return {b: sorted(names) for b, names in sorted(added.items())}
@@ -201,7 +205,7 @@ async def _retire_unwanted(
     grace: float,
 ) -> list[tuple[str, str]]:
     """Drain and delete the servers no wanted member has; (backend, server) each."""
-    names = {b.name for b in table.backends}
+    names = {b.name for b in table.backends if b.name in wanted}
     gone = [
         (backend, stat)
         for backend, servers in sorted(live.items())

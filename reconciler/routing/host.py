@@ -120,7 +120,10 @@ class HostRoutes:
         if table.problems:
             raise ProxyError("the routes conflict: " + "; ".join(table.problems))
         members = await self._members(driver, table, observed, set(mine))
-        result = await sync_routes(self.proxy, table, members, bind_address=self.bind_address)
+        others = [b.name for b in table.backends if b.deployment not in mine]
+        result = await sync_routes(
+            self.proxy, table, members, bind_address=self.bind_address, frozen=others
+        )
         for deployment, services in mine.items():
             self.record(deployment, services)
         return result

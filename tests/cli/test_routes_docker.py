@@ -146,3 +146,31 @@ def test_a_container_that_publishes_its_public_port_itself_is_replaced(
         "9000/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]
     }
     assert host.plan()["actions"] == []
+
+
+@pytest.mark.slow
+def test_a_deployment_pruned_from_the_specs_takes_its_routes_along(
+    host: Host,
+    docker_url: str,  # noqa: F811
+) -> None:
+    port = free_port()
+    write(host, server("web", port, 1))
+    other = f"{host.deployment}x"
+    command = '["python3", "-c", "import time; time.sleep(600)"]'
+    sleeper = f'{{"image": {{"name": "IMAGE"}}, "command": {{"entrypoint": {command}}}}}'
+    (host.specs / "other.yaml").write_text(
+        f'{{"version": "v1", "deployment": "{other}", "services": {{"idle": {sleeper}}}}}'
+        .replace('"IMAGE"', f'"{PYTHON_IMAGE}"')
+    )  # fmt: skip
+    try:
+        apply(host)
+        assert get(port)[1].startswith("web ")
+        (host.specs / "app.yaml").unlink()
+        out = apply(host)
+        assert f"prune      {host.deployment}/web/1" in out, out
+        assert "route: proxy stopped: no public endpoint left" in out, out
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", port)) != 0, "the pruned route still answers"
+        assert not (host.state / "proxy" / "routes" / f"{host.deployment}.json").exists()
+    finally:
+        remove_deployment(docker_url, other)

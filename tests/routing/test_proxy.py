@@ -349,3 +349,29 @@ async def test_a_draining_replica_finishes_its_requests_and_gets_no_new_ones(
 
 async def _state_of(proxy: Proxy, server: str, status: str) -> bool:
     return (await proxy.servers())["demo.web.web"][server].status == status
+
+
+async def test_frozen_backends_are_left_as_they_are(
+    proxy: Proxy, backends: Callable[[str], int]
+) -> None:
+    """A sync about one deployment does not touch another's servers: a server whose
+    check fails is not waited for, and one missing from the members is not retired."""
+    port, other = free_port(), free_port()
+    tcp = HealthPolicy("tcp", interval=0.2, retries=2)
+    table = route_table(
+        [service("web", public(port), health=tcp), service("admin", public(other), health=tcp)]
+    )
+    dead = Member(1, "127.0.0.1", free_port())  # nothing listens there: its check fails
+    members = {
+        "demo.web.web": [Member(1, "127.0.0.1", backends("web-1"))],
+        "demo.admin.web": [dead],
+    }
+    first = await sync(proxy, table, members, ready_timeout=1)
+    assert [w for w in first.warnings if "demo/admin/1" in w], first.warnings
+
+    again = await sync(proxy, table, members, ready_timeout=1, frozen=["demo.admin.web"])
+    assert again.warnings == ()
+    gone = await sync(proxy, table, {**members, "demo.admin.web": []}, frozen=["demo.admin.web"])
+    assert gone.changes == ()
+    assert list((await proxy.servers())["demo.admin.web"]) == [dead.server]
+    assert (await fetch(port))[1].startswith("web-1 ")
