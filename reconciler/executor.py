@@ -23,7 +23,13 @@ from dataclasses import dataclass, field, replace
 from typing import Literal, NoReturn
 
 from reconciler import probes
-from reconciler.desired import CompileInputs, DesiredService, DesiredState, restore_service
+from reconciler.desired import (
+    CompileInputs,
+    DesiredService,
+    DesiredState,
+    restore_service,
+    routed_endpoints,
+)
 from reconciler.drivers.base import Driver
 from reconciler.errors import DriverError, TemporaryDriverError, ZlayerError
 from reconciler.observed import ObservedState, Workload, WorkloadId
@@ -91,6 +97,10 @@ class ExecutorSettings:
     before_stop: Callable[[WorkloadId], Awaitable[None]] | None = None
     """Called before a running replica is stopped, restarted, replaced or removed: the
     managed proxy drains it (no new connections; in-flight ones may finish)."""
+    admit: Callable[[WorkloadId], Awaitable[None]] | None = None
+    """Called when a replica of a service with routed endpoints passed its health gate
+    during a replace: the managed proxy puts it in rotation, returning once HAProxy's
+    own check passed. With it, such a replace is start-first (a surge replica)."""
 
 
 class Failed(Exception):
@@ -103,6 +113,11 @@ class _Rollout:
 
     done: list[tuple[WorkloadId, DesiredService | None]] = field(default_factory=list)
     action_ids: list[str] = field(default_factory=list)
+    left: int = 0
+    """Replace actions of the service not finished yet."""
+    surge: WorkloadId | None = None
+    """The surge replica serving the new config while the service's replicas are
+    replaced one by one (start-first replace of a routed service)."""
 
 
 class Executor:
@@ -139,6 +154,10 @@ class Executor:
         limit = self.settings.concurrency
         slots = asyncio.Semaphore(limit) if limit else None
         self._finished = {a.id: asyncio.Event() for a in plan.actions}
+        for action in plan.actions:
+            if action.kind == "replace" and action.target.replica is not None:
+                key = (action.target.deployment, action.target.service)
+                self._rollouts.setdefault(key, _Rollout()).left += 1
         async with asyncio.TaskGroup() as group:
             for action in plan.actions:
                 group.create_task(self._run(action, slots))
@@ -381,12 +400,26 @@ class Executor:
         service = self._service(target)
         rollout = self._rollouts.setdefault(service.key, _Rollout())
         try:
+            return await self._replace_one(action, service, rollout, warnings)
+        finally:
+            rollout.left -= 1
+            failed = action.id not in rollout.action_ids or not rollout.done
+            if rollout.surge is not None and (rollout.left <= 0 or failed):
+                await self._retire_surge(action, rollout, warnings)
+
+    async def _replace_one(
+        self, action: Action, service: DesiredService, rollout: _Rollout, warnings: list[str]
+    ) -> str:
+        target = action.target
+        try:
             await self.init_steps(action, service, warnings)
         except Failed as failure:
             # This replica still runs its old config; the ones before it go back too.
             if rollout.done:
                 await self._roll_back(action, rollout, str(failure))
             raise
+        if self._start_first(service) and rollout.surge is None and not rollout.done:
+            await self._start_surge(action, service, rollout, warnings)
         previous = self._previous(target, service, warnings)
         rollout.done.append((target, previous))
         rollout.action_ids.append(action.id)
@@ -395,7 +428,18 @@ class Executor:
             await self._call(action, lambda: perform(self.driver, action, self.desired))
         except DriverError as error:
             await self._roll_back(action, rollout, str(error))
-        policy = service.policy.health
+        problem = await self._health_gate(action, target, service.policy.health)
+        if problem is not None:
+            await self._roll_back(action, rollout, f"{target} not healthy: {problem}")
+        if rollout.surge is not None:
+            await self._admit(action, target, warnings)
+        return f"{target} replaced and healthy"
+
+    async def _health_gate(
+        self, action: Action, target: WorkloadId, policy: HealthPolicy
+    ) -> str | None:
+        """Wait for a replica just started to pass its health check; ``None`` when it
+        did, else why not."""
         # As ZLayer's agent: the first check comes after start_grace; `retries` failed
         # checks `interval` apart mark the replica unhealthy. A replica that exits
         # during the grace period fails at once.
@@ -411,9 +455,85 @@ class Executor:
                 problem = await self._wait_healthy(target, policy, deadline)
         except DriverError as error:
             problem = str(error)
+        return problem
+
+    # --- start-first replace of a routed service ----------------------------------------
+
+    def _start_first(self, service: DesiredService) -> bool:
+        """A service the managed proxy routes is replaced start-first: a surge replica
+        with the new config serves before the first old replica leaves rotation, so a
+        one-replica service never stops answering."""
+        return (
+            self.settings.admit is not None
+            and self.driver.routable
+            and bool(routed_endpoints(service.config))
+        )
+
+    def _surge_index(self, service: DesiredService) -> int:
+        """Above every replica the service has or will have in this plan."""
+        have = [
+            w.replica
+            for w in self.observed.values()
+            if (w.deployment, w.service) == service.key and w.replica is not None
+        ]
+        return max([service.replicas or 0, *have]) + 1
+
+    async def _start_surge(
+        self, action: Action, service: DesiredService, rollout: _Rollout, warnings: list[str]
+    ) -> None:
+        """Start the surge replica with the new config and put it in rotation; if it
+        does not get healthy, nothing else is touched (the old replicas never left
+        rotation) and the replace is rolled back."""
+        index = self._surge_index(service)
+        surge = service.workload_id(index)
+        rollout.surge = surge
+        self._emit(
+            action.id, "waiting", f"for surge replica {surge}: the new config next to the old"
+        )
+        try:
+            await self._call(
+                action, lambda: self.driver.create(service, index, self.desired.revision)
+            )
+        except DriverError as error:
+            raise RolledBack(
+                f"surge replica {surge} did not start: {error}; {action.target} kept its config"
+            ) from None
+        problem = await self._health_gate(action, surge, service.policy.health)
         if problem is not None:
-            await self._roll_back(action, rollout, f"{target} not healthy: {problem}")
-        return f"{target} replaced and healthy"
+            raise RolledBack(
+                f"surge replica {surge} not healthy: {problem}; {action.target} kept its "
+                "config and stayed in rotation"
+            )
+        await self._admit(action, surge, warnings)
+
+    async def _admit(self, action: Action, target: WorkloadId, warnings: list[str] | None) -> None:
+        """Let :attr:`ExecutorSettings.admit` put ``target`` in rotation; a failure is a
+        warning (``None``: an event), the sync after the plan tries again."""
+        hook = self.settings.admit
+        if hook is None:
+            return
+        self._emit(action.id, "waiting", f"for {target} to be in rotation")
+        try:
+            await hook(target)
+        except ZlayerError as error:
+            message = f"{target}: not in rotation during the replace: {error}"
+            if warnings is None:
+                self._emit(action.id, "warning", message)
+            else:
+                warnings.append(message)
+
+    async def _retire_surge(self, action: Action, rollout: _Rollout, warnings: list[str]) -> None:
+        """Drain the surge replica and remove it; the service is back to its count."""
+        surge, rollout.surge = rollout.surge, None
+        if surge is None:
+            return
+        await self._before_stop(surge, warnings)
+        try:
+            await self._call(action, lambda: self.driver.remove(surge))
+        except DriverError as error:
+            warnings.append(f"surge replica {surge} not removed: {error}; the next plan removes it")
+            return
+        self._emit(action.id, "waiting", f"surge replica {surge} drained and removed")
 
     def _previous(
         self, target: WorkloadId, service: DesiredService, warnings: list[str]
@@ -443,6 +563,9 @@ class Executor:
                 restored.append(str(target))
             except DriverError as error:
                 problems.append(f"{target}: rollback failed: {error}")
+                continue
+            if rollout.surge is not None:  # back in rotation before the surge leaves
+                await self._admit(action, target, None)
         for earlier in rollout.action_ids:
             if earlier == action.id:
                 continue

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import os
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -400,6 +401,7 @@ async def run_pass(
     if plan.empty:
         synced = await _sync_routes(routes, driver, desired, observed, deployments)
         return Pass(observed, plan, None, routes=synced)
+    routing = routes if routes is not None and driver.routable else None
     report = await execute(
         plan,
         driver,
@@ -408,7 +410,8 @@ async def run_pass(
         inputs=inputs,
         settings=ExecutorSettings(
             concurrency=concurrency,
-            before_stop=routes.drain if routes is not None and driver.routable else None,
+            before_stop=routing.drain if routing else None,
+            admit=functools.partial(routing.admit, driver, desired) if routing else None,
         ),
         on_event=on_event,
     )

@@ -168,23 +168,10 @@ async def _add_missing(
         stat = live.get(backend.name, {}).get(member.server)
         if stat is not None and stat.in_rotation:
             return
-        if stat is None:
-            options = server_options(backend, "maint")
-            await proxy.add_server(backend.name, member.server, member.endpoint, options)
-        await proxy.set_state(backend.name, member.server, "drain")
-        if backend.check.kind != "none":
-
-            async def passed() -> bool:
-                now = (await proxy.servers()).get(backend.name, {}).get(member.server)
-                return now is not None and now.check in CHECK_PASSED
-
-            if not await wait_until(passed, timeout=timeout):
-                warnings.append(
-                    f"{_subject(backend, member.server)}: HAProxy's check has not passed "
-                    f"within {timeout:g}s; it stays out of rotation until it does"
-                )
-                return
-        await proxy.set_state(backend.name, member.server, "ready")
+        problem = await bring_in(proxy, backend, member, stat, timeout)
+        if problem is not None:
+            warnings.append(problem)
+            return
         added.setdefault(backend.name, []).append(member.server)
 
     await asyncio.gather(
@@ -195,6 +182,32 @@ async def _add_missing(
         )
     )
     return {b: sorted(names) for b, names in sorted(added.items())}
+
+
+async def bring_in(
+    proxy: Proxy, backend: Backend, member: Member, stat: ServerStat | None, timeout: float
+) -> str | None:
+    """Put ``member`` in ``backend``'s rotation (``stat``: its server as HAProxy has it,
+    if it has one): added in maintenance, set draining so HAProxy checks it but sends
+    it nothing, set ready once HAProxy's own check passed. ``None`` when it is in, else
+    why it is not (it stays draining, and a later sync tries again)."""
+    if stat is None:
+        options = server_options(backend, "maint")
+        await proxy.add_server(backend.name, member.server, member.endpoint, options)
+    await proxy.set_state(backend.name, member.server, "drain")
+    if backend.check.kind != "none":
+
+        async def passed() -> bool:
+            now = (await proxy.servers()).get(backend.name, {}).get(member.server)
+            return now is not None and now.check in CHECK_PASSED
+
+        if not await wait_until(passed, timeout=timeout):
+            return (
+                f"{_subject(backend, member.server)}: HAProxy's check has not passed "
+                f"within {timeout:g}s; it stays out of rotation until it does"
+            )
+    await proxy.set_state(backend.name, member.server, "ready")
+    return None
 
 
 async def _retire_unwanted(

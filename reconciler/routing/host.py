@@ -21,7 +21,7 @@ from reconciler.desired import DesiredService, DesiredState, routed_endpoints
 from reconciler.drivers.base import Driver
 from reconciler.errors import DriverError, ProxyError
 from reconciler.observed import ObservedState, WorkloadId
-from reconciler.routing.control import RouteSync, proxy_for, sync_routes
+from reconciler.routing.control import RouteSync, bring_in, proxy_for, sync_routes
 from reconciler.routing.proxy import INSTALL_HINT, Proxy, executable
 from reconciler.routing.table import (
     Member,
@@ -156,6 +156,32 @@ class HostRoutes:
 
         if mine:
             await wait_until(idle, timeout=grace)
+
+    async def admit(
+        self, driver: Driver, desired: DesiredState, target: WorkloadId, timeout: float = 30.0
+    ) -> None:
+        """Put ``target`` (a replica that passed zlayer's health gate during a replace)
+        in rotation now, in every backend of its service HAProxy already serves, and
+        return once HAProxy's own check has passed. A backend HAProxy does not have yet
+        (a new endpoint) gets it at the sync after the plan."""
+        service = desired.services.get((target.deployment, target.service))
+        if service is None or target.replica is None or not await self.proxy.running():
+            return
+        live = await self.proxy.servers()
+        problems = []
+        for backend in table_of([routed_service(service)]).backends:
+            if backend.name not in live:
+                continue
+            host, port = await driver.address(target, backend.target_port)
+            member = Member(target.replica, host, port)
+            stat = live[backend.name].get(member.server)
+            if stat is not None and stat.in_rotation:
+                continue
+            problem = await bring_in(self.proxy, backend, member, stat, timeout)
+            if problem is not None:
+                problems.append(problem)
+        if problems:
+            raise ProxyError("; ".join(problems))
 
     async def _members(
         self,

@@ -16,6 +16,7 @@ import pytest
 
 from reconciler.routing.proxy import executable
 from tests.cli.test_process_cli import zlayer
+from tests.load_support import Load
 from tests.process_support import kill_recorded, remove_networks
 from tests.routing.test_proxy import free_port, get
 from tests.support import needs_root, unavailable
@@ -39,6 +40,7 @@ def web(
     target: int = 9000,
     extra: str = "",
     python: str = sys.executable,
+    env: str = "{}",
 ) -> str:
     """A service whose replicas answer ``<name> <their address> <path>``."""
     code = SERVER.replace("NAME", repr(name)).replace("PORT", str(target))
@@ -49,6 +51,7 @@ def web(
             command:
               entrypoint: ["{python}", "-c"]
               args: [{json.dumps(code)}]
+            env: {env}
             scale: {{mode: fixed, replicas: {replicas}}}
             endpoints:
               - {{name: http, protocol: http, port: {port}, target_port: {target},
@@ -137,3 +140,50 @@ def test_routes_that_conflict_are_refused_before_anything_runs(
     assert run.returncode == 1
     assert "routed/one (http) and routed/two (http) both route any host any path" in run.stderr
     assert not (Path(host["ZLAYER_STATE_DIR"]) / "process/deployments/routed").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("replicas", [1, 3])
+def test_an_env_change_rolls_out_with_no_failed_request(
+    host: dict[str, str], tmp_path: Path, replicas: int
+) -> None:
+    """Start-first: a surge replica with the new config serves before the first old
+    replica is drained, each replaced one is back in rotation before the next goes,
+    and the surge leaves last. A steady request loop sees no failure."""
+    port = free_port()
+    path = spec(tmp_path, web("web", port, replicas))
+    first = zlayer(host, "apply", str(path), "--auto-approve")
+    assert first.returncode == 0, first.stdout + first.stderr
+    path.write_text(path.read_text().replace("env: {}", 'env: {VERSION: "2"}'))
+    with Load(port) as load:
+        run = zlayer(host, "apply", str(path), "--auto-approve")
+        load.more()
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert f"surge replica routed/web/{replicas + 1}" in run.stdout, run.stdout
+    assert load.failures == [], (load.failures, run.stdout)
+    assert load.answered > 50
+    status = zlayer(host, "status")
+    assert f"routed/web/{replicas + 1}" not in status.stdout, status.stdout
+    again = zlayer(host, "plan", str(path), "--runtime", "process")
+    assert "No changes." in again.stdout, again.stdout + again.stderr
+
+
+@pytest.mark.slow
+def test_a_new_config_that_never_gets_healthy_rolls_back_with_no_failed_request(
+    host: dict[str, str], tmp_path: Path
+) -> None:
+    port = free_port()
+    path = spec(tmp_path, web("web", port, 1))
+    first = zlayer(host, "apply", str(path), "--auto-approve")
+    assert first.returncode == 0, first.stdout + first.stderr
+    # The new config's server listens on another port: its health check never passes.
+    path.write_text(path.read_text().replace("'0.0.0.0', 9000", "'0.0.0.0', 9001"))
+    with Load(port) as load:
+        run = zlayer(host, "apply", str(path), "--auto-approve")
+        load.more()
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "surge replica routed/web/2 not healthy" in run.stdout, run.stdout
+    assert "routed/web/1 kept its config and stayed in rotation" in run.stdout
+    assert load.failures == [], (load.failures, run.stdout)
+    assert get(port)[1].startswith("web ")
+    assert "routed/web/2" not in zlayer(host, "status").stdout

@@ -735,3 +735,107 @@ async def test_a_failed_drain_is_a_warning_and_the_replica_still_stops() -> None
     assert removed.status == "succeeded"
     assert any("not drained first" in w for w in removed.warnings), removed
     assert wid("web", 3) not in driver.workloads and wid("web", 1) in driver.workloads
+
+
+# --- start-first replace of a routed service ---------------------------------------------
+
+ROUTED = ROLLING + "    endpoints: [{{name: http, protocol: http, port: 80, expose: public}}]\n"
+
+
+class RoutableFake(FakeDriver):
+    routable = True
+
+
+def routed_rollout() -> tuple[RoutableFake, DesiredState, DesiredState]:
+    a = desired_from(ROUTED.format(version="a"), revision="rA")
+    b = desired_from(ROUTED.format(version="b"), revision="rB")
+    return RoutableFake(as_running(a)), a, b
+
+
+def proxy_hooks(driver: FakeDriver, order: list[tuple[str, str]]) -> ExecutorSettings:
+    """A managed proxy as the executor sees it: what it drained and admitted, in order
+    with the driver's calls."""
+
+    async def drain(target: WorkloadId) -> None:
+        order.append(("drain", str(target)))
+
+    async def admit(target: WorkloadId) -> None:
+        assert driver.workloads[target].status == "running"
+        order.append(("admit", str(target)))
+
+    return replace(FAST, before_stop=drain, admit=admit)
+
+
+async def test_a_routed_service_is_replaced_start_first_through_a_surge_replica() -> None:
+    """The surge (web/4, new config) is in rotation before web/1 is drained; each
+    replaced replica is back in rotation before the next is drained; the surge leaves
+    last. At every step some replica serves."""
+    driver, _, b = routed_rollout()
+    order: list[tuple[str, str]] = []
+    settings = proxy_hooks(driver, order)
+    original = driver._record
+
+    def record(kind: str, target: WorkloadId) -> None:
+        order.append((kind, str(target)))
+        original(kind, target)
+
+    driver._record = record  # type: ignore[method-assign]
+    run = await apply(driver, b, settings=settings)
+    assert run.report.ok, run.report
+    steps = [f"{kind} {target.removeprefix('demo/web/')}" for kind, target in order]
+    assert steps == [
+        "create 4", "admit 4",
+        "drain 1", "replace 1", "admit 1",
+        "drain 2", "replace 2", "admit 2",
+        "drain 3", "replace 3", "admit 3",
+        "drain 4", "remove 4",
+    ]  # fmt: skip
+    assert on_config(driver, b) == [1, 2, 3]
+    assert wid("web", 4) not in driver.workloads
+    assert any("surge replica demo/web/4" in e.message for e in run.events)
+
+
+async def test_a_surge_that_never_gets_healthy_leaves_every_replica_untouched() -> None:
+    driver, a, b = routed_rollout()
+    fp_b = b.services[("demo", "web")].fingerprint
+
+    async def prober(
+        _policy: HealthPolicy, _resolve: probes.Resolve, env: Mapping[str, str]
+    ) -> str | None:
+        return "connection refused" if fingerprint_of(driver, env) == fp_b else None
+
+    order: list[tuple[str, str]] = []
+    run = await apply(driver, b, settings=proxy_hooks(driver, order), prober=prober)
+    first = run.outcome("replace:demo/web/1")
+    assert first.status == "rolled_back"
+    assert "surge replica demo/web/4 not healthy" in first.message
+    assert "demo/web/1 kept its config and stayed in rotation" in first.message
+    assert driver.calls == [("create", "demo/web/4"), ("remove", "demo/web/4")]
+    assert order == [("drain", "demo/web/4")]
+    assert on_config(driver, a) == [1, 2, 3]
+    assert run.status("replace:demo/web/2") == "skipped"
+
+
+async def test_a_rollback_puts_the_restored_replicas_back_before_the_surge_leaves() -> None:
+    driver, a, b = routed_rollout()
+
+    async def prober(
+        _policy: HealthPolicy, _resolve: probes.Resolve, env: Mapping[str, str]
+    ) -> str | None:
+        return "connection refused" if env["ZLAYER_REPLICA"] == "2" else None
+
+    order: list[tuple[str, str]] = []
+    run = await apply(driver, b, settings=proxy_hooks(driver, order), prober=prober)
+    assert run.status("replace:demo/web/2") == "rolled_back"
+    assert on_config(driver, a) == [1, 2, 3]
+    assert wid("web", 4) not in driver.workloads
+    restored = [step for step in order if step[1] in ("demo/web/1", "demo/web/2")]
+    assert restored[-2:] == [("admit", "demo/web/2"), ("admit", "demo/web/1")]
+    assert order[-1] == ("drain", "demo/web/4")
+
+
+async def test_without_a_proxy_a_routed_service_keeps_the_stop_first_replace() -> None:
+    driver, _, b = routed_rollout()
+    run = await apply(driver, b)
+    assert run.report.ok
+    assert [c for c in driver.calls if c[0] == "create"] == []

@@ -390,6 +390,18 @@ def create_sandbox(
                     )
                     nsr.link("set", index=eth, state="up")
                     nsr.route("add", dst="default", gateway=str(gateway.ip))
+            if inner is not None and bridge_index is not None:
+                # The host may still map this address to the veth of the replica
+                # that had it before (a replace): packets would go to a MAC that is
+                # gone until that entry times out. Forget it; the next packet asks.
+                with _failing(f"forget the old neighbour entry of {inner.ip} on {bridge}"):
+                    _ignoring(
+                        ipr.neigh,
+                        "del",
+                        dst=str(inner.ip),
+                        ifindex=bridge_index,
+                        ignore=(errno.ENOENT, errno.ESRCH),
+                    )
         except BaseException:
             with contextlib.suppress(Exception):
                 _remove_sandbox(ipr, deployment, service, replica)
