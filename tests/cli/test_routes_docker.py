@@ -9,6 +9,7 @@ The same cases as tests/cli/test_routes_process.py, on the other runtime.
 from __future__ import annotations
 
 import socket
+import subprocess
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,13 +19,15 @@ import pytest
 from reconciler.routing.proxy import executable
 from tests.cli.test_apply_docker import Host, docker
 from tests.cli.test_routes_process import web
+from tests.conftest import REPO
 from tests.docker_support import (  # noqa: F401
     deployment_name,
     docker_url,
     remove_deployment,
 )
+from tests.load_support import Load
 from tests.routing.test_proxy import free_port, get
-from tests.support import stop_proxy, unavailable
+from tests.support import stop_proxy, unavailable, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -174,3 +177,80 @@ def test_a_deployment_pruned_from_the_specs_takes_its_routes_along(
         assert not (host.state / "proxy" / "routes" / f"{host.deployment}.json").exists()
     finally:
         remove_deployment(docker_url, other)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("replicas", [1, 3])
+def test_an_env_change_rolls_out_with_no_failed_request(host: Host, replicas: int) -> None:
+    port = free_port()
+    write(host, server("web", port, replicas))
+    apply(host)
+    path = host.specs / "app.yaml"
+    path.write_text(path.read_text().replace("env: {}", 'env: {VERSION: "2"}'))
+    with Load(port) as load:
+        out = apply(host)
+        load.more()
+    assert f"surge replica {host.deployment}/web/{replicas + 1}" in out, out
+    assert load.failures == [], (load.failures, out)
+    assert sorted(host.containers()) == [
+        f"{host.deployment}-web-{i}" for i in range(1, replicas + 1)
+    ]
+    assert host.plan()["actions"] == []
+
+
+@pytest.mark.slow
+def test_a_new_config_that_never_gets_healthy_rolls_back_with_no_failed_request(
+    host: Host,
+) -> None:
+    port = free_port()
+    write(host, server("web", port, 1))
+    apply(host)
+    before = host.containers()[f"{host.deployment}-web-1"]["Id"]
+    path = host.specs / "app.yaml"
+    path.write_text(path.read_text().replace("'0.0.0.0', 9000", "'0.0.0.0', 9001"))
+    with Load(port) as load:
+        run = host.run("apply", str(host.specs), "--auto-approve")
+        load.more()
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert f"surge replica {host.deployment}/web/2 not healthy" in run.stdout, run.stdout
+    assert load.failures == [], (load.failures, run.stdout)
+    assert {n: c["Id"] for n, c in host.containers().items()} == {
+        f"{host.deployment}-web-1": before
+    }
+
+
+@pytest.mark.slow
+def test_an_apply_killed_mid_swap_leaves_a_state_the_next_plan_repairs(host: Host) -> None:
+    """``kill -9`` of apply while its surge replica serves: no replica is lost, and the
+    next plan removes the surge (it is beyond the count) and finishes the replace."""
+    port = free_port()
+    write(host, server("web", port, 1))
+    apply(host)
+    path = host.specs / "app.yaml"
+    path.write_text(path.read_text().replace("env: {}", 'env: {VERSION: "2"}'))
+    surge = f"{host.deployment}-web-2"
+    with Load(port) as load:
+        process = subprocess.Popen(
+            host.command("apply", str(host.specs), "--auto-approve"),
+            cwd=REPO, env=host.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            wait_for(
+                lambda: host.containers().get(surge, {}).get("State", {}).get("Running"),
+                "the surge replica to run",
+                120,
+                interval=0.1,
+            )
+        finally:
+            process.kill()
+            process.wait()
+        load.more()
+        plan = host.plan()
+        reasons = {a["id"]: a["reason"] for a in plan["actions"]}
+        assert f"remove:{host.deployment}/web/2" in reasons, plan["actions"]
+        out = apply(host)
+        load.more()
+    assert load.failures == [], (load.failures, out)
+    assert sorted(host.containers()) == [f"{host.deployment}-web-1"]
+    assert host.plan()["actions"] == []
+    assert get(port)[1].startswith("web ")
