@@ -51,7 +51,7 @@ from reconciler.plan.model import Note, Plan
 from reconciler.plan.planner import plan_changes
 from reconciler.probes import init_step_problem
 from reconciler.routing.control import RouteSync
-from reconciler.routing.host import HostRoutes, routing_warnings
+from reconciler.routing.host import HostRoutes, drain_grace, routing_warnings
 from reconciler.routing.table import route_table
 from reconciler.runtimes import open_runtime
 from reconciler.settings import Settings
@@ -410,7 +410,11 @@ async def run_pass(
         inputs=inputs,
         settings=ExecutorSettings(
             concurrency=concurrency,
-            before_stop=routing.drain if routing else None,
+            before_stop=(
+                (lambda target: routing.drain(target, drain_grace(desired, target)))
+                if routing
+                else None
+            ),
             admit=functools.partial(routing.admit, driver, desired) if routing else None,
         ),
         on_event=on_event,

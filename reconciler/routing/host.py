@@ -31,10 +31,26 @@ from reconciler.routing.table import (
     routed_service,
     table_of,
 )
+from reconciler.spec.durations import parse_duration
 from reconciler.waits import wait_until
 
 DRAIN_GRACE = 10.0
-"""Seconds a draining replica's connections get before it is stopped anyway."""
+"""Seconds a draining replica's connections get before it is stopped anyway, when
+its service sets no ``stop_grace_period``."""
+
+
+def drain_grace(desired: DesiredState, target: WorkloadId) -> float:
+    """How long ``target``'s open connections may take once it is drained: its
+    service's ``stop_grace_period`` (the time it has to finish when stopped anyway),
+    else :data:`DRAIN_GRACE`; a service no longer in the specs gets the default."""
+    service = desired.services.get((target.deployment, target.service))
+    value = service.config.get("stop_grace_period") if service is not None else None
+    if value is None:
+        return DRAIN_GRACE
+    try:
+        return parse_duration(str(value)) / 1e9
+    except ValueError:
+        return DRAIN_GRACE
 
 
 def routing_warnings(service: DesiredService, routable: bool) -> tuple[str, ...]:

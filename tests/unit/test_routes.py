@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from reconciler.desired import DesiredService
+from reconciler.observed import WorkloadId
 from reconciler.policy import HealthPolicy, ServicePolicy
+from reconciler.routing.host import DRAIN_GRACE, drain_grace
 from reconciler.routing.table import (
     NO_ROUTE,
     Member,
@@ -14,6 +16,7 @@ from reconciler.routing.table import (
     replica_of,
     route_table,
 )
+from tests.docker_support import compile_spec
 
 
 def service(
@@ -133,3 +136,21 @@ def test_a_replaced_replica_gets_a_server_of_its_own() -> None:
     old, new = Member(1, "10.0.0.5", 80), Member(1, "10.0.0.9", 80)
     assert old.server != new.server and replica_of(old.server) == replica_of(new.server) == 1
     assert Member(1, "fd00::5", 80).endpoint == "[fd00::5]:80"
+
+
+def test_a_drained_replica_gets_its_services_stop_grace_period() -> None:
+    desired = compile_spec(
+        """
+        version: v1
+        deployment: demo
+        services:
+          slow:
+            image: {name: x}
+            stop_grace_period: 1m30s
+          quick:
+            image: {name: x}
+        """
+    )
+    assert drain_grace(desired, WorkloadId("demo", "slow", 1)) == 90.0
+    assert drain_grace(desired, WorkloadId("demo", "quick", 1)) == DRAIN_GRACE
+    assert drain_grace(desired, WorkloadId("demo", "gone", 1)) == DRAIN_GRACE
