@@ -7,8 +7,10 @@ PYTEST_DONT_REWRITE
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -116,6 +118,17 @@ class Daemon:
 
     def status(self) -> dict[str, Any]:
         return self.get("/v1/status")[1]
+
+    def metrics(self) -> str:
+        """``GET /metrics`` over the API socket: Prometheus text."""
+        connection = http.client.HTTPConnection("localhost", timeout=10)
+        connection.sock = socket.socket(socket.AF_UNIX)
+        connection.sock.connect(str(self.socket))
+        try:
+            connection.request("GET", "/metrics")
+            return connection.getresponse().read().decode()
+        finally:
+            connection.close()
 
     def reconciles(self) -> list[dict[str, Any]]:
         journal = Journal.in_state_dir(self.state)

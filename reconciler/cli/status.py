@@ -18,8 +18,9 @@ from reconciler.cli.escape import visible, visible_line
 from reconciler.cli.runtime import RUNTIME_OPTION, STATE_DIR_OPTION, pick_runtime, settings_for
 from reconciler.daemon.journal import Crash, Journal
 from reconciler.drivers.base import Driver
-from reconciler.errors import ZlayerError
+from reconciler.errors import ProxyError, ZlayerError
 from reconciler.observed import ObservedState, Workload, WorkloadId
+from reconciler.routing.host import HostRoutes, RouteStat
 from reconciler.runtimes import open_runtime
 from reconciler.settings import Settings
 from reconciler.statedir import default_state_dir
@@ -55,15 +56,22 @@ def status(deployments: tuple[str, ...], runtime: str | None, state_dir: Path | 
     settings = settings_for(state_dir)
     runtime = pick_runtime(runtime, settings)
 
-    async def observe() -> tuple[ObservedState, list[Workload]]:
+    routes = HostRoutes.of(settings.state_dir or default_state_dir(), settings.publish_address)
+
+    async def observe() -> tuple[ObservedState, list[Workload], list[RouteStat]]:
         async with open_runtime(runtime, settings) as driver:
             state = await driver.observe(deployments or None)
             # The list call leaves out start times and restart counts; ask per replica.
             detailed = await asyncio.gather(*(driver.status(w.id) for w in state.workloads))
-            return state, [d or w for d, w in zip(detailed, state.workloads, strict=True)]
+            workloads = [d or w for d, w in zip(detailed, state.workloads, strict=True)]
+        try:
+            served = await routes.stats(deployments or None)
+        except ProxyError:
+            served = []  # HAProxy went away meanwhile: no route to show
+        return state, workloads, served
 
     try:
-        state, workloads = asyncio.run(observe())
+        state, workloads, served = asyncio.run(observe())
     except ZlayerError as exc:
         raise click.ClickException(visible(str(exc))) from exc
     if not workloads:
@@ -88,6 +96,18 @@ def status(deployments: tuple[str, ...], runtime: str | None, state_dir: Path | 
             _image(state, w),
         )
         rows.append(tuple(visible(cell) for cell in row))
+    _table(rows)
+    shown = {str(w.id) for w in workloads}
+    for target, crash in sorted(crashes.items()):
+        if target in shown and (crash.streak or crash.held):
+            click.echo(visible_line(f"{target}: {crash.describe(now.timestamp())}"))
+    if served:
+        click.echo("")
+        _table(_route_rows(served))
+    return 0
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo(
@@ -95,11 +115,27 @@ def status(deployments: tuple[str, ...], runtime: str | None, state_dir: Path | 
                 "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
             ).rstrip()
         )
-    shown = {str(w.id) for w in workloads}
-    for target, crash in sorted(crashes.items()):
-        if target in shown and (crash.streak or crash.held):
-            click.echo(visible_line(f"{target}: {crash.describe(now.timestamp())}"))
-    return 0
+
+
+def _route_rows(served: list[RouteStat]) -> list[tuple[str, ...]]:
+    """The managed proxy's servers: one row per replica in each route, HAProxy's counts."""
+    rows: list[tuple[str, ...]] = [
+        ("ROUTE", "PORT", "REPLICA", "PROXY", "CHECK", "ACTIVE", "REQUESTS", "ERRORS", "AVG")
+    ]
+    for r in served:
+        row = (
+            f"{r.deployment}/{r.service}/{r.endpoint}",
+            f":{r.port}",
+            "-" if r.replica is None else str(r.replica),
+            r.status,
+            r.check or "-",
+            str(r.sessions),
+            str(r.requests),
+            str(r.errors),
+            f"{r.response_ms}ms",
+        )
+        rows.append(tuple(visible(cell) for cell in row))
+    return rows
 
 
 def _crash_loops(settings: Settings) -> dict[str, Crash]:

@@ -52,7 +52,7 @@ class DaemonView(Protocol):
 
     async def plan(self) -> dict[str, Any]: ...
 
-    def metrics(self) -> Metrics: ...
+    async def metrics(self) -> Metrics: ...
 
     def request_reconcile(self, reason: str) -> None: ...
 
@@ -156,7 +156,7 @@ class _Handlers:
         return _json({"ready": ok, "reason": why}, 200 if ok else 503)
 
     async def metrics(self, _request: web.Request) -> web.Response:
-        metrics = self.view.metrics()
+        metrics = await self.view.metrics()
         text = render_metrics(metrics, time.time())
         return web.Response(text=text, content_type="text/plain", charset="utf-8",
                             headers={"X-Content-Type-Version": "0.0.4"})  # fmt: skip

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from reconciler.routing.host import RouteStat
+
 
 @dataclass(frozen=True, slots=True)
 class Metrics:
@@ -23,6 +25,8 @@ class Metrics:
     webhooks_accepted: int = 0
     webhooks_rejected: int = 0
     started_at: float = 0.0
+    routes: tuple[RouteStat, ...] = ()
+    """The managed proxy's servers, as HAProxy counts them now."""
 
 
 def _label(value: str) -> str:
@@ -90,4 +94,34 @@ def render_metrics(metrics: Metrics, now: float) -> str:
         "zlayer_daemon_start_time_seconds", "gauge", "When the daemon started (unix time).",
         [("", round(metrics.started_at, 3))],
     )  # fmt: skip
+    if metrics.routes:
+        lines += _route_families(metrics.routes)
     return "\n".join(lines) + "\n"
+
+
+def _route_families(routes: Iterable[RouteStat]) -> list[str]:
+    """One sample per replica's server in each route, labelled by route and replica."""
+    labelled = [
+        (
+            f'{{deployment="{_label(r.deployment)}",service="{_label(r.service)}",'
+            f'endpoint="{_label(r.endpoint)}",port="{r.port}",'
+            f'replica="{"" if r.replica is None else r.replica}"}}',
+            r,
+        )
+        for r in routes
+    ]
+    lines: list[str] = []
+    for name, kind, help_text, value in (
+        ("zlayer_route_in_rotation", "gauge", "1 when the proxy sends the replica new "
+         "connections.", lambda r: 1 if r.in_rotation else 0),
+        ("zlayer_route_active_connections", "gauge", "Connections the replica carries now.",
+         lambda r: r.sessions),
+        ("zlayer_route_requests_total", "counter", "Requests (tcp: connections) the proxy "
+         "sent the replica.", lambda r: r.requests),
+        ("zlayer_route_errors_total", "counter", "Refused connections, broken responses "
+         "and 5xx answers of the replica.", lambda r: r.errors),
+        ("zlayer_route_response_seconds", "gauge", "Average response time of the replica's "
+         "last 1024 requests.", lambda r: r.response_ms / 1000),
+    ):  # fmt: skip
+        lines += _family(name, kind, help_text, [(labels, value(r)) for labels, r in labelled])
+    return lines

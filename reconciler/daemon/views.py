@@ -8,9 +8,11 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from reconciler.daemon.metrics import Metrics
+from reconciler.errors import ProxyError
 from reconciler.observed_json import document
 from reconciler.plan.serialize import plan_to_dict
 from reconciler.reconcile import plan_for
+from reconciler.routing.host import HostRoutes
 
 if TYPE_CHECKING:
     from reconciler.daemon.loop import Daemon
@@ -91,8 +93,12 @@ class Views:
         )
         return plan_to_dict(plan, f"the {daemon.driver.name} runtime")
 
-    def metrics(self) -> Metrics:
+    async def metrics(self) -> Metrics:
         daemon = self.daemon
+        try:
+            routes = await HostRoutes.of(daemon.state_dir, daemon.settings.publish_address).stats()
+        except ProxyError:
+            routes = []  # HAProxy went away meanwhile: the next sync starts it again
         totals = daemon.journal.reconcile_totals()
         crashes = daemon.journal.crashes()
         applied = daemon.revisions.applied
@@ -109,6 +115,7 @@ class Views:
             webhooks_accepted=daemon.counters["webhooks"],
             webhooks_rejected=daemon.api.rejected if daemon.api else 0,
             started_at=daemon.started_at,
+            routes=tuple(routes),
         )
 
     def jobs(self, limit: int) -> list[dict[str, Any]]:

@@ -67,6 +67,28 @@ def routing_warnings(service: DesiredService, routable: bool) -> tuple[str, ...]
     return ()
 
 
+@dataclass(frozen=True, slots=True)
+class RouteStat:
+    """One replica's server in one route, as HAProxy counts it (for ``zlayer status``
+    and the daemon's ``/metrics``)."""
+
+    deployment: str
+    service: str
+    endpoint: str
+    port: int
+    replica: int | None
+    status: str
+    check: str
+    sessions: int
+    requests: int
+    errors: int
+    response_ms: int
+
+    @property
+    def in_rotation(self) -> bool:
+        return self.status in ("UP", "no check")
+
+
 @dataclass
 class HostRoutes:
     """The proxy of one state directory and the deployments' recorded routes."""
@@ -172,6 +194,38 @@ class HostRoutes:
 
         if mine:
             await wait_until(idle, timeout=grace)
+
+    async def stats(self, deployments: Collection[str] | None = None) -> list[RouteStat]:
+        """Every server of every recorded route (of ``deployments``), as HAProxy counts
+        it now; nothing when HAProxy does not run."""
+        if not await self.proxy.running():
+            return []
+        table = table_of(s for services in self.recorded().values() for s in services)
+        live = await self.proxy.servers()
+        rows = []
+        for backend in table.backends:
+            if deployments and backend.deployment not in deployments:
+                continue
+            port = table.frontend_of(backend.name).port
+            for name, stat in sorted(
+                live.get(backend.name, {}).items(), key=lambda item: replica_of(item[0]) or 0
+            ):
+                rows.append(
+                    RouteStat(
+                        backend.deployment,
+                        backend.service,
+                        backend.endpoint,
+                        port,
+                        replica_of(name),
+                        stat.status,
+                        stat.check,
+                        stat.sessions,
+                        stat.requests,
+                        stat.errors,
+                        stat.response_ms,
+                    )
+                )
+        return rows
 
     async def admit(
         self, driver: Driver, desired: DesiredState, target: WorkloadId, timeout: float = 30.0

@@ -48,6 +48,12 @@ class ServerStat:
     sessions: int
     total: int
     check: str
+    requests: int = 0
+    """HTTP requests it served (connections, for tcp)."""
+    errors: int = 0
+    """Connections it refused, responses that broke off, and its 5xx answers."""
+    response_ms: int = 0
+    """Its average response time over the last 1024 requests, in milliseconds."""
 
     @property
     def in_rotation(self) -> bool:
@@ -289,6 +295,9 @@ class Proxy:
                         sessions=int(row.get("scur") or 0),
                         total=int(row.get("stot") or 0),
                         check=row.get("check_status", ""),
+                        requests=_int(row.get("req_tot")) or _int(row.get("stot")),
+                        errors=sum(_int(row.get(k)) for k in ("econ", "eresp", "hrsp_5xx")),
+                        response_ms=_int(row.get("rtime")),
                     )
                 )
         return found
@@ -315,6 +324,11 @@ class Proxy:
         await self.set_state(backend, server, "maint")
         await self.change(f"shutdown sessions server {backend}/{server}")
         await self.change(f"del server {backend}/{server}")
+
+
+def _int(text: str | None) -> int:
+    """A number of HAProxy's CSV; empty (not counted for that kind of row) is 0."""
+    return int(text) if text and text.isdigit() else 0
 
 
 def _is_haproxy(pid: int) -> bool:

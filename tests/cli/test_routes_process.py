@@ -103,6 +103,11 @@ def test_three_replicas_serve_through_the_public_port(host: dict[str, str], tmp_
         assert f"route: routed/web/{replica} in rotation on :{port}" in run.stdout, run.stdout
     served = Counter(get(port)[1].split()[1] for _ in range(30))
     assert len(served) == 3, served  # three replica addresses
+    status = zlayer(host, "status")
+    routes = [line.split() for line in status.stdout.splitlines() if line.startswith("routed/")]
+    assert [row[:4] for row in routes] == [["routed/web/http", f":{port}", str(r), "UP"]
+                                           for r in (1, 2, 3)], status.stdout  # fmt: skip
+    assert sum(int(row[6]) for row in routes) >= 30  # requests, by HAProxy's count
     again = zlayer(host, "apply", str(path), "--auto-approve")
     assert "No changes." in again.stdout and "route:" not in again.stdout, again.stdout
 

@@ -20,6 +20,7 @@ import pytest
 from reconciler.daemon.api import ApiConfig, ApiServer, start_api
 from reconciler.daemon.metrics import Metrics, render_metrics
 from reconciler.errors import ZlayerError
+from reconciler.routing.host import RouteStat
 
 SECRET = b"hook-secret"
 TOKEN = "t0ken"
@@ -44,7 +45,7 @@ class View:
     async def plan(self) -> dict[str, Any]:
         return {"actions": []}
 
-    def metrics(self) -> Metrics:
+    async def metrics(self) -> Metrics:
         return Metrics(reconciles={"applied": 2}, restarts=7, applied_revision="abc",
                        applied_at=100.0, started_at=50.0)  # fmt: skip
 
@@ -288,3 +289,18 @@ def test_metrics_are_prometheus_text() -> None:
     assert "zlayer_reconcile_duration_seconds_count 4" in text
     assert "applied_revision_age" not in render_metrics(Metrics(), now=5.0)
     json.dumps(text)  # plain text, nothing binary
+
+
+def test_route_metrics_have_one_sample_per_replica_server() -> None:
+    def stat(replica: int, status: str, requests: int) -> RouteStat:
+        return RouteStat("demo", "web", "http", 8080, replica, status, "L7OK", 1, requests, 2, 15)
+
+    text = render_metrics(Metrics(routes=(stat(1, "UP", 40), stat(2, "DRAIN", 9))), now=5.0)
+    labels = 'deployment="demo",service="web",endpoint="http",port="8080"'
+    assert f'zlayer_route_in_rotation{{{labels},replica="1"}} 1' in text
+    assert f'zlayer_route_in_rotation{{{labels},replica="2"}} 0' in text
+    assert f'zlayer_route_requests_total{{{labels},replica="1"}} 40' in text
+    assert f'zlayer_route_errors_total{{{labels},replica="2"}} 2' in text
+    assert f'zlayer_route_response_seconds{{{labels},replica="1"}} 0.015' in text
+    assert "# TYPE zlayer_route_requests_total counter" in text
+    assert "zlayer_route_" not in render_metrics(Metrics(), now=5.0)

@@ -319,19 +319,7 @@ def test_sighup_reloads_the_config_and_metrics_count_workloads(daemon_host: Daem
     daemon_host.start()
     wait_for(lambda: len(running(daemon_host)) == 2, "a/1 and a/2")
 
-    def metrics() -> str:
-        import http.client
-        import socket
-
-        connection = http.client.HTTPConnection("localhost", timeout=10)
-        connection.sock = socket.socket(socket.AF_UNIX)
-        connection.sock.connect(str(daemon_host.socket))
-        try:
-            connection.request("GET", "/metrics")
-            return connection.getresponse().read().decode()
-        finally:
-            connection.close()
-
+    metrics = daemon_host.metrics
     text = wait_for(lambda: 'zlayer_workloads{state="running"} 2' in metrics() and metrics(),
                     "the workloads in /metrics")  # fmt: skip
     assert 'zlayer_reconciles_total{outcome="applied"} 1' in text

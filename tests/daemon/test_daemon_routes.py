@@ -50,6 +50,10 @@ def test_the_daemon_serves_public_endpoints_and_restarts_a_killed_proxy(
         assert first.split()[2] == "/"
         events = wait_for(lambda: daemon_host.events(kind="route"), "route events")
         assert any(f"droute/web/1 in rotation on :{port}" in e["message"] for e in events)
+        labels = f'deployment="droute",service="web",endpoint="http",port="{port}"'
+        text = daemon_host.metrics()
+        assert f'zlayer_route_in_rotation{{{labels},replica="1"}} 1' in text, text
+        assert f'zlayer_route_requests_total{{{labels},replica="' in text
 
         pidfile = Path(daemon_host.state) / "proxy" / "haproxy.pid"
         pid = int(pidfile.read_text().split()[0])

@@ -375,3 +375,25 @@ async def test_frozen_backends_are_left_as_they_are(
     assert gone.changes == ()
     assert list((await proxy.servers())["demo.admin.web"]) == [dead.server]
     assert (await fetch(port))[1].startswith("web-1 ")
+
+
+async def test_route_stats_count_each_replicas_requests_and_errors(
+    proxy: Proxy, backends: Callable[[str], int]
+) -> None:
+    port = free_port()
+    web = service("web", public(port), health=HealthPolicy("tcp", interval=0.2))
+    routes = HostRoutes(proxy, "127.0.0.1")
+    routes.record("demo", [routed_service(web)])
+    members = [Member(1, "127.0.0.1", backends("web-1")), Member(2, "127.0.0.1", backends("web-2"))]
+    await sync(proxy, route_table([web]), {"demo.web.web": members})
+    assert await served_by(port, 10) == Counter({"web-1": 5, "web-2": 5})
+    assert (await fetch(port, "/fail"))[0] == 500
+    rows = await routes.stats()
+    assert [(r.deployment, r.service, r.endpoint, r.port, r.replica) for r in rows] == [
+        ("demo", "web", "web", port, 1),
+        ("demo", "web", "web", port, 2),
+    ]
+    assert all(r.in_rotation and r.sessions == 0 for r in rows)
+    assert sum(r.requests for r in rows) == 11
+    assert sum(r.errors for r in rows) == 1
+    assert await routes.stats(["other"]) == []
