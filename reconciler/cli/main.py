@@ -49,7 +49,7 @@ SUMMARIES = {
     "observe": "Write what a runtime reports as a snapshot (JSON, format zlayer-observed).",
     "apply": "Make the host match the specs: plan, confirm, then act in dependency order.",
     "destroy": "Stop and remove every workload of DEPLOYMENT, dependents first.",
-    "status": "Every workload zlayer manages: state, health, restarts, age and image.",
+    "status": "Every workload zlayer manages (state, health, restarts, age, image) and its routes.",
     "logs": "Output of SERVICE's replicas (SERVICE or DEPLOYMENT/SERVICE), each line "
     "prefixed with its replica when there are several.",
     "daemon": "Keep this host converged on a spec directory or a git repository, unattended.",

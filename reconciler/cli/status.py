@@ -52,7 +52,7 @@ def _image(state: ObservedState, workload: Workload) -> str:
 @RUNTIME_OPTION
 @STATE_DIR_OPTION
 def status(deployments: tuple[str, ...], runtime: str | None, state_dir: Path | None) -> int:
-    """Every workload zlayer manages: state, health, restarts, age and image."""
+    """Every workload zlayer manages (state, health, restarts, age, image) and its routes."""
     settings = settings_for(state_dir)
     runtime = pick_runtime(runtime, settings)
 
