@@ -328,6 +328,10 @@ def server_options(backend: Backend, state: str = "ready") -> str:
         parts += ["check", "inter", _ms(check.interval), "fall", str(check.fall), "rise", "1"]
         if check.port is not None and check.port != backend.target_port:
             parts += ["port", str(check.port)]
+    # Idle connections to the replica are kept and reused (HAProxy's defaults for a
+    # server in the configuration, which a server added at run time does not get:
+    # without them every request opens a new connection, a third of the throughput).
+    parts += ["pool-max-conn", "-1", "pool-purge-delay", "5s"]
     if state == "maint":
         parts.append("disabled")
     return " ".join(parts)

@@ -8,6 +8,9 @@ stopped by its pid afterwards, also when the test fails.
 from __future__ import annotations
 
 import asyncio
+import csv
+import http.client
+import io
 import os
 import signal
 import socket
@@ -36,7 +39,7 @@ BACKEND = r"""
 import http.server, sys, time
 name = sys.argv[1]
 class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.0"
+    protocol_version = sys.argv[2] if len(sys.argv) > 2 else "HTTP/1.0"
     def do_GET(self):
         if self.path.startswith("/fail"):
             self.send_response(500); self.end_headers(); return
@@ -62,13 +65,13 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def backends() -> Iterator[Callable[[str], int]]:
+def backends() -> Iterator[Callable[..., int]]:
     """Start a named backend; its port. Every one is stopped by its pid afterwards."""
     started: list[subprocess.Popen[str]] = []
 
-    def start(name: str) -> int:
+    def start(name: str, protocol: str = "HTTP/1.0") -> int:
         process = subprocess.Popen(
-            [sys.executable, "-c", BACKEND, name], stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", BACKEND, name, protocol], stdout=subprocess.PIPE, text=True
         )
         started.append(process)
         assert process.stdout is not None
@@ -397,3 +400,28 @@ async def test_route_stats_count_each_replicas_requests_and_errors(
     assert sum(r.requests for r in rows) == 11
     assert sum(r.errors for r in rows) == 1
     assert await routes.stats(["other"]) == []
+
+
+async def test_a_server_added_at_run_time_reuses_its_connections(
+    proxy: Proxy, backends: Callable[[str], int]
+) -> None:
+    """HAProxy does not give a server added through its runtime API the idle
+    connection pool a configured server has; without it, every request opened a new
+    connection to the replica (a third of the throughput, bench/proxy.py)."""
+    port = free_port()
+    target = backends("web-1", "HTTP/1.1")  # keeps its connections open
+    await sync(proxy, web_table(port, target), {"demo.web.web": [Member(1, "127.0.0.1", target)]})
+
+    def keep_alive_requests(count: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            for _ in range(count):
+                connection.request("GET", "/")
+                assert connection.getresponse().read().startswith(b"web-1 ")
+        finally:
+            connection.close()
+
+    await asyncio.to_thread(keep_alive_requests, 20)
+    text = await proxy.command("show stat")
+    (row,) = [r for r in csv.DictReader(io.StringIO(text.lstrip("# "))) if r["type"] == "2"]
+    assert int(row["reuse"]) > 0 and int(row["connect"]) < 20, row
