@@ -463,10 +463,14 @@ class Executor:
         """A service the managed proxy routes is replaced start-first: a surge replica
         with the new config serves before the first old replica leaves rotation, so a
         one-replica service never stops answering."""
+        # A fixed host port (``port_mappings[].host_port``) binds one replica only: a
+        # surge could not start next to the old one, so such a service stays stop-first.
+        fixed = any(m.get("host_port") for m in service.config.get("port_mappings", ()))
         return (
             self.settings.admit is not None
             and self.driver.routable
             and bool(routed_endpoints(service.config))
+            and not fixed
         )
 
     def _surge_index(self, service: DesiredService) -> int:

@@ -839,3 +839,16 @@ async def test_without_a_proxy_a_routed_service_keeps_the_stop_first_replace() -
     run = await apply(driver, b)
     assert run.report.ok
     assert [c for c in driver.calls if c[0] == "create"] == []
+
+
+async def test_a_routed_service_with_a_fixed_host_port_keeps_the_stop_first_replace() -> None:
+    """Its surge could not bind the host port the old replica holds."""
+    fixed = ROUTED + "        port_mappings: [{{container_port: 80, host_port: 8081}}]\n"
+    a = desired_from(fixed.format(version="a").replace("replicas: 3", "replicas: 1"), "rA")
+    b = desired_from(fixed.format(version="b").replace("replicas: 3", "replicas: 1"), "rB")
+    driver = RoutableFake(as_running(a))
+    order: list[tuple[str, str]] = []
+    run = await apply(driver, b, settings=proxy_hooks(driver, order))
+    assert run.report.ok
+    assert driver.calls == [("replace", "demo/web/1")]
+    assert order == [("drain", "demo/web/1")]
