@@ -118,6 +118,8 @@ class _Rollout:
     surge: WorkloadId | None = None
     """The surge replica serving the new config while the service's replicas are
     replaced one by one (start-first replace of a routed service)."""
+    surge_action: Action | None = None
+    """The replace that started it."""
 
 
 class Executor:
@@ -161,6 +163,13 @@ class Executor:
         async with asyncio.TaskGroup() as group:
             for action in plan.actions:
                 group.create_task(self._run(action, slots))
+        for rollout in self._rollouts.values():
+            if rollout.surge is not None and rollout.surge_action is not None:
+                # Its later replaces were skipped (something they wait for failed).
+                left: list[str] = []
+                await self._retire_surge(rollout.surge_action, rollout, left)
+                for warning in left:
+                    self._emit(rollout.surge_action.id, "warning", warning)
         return Report(
             tuple(self._results[a.id] for a in plan.actions), round(loop.time() - self._t0, 3)
         )
@@ -490,7 +499,7 @@ class Executor:
         rotation) and the replace is rolled back."""
         index = self._surge_index(service)
         surge = service.workload_id(index)
-        rollout.surge = surge
+        rollout.surge, rollout.surge_action = surge, action
         self._emit(
             action.id, "waiting", f"for surge replica {surge}: the new config next to the old"
         )

@@ -31,7 +31,7 @@ from reconciler.executor import (
     execute,
 )
 from reconciler.observed import WorkloadId
-from reconciler.plan.model import Plan
+from reconciler.plan.model import Action, Plan
 from reconciler.plan.planner import plan_changes
 from reconciler.policy import HealthPolicy
 from tests.conftest import load_ok, spec_text
@@ -852,3 +852,32 @@ async def test_a_routed_service_with_a_fixed_host_port_keeps_the_stop_first_repl
     assert run.report.ok
     assert driver.calls == [("replace", "demo/web/1")]
     assert order == [("drain", "demo/web/1")]
+
+
+async def test_a_surge_whose_later_replaces_are_skipped_is_removed_at_the_end() -> None:
+    """web/2 and web/3 wait for something that fails: they are skipped, and the surge
+    the replace of web/1 started does not outlive the run."""
+    driver, _, b = routed_rollout()
+    observed = await driver.observe()
+    plan = plan_changes(b, observed)
+    broken = Action("create:demo/extra/1", "create", wid("extra"), "a step that fails")
+    driver.fail_next("create", wid("extra"), PermanentDriverError("no such image"))
+    actions = [
+        replace(a, waits_for=(*a.waits_for, broken.id)) if a.target.replica == 2 else a
+        for a in plan.actions
+    ]
+    plan = replace(plan, actions=(broken, *actions))
+    b_with_extra = replace(
+        b, services={**b.services, ("demo", "extra"): b.services[("demo", "web")]}
+    )
+    order: list[tuple[str, str]] = []
+    executor = Executor(
+        driver, b_with_extra, observed, inputs=INPUTS, settings=proxy_hooks(driver, order),
+        prober=healthy,
+    )  # fmt: skip
+    report = await executor.run(plan)
+    statuses = {o.action: o.status for o in report.outcomes}
+    assert statuses["replace:demo/web/1"] == "succeeded"
+    assert statuses["replace:demo/web/2"] == statuses["replace:demo/web/3"] == "skipped"
+    assert wid("web", 4) not in driver.workloads
+    assert order[-1] == ("drain", "demo/web/4")
