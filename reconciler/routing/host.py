@@ -22,7 +22,7 @@ from reconciler.drivers.base import Driver
 from reconciler.errors import DriverError, ProxyError
 from reconciler.observed import ObservedState, WorkloadId
 from reconciler.routing.control import RouteSync, bring_in, proxy_for, sync_routes
-from reconciler.routing.proxy import INSTALL_HINT, Proxy, executable
+from reconciler.routing.proxy import IN_ROTATION, INSTALL_HINT, Proxy, executable
 from reconciler.routing.table import (
     Member,
     RoutedService,
@@ -86,7 +86,7 @@ class RouteStat:
 
     @property
     def in_rotation(self) -> bool:
-        return self.status in ("UP", "no check")
+        return self.status in IN_ROTATION
 
 
 @dataclass

@@ -35,6 +35,10 @@ INSTALL_HINT = "install it with: apt-get install haproxy"
 _STRUCTURE = "# zlayer structure "
 
 
+IN_ROTATION = frozenset({"UP", "no check"})
+"""The server states in which HAProxy sends a server new connections."""
+
+
 @dataclass(frozen=True, slots=True)
 class ServerStat:
     """One server as HAProxy reports it (``show stat``)."""
@@ -59,7 +63,7 @@ class ServerStat:
     def in_rotation(self) -> bool:
         """Gets new connections: up (or not checked) and neither drained nor in
         maintenance."""
-        return self.status in ("UP", "no check")
+        return self.status in IN_ROTATION
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,32 +283,14 @@ class Proxy:
 
     async def stats(self) -> list[ServerStat]:
         """Every server of every backend (``show stat``)."""
-        text = await self.command("show stat")
-        rows = csv.DictReader(io.StringIO(text.lstrip("# ")))
-        found = []
-        for row in rows:
-            if row.get("type") == "2":  # 0 frontend, 1 backend, 2 server, 3 listener
-                found.append(
-                    ServerStat(
-                        backend=row["pxname"],
-                        server=row["svname"],
-                        address=row.get("addr", ""),
-                        status=row.get("status", "").split(" ")[0]
-                        if row.get("status", "").startswith(("UP", "DOWN"))
-                        else row.get("status", ""),
-                        sessions=int(row.get("scur") or 0),
-                        total=int(row.get("stot") or 0),
-                        check=row.get("check_status", ""),
-                        requests=_int(row.get("req_tot")) or _int(row.get("stot")),
-                        errors=sum(_int(row.get(k)) for k in ("econ", "eresp", "hrsp_5xx")),
-                        response_ms=_int(row.get("rtime")),
-                    )
-                )
-        return found
+        return _server_stats(await self.command("show stat"))[1]
 
     async def servers(self) -> Mapping[str, Mapping[str, ServerStat]]:
-        table: dict[str, dict[str, ServerStat]] = {}
-        for stat in await self.stats():
+        """Backend name → its servers by name; every backend HAProxy has, also one
+        with no server (yet)."""
+        backends, stats = _server_stats(await self.command("show stat"))
+        table: dict[str, dict[str, ServerStat]] = {name: {} for name in backends}
+        for stat in stats:
             table.setdefault(stat.backend, {})[stat.server] = stat
         return table
 
@@ -324,6 +310,33 @@ class Proxy:
         await self.set_state(backend, server, "maint")
         await self.change(f"shutdown sessions server {backend}/{server}")
         await self.change(f"del server {backend}/{server}")
+
+
+def _server_stats(text: str) -> tuple[list[str], list[ServerStat]]:
+    """``show stat``'s CSV: the backends' names, and every server."""
+    backends: list[str] = []
+    found = []
+    for row in csv.DictReader(io.StringIO(text.lstrip("# "))):
+        kind = row.get("type")  # 0 frontend, 1 backend, 2 server, 3 listener
+        if kind == "1":
+            backends.append(row["pxname"])
+        elif kind == "2":
+            status = row.get("status", "")
+            found.append(
+                ServerStat(
+                    backend=row["pxname"],
+                    server=row["svname"],
+                    address=row.get("addr", ""),
+                    status=status.split(" ")[0] if status.startswith(("UP", "DOWN")) else status,
+                    sessions=_int(row.get("scur")),
+                    total=_int(row.get("stot")),
+                    check=row.get("check_status", ""),
+                    requests=_int(row.get("req_tot")) or _int(row.get("stot")),
+                    errors=sum(_int(row.get(k)) for k in ("econ", "eresp", "hrsp_5xx")),
+                    response_ms=_int(row.get("rtime")),
+                )
+            )
+    return backends, found
 
 
 def _int(text: str | None) -> int:

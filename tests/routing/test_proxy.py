@@ -425,3 +425,12 @@ async def test_a_server_added_at_run_time_reuses_its_connections(
     text = await proxy.command("show stat")
     (row,) = [r for r in csv.DictReader(io.StringIO(text.lstrip("# "))) if r["type"] == "2"]
     assert int(row["reuse"]) > 0 and int(row["connect"]) < 20, row
+
+
+async def test_a_backend_with_no_server_yet_is_listed_empty(proxy: Proxy) -> None:
+    """So a replica can be admitted into it during a replace (no replica of the
+    service was in rotation before)."""
+    port = free_port()
+    await sync(proxy, web_table(port, free_port()), {"demo.web.web": []})
+    assert (await proxy.servers())["demo.web.web"] == {}
+    assert await proxy.stats() == []
