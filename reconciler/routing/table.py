@@ -170,7 +170,9 @@ def routed_service(service: DesiredService) -> RoutedService:
         service=service.name,
         replicas=service.replicas,
         endpoints=tuple(dict(e) for e in routed_endpoints(service.config)),
-        health=dataclasses.asdict(service.policy.health),
+        # A command check is zlayer's own (HAProxy does not run it): its command line,
+        # which may carry a credential, is not recorded.
+        health=dataclasses.asdict(dataclasses.replace(service.policy.health, command="")),
     )
 
 

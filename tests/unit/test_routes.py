@@ -15,6 +15,7 @@ from reconciler.routing.table import (
     render,
     replica_of,
     route_table,
+    routed_service,
 )
 from tests.docker_support import compile_spec
 
@@ -154,3 +155,22 @@ def test_a_drained_replica_gets_its_services_stop_grace_period() -> None:
     assert drain_grace(desired, WorkloadId("demo", "slow", 1)) == 90.0
     assert drain_grace(desired, WorkloadId("demo", "quick", 1)) == DRAIN_GRACE
     assert drain_grace(desired, WorkloadId("demo", "gone", 1)) == DRAIN_GRACE
+
+
+def test_a_command_checks_command_line_is_not_recorded_with_the_routes() -> None:
+    desired = compile_spec(
+        """
+        version: v1
+        deployment: demo
+        services:
+          web:
+            image: {name: x}
+            endpoints: [{name: http, protocol: http, port: 80, expose: public}]
+            health:
+              check: {type: command, command: "probe --password=hunter2-canary"}
+        """
+    )
+    routed = routed_service(desired.services[("demo", "web")])
+    assert "hunter2-canary" not in repr(routed)
+    assert routed.health["kind"] == "command"
+    assert route_table([desired.services[("demo", "web")]]).backends[0].check.kind == "none"
