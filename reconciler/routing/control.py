@@ -166,7 +166,10 @@ async def _add_missing(
 
     async def one(backend: Backend, member: Member) -> None:
         stat = live.get(backend.name, {}).get(member.server)
-        if stat is not None and stat.in_rotation:
+        # DOWN: in rotation but failing HAProxy's check, which puts it back by itself
+        # once it passes (a drained server that passes shows DRAIN, and is brought in
+        # then); waiting for it here would hold up every sync while it is down.
+        if stat is not None and (stat.in_rotation or stat.status == "DOWN"):
             return
         problem = await bring_in(proxy, backend, member, stat, timeout)
         if problem is not None:

@@ -434,3 +434,31 @@ async def test_a_backend_with_no_server_yet_is_listed_empty(proxy: Proxy) -> Non
     await sync(proxy, web_table(port, free_port()), {"demo.web.web": []})
     assert (await proxy.servers())["demo.web.web"] == {}
     assert await proxy.stats() == []
+
+
+async def test_a_replica_failing_its_check_does_not_hold_up_the_sync(proxy: Proxy) -> None:
+    """Its server stays where it is (DOWN, HAProxy puts it back once its check passes):
+    a sync does not wait for it, nor warn."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", BACKEND, "web-1"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None
+        target = int(process.stdout.readline())
+        port = free_port()
+        table = web_table(port, target)
+        members = {"demo.web.web": [Member(1, "127.0.0.1", target)]}
+        await sync(proxy, table, members)
+        process.kill()
+        process.wait()
+        await wait_for_async(
+            lambda: _state_of(proxy, members["demo.web.web"][0].server, "DOWN"), "web-1 DOWN"
+        )
+        again = await sync(proxy, table, members, ready_timeout=5)
+        assert (again.changes, again.warnings) == ((), ())
+        assert list((await proxy.servers())["demo.web.web"]) == [members["demo.web.web"][0].server]
+    finally:
+        process.kill()
+        process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
