@@ -215,18 +215,30 @@ async def test_a_replaced_replica_takes_over_and_a_removed_one_leaves(
     assert [s.address for s in servers.values()] == [f"127.0.0.1:{replaced}"]
 
 
-async def test_a_killed_proxy_comes_back_with_its_rotation(
+async def serving_one(
     proxy: Proxy, backends: Callable[[str], int]
-) -> None:
+) -> tuple[int, RouteTable, dict[str, list[Member]]]:
+    """``proxy`` routing a public port to one replica, web-1: (port, table, members)."""
     port = free_port()
     target = backends("web-1")
     table = web_table(port, target)
     members = {"demo.web.web": [Member(1, "127.0.0.1", target)]}
     await sync(proxy, table, members)
+    return port, table, members
+
+
+async def kill_master(proxy: Proxy) -> None:
     pid = proxy.pid()
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
     await wait_for_async(lambda: proxy.pid() is None, "the killed HAProxy to be gone")
+
+
+async def test_a_killed_proxy_comes_back_with_its_rotation(
+    proxy: Proxy, backends: Callable[[str], int]
+) -> None:
+    port, table, members = await serving_one(proxy, backends)
+    await kill_master(proxy)
     result = await sync(proxy, table, members)
     assert result.proxy == "started"
     assert (await fetch(port))[1].startswith("web-1 ")
@@ -241,21 +253,14 @@ class DiesMidSync(Proxy):
     async def apply_config(self, text: str, structure: str) -> Any:
         self.writes += 1
         if self.writes == 2:
-            pid = self.pid()
-            assert pid is not None
-            os.kill(pid, signal.SIGKILL)
-            await wait_for_async(lambda: self.pid() is None, "the killed HAProxy to be gone")
+            await kill_master(self)
         return await super().apply_config(text, structure)
 
 
 async def test_a_proxy_killed_during_a_sync_is_started_again_and_says_so(
     proxy: Proxy, backends: Callable[[str], int]
 ) -> None:
-    port = free_port()
-    target = backends("web-1")
-    table = web_table(port, target)
-    members = {"demo.web.web": [Member(1, "127.0.0.1", target)]}
-    await sync(proxy, table, members)
+    port, table, members = await serving_one(proxy, backends)
     dying = DiesMidSync(proxy.paths.directory)
     result = await sync(dying, table, members)
     assert dying.writes == 2
