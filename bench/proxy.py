@@ -55,33 +55,34 @@ from reconciler.routing.proxy import Proxy, executable
 from reconciler.routing.table import Member, route_table
 from tests.unit.test_routes import public, service
 
-REPLICA = """global
+HEADER = """global
     pidfile {pidfile}
 defaults
     mode http
     timeout connect 5s
     timeout client 30s
     timeout server 30s
-frontend replica
+"""
+
+REPLICA = (
+    HEADER
+    + """frontend replica
     bind 127.0.0.1:{port}
     http-request return status 200 content-type text/plain string "{name}"
 """
+)
 
 
-BARE = """global
-    pidfile {pidfile}
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 30s
-    timeout server 30s
-frontend bare
+BARE = (
+    HEADER
+    + """frontend bare
     bind 127.0.0.1:{port}
     default_backend replicas
 backend replicas
     balance roundrobin
 {servers}
 """
+)
 """The same route written by hand, as the HAProxy documentation would: the best a
 proxy on this machine does, to tell the route's own cost from HAProxy's."""
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import textwrap
 from collections import Counter
@@ -147,6 +148,20 @@ def test_routes_that_conflict_are_refused_before_anything_runs(
     assert not (Path(host["ZLAYER_STATE_DIR"]) / "process/deployments/routed").exists()
 
 
+def change_under_load(
+    host: dict[str, str], path: Path, port: int, old: str, new: str
+) -> tuple[subprocess.CompletedProcess[str], Load]:
+    """Apply ``path``, replace ``old`` by ``new`` in it, and apply again while a steady
+    request loop runs against ``port``: the second apply and the loop."""
+    first = zlayer(host, "apply", str(path), "--auto-approve")
+    assert first.returncode == 0, first.stdout + first.stderr
+    path.write_text(path.read_text().replace(old, new))
+    with Load(port) as load:
+        run = zlayer(host, "apply", str(path), "--auto-approve")
+        load.more()
+    return run, load
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("replicas", [1, 3])
 def test_an_env_change_rolls_out_with_no_failed_request(
@@ -157,12 +172,7 @@ def test_an_env_change_rolls_out_with_no_failed_request(
     and the surge leaves last. A steady request loop sees no failure."""
     port = free_port()
     path = spec(tmp_path, web("web", port, replicas))
-    first = zlayer(host, "apply", str(path), "--auto-approve")
-    assert first.returncode == 0, first.stdout + first.stderr
-    path.write_text(path.read_text().replace("env: {}", 'env: {VERSION: "2"}'))
-    with Load(port) as load:
-        run = zlayer(host, "apply", str(path), "--auto-approve")
-        load.more()
+    run, load = change_under_load(host, path, port, "env: {}", 'env: {VERSION: "2"}')
     assert run.returncode == 0, run.stdout + run.stderr
     assert f"surge replica routed/web/{replicas + 1}" in run.stdout, run.stdout
     assert load.failures == [], (load.failures, run.stdout)
@@ -179,13 +189,8 @@ def test_a_new_config_that_never_gets_healthy_rolls_back_with_no_failed_request(
 ) -> None:
     port = free_port()
     path = spec(tmp_path, web("web", port, 1))
-    first = zlayer(host, "apply", str(path), "--auto-approve")
-    assert first.returncode == 0, first.stdout + first.stderr
     # The new config's server listens on another port: its health check never passes.
-    path.write_text(path.read_text().replace("'0.0.0.0', 9000", "'0.0.0.0', 9001"))
-    with Load(port) as load:
-        run = zlayer(host, "apply", str(path), "--auto-approve")
-        load.more()
+    run, load = change_under_load(host, path, port, "'0.0.0.0', 9000", "'0.0.0.0', 9001")
     assert run.returncode == 1, run.stdout + run.stderr
     assert "surge replica routed/web/2 not healthy" in run.stdout, run.stdout
     assert "routed/web/1 kept its config and stayed in rotation" in run.stdout
