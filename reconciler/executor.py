@@ -33,7 +33,7 @@ from reconciler.desired import (
 from reconciler.drivers.base import Driver
 from reconciler.errors import DriverError, TemporaryDriverError, ZlayerError
 from reconciler.observed import ObservedState, Workload, WorkloadId
-from reconciler.plan.model import STARTUP_KINDS, Action, Condition, Plan
+from reconciler.plan.model import ROUTE_KINDS, STARTUP_KINDS, Action, Condition, Plan
 from reconciler.policy import HealthPolicy, InitStep
 
 DEFAULT_CONCURRENCY = 4
@@ -101,6 +101,13 @@ class ExecutorSettings:
     """Called when a replica of a service with routed endpoints passed its health gate
     during a replace: the managed proxy puts it in rotation, returning once HAProxy's
     own check passed. With it, such a replace is start-first (a surge replica)."""
+    route: Callable[[Action, list[str]], Awaitable[str]] | None = None
+    """Does a route action (:data:`ROUTE_KINDS`): the managed proxy serves the
+    endpoint as the specs say, with the service's running replicas in rotation; what
+    it did, in words (warnings added to the list). Without it a route action fails."""
+    in_rotation: Callable[[tuple[str, str]], Awaitable[str | None]] | None = None
+    """For ``depends: condition: ready``: why the service (deployment, service) is not
+    in rotation in every route it has, or None when it is (or has no route)."""
 
 
 class Failed(Exception):
@@ -231,6 +238,13 @@ class Executor:
     async def _perform(self, action: Action, warnings: list[str]) -> str:
         self._emit(action.id, "started", action.reason)
         target = action.target
+        if action.kind in ROUTE_KINDS:
+            if self.settings.route is None:
+                raise Failed(f"{action.subject}: this host has no managed proxy to route it")
+            try:
+                return await self.settings.route(action, warnings)
+            except ZlayerError as error:
+                raise Failed(f"{action.subject}: {error}") from error
         if target.is_network:
             await self._call(action, lambda: perform(self.driver, action, self.desired))
             return f"{target} {'ready' if action.kind in STARTUP_KINDS else 'removed'}"
@@ -304,7 +318,22 @@ class Executor:
                 problem = await self._wait_healthy(replica, policy, remaining)
             if problem:
                 return problem
+        if condition == "ready" and self.settings.in_rotation is not None:
+            return await self._wait_in_rotation(key, max(0.0, deadline - loop.time()))
         return None
+
+    async def _wait_in_rotation(self, key: tuple[str, str], timeout: float) -> str | None:
+        """Until the managed proxy has a replica of ``key`` in rotation in every route
+        of it (``ready``: traffic reaches it), within ``timeout``; why not, if not."""
+        check = self.settings.in_rotation
+        assert check is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            problem = await check(key)
+            if problem is None or loop.time() >= deadline:
+                return problem
+            await asyncio.sleep(min(self.settings.poll, max(0.0, deadline - loop.time())))
 
     async def _wait_running(
         self, target: WorkloadId, timeout: float, hold: float = 0.0

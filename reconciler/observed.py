@@ -157,6 +157,52 @@ class Network:
     the plan creates it again, giving this as the reason."""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteServer:
+    """One replica's server in a route, as HAProxy has it (``status`` UP, DOWN,
+    DRAIN, MAINT, …; the counters are HAProxy's since it started)."""
+
+    __pydantic_config__ = _FORBID
+
+    replica: int
+    address: str
+    status: str
+    check: str = ""
+    sessions: int = 0
+    requests: int = 0
+    errors: int = 0
+    response_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Route:
+    """One routed endpoint of a service, as the managed proxy serves it: its routing
+    as zlayer last synced it, and the servers HAProxy has for it now."""
+
+    __pydantic_config__ = _FORBID
+
+    deployment: str
+    service: str
+    endpoint: str
+    protocol: str
+    port: int
+    target_port: int
+    host: str | None = None
+    path: str | None = None
+    check: str = "none"
+    """How HAProxy checks the replicas (``http GET /health expects 200``, ``tcp :8080``,
+    ``none``)."""
+    servers: tuple[RouteServer, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "servers", tuple(self.servers))
+
+    @property
+    def id(self) -> WorkloadId:
+        """The service the route belongs to (routes are planned with it)."""
+        return WorkloadId(self.deployment, self.service, None)
+
+
 @dataclass(frozen=True, kw_only=True)
 class ObservedState:
     """What a runtime reports, as a whole (and the snapshot's top level)."""
@@ -172,6 +218,13 @@ class ObservedState:
     the plan creates and removes (the process runtime as root). Otherwise networks
     are the driver's business and never appear in a plan."""
     networks: tuple[Network, ...] = ()
+    routes_managed: bool = False
+    """The host's public endpoints go through zlayer's managed proxy (a runtime that
+    routes, with HAProxy installed): routes are planned like workloads. Otherwise
+    routes never appear in a plan."""
+    proxy_running: bool = False
+    """The managed HAProxy runs (only meaningful with ``routes_managed``)."""
+    routes: tuple[Route, ...] = ()
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)
     """The canonical config behind each fingerprint, recorded once however many
     replicas share it (sensitive values as placeholders). A fingerprint without an
@@ -188,6 +241,7 @@ class ObservedState:
         object.__setattr__(self, "configs", redacted)
         object.__setattr__(self, "workloads", tuple(self.workloads))
         object.__setattr__(self, "networks", tuple(self.networks))
+        object.__setattr__(self, "routes", tuple(self.routes))
         seen: set[WorkloadId] = set()
         for workload in self.workloads:
             if workload.id in seen:
@@ -205,18 +259,33 @@ class ObservedState:
             + ((w.problem,) if w.problem is not None else ())
             for w in self.workloads
         )
-        if not self.networks_managed:
-            return fingerprint(rows)
-        networks = sorted((n.deployment, n.name, n.subnet, n.problem) for n in self.networks)
-        return fingerprint([rows, networks])
+        parts: list[Any] = [rows]
+        if self.networks_managed:
+            parts.append(sorted((n.deployment, n.name, n.subnet, n.problem) for n in self.networks))
+        if self.routes_managed:
+            # The routing and which replicas have a server, not HAProxy's counters.
+            routes = sorted(
+                [
+                    *(r.deployment, r.service, r.endpoint, r.protocol, r.port, r.target_port),
+                    *(r.host or "", r.path or "", r.check, sorted(s.replica for s in r.servers)),
+                ]
+                for r in self.routes
+            )
+            parts.append(["routes", self.proxy_running, routes])
+        return fingerprint(parts[0] if len(parts) == 1 else parts)
 
     def to_json(self) -> str:
         """Deterministic snapshot text: workloads sorted by identity."""
         ordered = sorted(self.workloads, key=lambda w: (w.deployment, w.service, w.replica or 0))
         networks = sorted(self.networks, key=lambda n: n.deployment)
+        routes = sorted(self.routes, key=lambda r: (r.deployment, r.service, r.endpoint))
         configs = dict(sorted(self.configs.items()))
         copy = dataclasses.replace(
-            self, workloads=tuple(ordered), networks=tuple(networks), configs=configs
+            self,
+            workloads=tuple(ordered),
+            networks=tuple(networks),
+            routes=tuple(routes),
+            configs=configs,
         )
         from reconciler.observed_json import dump  # pydantic, only when a snapshot is written
 

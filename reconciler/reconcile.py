@@ -46,15 +46,15 @@ from reconciler.drivers.base import Driver
 from reconciler.errors import InvalidSpecs, UnsupportedSpecs, ZlayerError
 from reconciler.executor import DEFAULT_CONCURRENCY, Event, ExecutorSettings, Report, execute
 from reconciler.lock import ApplyLock
-from reconciler.observed import ObservedState, WorkloadId
+from reconciler.observed import ObservedState, RouteServer, WorkloadId
 from reconciler.plan.model import Note, Plan
 from reconciler.plan.planner import plan_changes
 from reconciler.probes import init_step_problem
+from reconciler.route_table import route_table, routes_of
 from reconciler.routing.control import RouteSync
 from reconciler.routing.host import HostRoutes, drain_grace, routing_warnings
-from reconciler.routing.table import route_table
 from reconciler.runtimes import open_runtime
-from reconciler.settings import Settings
+from reconciler.settings import Settings, default_state_dir
 from reconciler.sources.files import DEFAULT_SPECS, Collected, collect
 from reconciler.spec.load import LoadedSpec, iter_sources
 from reconciler.spec.problems import Problem, format_path
@@ -246,12 +246,29 @@ def runtime_problems(
 # --- observing -----------------------------------------------------------------------
 
 
+def host_routes(settings: Settings | None) -> HostRoutes:
+    """The managed proxy of the host ``settings`` describe."""
+    settings = settings or Settings()
+    return HostRoutes.of(settings.state_dir or default_state_dir(), settings.publish_address)
+
+
+async def observe_host(
+    driver: Driver, routes: HostRoutes | None, deployments: Sequence[str] | None = None
+) -> ObservedState:
+    """What ``driver``'s runtime runs (of ``deployments``, else everything), with the
+    managed proxy's routes where the runtime's public endpoints go through it."""
+    observed = await driver.observe(list(deployments) if deployments else None)
+    if routes is None or not driver.routable:
+        return observed
+    return await routes.observe(observed, deployments)
+
+
 def observe_runtime(name: str, settings: Settings | None = None) -> ObservedState:
-    """What runtime ``name`` runs now (read-only)."""
+    """What runtime ``name`` runs now, and the host's routes (read-only)."""
 
     async def observe() -> ObservedState:
         async with open_runtime(name, settings) as driver:
-            return await driver.observe()
+            return await observe_host(driver, host_routes(settings))
 
     return asyncio.run(observe())
 
@@ -264,7 +281,7 @@ def observe_checked(
     async def observe() -> tuple[ObservedState, DesiredState]:
         async with open_runtime(name, settings) as driver:
             result = checked(driver, desired, "planned")
-            return await driver.observe(), result
+            return await observe_host(driver, host_routes(settings)), result
 
     return asyncio.run(observe())
 
@@ -282,14 +299,38 @@ def observe_ref(
     problems of those specs). Specs that were invalid at ``ref`` give no state. The
     all-zero ref (:func:`is_null_ref`) is an empty state: everything plans as new."""
     if is_null_ref(ref):
-        return ObservedState(runtime=f"git:{ref}"), ref, []
+        return ObservedState(runtime=f"git:{ref}", routes_managed=True), ref, []
     from reconciler.sources.git import files_at_ref  # gitpython is slow to import
 
     collected, commit = files_at_ref(paths or (DEFAULT_SPECS,), ref)
     compiled = compile_files(collected, inputs, commit)
     if compiled.desired is None or compiled.invalid:
         return None, commit, list(compiled.problems)
-    return as_running(compiled.desired, runtime=f"git:{ref}"), commit, []
+    return (
+        with_routes(as_running(compiled.desired, runtime=f"git:{ref}"), compiled.desired),
+        commit,
+        [],
+    )
+
+
+def with_routes(observed: ObservedState, desired: DesiredState) -> ObservedState:
+    """``observed`` (a host running ``desired`` exactly) with ``desired``'s routes served
+    by the managed proxy, every running replica in rotation."""
+    running: dict[tuple[str, str], list[int]] = {}
+    for workload in observed.workloads:
+        if workload.replica is not None:
+            running.setdefault((workload.deployment, workload.service), []).append(workload.replica)
+    table = route_table(desired.services.values())
+    servers = {
+        backend.name: [
+            RouteServer(replica=replica, address="specs", status="UP")
+            for replica in running.get((backend.deployment, backend.service), [])
+        ]
+        for backend in table.backends
+    }
+    return dataclasses.replace(
+        observed, routes_managed=True, proxy_running=True, routes=tuple(routes_of(table, servers))
+    )
 
 
 # --- planning ------------------------------------------------------------------------
@@ -326,12 +367,12 @@ def destroy_plan(observed: ObservedState, deployment: str) -> Plan:
     """Remove every workload of ``deployment``, dependents first (``zlayer destroy``)."""
     nothing = DesiredState(revision="destroy", services={}, deployments=frozenset())
     result = plan_changes(nothing, observed, prune=True)
-    ids = {a.id: f"remove:{a.target}" for a in result.actions}
+    ids = {a.id: a.id if a.endpoint else f"remove:{a.target}" for a in result.actions}
     actions = tuple(
         dataclasses.replace(
             a,
             id=ids[a.id],
-            kind="remove",
+            kind="unroute" if a.endpoint else "remove",
             reason=f"destroy {deployment}",
             waits_for=tuple(ids[w] for w in a.waits_for),
         )
@@ -365,7 +406,10 @@ class Pass:
     after: ObservedState | None = None
     """The runtime observed again after executing (when asked for)."""
     routes: RouteSync | None = None
-    """What syncing the managed proxy did (None: nothing on the host is routed)."""
+    """What the last sync of the managed proxy did, after the plan (None: nothing on the
+    host is routed)."""
+    route_syncs: tuple[RouteSync, ...] = ()
+    """Every sync of the pass: the plan's route actions' and the last one."""
 
 
 async def run_pass(
@@ -390,7 +434,7 @@ async def run_pass(
     dead proxy or a missing server is repaired."""
     if not lock.held:
         raise ZlayerError(f"{lock.path}: a plan is executed only with the apply lock held")
-    observed = await driver.observe([scope] if scope else None)
+    observed = await observe_host(driver, routes, [scope] if scope else None)
     plan = make_plan(desired, observed)
     proceed = True if review is None else await review(plan)
     if not proceed:
@@ -400,7 +444,8 @@ async def run_pass(
     deployments = [scope] if scope else sorted(set(desired.deployments) | pruned)
     if plan.empty:
         synced = await _sync_routes(routes, driver, desired, observed, deployments)
-        return Pass(observed, plan, None, routes=synced)
+        return Pass(observed, plan, None, routes=synced, route_syncs=(synced,) if synced else ())
+    first = len(routes.synced) if routes is not None else 0
     routing = routes if routes is not None and driver.routable else None
     report = await execute(
         plan,
@@ -416,6 +461,8 @@ async def run_pass(
                 else None
             ),
             admit=functools.partial(routing.admit, driver, desired) if routing else None,
+            route=functools.partial(routing.route, driver, desired) if routing else None,
+            in_rotation=functools.partial(routing.in_rotation, desired) if routing else None,
         ),
         on_event=on_event,
     )
@@ -424,7 +471,8 @@ async def run_pass(
     synced = None
     if after is not None:
         synced = await _sync_routes(routes, driver, desired, after, deployments)
-    return Pass(observed, plan, report, after if observe_after else None, synced)
+    every = tuple(routes.synced[first:]) if routes is not None else ()
+    return Pass(observed, plan, report, after if observe_after else None, synced, every)
 
 
 async def _sync_routes(

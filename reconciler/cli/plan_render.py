@@ -29,6 +29,9 @@ MARKERS = {
     "remove": ("-", "red"),
     "unregister": ("-", "red"),
     "prune": ("-", "red"),
+    "route": ("+", "green"),
+    "reroute": ("~", "yellow"),
+    "unroute": ("-", "red"),
 }
 _ALWAYS = ("create", "replace", "remove")
 MAX_WAITS_SHOWN = 4
@@ -88,7 +91,7 @@ def render_text(console: Console, plan: Plan, observed_from: str) -> None:
         for action in actions:
             marker, colour = MARKERS[action.kind]
             say(
-                f"    [{colour}]{marker} {action.kind:<10}[/] {markup(str(action.target))}  "
+                f"    [{colour}]{marker} {action.kind:<10}[/] {markup(action.subject)}  "
                 f"{markup(action.reason)}"
             )
             if len(action.changes) > 1:  # a single change is the reason already
@@ -119,12 +122,12 @@ def render_markdown(plan: Plan, observed_from: str) -> str:
     for action in plan.actions:
         marker = MARKERS[action.kind][0]
         lines.append(
-            f"| {marker} | {action.kind} | {md_code(str(action.target), table=True)} "
+            f"| {marker} | {action.kind} | {md_code(action.subject, table=True)} "
             f"| {md_text(action.reason)} |"
         )
     lines += ["", "<details><summary>Details</summary>", ""]
     for action in plan.actions:
-        target = md_code(str(action.target))
+        target = md_code(action.subject)
         lines.append(f"- **{action.kind}** {target}: {md_text(action.reason)}")
         lines += [f"  - {md_code(describe(c))}" for c in action.changes]
         lines += [f"  - after {md_text(condition_text(c))}" for c in action.conditions]

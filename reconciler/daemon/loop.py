@@ -419,7 +419,8 @@ class Daemon:
             )
         finally:
             lock.release()
-        self._journal_routes(done.routes)
+        for synced in done.route_syncs:
+            self._journal_routes(synced)
         plan_doc = plan_to_dict(done.plan, f"the {driver.name} runtime")
         if done.report is None:
             monitor.update(desired, done.observed)

@@ -112,7 +112,7 @@ class Supervisor:
                 if blocking:
                     waited = blocking[0].split(":", 1)[1]
                     dropped[action.id] = f"waits for {waited}"
-                    notes.append(Note(str(action.target), f"{action.kind} waits for {waited}"))
+                    notes.append(Note(action.subject, f"{action.kind} waits for {waited}"))
                     changed = True
         actions = tuple(a for a in plan.actions if a.id not in dropped)
         kept = dataclasses.replace(plan, actions=actions, notes=(*plan.notes, *notes))

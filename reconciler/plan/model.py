@@ -9,7 +9,18 @@ from typing import Any, Literal
 from reconciler.observed import WorkloadId
 
 ActionKind = Literal[
-    "create", "start", "stop", "remove", "replace", "restart", "register", "unregister", "prune"
+    "create",
+    "start",
+    "stop",
+    "remove",
+    "replace",
+    "restart",
+    "register",
+    "unregister",
+    "prune",
+    "route",
+    "reroute",
+    "unroute",
 ]
 KINDS: tuple[ActionKind, ...] = (
     "create",
@@ -17,14 +28,20 @@ KINDS: tuple[ActionKind, ...] = (
     "restart",
     "start",
     "register",
+    "route",
+    "reroute",
     "stop",
     "remove",
     "unregister",
+    "unroute",
     "prune",
 )
-STARTUP_KINDS = frozenset({"create", "replace", "restart", "start", "register"})
+STARTUP_KINDS = frozenset({"create", "replace", "restart", "start", "register", "route", "reroute"})
 """Kinds that bring something up; they run in dependency order. The rest tear down,
 dependents first."""
+ROUTE_KINDS = frozenset({"route", "reroute", "unroute"})
+"""Kinds about one routed endpoint of a service in the managed proxy (the action's
+``endpoint``): a new route, a changed or repaired one, one that goes."""
 
 ChangeKind = Literal["changed", "added", "removed"]
 
@@ -63,6 +80,14 @@ class Action:
     changes: tuple[Change, ...] = ()
     waits_for: tuple[str, ...] = ()
     conditions: tuple[Condition, ...] = ()
+    endpoint: str | None = None
+    """For a route action (:data:`ROUTE_KINDS`): the endpoint's name; ``target`` is its
+    service (``replica`` None)."""
+
+    @property
+    def subject(self) -> str:
+        """What the action is about: ``demo/web/1``, or ``demo/web:http`` for a route."""
+        return str(self.target) if self.endpoint is None else f"{self.target}:{self.endpoint}"
 
 
 @dataclass(frozen=True, slots=True)

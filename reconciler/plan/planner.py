@@ -20,19 +20,22 @@ from typing import Any
 from reconciler.desired import DesiredService, DesiredState
 from reconciler.errors import PlanError
 from reconciler.fingerprint import fingerprint
-from reconciler.observed import NETWORK, Network, ObservedState, Workload, WorkloadId
+from reconciler.observed import NETWORK, Network, ObservedState, Route, Workload, WorkloadId
 from reconciler.plan.diff import describe, explain
 from reconciler.plan.model import (
     KINDS,
+    ROUTE_KINDS,
     STARTUP_KINDS,
     Action,
     ActionKind,
     Change,
+    ChangeKind,
     Condition,
     Note,
     Plan,
 )
 from reconciler.redact import adopt_recorded, unhashed_paths
+from reconciler.route_table import route_table, routes_of
 from reconciler.spec.problems import format_path
 
 ServiceKey = tuple[str, str]
@@ -71,6 +74,8 @@ def plan_changes(
         actions += _plan_removed(key, found, prune, key[0] in desired.deployments, notes)
     if observed.networks_managed:
         actions += _plan_networks(desired, observed.networks, prune, selected, notes)
+    if observed.routes_managed:
+        actions += _plan_routes(desired, observed, by_service, prune, selected, notes)
     if selected is not None:
         notes.insert(0, _target_note(targets, selected))
     ordered = _order(_with_waits(actions, desired, by_service))
@@ -323,6 +328,117 @@ def _plan_networks(
     return out
 
 
+ROUTE_FIELDS = ("protocol", "port", "host", "path", "target_port", "check")
+"""What a route is, as the plan compares it (its servers are compared by replica)."""
+
+
+def _route_action(
+    kind: ActionKind, route: Route, reason: str, changes: tuple[Change, ...] = ()
+) -> Action:
+    return Action(
+        f"{kind}:{route.id}:{route.endpoint}",
+        kind,
+        route.id,
+        reason,
+        changes,
+        endpoint=route.endpoint,
+    )
+
+
+def route_text(route: Route) -> str:
+    """``http :8080 host api.example.test path /v1``."""
+    parts = [f"{route.protocol} :{route.port}"]
+    if route.host:
+        parts.append(f"host {route.host}")
+    if route.path:
+        parts.append(f"path {route.path}")
+    return " ".join(parts)
+
+
+def _plan_routes(
+    desired: DesiredState,
+    observed: ObservedState,
+    by_service: Mapping[ServiceKey, list[Workload]],
+    prune: bool,
+    selected: set[ServiceKey] | None,
+    notes: list[Note],
+) -> list[Action]:
+    """The managed proxy's routes, one per routed endpoint (on a host whose public
+    endpoints it serves): new, changed (a field of the routing, the proxy not running,
+    a running replica without a server, a server left of one that does not run), or
+    gone with its endpoint, service or deployment."""
+    wanted = {
+        (r.deployment, r.service, r.endpoint): r
+        for r in routes_of(route_table(desired.services.values()))
+    }
+    found = {(r.deployment, r.service, r.endpoint): r for r in observed.routes}
+    out: list[Action] = []
+    for key, route in sorted(wanted.items()):
+        if selected is not None and key[:2] not in selected:
+            continue
+        service = desired.services[key[:2]]
+        have = found.get(key)
+        if have is None:
+            count = service.replicas
+            replicas = "its replicas" if count is None else f"{count} replica" + "s" * (count != 1)
+            out.append(
+                _route_action("route", route, f"new route: {route_text(route)} → {replicas}")
+            )
+            continue
+        changes = tuple(
+            Change(name, _change_kind(before, after), before, after)
+            for name in ROUTE_FIELDS
+            if (before := getattr(have, name)) != (after := getattr(route, name))
+        )
+        if changes:
+            reason = "; ".join(describe(c) for c in changes[:MAX_REASON_CHANGES])
+            more = len(changes) - MAX_REASON_CHANGES
+            reason += f" (and {more} more)" if more > 0 else ""
+            out.append(_route_action("reroute", route, reason, changes))
+        elif not observed.proxy_running:
+            out.append(_route_action("reroute", route, "the managed proxy is not running"))
+        elif drift := _server_drift(have, by_service.get(key[:2], [])):
+            out.append(_route_action("reroute", route, drift))
+    for key, route in sorted(found.items()):
+        if key in wanted or (selected is not None and key[:2] not in selected):
+            continue
+        if key[:2] in desired.services:
+            reason = "endpoint no longer routed by the specs"
+        elif key[0] in desired.deployments:
+            reason = "service removed from specs"
+        elif prune:
+            reason = "deployment removed from specs"
+        else:
+            notes.append(Note(f"{route.id}:{route.endpoint}", "deployment removed from specs; "
+                              "route kept by --no-prune"))  # fmt: skip
+            continue
+        out.append(_route_action("unroute", route, f"{reason} ({route_text(route)})"))
+    return out
+
+
+def _change_kind(before: Any, after: Any) -> ChangeKind:
+    return "added" if before is None else "removed" if after is None else "changed"
+
+
+def _server_drift(route: Route, replicas: Sequence[Workload]) -> str | None:
+    """Why ``route``'s servers are not the service's running replicas, if they are not
+    (a replica failing its check still has its server: HAProxy takes it out itself)."""
+    serving = {
+        w.replica
+        for w in replicas
+        if w.replica is not None and w.status == "running" and w.health != "unhealthy"
+    }
+    servers = {s.replica for s in route.servers}
+    problems = []
+    if missing := sorted(serving - servers):
+        listed = ", ".join(f"{route.service}/{r}" for r in missing)
+        problems.append(f"{listed} {'runs' if len(missing) == 1 else 'run'} without a server")
+    if left := sorted(servers - serving):
+        listed = ", ".join(f"{route.service}/{r}" for r in left)
+        problems.append(f"a server is left for {listed}, which does not run")
+    return "; ".join(problems) or None
+
+
 def _select(
     desired: DesiredState, observed: Mapping[ServiceKey, list[Workload]], targets: Sequence[str]
 ) -> set[ServiceKey] | None:
@@ -387,6 +503,7 @@ def _with_waits(
         if action.kind == "register":
             continue
         (startup if action.kind in STARTUP_KINDS else teardown)[key].append(action.id)
+    routes = {a.id for a in actions if a.kind in ROUTE_KINDS}
     dependents = _dependents(desired, observed)
     out: list[Action] = []
     previous_replace: dict[ServiceKey, str] = {}
@@ -399,6 +516,9 @@ def _with_waits(
                 waits += by_deployment.get(key[0], [])
         elif action.kind == "register":
             pass
+        elif action.kind in ("route", "reroute"):
+            # in rotation once the service's replicas run
+            waits += [w for w in startup.get(key, []) if w not in routes]
         elif action.kind in STARTUP_KINDS:
             if key[0] in networks:
                 waits.append(networks[key[0]])
@@ -412,6 +532,9 @@ def _with_waits(
         else:
             for dependent in dependents.get(key, ()):
                 waits += teardown.get(dependent, [])
+            if action.kind != "unroute":
+                # out of the proxy before its replicas stop
+                waits += [w for w in teardown.get(key, []) if w in routes]
         out.append(dataclasses.replace(action, waits_for=tuple(waits)))
     return out
 

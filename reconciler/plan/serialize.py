@@ -61,6 +61,7 @@ def _action(action: Action) -> dict[str, Any]:
             "deployment": target.deployment,
             "service": target.service,
             "replica": target.replica,
+            "endpoint": action.endpoint,
         },
         "reason": action.reason,
         "changes": [_change(c) for c in action.changes],

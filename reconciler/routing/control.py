@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.errors import ProxyError
+from reconciler.route_table import Backend, Member, RouteTable, render, replica_of, server_options
 from reconciler.routing.proxy import Proxy, ServerStat, structure_hash
-from reconciler.routing.table import Backend, Member, RouteTable, render, replica_of, server_options
 from reconciler.waits import wait_until
 
 CHECK_PASSED = frozenset({"L4OK", "L6OK", "L7OK", "L7OKC"})

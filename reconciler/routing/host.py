@@ -9,6 +9,7 @@ specs, the others from their record, their servers left as they are.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
@@ -20,17 +21,19 @@ from typing import Any
 from reconciler.desired import DesiredService, DesiredState, routed_endpoints
 from reconciler.drivers.base import Driver
 from reconciler.errors import DriverError, ProxyError
-from reconciler.observed import ObservedState, WorkloadId
-from reconciler.routing.control import RouteSync, bring_in, proxy_for, sync_routes
-from reconciler.routing.proxy import IN_ROTATION, INSTALL_HINT, Proxy, executable
-from reconciler.routing.table import (
+from reconciler.observed import ObservedState, RouteServer, WorkloadId
+from reconciler.plan.model import Action
+from reconciler.route_table import (
     Member,
     RoutedService,
     RouteTable,
     replica_of,
     routed_service,
+    routes_of,
     table_of,
 )
+from reconciler.routing.control import RouteSync, bring_in, proxy_for, sync_routes
+from reconciler.routing.proxy import IN_ROTATION, INSTALL_HINT, Proxy, executable
 from reconciler.spec.durations import parse_duration
 from reconciler.waits import wait_until
 
@@ -95,6 +98,10 @@ class HostRoutes:
 
     proxy: Proxy
     bind_address: str
+    _syncing: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock, repr=False)
+    """One sync at a time (route actions run concurrently; each rewrites the config)."""
+    synced: list[RouteSync] = dataclasses.field(default_factory=list, repr=False)
+    """What every sync through this object did, in order (for the daemon's journal)."""
 
     @classmethod
     def of(cls, state_dir: Path, bind_address: str) -> HostRoutes:
@@ -130,16 +137,100 @@ class HostRoutes:
         temporary.write_text(json.dumps(data, sort_keys=True), encoding="utf-8")
         os.replace(temporary, path)
 
+    async def observe(
+        self, observed: ObservedState, deployments: Collection[str] | None = None
+    ) -> ObservedState:
+        """``observed`` with the host's routes (of ``deployments``, else all): each
+        deployment's routing as last synced, with the servers HAProxy has now. Left as
+        it is when HAProxy is not installed (no route is planned then)."""
+        if executable() is None:
+            return observed
+        running = await self.proxy.running()
+        live = await self.proxy.servers() if running else {}
+        servers = {
+            backend: [
+                RouteServer(
+                    replica=replica,
+                    address=stat.address,
+                    status=stat.status,
+                    check=stat.check,
+                    sessions=stat.sessions,
+                    requests=stat.requests,
+                    errors=stat.errors,
+                    response_ms=stat.response_ms,
+                )
+                for name, stat in by_name.items()
+                if (replica := replica_of(name)) is not None
+            ]
+            for backend, by_name in live.items()
+        }
+        recorded = self.recorded()
+        table = table_of(s for d, services in recorded.items() for s in services)
+        routes = [
+            r for r in routes_of(table, servers) if not deployments or r.deployment in deployments
+        ]
+        return dataclasses.replace(
+            observed, routes_managed=True, proxy_running=running, routes=tuple(routes)
+        )
+
+    async def route(
+        self, driver: Driver, desired: DesiredState, action: Action, warnings: list[str]
+    ) -> str:
+        """Do a route action of the plan: sync the proxy for the action's service, with
+        its replicas as they run now (the other services' servers left as they are);
+        what changed, in words."""
+        deployment = action.target.deployment
+        observed = await driver.observe([deployment])
+        result = await self.sync(
+            driver, desired, observed, [deployment], services={action.target[:2]}
+        )
+        if result is None:
+            return f"{action.subject}: nothing on the host is routed"
+        warnings += result.warnings
+        unchanged = "no longer routed" if action.kind == "unroute" else "in rotation as it was"
+        return "; ".join(result.changes) or unchanged
+
+    async def in_rotation(self, desired: DesiredState, key: tuple[str, str]) -> str | None:
+        """Why service ``key`` has no replica taking traffic in some route of it (the
+        ``ready`` condition), or None (also when it has no route)."""
+        service = desired.services.get(key)
+        if service is None or service.is_definition or not routed_endpoints(service.config):
+            return None
+        if not await self.proxy.running():
+            return "the managed proxy is not running"
+        live = await self.proxy.servers()
+        table = table_of([routed_service(service)])
+        for backend in table.backends:
+            if not any(stat.in_rotation for stat in live.get(backend.name, {}).values()):
+                port = table.frontend_of(backend.name).port
+                return f"no replica in rotation on :{port} ({backend.endpoint})"
+        return None
+
     async def sync(
         self,
         driver: Driver,
         desired: DesiredState,
         observed: ObservedState,
         deployments: Collection[str],
+        services: Collection[tuple[str, str]] = (),
     ) -> RouteSync | None:
         """Sync the proxy for ``deployments`` (their routes from ``desired``, their
-        replicas from ``observed``); ``None`` when nothing on the host is routed and no
-        proxy runs."""
+        replicas from ``observed``; with ``services``, only those services' servers
+        move); ``None`` when nothing on the host is routed and no proxy runs."""
+        async with self._syncing:
+            result = await self._sync(driver, desired, observed, deployments, services)
+        if result is not None:
+            self.synced.append(result)
+        return result
+
+    async def _sync(
+        self,
+        driver: Driver,
+        desired: DesiredState,
+        observed: ObservedState,
+        deployments: Collection[str],
+        services: Collection[tuple[str, str]],
+    ) -> RouteSync | None:
         recorded = self.recorded()
         mine = {
             d: [
@@ -157,13 +248,17 @@ class HostRoutes:
             return None
         if table.problems:
             raise ProxyError("the routes conflict: " + "; ".join(table.problems))
-        members = await self._members(driver, table, observed, set(mine))
-        others = [b.name for b in table.backends if b.deployment not in mine]
+        others = [
+            b.name
+            for b in table.backends
+            if b.deployment not in mine or (services and (b.deployment, b.service) not in services)
+        ]
+        members = await self._members(driver, table, observed, set(others))
         result = await sync_routes(
             self.proxy, table, members, bind_address=self.bind_address, frozen=others
         )
-        for deployment, services in mine.items():
-            self.record(deployment, services)
+        for deployment, routed in mine.items():
+            self.record(deployment, routed)
         return result
 
     async def drain(self, target: WorkloadId, grace: float = DRAIN_GRACE) -> None:
@@ -258,14 +353,14 @@ class HostRoutes:
         driver: Driver,
         table: RouteTable,
         observed: ObservedState,
-        synced: set[str],
+        frozen: set[str],
     ) -> dict[str, list[Member]]:
-        """The replicas each backend should have: for the deployments being synced,
-        those that run and are not unhealthy; for the others, the servers HAProxy has."""
+        """The replicas each backend should have: those that run and are not unhealthy;
+        for the ``frozen`` backends, the servers HAProxy has."""
         live = await self.proxy.servers() if await self.proxy.running() else {}
         members: dict[str, list[Member]] = {}
         for backend in table.backends:
-            if backend.deployment not in synced:
+            if backend.name in frozen:
                 members[backend.name] = _from_servers(live.get(backend.name, {}))
                 continue
             found = []

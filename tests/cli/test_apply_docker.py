@@ -548,7 +548,7 @@ def test_the_demo_specs_apply_on_docker(tmp_path: Path, docker_url: str) -> None
         run = host.run("apply", *demo, "--auto-approve")
         assert run.returncode == 0, run.stdout + run.stderr
         assert "Apply complete: 6 succeeded" in run.stdout
-        assert "route: demo/web/1 in rotation on :8080" in run.stdout, run.stdout
+        assert "demo/web/1 in rotation on :8080" in run.stdout, run.stdout
         with socket.create_connection(("127.0.0.1", 8080), timeout=5) as web:
             web.sendall(b"GET / HTTP/1.0\r\n\r\n")
             assert b"200 OK" in web.recv(1024)
@@ -560,7 +560,7 @@ def test_the_demo_specs_apply_on_docker(tmp_path: Path, docker_url: str) -> None
             run = host.run("destroy", deployment, "--auto-approve")
             assert run.returncode == 0, run.stderr
             if deployment == "demo":  # the only public endpoint
-                assert "route: proxy stopped: no public endpoint left" in run.stdout, run.stdout
+                assert "proxy stopped: no public endpoint left" in run.stdout, run.stdout
         assert "No workloads" in host.run("status").stdout
     finally:
         stop_proxy(tmp_path / "state")
@@ -585,7 +585,7 @@ def test_the_readme_main_job_runs_hello_on_docker(tmp_path: Path, docker_url: st
         assert "Runtime: docker (auto: a Docker engine answered" in run.stderr
         assert "Apply complete: 3 succeeded" in run.stdout  # Docker networks are implicit
         assert "warning" not in (run.stdout + run.stderr).lower(), run.stdout + run.stderr
-        assert "route: hello/web/1 in rotation on :8080" in run.stdout, run.stdout
+        assert "hello/web/1 in rotation on :8080" in run.stdout, run.stdout
         with socket.create_connection(("127.0.0.1", 8080), timeout=5) as web:
             web.sendall(b"GET / HTTP/1.0\r\n\r\n")
             assert b"200 OK" in web.recv(1024)
@@ -603,7 +603,7 @@ def test_the_readme_main_job_runs_hello_on_docker(tmp_path: Path, docker_url: st
         assert sum(" running " in line for line in status.stdout.splitlines()) == 2
         destroyed = host.run("destroy", "hello", "--auto-approve")
         assert destroyed.returncode == 0, destroyed.stderr
-        assert "route: proxy stopped: no public endpoint left" in destroyed.stdout
+        assert "proxy stopped: no public endpoint left" in destroyed.stdout
         assert "No workloads" in host.run("status").stdout
     finally:
         stop_proxy(tmp_path / "state")

@@ -63,8 +63,10 @@ def test_the_readme_main_job_runs_hello_as_processes(host: dict[str, str]) -> No
     run = zlayer(host, "apply", "specs/hello.yaml", "--auto-approve")
     assert run.returncode == 0, run.stdout + run.stderr
     assert "Runtime: process (auto: no Docker engine at" in run.stderr
-    assert "Apply complete: 4 succeeded" in run.stdout
+    assert "Apply complete: 5 succeeded" in run.stdout
     assert "+ create     hello/(network)  new deployment network" in run.stdout
+    # The route is a resource of the plan.
+    assert "+ route      hello/web:http  new route: http :8080 → 1 replica" in run.stdout
 
     record = proc.read_json(
         Path(host["ZLAYER_STATE_DIR"]) / "process/deployments/hello/services/web/1/record.json"
@@ -74,7 +76,7 @@ def test_the_readme_main_job_runs_hello_as_processes(host: dict[str, str]) -> No
     with urllib.request.urlopen(f"http://{address}:8080/", timeout=5) as answer:
         assert answer.status == 200
     # From the host, through the managed proxy, with no warning in the plan.
-    assert "route: hello/web/1 in rotation on :8080" in run.stdout, run.stdout
+    assert "hello/web/1 in rotation on :8080" in run.stdout, run.stdout
     assert "warning" not in run.stdout.lower(), run.stdout
     with urllib.request.urlopen("http://127.0.0.1:8080/", timeout=5) as answer:
         assert answer.status == 200
@@ -97,7 +99,7 @@ def test_the_readme_main_job_runs_hello_as_processes(host: dict[str, str]) -> No
 
     gone = zlayer(host, "destroy", "hello", "--auto-approve")
     assert gone.returncode == 0, gone.stdout + gone.stderr
-    assert "route: proxy stopped: no public endpoint left" in gone.stdout, gone.stdout
+    assert "proxy stopped: no public endpoint left" in gone.stdout, gone.stdout
     assert not (Path(host["ZLAYER_STATE_DIR"]) / "proxy/routes/hello.json").exists()
     assert "No workloads" in zlayer(host, "status").stdout
     found = netns.inventory()

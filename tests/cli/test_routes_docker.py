@@ -71,7 +71,7 @@ def test_three_replicas_serve_through_the_public_port(host: Host) -> None:
     out = apply(host)
     assert "warning" not in out.lower(), out
     for replica in (1, 2, 3):
-        assert f"route: {host.deployment}/web/{replica} in rotation on :{port}" in out, out
+        assert f"{host.deployment}/web/{replica} in rotation on :{port}" in out, out
     served = Counter(get(port)[1].split()[1] for _ in range(30))
     assert len(served) == 3, served  # three container addresses
 
@@ -90,7 +90,7 @@ def test_three_replicas_serve_through_the_public_port(host: Host) -> None:
 
     destroyed = host.run("destroy", host.deployment, "--auto-approve")
     assert destroyed.returncode == 0, destroyed.stderr
-    assert "route: proxy stopped: no public endpoint left" in destroyed.stdout
+    assert "proxy stopped: no public endpoint left" in destroyed.stdout
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", port)) != 0, "the public port still answers"
 
@@ -143,7 +143,7 @@ def test_a_container_that_publishes_its_public_port_itself_is_replaced(
         "public endpoints move to the managed proxy" in reasons[f"replace:{host.deployment}/web/1"]
     )
     out = apply(host)
-    assert f"route: {host.deployment}/web/1 in rotation on :{port}" in out, out
+    assert f"{host.deployment}/web/1 in rotation on :{port}" in out, out
     assert get(port)[1].startswith("web ")
     assert host.containers()[name]["HostConfig"]["PortBindings"] == {
         "9000/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]
@@ -171,7 +171,7 @@ def test_a_deployment_pruned_from_the_specs_takes_its_routes_along(
         (host.specs / "app.yaml").unlink()
         out = apply(host)
         assert f"prune      {host.deployment}/web/1" in out, out
-        assert "route: proxy stopped: no public endpoint left" in out, out
+        assert "proxy stopped: no public endpoint left" in out, out
         with socket.socket() as probe:
             assert probe.connect_ex(("127.0.0.1", port)) != 0, "the pruned route still answers"
         assert not (host.state / "proxy" / "routes" / f"{host.deployment}.json").exists()

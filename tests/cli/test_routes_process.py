@@ -20,7 +20,7 @@ from tests.cli.test_process_cli import zlayer
 from tests.load_support import Load
 from tests.process_support import kill_recorded, remove_networks
 from tests.routing.test_proxy import free_port, get
-from tests.support import needs_root, unavailable
+from tests.support import needs_root, stop_proxy, unavailable
 
 SERVER = (
     "import http.server\n"
@@ -101,7 +101,7 @@ def test_three_replicas_serve_through_the_public_port(host: dict[str, str], tmp_
     assert run.returncode == 0, run.stdout + run.stderr
     assert "not reachable" not in run.stdout + run.stderr
     for replica in (1, 2, 3):
-        assert f"route: routed/web/{replica} in rotation on :{port}" in run.stdout, run.stdout
+        assert f"routed/web/{replica} in rotation on :{port}" in run.stdout, run.stdout
     served = Counter(get(port)[1].split()[1] for _ in range(30))
     assert len(served) == 3, served  # three replica addresses
     status = zlayer(host, "status")
@@ -179,7 +179,7 @@ def test_an_env_change_rolls_out_with_no_failed_request(
     assert load.answered > 50
     status = zlayer(host, "status")
     assert f"routed/web/{replicas + 1}" not in status.stdout, status.stdout
-    again = zlayer(host, "plan", str(path), "--runtime", "process")
+    again = zlayer(host, "plan", str(path), "--runtime", "process", "--detailed-exitcode")
     assert "No changes." in again.stdout, again.stdout + again.stderr
 
 
@@ -197,3 +197,80 @@ def test_a_new_config_that_never_gets_healthy_rolls_back_with_no_failed_request(
     assert load.failures == [], (load.failures, run.stdout)
     assert get(port)[1].startswith("web ")
     assert "routed/web/2" not in zlayer(host, "status").stdout
+
+
+def idle(name: str, depends: str) -> str:
+    """A service that only runs, started after ``depends`` is in the proxy's rotation."""
+    return textwrap.dedent(
+        f"""\
+          {name}:
+            image: {{name: "zlayer-example/python:3"}}
+            command:
+              entrypoint: ["{sys.executable}", "-c"]
+              args: ["import time; time.sleep(3600)"]
+            depends: [{{service: {depends}, condition: ready, timeout: 60s}}]
+        """
+    )
+
+
+@pytest.mark.slow
+def test_routes_are_planned_observed_and_repaired_like_workloads(
+    host: dict[str, str], tmp_path: Path
+) -> None:
+    """The route is a resource of the plan (new, then converged); the dependent with
+    ``condition: ready`` starts only once web is in rotation; the snapshot records the
+    route with HAProxy's counters; a dead proxy is drift the next plan names and the
+    next apply repairs."""
+    port = free_port()
+    path = spec(tmp_path, web("web", port, 2), idle("client", "web"))
+    planned = zlayer(
+        host, "plan", str(path), "--runtime", "process", "--detailed-exitcode", "--format", "json"
+    )
+    assert planned.returncode == 2, planned.stdout + planned.stderr
+    (route,) = [a for a in json.loads(planned.stdout)["actions"] if a["target"]["endpoint"]]
+    assert (route["id"], route["kind"]) == ("route:routed/web:http", "route")
+    assert route["reason"] == f"new route: http :{port} → 2 replicas"
+    assert "route:routed/web:http" in next(
+        a["waits_for"] for a in json.loads(planned.stdout)["actions"] if a["id"].startswith(
+            "create:routed/client")
+    )  # fmt: skip
+
+    run = zlayer(host, "apply", str(path), "--auto-approve")
+    assert run.returncode == 0, run.stdout + run.stderr
+    lines = run.stdout.splitlines()
+    routed = next(i for i, line in enumerate(lines) if "✓ route:routed/web:http" in line)
+    started = next(i for i, line in enumerate(lines) if "… create:routed/client/1" in line)
+    assert routed < started, run.stdout
+    assert f"+ route      routed/web:http  new route: http :{port} → 2 replicas" in run.stdout
+    for replica in (1, 2):
+        assert f"routed/web/{replica} in rotation on :{port}" in lines[routed], lines[routed]
+
+    converged = zlayer(host, "plan", str(path), "--runtime", "process", "--detailed-exitcode")
+    assert converged.returncode == 0 and "No changes." in converged.stdout, converged.stdout
+
+    for _ in range(6):
+        assert get(port)[0] == 200
+    snapshot = tmp_path / "snapshot.json"
+    observed = zlayer(host, "observe", "--runtime", "process", "--out", str(snapshot))
+    assert observed.returncode == 0, observed.stderr
+    document = json.loads(snapshot.read_text())
+    assert document["routes_managed"] and document["proxy_running"]
+    (recorded,) = document["routes"]
+    assert (recorded["service"], recorded["port"], recorded["target_port"]) == ("web", port, 9000)
+    assert [s["replica"] for s in recorded["servers"]] == [1, 2]
+    assert sum(s["requests"] for s in recorded["servers"]) >= 6  # HAProxy's own count
+    offline = zlayer(host, "plan", str(path), "--observed", str(snapshot), "--detailed-exitcode")
+    assert offline.returncode == 0 and "No changes." in offline.stdout, offline.stdout
+
+    assert stop_proxy(Path(host["ZLAYER_STATE_DIR"])) is not None
+    drift = zlayer(host, "plan", str(path), "--runtime", "process", "--detailed-exitcode")
+    assert drift.returncode == 2, drift.stdout + drift.stderr
+    assert "~ reroute    routed/web:http  the managed proxy is not running" in drift.stdout
+    repaired = zlayer(host, "apply", str(path), "--auto-approve")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert "proxy started" in repaired.stdout, repaired.stdout
+    assert get(port)[0] == 200
+    assert (
+        "No changes."
+        in zlayer(host, "plan", str(path), "--runtime", "process", "--detailed-exitcode").stdout
+    )

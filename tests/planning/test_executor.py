@@ -881,3 +881,89 @@ async def test_a_surge_whose_later_replaces_are_skipped_is_removed_at_the_end() 
     assert statuses["replace:demo/web/2"] == statuses["replace:demo/web/3"] == "skipped"
     assert wid("web", 4) not in driver.workloads
     assert order[-1] == ("drain", "demo/web/4")
+
+
+# --- route actions and the ready condition -----------------------------------------------
+
+READY = """
+services:
+  web:
+    image: {name: nginx}
+    endpoints: [{name: http, protocol: http, port: 80, expose: public}]
+  worker:
+    image: {name: nginx}
+    depends: [{service: web, condition: ready, timeout: 2s, on_timeout: fail}]
+"""
+
+
+async def run_routed(settings: ExecutorSettings) -> Run:
+    desired = desired_from(READY)
+    driver = RoutableFake()
+    observed = replace(await driver.observe(), routes_managed=True)
+    plan = plan_changes(desired, observed)
+    events: list[Event] = []
+    executor = Executor(
+        driver, desired, observed, inputs=INPUTS, settings=settings, on_event=events.append,
+        prober=healthy,
+    )  # fmt: skip
+    return Run(plan, await executor.run(plan), events)
+
+
+async def test_a_route_action_is_done_by_the_proxy_and_ready_waits_for_rotation() -> None:
+    order: list[str] = []
+    in_rotation = False
+
+    async def route(action: Action, warnings: list[str]) -> str:
+        nonlocal in_rotation
+        order.append(action.id)
+        warnings.append("a warning of the sync")
+        in_rotation = True
+        return "demo/web/1 in rotation on :80"
+
+    async def rotation(key: tuple[str, str]) -> str | None:
+        order.append(f"checked {key[1]}")
+        return None if in_rotation else "no replica in rotation on :80 (http)"
+
+    run = await run_routed(replace(FAST, route=route, in_rotation=rotation))
+    assert run.report.ok, run.report
+    outcome = run.outcome("route:demo/web:http")
+    assert outcome.message == "demo/web/1 in rotation on :80"
+    assert outcome.warnings == ("a warning of the sync",)
+    assert order == ["route:demo/web:http", "checked web"]
+
+
+async def test_ready_fails_its_dependent_while_nothing_is_in_rotation() -> None:
+    async def route(action: Action, warnings: list[str]) -> str:
+        return "proxy started"
+
+    checks = 0
+
+    async def rotation(key: tuple[str, str]) -> str | None:
+        nonlocal checks
+        checks += 1
+        return "no replica in rotation on :80 (http)"
+
+    run = await run_routed(replace(FAST, route=route, in_rotation=rotation))
+    assert run.status("route:demo/web:http") == "succeeded"
+    failed = run.outcome("create:demo/worker/1")
+    assert failed.status == "failed"
+    assert failed.message == "web not ready within 2s: no replica in rotation on :80 (http)"
+    assert checks > 1  # polled until the timeout, not asked once
+
+
+async def test_a_route_action_fails_without_a_proxy_and_its_dependents_are_skipped() -> None:
+    run = await run_routed(FAST)
+    outcome = run.outcome("route:demo/web:http")
+    assert outcome.status == "failed"
+    assert "no managed proxy" in outcome.message
+    assert run.status("create:demo/worker/1") == "skipped"
+
+
+async def test_a_proxy_error_fails_the_route_action_with_its_message() -> None:
+    async def route(action: Action, warnings: list[str]) -> str:
+        raise ProxyError("HAProxy refused the configuration: bind :80 in use")
+
+    run = await run_routed(replace(FAST, route=route))
+    outcome = run.outcome("route:demo/web:http")
+    assert outcome.status == "failed"
+    assert outcome.message == ("demo/web:http: HAProxy refused the configuration: bind :80 in use")

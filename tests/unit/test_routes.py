@@ -8,7 +8,7 @@ from reconciler.desired import DesiredService
 from reconciler.observed import WorkloadId
 from reconciler.policy import HealthPolicy, ServicePolicy
 from reconciler.routing.host import DRAIN_GRACE, drain_grace
-from reconciler.routing.table import (
+from reconciler.route_table import (
     NO_ROUTE,
     Member,
     backend_name,

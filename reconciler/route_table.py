@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from reconciler.desired import LAYER7, DesiredService, routed_endpoints
+from reconciler.observed import Route, RouteServer
 from reconciler.policy import HealthPolicy
 
 Mode = Literal["http", "tcp"]
@@ -264,6 +265,48 @@ def table_of(services: Iterable[RoutedService]) -> RouteTable:
         rules = tuple(sorted((rule for rule, _ in entries), key=_rule_order))
         frontends.append(Frontend(port, mode, rules))
     return RouteTable(tuple(frontends), tuple(backends), tuple(problems))
+
+
+def check_text(check: ServerCheck) -> str:
+    """How HAProxy checks a backend's replicas, in words (``http GET /health expects 200
+    every 2s``); ``none`` when it does not."""
+    if check.kind == "none":
+        return "none"
+    port = f" :{check.port}" if check.port is not None else ""
+    if check.kind == "http":
+        # Not the query: it may carry a credential (and a change of it replaces the
+        # replicas anyway).
+        path = check.path.split("?", 1)[0] + ("?…" if "?" in check.path else "")
+        what = f"http GET {path}{port} expects {check.expect_status}"
+    else:
+        what = f"tcp{port}"
+    return f"{what} every {check.interval:g}s"
+
+
+def routes_of(table: RouteTable, servers: Mapping[str, Iterable[RouteServer]] = {}) -> list[Route]:
+    """Each backend of ``table`` as a :class:`Route`, with ``servers`` (backend name →
+    its servers) as its servers: what the plan compares and the snapshot records."""
+    rules = {
+        rule.backend: (frontend, rule) for frontend in table.frontends for rule in frontend.rules
+    }
+    out = []
+    for backend in table.backends:
+        frontend, rule = rules[backend.name]
+        out.append(
+            Route(
+                deployment=backend.deployment,
+                service=backend.service,
+                endpoint=backend.endpoint,
+                protocol=backend.protocol,
+                port=frontend.port,
+                target_port=backend.target_port,
+                host=rule.host,
+                path=rule.path,
+                check=check_text(backend.check),
+                servers=tuple(sorted(servers.get(backend.name, ()), key=lambda s: s.replica)),
+            )
+        )
+    return out
 
 
 def _conflicts(port: int, entries: list[tuple[Rule, Backend]]) -> list[str]:
