@@ -50,9 +50,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from reconciler.policy import HealthPolicy
+from reconciler.route_table import Member, route_table
 from reconciler.routing.control import bring_in, proxy_for, sync_routes
 from reconciler.routing.proxy import Proxy, executable
-from reconciler.route_table import Member, route_table
 from tests.unit.test_routes import public, service
 
 HEADER = """global

@@ -28,10 +28,10 @@ import pytest
 
 from reconciler.observed import WorkloadId
 from reconciler.policy import HealthPolicy
+from reconciler.route_table import Member, RouteTable, route_table, routed_service
 from reconciler.routing.control import proxy_for, sync_routes
 from reconciler.routing.host import HostRoutes
 from reconciler.routing.proxy import Proxy, executable
-from reconciler.route_table import Member, RouteTable, route_table, routed_service
 from tests.support import unavailable, wait_for_async
 from tests.unit.test_routes import public, service
 

@@ -7,7 +7,6 @@ from typing import Any
 from reconciler.desired import DesiredService
 from reconciler.observed import WorkloadId
 from reconciler.policy import HealthPolicy, ServicePolicy
-from reconciler.routing.host import DRAIN_GRACE, drain_grace
 from reconciler.route_table import (
     NO_ROUTE,
     Member,
@@ -17,6 +16,7 @@ from reconciler.route_table import (
     route_table,
     routed_service,
 )
+from reconciler.routing.host import DRAIN_GRACE, drain_grace
 from tests.docker_support import compile_spec
 
 
