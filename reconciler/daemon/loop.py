@@ -377,6 +377,7 @@ class Daemon:
         unhealthy = monitor.unhealthy
         stops: list[WorkloadId] = []
         held: dict[str, Any] = {}
+        routes = HostRoutes.of(self.state_dir, self.settings.publish_address)
 
         def make_plan(desired: Any, observed: ObservedState) -> Plan:
             self._count(observed)
@@ -385,6 +386,11 @@ class Daemon:
             self._schedule_backoff(supervised.wake_at)
             stops.extend(supervised.stop)
             held.update(supervised.held)
+            routes.isolated = frozenset(
+                _workload_id(target)
+                for target, crash in self.journal.crashes().items()
+                if crash.held == "isolate"
+            )
             return supervised.plan
 
         async def review(plan: Plan) -> bool:
@@ -415,7 +421,7 @@ class Daemon:
                 review=review,
                 on_event=self._on_event,
                 observe_after=True,
-                routes=HostRoutes.of(self.state_dir, self.settings.publish_address),
+                routes=routes,
             )
         finally:
             lock.release()
@@ -498,3 +504,9 @@ def _read_secret(path: Path | None) -> str | None:
         return path.read_text(encoding="utf-8").strip() or None
     except OSError as exc:
         raise ZlayerError(f"{path}: cannot read: {exc.strerror}") from exc
+
+
+def _workload_id(target: str) -> WorkloadId:
+    """``deployment/service/replica`` (as the journal names a replica) as its id."""
+    deployment, service, replica = target.rsplit("/", 2)
+    return WorkloadId(deployment, service, int(replica) if replica.isdigit() else None)

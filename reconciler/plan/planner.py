@@ -421,19 +421,17 @@ def _change_kind(before: Any, after: Any) -> ChangeKind:
 
 
 def _server_drift(route: Route, replicas: Sequence[Workload]) -> str | None:
-    """Why ``route``'s servers are not the service's running replicas, if they are not
-    (a replica failing its check still has its server: HAProxy takes it out itself)."""
-    serving = {
-        w.replica
-        for w in replicas
-        if w.replica is not None and w.status == "running" and w.health != "unhealthy"
-    }
+    """Why ``route``'s servers are not the service's running replicas, if they are not.
+    A running replica that fails its check may have a server or not (HAProxy keeps it
+    out of rotation itself; an isolated one stays in maintenance)."""
+    running = {w.replica for w in replicas if w.replica is not None and w.status == "running"}
+    serving = {w.replica for w in replicas if w.replica in running and w.health != "unhealthy"}
     servers = {s.replica for s in route.servers}
     problems = []
     if missing := sorted(serving - servers):
         listed = ", ".join(f"{route.service}/{r}" for r in missing)
         problems.append(f"{listed} {'runs' if len(missing) == 1 else 'run'} without a server")
-    if left := sorted(servers - serving):
+    if left := sorted(servers - running):
         listed = ", ".join(f"{route.service}/{r}" for r in left)
         problems.append(f"a server is left for {listed}, which does not run")
     return "; ".join(problems) or None

@@ -60,11 +60,15 @@ async def sync_routes(
     drain_grace: float = 10.0,
     ready_timeout: float = 30.0,
     frozen: Collection[str] = (),
+    isolated: Collection[tuple[str, int]] = (),
 ) -> RouteSync:
     """Make HAProxy serve ``table`` with ``members`` (backend name → the replicas that
     run and passed zlayer's health gate) in rotation. The ``frozen`` backends (of
     deployments this sync is not about) keep their servers as they are: none is
-    added, readied or retired, whatever state HAProxy's checks left it in."""
+    added, readied or retired, whatever state HAProxy's checks left it in. The
+    ``isolated`` members ((backend, replica): ``errors.on_panic: isolate`` gave up on
+    them) keep a server in maintenance: out of rotation, however their checks go,
+    while the replica runs on for inspection."""
     if table.empty:
         if proxy.pid() is None:
             return RouteSync("unchanged")
@@ -92,12 +96,20 @@ async def sync_routes(
     warnings: list[str] = []
     live = await _servers(proxy)
     moving = {b: m for b, m in wanted.items() if b not in frozen}
+    apart = set(isolated)
+    changes += await _isolate(proxy, table, live, moving, apart)
+    moving = {
+        b: {name: m for name, m in members.items() if (b, m.replica) not in apart}
+        for b, members in moving.items()
+    }
     added = await _add_missing(proxy, table, live, moving, ready_timeout, warnings)
     for backend_name, names in added.items():
         backend = table.backend(backend_name)
         port = table.frontend_of(backend_name).port
         changes += [f"{_subject(backend, name)} in rotation on :{port}" for name in names]
-    retired = await _retire_unwanted(proxy, table, live, moving, drain_grace)
+    keep = {b: {**m, **{n: x for n, x in wanted[b].items() if (b, x.replica) in apart}}
+            for b, m in moving.items()}  # fmt: skip
+    retired = await _retire_unwanted(proxy, table, live, keep, drain_grace)
     changes += [f"{_subject(table.backend(b), name)} out of rotation" for b, name in retired]
     final = _in_rotation(await _servers(proxy), wanted)
     # HAProxy can die during the sync (its worker still answers for a moment after
@@ -107,6 +119,35 @@ async def sync_routes(
         changes.append("proxy started")
         outcome = again
     return RouteSync(outcome, tuple(changes), tuple(warnings))
+
+
+async def _isolate(
+    proxy: Proxy,
+    table: RouteTable,
+    live: Servers,
+    wanted: Mapping[str, Mapping[str, Member]],
+    apart: Collection[tuple[str, int]],
+) -> list[str]:
+    """Put each isolated member's server in maintenance (added so, when it has none);
+    what changed, in words."""
+    changes = []
+    for backend_name, members in sorted(wanted.items()):
+        backend = table.backend(backend_name)
+        for name, member in sorted(members.items()):
+            if (backend_name, member.replica) not in apart:
+                continue
+            stat = live.get(backend_name, {}).get(name)
+            if stat is None:
+                options = server_options(backend, "maint")
+                await proxy.add_server(backend_name, name, member.endpoint, options)
+            elif stat.status == "MAINT":
+                continue
+            else:
+                await proxy.set_state(backend_name, name, "maint")
+            changes.append(
+                f"{_subject(backend, name)} out of rotation: isolated (errors.on_panic: isolate)"
+            )
+    return changes
 
 
 def _subject(backend: Backend, server: str) -> str:

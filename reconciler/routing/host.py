@@ -100,6 +100,9 @@ class HostRoutes:
     bind_address: str
     _syncing: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock, repr=False)
     """One sync at a time (route actions run concurrently; each rewrites the config)."""
+    isolated: frozenset[WorkloadId] = frozenset()
+    """Replicas ``errors.on_panic: isolate`` took out of rotation (they keep running):
+    their servers stay in maintenance."""
     synced: list[RouteSync] = dataclasses.field(default_factory=list, repr=False)
     """What every sync through this object did, in order (for the daemon's journal)."""
 
@@ -254,8 +257,19 @@ class HostRoutes:
             if b.deployment not in mine or (services and (b.deployment, b.service) not in services)
         ]
         members = await self._members(driver, table, observed, set(others))
+        isolated = [
+            (b.name, target.replica)
+            for b in table.backends
+            for target in self.isolated
+            if target[:2] == (b.deployment, b.service) and target.replica is not None
+        ]
         result = await sync_routes(
-            self.proxy, table, members, bind_address=self.bind_address, frozen=others
+            self.proxy,
+            table,
+            members,
+            bind_address=self.bind_address,
+            frozen=others,
+            isolated=isolated,
         )
         for deployment, routed in mine.items():
             self.record(deployment, routed)
@@ -367,11 +381,11 @@ class HostRoutes:
             for workload in observed.workloads:
                 if (workload.deployment, workload.service) != (backend.deployment, backend.service):
                     continue
-                if workload.status != "running" or workload.health == "unhealthy":
-                    continue
-                if workload.replica is None:
+                if workload.status != "running" or workload.replica is None:
                     continue
                 target = WorkloadId(workload.deployment, workload.service, workload.replica)
+                if workload.health == "unhealthy" and target not in self.isolated:
+                    continue
                 try:
                     host, port = await driver.address(target, backend.target_port)
                 except DriverError:

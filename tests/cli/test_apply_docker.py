@@ -547,7 +547,7 @@ def test_the_demo_specs_apply_on_docker(tmp_path: Path, docker_url: str) -> None
         demo = ("specs/demo.yaml", "specs/observability.yaml")
         run = host.run("apply", *demo, "--auto-approve")
         assert run.returncode == 0, run.stdout + run.stderr
-        assert "Apply complete: 6 succeeded" in run.stdout
+        assert "Apply complete: 7 succeeded" in run.stdout  # the route is one of them
         assert "demo/web/1 in rotation on :8080" in run.stdout, run.stdout
         with socket.create_connection(("127.0.0.1", 8080), timeout=5) as web:
             web.sendall(b"GET / HTTP/1.0\r\n\r\n")
@@ -583,7 +583,7 @@ def test_the_readme_main_job_runs_hello_on_docker(tmp_path: Path, docker_url: st
         run = host.run("apply", "specs/hello.yaml", "--auto-approve")
         assert run.returncode == 0, run.stdout + run.stderr
         assert "Runtime: docker (auto: a Docker engine answered" in run.stderr
-        assert "Apply complete: 3 succeeded" in run.stdout  # Docker networks are implicit
+        assert "Apply complete: 4 succeeded" in run.stdout  # 3 workloads and web's route
         assert "warning" not in (run.stdout + run.stderr).lower(), run.stdout + run.stderr
         assert "hello/web/1 in rotation on :8080" in run.stdout, run.stdout
         with socket.create_connection(("127.0.0.1", 8080), timeout=5) as web:

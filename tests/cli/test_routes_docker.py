@@ -8,6 +8,7 @@ The same cases as tests/cli/test_routes_process.py, on the other runtime.
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 from collections import Counter
@@ -124,7 +125,8 @@ def test_a_container_that_publishes_its_public_port_itself_is_replaced(
     name = f"{host.deployment}-web-1"
     info = host.containers()[name]
     labels = {k: v for k, v in info["Config"]["Labels"].items() if k != "zlayer.publish"}
-    stop_proxy(host.state)  # an older zlayer ran no proxy
+    stop_proxy(host.state)  # an older zlayer ran no proxy, and kept no routes
+    shutil.rmtree(host.state / "proxy" / "routes")
     docker(docker_url, "rm", "-f", name)
     label_args = [arg for k, v in labels.items() for arg in ("--label", f"{k}={v}")]
     config = info["Config"]
@@ -138,7 +140,10 @@ def test_a_container_that_publishes_its_public_port_itself_is_replaced(
 
     plan = host.plan()
     reasons = {a["id"]: a["reason"] for a in plan["actions"]}
-    assert list(reasons) == [f"replace:{host.deployment}/web/1"], plan["actions"]
+    assert list(reasons) == [
+        f"replace:{host.deployment}/web/1",
+        f"route:{host.deployment}/web:http",
+    ], plan["actions"]
     assert (
         "public endpoints move to the managed proxy" in reasons[f"replace:{host.deployment}/web/1"]
     )

@@ -467,3 +467,31 @@ async def test_a_replica_failing_its_check_does_not_hold_up_the_sync(proxy: Prox
         process.wait()
         if process.stdout is not None:
             process.stdout.close()
+
+
+async def test_an_isolated_replica_leaves_rotation_and_keeps_its_server(
+    proxy: Proxy, backends: Callable[[str], int]
+) -> None:
+    """``errors.on_panic: isolate``: the replica's server goes to maintenance (no new
+    requests, however its check goes) and stays there, sync after sync, while the
+    others serve; lifted, it is back in rotation."""
+    port = free_port()
+    tcp = HealthPolicy("tcp", interval=0.2, retries=2)
+    table = route_table([service("web", public(port), health=tcp)])
+    one, two = Member(1, "127.0.0.1", backends("web-1")), Member(2, "127.0.0.1", backends("web-2"))
+    members = {"demo.web.web": [one, two]}
+    await sync(proxy, table, members)
+    assert set(await served_by(port, 10)) == {"web-1", "web-2"}
+
+    apart = [("demo.web.web", 2)]
+    isolated = await sync(proxy, table, members, isolated=apart)
+    assert isolated.changes == ("demo/web/2 out of rotation: isolated (errors.on_panic: isolate)",)
+    assert await _state_of(proxy, two.server, "MAINT")
+    assert await served_by(port, 10) == Counter({"web-1": 10})
+    again = await sync(proxy, table, members, isolated=apart)
+    assert again.changes == ()  # neither brought back nor retired
+    assert await _state_of(proxy, two.server, "MAINT")
+
+    lifted = await sync(proxy, table, members)
+    assert lifted.changes == (f"demo/web/2 in rotation on :{port}",)
+    assert set(await served_by(port, 10)) == {"web-1", "web-2"}
