@@ -90,6 +90,37 @@ def routed_endpoints(config: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     ]
 
 
+def certificate_name(deployment: str, service: str, endpoint: str) -> str:
+    """The secrets directory's file holding an ``https`` endpoint's certificate (chain
+    first, then the private key, or the key in the same name plus ``.key``): the PEM
+    file HAProxy terminates TLS with."""
+    return f"tls.{deployment}.{service}.{endpoint}.pem"
+
+
+def _certificate_findings(
+    deployment: str, name: str, config: Mapping[str, Any], inputs: CompileInputs
+) -> list[Finding]:
+    """An ``https`` endpoint the proxy serves needs its certificate in the secrets
+    directory (checked when the secrets are here: on the host, not in a pull request)."""
+    if inputs.secret is None:
+        return []
+    found: list[Finding] = []
+    for index, endpoint in enumerate(config.get("endpoints", ())):
+        if endpoint not in routed_endpoints(config) or endpoint.get("protocol") != "https":
+            continue
+        file = certificate_name(deployment, name, str(endpoint.get("name")))
+        if inputs.secret(file) is None:
+            found.append(
+                (
+                    ("services", name, "endpoints", index, "protocol"),
+                    f"deployment {deployment}, service {name}, endpoint {endpoint.get('name')}: "
+                    f"https needs a certificate, and {file} is not in the secrets directory",
+                    f"put the certificate chain and its private key (PEM) there as {file}",
+                )
+            )
+    return found
+
+
 @dataclass(frozen=True, slots=True)
 class SecretValue:
     """A resolved secret. Only :meth:`reveal` gives its text; printing shows ``***``."""
@@ -291,6 +322,9 @@ def compile_service(
     dumped.pop("labels", None)
     if labels:
         dumped["labels"] = labels
+    findings = _certificate_findings(deployment, name, dumped, inputs)
+    if findings:
+        return None, findings
     redaction = redact_config(dumped, inputs.secret_key, marked)
     config = redaction.config
     secrets.update({path: SecretValue(value) for path, value in redaction.clear.items()})

@@ -434,6 +434,8 @@ async def run_pass(
     dead proxy or a missing server is repaired."""
     if not lock.held:
         raise ZlayerError(f"{lock.path}: a plan is executed only with the apply lock held")
+    if routes is not None and isinstance(inputs.secret, SecretsDir):
+        routes.secrets = inputs.secret.path  # the certificates of https endpoints
     observed = await observe_host(driver, routes, [scope] if scope else None)
     plan = make_plan(desired, observed)
     proceed = True if review is None else await review(plan)

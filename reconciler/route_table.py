@@ -83,6 +83,9 @@ class Frontend:
     port: int
     mode: Mode
     rules: tuple[Rule, ...]
+    tls: bool = False
+    """``https``: HAProxy terminates TLS on this port (each rule's backend brings its
+    certificate)."""
 
     @property
     def name(self) -> str:
@@ -263,7 +266,8 @@ def table_of(services: Iterable[RoutedService]) -> RouteTable:
         problems += _conflicts(port, entries)
         mode: Mode = "tcp" if any(b.mode == "tcp" for _, b in entries) else "http"
         rules = tuple(sorted((rule for rule, _ in entries), key=_rule_order))
-        frontends.append(Frontend(port, mode, rules))
+        tls = any(b.protocol == "https" for _, b in entries)
+        frontends.append(Frontend(port, mode, rules, tls))
     return RouteTable(tuple(frontends), tuple(backends), tuple(problems))
 
 
@@ -315,6 +319,8 @@ def _conflicts(port: int, entries: list[tuple[Rule, Backend]]) -> list[str]:
     names = ", ".join(f"{b.subject} ({b.endpoint}, {b.protocol})" for _, b in entries)
     if any(b.mode == "tcp" for _, b in entries):
         return [f"port {port}: a tcp endpoint owns its port alone, and {names} all ask for it"]
+    if len({b.protocol == "https" for _, b in entries}) > 1:
+        return [f"port {port}: https and plain http cannot share a port, and {names} ask for it"]
     seen: dict[tuple[str | None, str | None], Backend] = {}
     problems = []
     for rule, backend in entries:
@@ -395,9 +401,14 @@ def render(
     bind_address: str,
     admin_socket: str,
     pidfile: str,
+    certificates: Mapping[str, tuple[str, str]] | None = None,
 ) -> str:
     """HAProxy's configuration for ``table``, with ``members`` (backend name →
-    replicas) as its servers, so that a reload keeps the rotation as it was."""
+    replicas) as its servers, so that a reload keeps the rotation as it was.
+    ``certificates``: each https backend's certificate file and a digest of its
+    content (written as a comment, so a renewed certificate changes the
+    configuration and HAProxy reloads to load it)."""
+    certificates = certificates or {}
     bind = "*" if bind_address in ("0.0.0.0", "") else bind_address
     bind = f"[{bind}]" if ":" in bind else bind
     lines = [
@@ -420,7 +431,14 @@ def render(
     ]
     for frontend in table.frontends:
         lines += ["", f"frontend {frontend.name}", f"    mode {frontend.mode}"]
-        lines.append(f"    bind {bind}:{frontend.port}")
+        if frontend.tls:
+            files = [certificates[r.backend] for r in frontend.rules if r.backend in certificates]
+            lines += [f"    # certificate {path} {digest}" for path, digest in files]
+            crts = " ".join(f"crt {path}" for path, _ in files)
+            lines.append(f"    bind {bind}:{frontend.port} ssl {crts}")
+            lines.append("    http-request set-header X-Forwarded-Proto https")
+        else:
+            lines.append(f"    bind {bind}:{frontend.port}")
         if frontend.mode == "http":
             lines.append("    option forwardfor")
             for index, rule in enumerate(frontend.rules):

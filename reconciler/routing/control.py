@@ -61,6 +61,7 @@ async def sync_routes(
     ready_timeout: float = 30.0,
     frozen: Collection[str] = (),
     isolated: Collection[tuple[str, int]] = (),
+    certificates: Mapping[str, tuple[str, str]] | None = None,
 ) -> RouteSync:
     """Make HAProxy serve ``table`` with ``members`` (backend name → the replicas that
     run and passed zlayer's health gate) in rotation. The ``frozen`` backends (of
@@ -68,7 +69,8 @@ async def sync_routes(
     added, readied or retired, whatever state HAProxy's checks left it in. The
     ``isolated`` members ((backend, replica): ``errors.on_panic: isolate`` gave up on
     them) keep a server in maintenance: out of rotation, however their checks go,
-    while the replica runs on for inspection."""
+    while the replica runs on for inspection. ``certificates``: each https backend's
+    certificate file and its digest (see :func:`.render`)."""
     if table.empty:
         if proxy.pid() is None:
             return RouteSync("unchanged")
@@ -88,6 +90,7 @@ async def sync_routes(
             bind_address=bind_address,
             admin_socket=str(paths.admin),
             pidfile=str(paths.pidfile),
+            certificates=certificates,
         )
 
     structure = structure_hash(text({}))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import json
 import os
 from collections.abc import Collection, Mapping, Sequence
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reconciler.desired import DesiredService, DesiredState, routed_endpoints
+from reconciler.desired import DesiredService, DesiredState, certificate_name, routed_endpoints
 from reconciler.drivers.base import Driver
 from reconciler.errors import DriverError, ProxyError
 from reconciler.observed import ObservedState, RouteServer, WorkloadId
@@ -100,6 +101,9 @@ class HostRoutes:
     bind_address: str
     _syncing: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock, repr=False)
     """One sync at a time (route actions run concurrently; each rewrites the config)."""
+    secrets: Path | None = None
+    """The secrets directory, where the certificates of https endpoints are
+    (:func:`reconciler.desired.certificate_name`)."""
     isolated: frozenset[WorkloadId] = frozenset()
     """Replicas ``errors.on_panic: isolate`` took out of rotation (they keep running):
     their servers stay in maintenance."""
@@ -270,6 +274,7 @@ class HostRoutes:
             bind_address=self.bind_address,
             frozen=others,
             isolated=isolated,
+            certificates=self._certificates(table),
         )
         for deployment, routed in mine.items():
             self.record(deployment, routed)
@@ -361,6 +366,26 @@ class HostRoutes:
                 problems.append(problem)
         if problems:
             raise ProxyError("; ".join(problems))
+
+    def _certificates(self, table: RouteTable) -> dict[str, tuple[str, str]]:
+        """Each https backend's certificate file and a digest of it; raises
+        :class:`ProxyError` for one that is not there (HAProxy would not start)."""
+        found: dict[str, tuple[str, str]] = {}
+        for backend in table.backends:
+            if backend.protocol != "https":
+                continue
+            name = certificate_name(backend.deployment, backend.service, backend.endpoint)
+            path = (self.secrets or Path("/nonexistent")) / name
+            try:
+                digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+            except OSError as error:
+                where = self.secrets or "the secrets directory"
+                raise ProxyError(
+                    f"{backend.subject} endpoint {backend.endpoint} is https, and its "
+                    f"certificate {name} cannot be read in {where}: {error.strerror}"
+                ) from error
+            found[backend.name] = (str(path), digest)
+        return found
 
     async def _members(
         self,

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import sys
 import textwrap
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -274,3 +277,48 @@ def test_routes_are_planned_observed_and_repaired_like_workloads(
         "No changes."
         in zlayer(host, "plan", str(path), "--runtime", "process", "--detailed-exitcode").stdout
     )
+
+
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A throwaway self-signed certificate for 127.0.0.1: (certificate, private key)."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.mark.slow
+def test_https_is_terminated_with_the_certificate_from_the_secrets_directory(
+    host: dict[str, str], tmp_path: Path
+) -> None:
+    """Without its certificate an https endpoint is refused at its position and
+    nothing runs; with it, HAProxy terminates TLS and the replica gets plain HTTP."""
+    port = free_port()
+    path = spec(tmp_path, web("web", port, 1).replace("protocol: http", "protocol: https"))
+    refused = zlayer(host, "apply", str(path), "--auto-approve")
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert f"{path}:" in refused.stderr and "endpoints[0].protocol" in refused.stderr
+    assert "tls.routed.web.http.pem is not in the secrets directory" in refused.stderr
+    assert not (Path(host["ZLAYER_STATE_DIR"]) / "process/deployments/routed").exists()
+
+    cert, key = certificate(tmp_path)
+    secrets = Path(host["ZLAYER_STATE_DIR"]) / "secrets"
+    secrets.mkdir(parents=True, exist_ok=True)
+    bundle = secrets / "tls.routed.web.http.pem"
+    bundle.write_bytes(cert.read_bytes() + key.read_bytes())
+    bundle.chmod(0o600)
+    run = zlayer(host, "apply", str(path), "--auto-approve")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert f"routed/web/1 in rotation on :{port}" in run.stdout, run.stdout
+    context = ssl.create_default_context(cafile=str(cert))
+    with urllib.request.urlopen(f"https://127.0.0.1:{port}/tls", context=context,
+                                timeout=10) as answer:  # fmt: skip
+        assert answer.status == 200
+        assert answer.read().decode().split()[::2] == ["web", "/tls"]
+    with pytest.raises(OSError):  # plain HTTP is not served there (closed, or refused)
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).close()
+    assert "No changes." in zlayer(host, "apply", str(path), "--auto-approve").stdout

@@ -174,3 +174,65 @@ def test_a_command_checks_command_line_is_not_recorded_with_the_routes() -> None
     assert "hunter2-canary" not in repr(routed)
     assert routed.health["kind"] == "command"
     assert route_table([desired.services[("demo", "web")]]).backends[0].check.kind == "none"
+
+
+def test_https_terminates_tls_with_each_backends_certificate() -> None:
+    table = route_table(
+        [
+            service("shop", public(443, "https", host="shop.example.test")),
+            service("blog", public(443, "https", host="blog.example.test")),
+        ]
+    )
+    (frontend,) = table.frontends
+    assert frontend.tls and not table.problems
+    certificates = {
+        "demo.shop.web": ("/s/tls.demo.shop.web.pem", "aaaa"),
+        "demo.blog.web": ("/s/tls.demo.blog.web.pem", "bbbb"),
+    }
+    text = render(table, {}, bind_address="127.0.0.1", admin_socket="a", pidfile="p",
+                  certificates=certificates)  # fmt: skip
+    binds = [line.strip() for line in text.splitlines() if line.strip().startswith("bind ")]
+    assert binds == [
+        "bind 127.0.0.1:443 ssl crt /s/tls.demo.blog.web.pem crt /s/tls.demo.shop.web.pem"
+    ]
+    assert "http-request set-header X-Forwarded-Proto https" in text
+    # A renewed certificate changes the configuration, so HAProxy reloads to load it.
+    renewed = {**certificates, "demo.shop.web": ("/s/tls.demo.shop.web.pem", "cccc")}
+    again = render(table, {}, bind_address="127.0.0.1", admin_socket="a", pidfile="p",
+                   certificates=renewed)  # fmt: skip
+    assert again != text
+
+
+def test_https_and_plain_http_cannot_share_a_port() -> None:
+    table = route_table(
+        [service("a", public(8443, "https", host="a.test")), service("b", public(8443))]
+    )
+    assert table.problems == (
+        "port 8443: https and plain http cannot share a port, and demo/a (web, https), "
+        "demo/b (web, http) ask for it",
+    )
+
+
+def test_an_https_endpoint_without_its_certificate_is_refused_where_it_is_written() -> None:
+    from reconciler.desired import CompileInputs, compile_specs
+    from tests.conftest import load_ok, spec_text
+
+    body = (
+        "services:\n  web:\n    image: {name: nginx}\n    endpoints:\n"
+        "      - {name: secure, protocol: https, port: 8443, expose: public}\n"
+    )
+    present: set[str] = set()
+    inputs = CompileInputs(
+        env={}, secret_key=b"k", secret=lambda n: "pem" if n in present else None
+    )
+    desired, problems = compile_specs([load_ok(spec_text(body))], "r", inputs)
+    assert desired is None
+    (problem,) = problems
+    assert problem.where == "services.web.endpoints[0].protocol"
+    assert problem.mark is not None  # file:line:col
+    assert "tls.demo.web.secure.pem is not in the secrets directory" in problem.message
+    present.add("tls.demo.web.secure.pem")
+    assert compile_specs([load_ok(spec_text(body))], "r", inputs)[0] is not None
+    # Without the secrets (a pull request's check) it is not asked for.
+    offline = CompileInputs(env={}, secret_key=None, secret=None)
+    assert compile_specs([load_ok(spec_text(body))], "r", offline)[0] is not None
