@@ -21,9 +21,8 @@ exactly as ``zlayer apply`` configures it.
      ready to the first response it serves (target <= 100 ms), and whether HAProxy
      reloaded for it (its worker pid; target: no reload).
 
-Not covered yet (issue 15): failed requests during 10 consecutive deploys under
-load beside ``docker-compose up -d`` recreating the same service (the zero-downtime
-tests assert 0 failed requests for zlayer; they do not measure compose).
+Failed requests during deploys, beside ``docker-compose up -d``, are measured by
+``bench/deploys.py``.
 
 A benchmark, not a test: targets are reported (PASS/MISS) and the exit status is 0
 however they turn out; 1 only when something fails to run. Every process it starts

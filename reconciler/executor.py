@@ -696,6 +696,8 @@ async def perform(driver: Driver, action: Action, desired: DesiredState) -> None
     """Do what ``action`` says, one driver call. Creates and replaces take the
     compiled service from ``desired``; everything else needs only the identity."""
     target = action.target
+    if action.kind in ROUTE_KINDS:
+        raise ValueError(f"{action.id}: a route action is the proxy's (ExecutorSettings.route)")
     if target.is_network:
         if action.kind in STARTUP_KINDS:
             await driver.create_network(target.deployment)
