@@ -90,6 +90,21 @@ def routed_endpoints(config: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     ]
 
 
+ROUTING_ONLY = ("host", "path")
+"""Endpoint fields only the managed proxy reads: changing them reroutes (a ``reroute``
+of the plan), it does not replace the replicas."""
+
+
+def config_fingerprint(config: Mapping[str, Any]) -> str:
+    """The fingerprint of a service's config, which decides whether its replicas are
+    replaced: the whole config but the endpoints' routing-only fields."""
+    endpoints = config.get("endpoints")
+    if not endpoints or not any(k in e for e in endpoints for k in ROUTING_ONLY):
+        return fingerprint(config)
+    stripped = [{k: v for k, v in e.items() if k not in ROUTING_ONLY} for e in endpoints]
+    return fingerprint({**config, "endpoints": stripped})
+
+
 def certificate_name(deployment: str, service: str, endpoint: str) -> str:
     """The secrets directory's file holding an ``https`` endpoint's certificate (chain
     first, then the private key, or the key in the same name plus ``.key``): the PEM
@@ -333,7 +348,7 @@ def compile_service(
         name=name,
         rtype=service.rtype,
         config=config,
-        fingerprint=fingerprint(config),
+        fingerprint=config_fingerprint(config),
         replicas=_replica_count(service),
         depends=tuple(
             Dependency(

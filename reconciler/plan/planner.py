@@ -17,9 +17,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from graphlib import TopologicalSorter
 from typing import Any
 
-from reconciler.desired import DesiredService, DesiredState
+from reconciler.desired import DesiredService, DesiredState, config_fingerprint
 from reconciler.errors import PlanError
-from reconciler.fingerprint import fingerprint
 from reconciler.observed import NETWORK, Network, ObservedState, Route, Workload, WorkloadId
 from reconciler.plan.diff import describe, explain
 from reconciler.plan.model import (
@@ -256,7 +255,7 @@ def _effective(
     if not service.offline_secrets or recorded is None:
         return service.config, service.fingerprint
     config = adopt_recorded(service.config, recorded)
-    return config, fingerprint(config)
+    return config, config_fingerprint(config)
 
 
 def _changes(

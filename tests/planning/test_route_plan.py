@@ -65,10 +65,9 @@ def test_a_changed_routing_field_is_a_reroute_naming_each_change() -> None:
     observed = served(spec())
     desired = spec(extra="        host: api.example.test")
     plan = plan_changes(desired, observed)
-    action = plan.action("reroute:demo/web:http")
-    assert action.kind == "reroute"
-    # The endpoint is part of the service's config: its replicas are replaced first.
-    assert set(action.waits_for) == {f"replace:demo/web/{i}" for i in (1, 2, 3)}
+    # host and path are the proxy's alone: the replicas are not replaced for them.
+    (action,) = plan.actions
+    assert (action.id, action.kind) == ("reroute:demo/web:http", "reroute")
     assert action.reason == "host added: api.example.test"
     (change,) = action.changes
     assert (change.path, change.kind, change.before, change.after) == (
@@ -235,3 +234,14 @@ def test_workloads_of_a_snapshot_without_routes_plan_no_routes() -> None:
                         status="running")  # fmt: skip
     plan = plan_changes(spec(), ObservedState(runtime="process", workloads=(workload,)))
     assert not [a for a in plan.actions if a.endpoint]
+
+
+def test_a_target_port_change_replaces_the_replicas_and_then_reroutes() -> None:
+    observed = served(spec())
+    desired = desired_from(
+        WEB.format(extra="", condition="ready").replace("target_port: 80", "target_port: 81")
+    )
+    plan = plan_changes(desired, observed)
+    reroute = plan.action("reroute:demo/web:http")
+    assert reroute.reason == "target_port 80 → 81; check tcp :80 every 10s → tcp :81 every 10s"
+    assert set(reroute.waits_for) == {f"replace:demo/web/{i}" for i in (1, 2, 3)}
