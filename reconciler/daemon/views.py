@@ -11,7 +11,7 @@ from reconciler.daemon.metrics import Metrics
 from reconciler.errors import ProxyError
 from reconciler.observed_json import document
 from reconciler.plan.serialize import plan_to_dict
-from reconciler.reconcile import plan_for
+from reconciler.reconcile import observe_host, plan_for
 from reconciler.routing.host import HostRoutes
 
 if TYPE_CHECKING:
@@ -72,9 +72,13 @@ class Views:
             "jobs": [r.as_json() for r in daemon.journal.runs(limit=10)],
         }
 
+    def _routes(self) -> HostRoutes:
+        return HostRoutes.of(self.daemon.state_dir, self.daemon.settings.publish_address)
+
     async def observed(self) -> dict[str, Any]:
+        """The runtime's workloads, and the managed proxy's routes with their counters."""
         assert self.daemon.driver is not None
-        state = await self.daemon.driver.observe()
+        state = await observe_host(self.daemon.driver, self._routes())
         return document(state)
 
     async def plan(self) -> dict[str, Any]:
@@ -84,7 +88,7 @@ class Views:
         choice = await daemon.revisions.choose(daemon.driver)
         if choice.desired is None:
             return {"error": choice.note}
-        observed = await daemon.driver.observe()
+        observed = await observe_host(daemon.driver, self._routes())
         plan = plan_for(
             choice.desired,
             observed,
@@ -96,7 +100,7 @@ class Views:
     async def metrics(self) -> Metrics:
         daemon = self.daemon
         try:
-            routes = await HostRoutes.of(daemon.state_dir, daemon.settings.publish_address).stats()
+            routes = await self._routes().stats()
         except ProxyError:
             routes = []  # HAProxy went away meanwhile: the next sync starts it again
         totals = daemon.journal.reconcile_totals()

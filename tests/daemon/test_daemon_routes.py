@@ -57,6 +57,13 @@ def test_the_daemon_serves_public_endpoints_and_restarts_a_killed_proxy(
         text = daemon_host.metrics()
         assert f'zlayer_route_in_rotation{{{labels},replica="1"}} 1' in text, text
         assert f'zlayer_route_requests_total{{{labels},replica="' in text
+        code, observed = daemon_host.get("/v1/observed")  # routes with HAProxy's counters
+        assert code == 200 and observed["routes_managed"] and observed["proxy_running"]
+        (route,) = observed["routes"]
+        assert (route["service"], route["port"]) == ("web", port)
+        assert sorted(s["replica"] for s in route["servers"]) == [1, 2]
+        code, plan = daemon_host.get("/v1/plan")
+        assert code == 200 and plan["actions"] == [], plan
 
         pidfile = Path(daemon_host.state) / "proxy" / "haproxy.pid"
         pid = int(pidfile.read_text().split()[0])
