@@ -76,17 +76,18 @@ ROUTED = LAYER7 | {"tcp"}
 """The endpoint protocols the managed proxy serves (HAProxy does not balance udp)."""
 
 
-def routed_endpoints(config: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """The endpoints of a service's config the managed proxy serves: public, not udp,
-    of a service with a network of its own (on the host's network, or on another
-    container's, a replica listens on the host itself and serves its port alone)."""
+def routed_endpoints(config: Mapping[str, Any], expose: str = "public") -> list[Mapping[str, Any]]:
+    """The endpoints of a service's config the managed proxy serves: public (or, with
+    ``expose="internal"``, internal), not udp, of a service with a network of its own
+    (on the host's network, or on another container's, a replica listens on the host
+    itself and serves its port alone)."""
     mode = str(config.get("network_mode", "default"))
     if mode in ("host", "none") or mode.startswith("container:"):
         return []
     return [
         e
         for e in config.get("endpoints", ())
-        if e.get("expose", "internal") == "public" and e.get("protocol") in ROUTED
+        if e.get("expose", "internal") == expose and e.get("protocol") in ROUTED
     ]
 
 

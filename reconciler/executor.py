@@ -504,10 +504,11 @@ class Executor:
         # A fixed host port (``port_mappings[].host_port``) binds one replica only: a
         # surge could not start next to the old one, so such a service stays stop-first.
         fixed = any(m.get("host_port") for m in service.config.get("port_mappings", ()))
+        internal = self.driver.internal_routable and routed_endpoints(service.config, "internal")
         return (
             self.settings.admit is not None
             and self.driver.routable
-            and bool(routed_endpoints(service.config))
+            and bool(routed_endpoints(service.config) or internal)
             and not fixed
         )
 

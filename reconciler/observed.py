@@ -192,6 +192,10 @@ class Route:
     check: str = "none"
     """How HAProxy checks the replicas (``http GET /health expects 200``, ``tcp :8080``,
     ``none``)."""
+    expose: Literal["public", "internal"] = "public"
+    address: str | None = None
+    """An internal route's address: the deployment's proxy address its service's name
+    resolves to (public routes listen on the configured publish address)."""
     servers: tuple[RouteServer, ...] = ()
 
     def __post_init__(self) -> None:
@@ -224,6 +228,9 @@ class ObservedState:
     routes never appear in a plan."""
     proxy_running: bool = False
     """The managed HAProxy runs (only meaningful with ``routes_managed``)."""
+    routes_internal: bool = False
+    """Internal endpoints are routed too (the process runtime with its networks): each
+    deployment's service names resolve to its proxy address."""
     routes: tuple[Route, ...] = ()
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)
     """The canonical config behind each fingerprint, recorded once however many
@@ -267,11 +274,14 @@ class ObservedState:
             routes = sorted(
                 [
                     *(r.deployment, r.service, r.endpoint, r.protocol, r.port, r.target_port),
-                    *(r.host or "", r.path or "", r.check, sorted(s.replica for s in r.servers)),
+                    *(r.host or "", r.path or "", r.check, r.expose, r.address or ""),
+                    sorted(s.replica for s in r.servers),
                 ]
                 for r in self.routes
             )
             parts.append(["routes", self.proxy_running, routes])
+            if self.routes_internal:
+                parts.append("internal routes")
         return fingerprint(parts[0] if len(parts) == 1 else parts)
 
     def to_json(self) -> str:

@@ -178,7 +178,11 @@ def check_runtime(driver: Driver, desired: DesiredState) -> tuple[DesiredState, 
         errors += [f"{where}: {message}" for message in found]
         services[key] = dataclasses.replace(service, warnings=service.warnings + warnings)
     if driver.routable:
-        errors += list(route_table(desired.services.values()).problems)
+        internal = driver.internal_routable
+        table = route_table(
+            desired.services.values(), lambda d: f"the {d} network" if internal else None
+        )
+        errors += list(table.problems)
     return dataclasses.replace(desired, services=services), errors
 
 
@@ -260,7 +264,7 @@ async def observe_host(
     observed = await driver.observe(list(deployments) if deployments else None)
     if routes is None or not driver.routable:
         return observed
-    return await routes.observe(observed, deployments)
+    return await routes.observe(observed, deployments, driver.internal_routable)
 
 
 def observe_runtime(name: str, settings: Settings | None = None) -> ObservedState:
@@ -464,7 +468,9 @@ async def run_pass(
             ),
             admit=functools.partial(routing.admit, driver, desired) if routing else None,
             route=functools.partial(routing.route, driver, desired) if routing else None,
-            in_rotation=functools.partial(routing.in_rotation, desired) if routing else None,
+            in_rotation=functools.partial(routing.in_rotation, driver, desired)
+            if routing
+            else None,
         ),
         on_event=on_event,
     )

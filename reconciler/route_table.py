@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -61,6 +61,9 @@ class Backend:
     check: ServerCheck
     replicas: int | None
     """How many replicas the service asks for (``None``: manual scale)."""
+    address: str | None = None
+    """For an internal endpoint: the deployment's proxy address it is served on (its
+    service's name resolves there); ``None`` for a public one."""
 
     @property
     def subject(self) -> str:
@@ -86,10 +89,14 @@ class Frontend:
     tls: bool = False
     """``https``: HAProxy terminates TLS on this port (each rule's backend brings its
     certificate)."""
+    address: str | None = None
+    """Internal endpoints: the deployment's proxy address; ``None``: the public one."""
 
     @property
     def name(self) -> str:
-        return f"port_{self.port}"
+        if self.address is None:
+            return f"port_{self.port}"
+        return f"internal_{re.sub(r'[^A-Za-z0-9]', '_', self.address)}_{self.port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +159,10 @@ class RoutedService:
     replicas: int | None
     endpoints: tuple[dict[str, Any], ...]
     health: dict[str, Any]
+    internal: tuple[dict[str, Any], ...] = ()
+    """Its internal endpoints, served on ``address`` (none without one)."""
+    address: str | None = None
+    """The deployment's proxy address, where its service names resolve."""
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RoutedService:
@@ -161,6 +172,8 @@ class RoutedService:
             replicas=data["replicas"],
             endpoints=tuple(dict(e) for e in data["endpoints"]),
             health=dict(data["health"]),
+            internal=tuple(dict(e) for e in data.get("internal", ())),
+            address=data.get("address"),
         )
 
     @property
@@ -168,12 +181,17 @@ class RoutedService:
         return (self.deployment, self.service)
 
 
-def routed_service(service: DesiredService) -> RoutedService:
+def routed_service(service: DesiredService, address: str | None = None) -> RoutedService:
+    """``service`` as routing needs it; with ``address`` (the deployment's proxy
+    address, on runtimes that route internal endpoints), its internal endpoints too."""
+    internal = routed_endpoints(service.config, "internal") if address else []
     return RoutedService(
         deployment=service.deployment,
         service=service.name,
         replicas=service.replicas,
         endpoints=tuple(dict(e) for e in routed_endpoints(service.config)),
+        internal=tuple(dict(e) for e in internal),
+        address=address if internal else None,
         # A command check is zlayer's own (HAProxy does not run it): its command line,
         # which may carry a credential, is not recorded.
         health=dataclasses.asdict(dataclasses.replace(service.policy.health, command="")),
@@ -227,21 +245,32 @@ def _rule_order(rule: Rule) -> tuple[int, int, int, str, str]:
     return (host_rank, -len(path), 0 if path else 1, host, path)
 
 
-def route_table(services: Iterable[DesiredService]) -> RouteTable:
-    """The routes of ``services`` (every deployment), with the conflicts among them."""
-    return table_of(routed_service(s) for s in services if not s.is_definition)
+def route_table(
+    services: Iterable[DesiredService], address: Callable[[str], str | None] = lambda _d: None
+) -> RouteTable:
+    """The routes of ``services`` (every deployment), with the conflicts among them;
+    ``address``: each deployment's proxy address for its internal endpoints (none:
+    only the public ones are routed)."""
+    return table_of(
+        routed_service(s, address(s.deployment)) for s in services if not s.is_definition
+    )
 
 
 def table_of(services: Iterable[RoutedService]) -> RouteTable:
     """The route table of ``services``, with the conflicts among them."""
     backends: list[Backend] = []
-    by_port: dict[int, list[tuple[Rule, Backend]]] = {}
+    by_port: dict[tuple[str, int], list[tuple[Rule, Backend]]] = {}
     for service in sorted(services, key=lambda s: s.key):
         health = HealthPolicy(**service.health)
-        for endpoint in service.endpoints:
+        listed: list[tuple[dict[str, Any], str | None]] = [(e, None) for e in service.endpoints]
+        listed += [(e, service.address) for e in service.internal if service.address]
+        for endpoint, address in listed:
             port = int(endpoint["port"])
             target = int(endpoint.get("target_port") or port)
             protocol = str(endpoint["protocol"])
+            # Inside the deployment TLS is the replica's own: an internal https
+            # endpoint is passed through at layer 4.
+            layer7 = protocol in LAYER7 and not (address and protocol == "https")
             name = backend_name(service.deployment, service.service, str(endpoint["name"]))
             backend = Backend(
                 name=name,
@@ -249,25 +278,30 @@ def table_of(services: Iterable[RoutedService]) -> RouteTable:
                 service=service.service,
                 endpoint=str(endpoint["name"]),
                 protocol=protocol,
-                mode="http" if protocol in LAYER7 else "tcp",
+                mode="http" if layer7 else "tcp",
                 target_port=target,
                 check=_check(health, target),
                 replicas=service.replicas,
+                address=address,
             )
             backends.append(backend)
-            host = endpoint.get("host") or None
-            path = endpoint.get("path") or None
-            rule = Rule(host.lower() if host else None, path, name)
-            by_port.setdefault(port, []).append((rule, backend))
+            if address:  # the service's own name tells it apart on the deployment's address
+                rule = Rule(service.service.lower() if layer7 else None, None, name)
+            else:
+                host = endpoint.get("host") or None
+                path = endpoint.get("path") or None
+                rule = Rule(host.lower() if host else None, path, name)
+            by_port.setdefault((address or "", port), []).append((rule, backend))
     frontends: list[Frontend] = []
     problems: list[str] = []
-    for port in sorted(by_port):
-        entries = by_port[port]
-        problems += _conflicts(port, entries)
+    for address, port in sorted(by_port):
+        entries = by_port[(address, port)]
+        label = f"port {port}" if not address else f"internal port {port} ({address})"
+        problems += _conflicts(label, entries)
         mode: Mode = "tcp" if any(b.mode == "tcp" for _, b in entries) else "http"
         rules = tuple(sorted((rule for rule, _ in entries), key=_rule_order))
-        tls = any(b.protocol == "https" for _, b in entries)
-        frontends.append(Frontend(port, mode, rules, tls))
+        tls = not address and any(b.protocol == "https" for _, b in entries)
+        frontends.append(Frontend(port, mode, rules, tls, address or None))
     return RouteTable(tuple(frontends), tuple(backends), tuple(problems))
 
 
@@ -304,23 +338,25 @@ def routes_of(table: RouteTable, servers: Mapping[str, Iterable[RouteServer]] = 
                 protocol=backend.protocol,
                 port=frontend.port,
                 target_port=backend.target_port,
-                host=rule.host,
+                host=rule.host if frontend.address is None else None,
                 path=rule.path,
                 check=check_text(backend.check),
+                expose="public" if frontend.address is None else "internal",
+                address=frontend.address,
                 servers=tuple(sorted(servers.get(backend.name, ()), key=lambda s: s.replica)),
             )
         )
     return out
 
 
-def _conflicts(port: int, entries: list[tuple[Rule, Backend]]) -> list[str]:
+def _conflicts(port: str, entries: list[tuple[Rule, Backend]]) -> list[str]:
     if len(entries) < 2:
         return []
     names = ", ".join(f"{b.subject} ({b.endpoint}, {b.protocol})" for _, b in entries)
     if any(b.mode == "tcp" for _, b in entries):
-        return [f"port {port}: a tcp endpoint owns its port alone, and {names} all ask for it"]
+        return [f"{port}: a tcp endpoint owns its port alone, and {names} all ask for it"]
     if len({b.protocol == "https" for _, b in entries}) > 1:
-        return [f"port {port}: https and plain http cannot share a port, and {names} ask for it"]
+        return [f"{port}: https and plain http cannot share a port, and {names} ask for it"]
     seen: dict[tuple[str | None, str | None], Backend] = {}
     problems = []
     for rule, backend in entries:
@@ -335,7 +371,7 @@ def _conflicts(port: int, entries: list[tuple[Rule, Backend]]) -> list[str]:
                 )
             )
             problems.append(
-                f"port {port}: {first.subject} ({first.endpoint}) and {backend.subject} "
+                f"{port}: {first.subject} ({first.endpoint}) and {backend.subject} "
                 f"({backend.endpoint}) both route {match}; give them different hosts or paths"
             )
         else:
@@ -431,7 +467,9 @@ def render(
     ]
     for frontend in table.frontends:
         lines += ["", f"frontend {frontend.name}", f"    mode {frontend.mode}"]
-        if frontend.tls:
+        if frontend.address is not None:
+            lines.append(f"    bind {frontend.address}:{frontend.port}")
+        elif frontend.tls:
             files = [certificates[r.backend] for r in frontend.rules if r.backend in certificates]
             lines += [f"    # certificate {path} {digest}" for path, digest in files]
             crts = " ".join(f"crt {path}" for path, _ in files)

@@ -37,6 +37,13 @@ class Observer(Protocol):
         address of its own that the host reaches (:mod:`reconciler.routing`)."""
         ...
 
+    @property
+    def internal_routable(self) -> bool:
+        """Internal endpoints are served by the managed proxy too, on each deployment's
+        proxy address (:meth:`Driver.proxy_address`), where its service names resolve;
+        otherwise a service's name reaches its replicas directly."""
+        ...
+
     async def observe(self, deployments: Collection[str] | None = None) -> ObservedState:
         """Every workload zlayer manages (of ``deployments`` only, when given)."""
         ...
@@ -92,6 +99,12 @@ class Driver(Observer, Protocol):
 
     async def status(self, target: WorkloadId) -> Workload | None:
         """The replica as the runtime reports it now, ``None`` when it does not exist."""
+        ...
+
+    async def proxy_address(self, deployment: str) -> str | None:
+        """Where the managed proxy serves ``deployment``'s internal endpoints (an address
+        of the host on the deployment's network); None when internal endpoints are not
+        routed, or the deployment has no network yet."""
         ...
 
     async def address(self, target: WorkloadId, port: int) -> tuple[str, int]:

@@ -73,6 +73,10 @@ class FakeRuntime:
 class FakeDriver:
     name = "fake"
     routable = False
+    internal_routable = False
+
+    async def proxy_address(self, deployment: str) -> str | None:
+        return None
 
     def __init__(
         self,

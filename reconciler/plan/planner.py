@@ -327,8 +327,9 @@ def _plan_networks(
     return out
 
 
-ROUTE_FIELDS = ("protocol", "port", "host", "path", "target_port", "check")
-"""What a route is, as the plan compares it (its servers are compared by replica)."""
+ROUTE_FIELDS = ("expose", "protocol", "port", "host", "path", "target_port", "check")
+"""What a route is, as the plan compares it (its servers are compared by replica; an
+internal route's address is the runtime's business)."""
 
 
 def _route_action(
@@ -345,7 +346,9 @@ def _route_action(
 
 
 def route_text(route: Route) -> str:
-    """``http :8080 host api.example.test path /v1``."""
+    """``http :8080 host api.example.test path /v1``; ``http api:80 (internal)``."""
+    if route.expose == "internal":
+        return f"{route.protocol} {route.service}:{route.port} (internal)"
     parts = [f"{route.protocol} :{route.port}"]
     if route.host:
         parts.append(f"host {route.host}")
@@ -366,10 +369,11 @@ def _plan_routes(
     endpoints it serves): new, changed (a field of the routing, the proxy not running,
     a running replica without a server, a server left of one that does not run), or
     gone with its endpoint, service or deployment."""
-    wanted = {
-        (r.deployment, r.service, r.endpoint): r
-        for r in routes_of(route_table(desired.services.values()))
-    }
+    internal = observed.routes_internal
+    table = route_table(
+        desired.services.values(), lambda d: f"the {d} network" if internal else None
+    )
+    wanted = {(r.deployment, r.service, r.endpoint): r for r in routes_of(table)}
     found = {(r.deployment, r.service, r.endpoint): r for r in observed.routes}
     out: list[Action] = []
     for key, route in sorted(wanted.items()):

@@ -145,7 +145,10 @@ class HostRoutes:
         os.replace(temporary, path)
 
     async def observe(
-        self, observed: ObservedState, deployments: Collection[str] | None = None
+        self,
+        observed: ObservedState,
+        deployments: Collection[str] | None = None,
+        internal: bool = False,
     ) -> ObservedState:
         """``observed`` with the host's routes (of ``deployments``, else all): each
         deployment's routing as last synced, with the servers HAProxy has now. Left as
@@ -177,7 +180,11 @@ class HostRoutes:
             r for r in routes_of(table, servers) if not deployments or r.deployment in deployments
         ]
         return dataclasses.replace(
-            observed, routes_managed=True, proxy_running=running, routes=tuple(routes)
+            observed,
+            routes_managed=True,
+            proxy_running=running,
+            routes=tuple(routes),
+            routes_internal=internal,
         )
 
     async def route(
@@ -197,16 +204,20 @@ class HostRoutes:
         unchanged = "no longer routed" if action.kind == "unroute" else "in rotation as it was"
         return "; ".join(result.changes) or unchanged
 
-    async def in_rotation(self, desired: DesiredState, key: tuple[str, str]) -> str | None:
+    async def in_rotation(
+        self, driver: Driver, desired: DesiredState, key: tuple[str, str]
+    ) -> str | None:
         """Why service ``key`` has no replica taking traffic in some route of it (the
         ``ready`` condition), or None (also when it has no route)."""
         service = desired.services.get(key)
-        if service is None or service.is_definition or not routed_endpoints(service.config):
+        if service is None or service.is_definition:
+            return None
+        table = table_of([await routed(driver, service)])
+        if table.empty:
             return None
         if not await self.proxy.running():
             return "the managed proxy is not running"
         live = await self.proxy.servers()
-        table = table_of([routed_service(service)])
         for backend in table.backends:
             if not any(stat.in_rotation for stat in live.get(backend.name, {}).values()):
                 port = table.frontend_of(backend.name).port
@@ -239,14 +250,12 @@ class HostRoutes:
         services: Collection[tuple[str, str]],
     ) -> RouteSync | None:
         recorded = self.recorded()
-        mine = {
-            d: [
-                routed_service(s)
-                for s in desired.services.values()
-                if s.deployment == d and not s.is_definition and routed_endpoints(s.config)
-            ]
-            for d in deployments
-        }
+        mine: dict[str, list[RoutedService]] = {d: [] for d in deployments}
+        for s in desired.services.values():
+            if s.deployment in mine and not s.is_definition:
+                found = await routed(driver, s)
+                if found.endpoints or found.internal:
+                    mine[s.deployment].append(found)
         everything = {**recorded, **mine}
         table = table_of(s for services in everything.values() for s in services)
         if table.empty and self.proxy.pid() is None and not any(recorded.get(d) for d in mine):
@@ -276,8 +285,8 @@ class HostRoutes:
             isolated=isolated,
             certificates=self._certificates(table),
         )
-        for deployment, routed in mine.items():
-            self.record(deployment, routed)
+        for deployment, kept in mine.items():
+            self.record(deployment, kept)
         return result
 
     async def drain(self, target: WorkloadId, grace: float = DRAIN_GRACE) -> None:
@@ -353,7 +362,7 @@ class HostRoutes:
             return
         live = await self.proxy.servers()
         problems = []
-        for backend in table_of([routed_service(service)]).backends:
+        for backend in table_of([await routed(driver, service)]).backends:
             if backend.name not in live:
                 continue
             host, port = await driver.address(target, backend.target_port)
@@ -418,6 +427,14 @@ class HostRoutes:
                 found.append(Member(workload.replica, host, port))
             members[backend.name] = found
         return members
+
+
+async def routed(driver: Driver, service: DesiredService) -> RoutedService:
+    """``service`` as routing needs it on ``driver``'s runtime: its public endpoints,
+    and its internal ones where the runtime routes those (at the deployment's proxy
+    address)."""
+    address = await driver.proxy_address(service.deployment) if driver.internal_routable else None
+    return routed_service(service, address)
 
 
 def _from_servers(servers: Mapping[str, Any]) -> list[Member]:

@@ -21,13 +21,13 @@ import csv
 import hashlib
 import io
 import os
-import shutil
 import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from reconciler import installed
 from reconciler.errors import ProxyError
 from reconciler.waits import wait_until
 
@@ -89,10 +89,7 @@ class Paths:
 
 def executable() -> str | None:
     """Where HAProxy is installed, ``None`` when it is not."""
-    return shutil.which("haproxy") or next(
-        (p for p in ("/usr/sbin/haproxy", "/usr/local/sbin/haproxy") if os.access(p, os.X_OK)),
-        None,
-    )
+    return installed.haproxy()
 
 
 def structure_hash(skeleton: str) -> str:

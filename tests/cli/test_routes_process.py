@@ -322,3 +322,49 @@ def test_https_is_terminated_with_the_certificate_from_the_secrets_directory(
     with pytest.raises(OSError):  # plain HTTP is not served there (closed, or refused)
         urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).close()
     assert "No changes." in zlayer(host, "apply", str(path), "--auto-approve").stdout
+
+
+def inside(netns: str, url: str) -> str:
+    """GET ``url`` from inside the network namespace ``netns`` (its hosts file
+    resolving names as the replicas' do); the body, or the error."""
+    code = (
+        "import sys, urllib.request, urllib.error\n"
+        "try:\n"
+        "    print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())\n"
+        "except urllib.error.HTTPError as e:\n"
+        "    print('status', e.code)\n"
+    )
+    done = subprocess.run(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", code, url],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    return done.stdout.strip() or done.stderr.strip()
+
+
+@pytest.mark.slow
+def test_an_internal_endpoint_is_balanced_by_name_at_its_port(
+    host: dict[str, str], tmp_path: Path
+) -> None:
+    """``expose: internal`` with ``port`` 80 ≠ ``target_port`` 9000: inside the
+    deployment, ``http://api/`` (port 80) reaches every ready replica through the
+    proxy on the deployment's own address; ``api-1`` still reaches the replica itself;
+    the route is in the plan, and the dependent waited for it (``ready``)."""
+    api = (
+        web("api", 9000, 2, 9000)
+        .replace("expose: public", "expose: internal")
+        .replace("port: 9000, target_port: 9000", "port: 80, target_port: 9000")
+    )
+    path = spec(tmp_path, api, idle("client", "api"))
+    run = zlayer(host, "apply", str(path), "--auto-approve")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "+ route      routed/api:http  new route: http api:80 (internal) → 2 replicas" in (
+        run.stdout
+    ), run.stdout
+    client = "zlayer-routed-client-1"
+    served = Counter(inside(client, "http://api/").split(" ")[1] for _ in range(12))
+    assert len(served) == 2, served  # both replicas, by their own addresses
+    direct = inside(client, "http://api-1:9000/direct")
+    assert direct.startswith("api ") and direct.endswith(" /direct"), direct
+    assert inside(client, "http://api-1/").count("api") == 0  # nothing listens on :80 there
+    converged = zlayer(host, "plan", str(path), "--runtime", "process", "--detailed-exitcode")
+    assert converged.returncode == 0 and "No changes." in converged.stdout, converged.stdout

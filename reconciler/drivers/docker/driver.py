@@ -64,6 +64,13 @@ class DockerDriver:
 
     name = "docker"
     routable = True
+    internal_routable = False
+    """A service's name on the deployment network is the engine's DNS alias of its
+    containers: internal endpoints reach the replicas directly."""
+
+    async def proxy_address(self, deployment: str) -> str | None:
+        return None
+
     """The proxy reaches every replica at the port it publishes on loopback."""
 
     def __init__(self, url: str | None = None, *, publish_address: str = "0.0.0.0") -> None:

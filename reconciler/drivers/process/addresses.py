@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from ipaddress import ip_address
 from pathlib import Path
 
+from reconciler.desired import routed_endpoints
 from reconciler.drivers.process.names import bridge_name, hosts_path
 from reconciler.drivers.process.records import Record, Subnet
 from reconciler.drivers.process.store import Store
@@ -65,17 +66,27 @@ def _deployment_records(store: Store, deployment: str) -> list[tuple[Path, Recor
     return list(store.listed(iter(dirs)))
 
 
-def write_hosts(store: Store, deployment: str) -> None:
+def write_hosts(store: Store, deployment: str, proxy: str | None = None) -> None:
     """Every replica's and run's hosts file maps each service of the deployment (and
-    each replica as ``<service>-<n>``) to the replicas' addresses. Call with the
-    deployment's lock held: the files are rewritten in place, and two writers would
-    interleave."""
+    each replica as ``<service>-<n>``) to the replicas' addresses; with ``proxy`` (the
+    managed proxy's address on the deployment's network), a service with internal
+    endpoints the proxy serves maps to it instead, so its name reaches a ready replica
+    at the endpoint's ``port``. Call with the deployment's lock held: the files are
+    rewritten in place, and two writers would interleave."""
     found = [record for _, record in _deployment_records(store, deployment)]
     names: dict[str, list[str]] = collections.defaultdict(list)
+    proxied = {
+        r.service for r in found if proxy and r.replica is not None and not r.run
+        and routed_endpoints(r.config, "internal")
+    }  # fmt: skip
+    for service in sorted(proxied):
+        assert proxy is not None
+        names[proxy].append(service)
     for record in found:
         address = record.network.address
         if address and record.replica is not None and not record.run:
-            names[address] += [record.service, f"{record.service}-{record.replica}"]
+            direct = [] if record.service in proxied else [record.service]
+            names[address] += [*direct, f"{record.service}-{record.replica}"]
     entries = sorted(names.items(), key=lambda item: ipaddress.IPv4Address(item[0]))
     for record in found:
         namespace = record.network.netns

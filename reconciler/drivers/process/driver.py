@@ -27,6 +27,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from reconciler import installed
 from reconciler.desired import DesiredService
 from reconciler.drivers.base import Limits
 from reconciler.drivers.process import addresses, cgroups, host, launch, records, status
@@ -119,6 +120,18 @@ class ProcessDriver:
         """Replicas in network namespaces have addresses the proxy reaches; on the host
         network they listen on the public port themselves."""
         return self.isolated
+
+    @property
+    def internal_routable(self) -> bool:
+        """The deployment's bridge has the host's own address on the network (its
+        gateway): the proxy listens there, and the hosts files send names to it."""
+        return self.isolated and installed.haproxy() is not None
+
+    async def proxy_address(self, deployment: str) -> str | None:
+        if not self.internal_routable:
+            return None
+        subnet = await asyncio.to_thread(self.store.subnet, deployment)
+        return subnet.address.partition("/")[0] if subnet is not None else None
 
     def limits(self, service: DesiredService) -> Limits:
         return pc.service_limits(service, self.facts)
@@ -263,8 +276,9 @@ class ProcessDriver:
     async def _write_hosts(self, deployment: str) -> None:
         """Rewrite the deployment's hosts files, under its lock (two writers would
         interleave: the files are rewritten in place)."""
+        proxy = await self.proxy_address(deployment)
         async with self._locks[deployment]:
-            await asyncio.to_thread(addresses.write_hosts, self.store, deployment)
+            await asyncio.to_thread(addresses.write_hosts, self.store, deployment, proxy)
 
     # --- launching and stopping ----------------------------------------------------------
 
