@@ -600,3 +600,21 @@ def test_every_spec_field_is_applied_or_warned_about() -> None:
         "demo/web: quantum is not known to the docker runtime; not applied",
         "demo/web: resources.flux is not known to the docker runtime; not applied",
     )
+
+
+def test_an_internal_port_other_than_its_target_port_is_a_warning_on_docker() -> None:
+    from reconciler.drivers.docker.limits import service_limits
+
+    service = compile_services(
+        "demo",
+        "api:\n  image: {name: nginx}\n  endpoints:\n"
+        "    - {name: http, protocol: http, port: 80, target_port: 9000, expose: internal}\n",
+    )["api"]
+    limits = service_limits(service, EngineFacts())
+    assert any("internal with port 80 ≠ target_port 9000" in w for w in limits.warnings)
+    same = compile_services(
+        "demo",
+        "api:\n  image: {name: nginx}\n  endpoints:\n"
+        "    - {name: http, protocol: http, port: 9000, expose: internal}\n",
+    )["api"]
+    assert not [w for w in service_limits(same, EngineFacts()).warnings if "internal" in w]

@@ -299,6 +299,14 @@ def _network_limits(
             if key not in _ROUTE_FIELDS:
                 why = "not implemented"
             warnings.append(f"{subject}: endpoint {name}: {key} not applied: {why}")
+        port, target = endpoint.get("port"), endpoint.get("target_port")
+        if not public and target is not None and port != target:
+            warnings.append(
+                f"{subject}: endpoint {name} is internal with port {port} ≠ target_port "
+                f"{target}: on Docker the service's name reaches its containers directly, "
+                f"at {target} (the managed proxy serves internal endpoints on the process "
+                "runtime only)"
+            )
     fixed_ports = [m for m in config.get("port_mappings", ()) if m.get("host_port")]
     if fixed_ports and (service.replicas is None or service.replicas > 1):
         errors.append(
