@@ -368,3 +368,49 @@ def test_an_internal_endpoint_is_balanced_by_name_at_its_port(
     assert inside(client, "http://api-1/").count("api") == 0  # nothing listens on :80 there
     converged = zlayer(host, "plan", str(path), "--runtime", "process", "--detailed-exitcode")
     assert converged.returncode == 0 and "No changes." in converged.stdout, converged.stdout
+
+
+LOOP = (
+    "import os, sys, time, urllib.request\n"
+    "ok = failed = 0\n"
+    "while not os.path.exists(sys.argv[2]):\n"
+    "    try:\n"
+    "        urllib.request.urlopen(sys.argv[1], timeout=10).read(); ok += 1\n"
+    "    except Exception as error:\n"
+    "        failed += 1; print('failed', repr(error), flush=True)\n"
+    "    time.sleep(0.02)\n"
+    "print('ok', ok, 'failed', failed, flush=True)\n"
+)
+
+
+@pytest.mark.slow
+def test_an_internal_endpoint_is_replaced_with_no_failed_request(
+    host: dict[str, str], tmp_path: Path
+) -> None:
+    """A request loop inside the deployment (from the client's namespace, by name)
+    while an env change replaces api's only replica: start-first behind the proxy."""
+    api = (
+        web("api", 9000, 1, 9000, env="{V: a}")
+        .replace("expose: public", "expose: internal")
+        .replace("port: 9000, target_port: 9000", "port: 80, target_port: 9000")
+    )
+    path = spec(tmp_path, api, idle("client", "api"))
+    first = zlayer(host, "apply", str(path), "--auto-approve")
+    assert first.returncode == 0, first.stdout + first.stderr
+    stop = tmp_path / "stop"
+    loop = subprocess.Popen(
+        ["ip", "netns", "exec", "zlayer-routed-client-1", sys.executable, "-c", LOOP,
+         "http://api/", str(stop)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        path.write_text(path.read_text().replace("{V: a}", "{V: b}"))
+        run = zlayer(host, "apply", str(path), "--auto-approve")
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert "surge replica routed/api/2" in run.stdout, run.stdout
+    finally:
+        stop.touch()
+        output, _ = loop.communicate(timeout=60)
+    last = output.strip().splitlines()[-1].split()
+    assert last[0] == "ok" and int(last[1]) > 10, output
+    assert last[3] == "0", output
