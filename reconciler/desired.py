@@ -121,8 +121,9 @@ def _certificate_findings(
     if inputs.secret is None:
         return []
     found: list[Finding] = []
+    https = [e for e in routed_endpoints(config) if e.get("protocol") == "https"]
     for index, endpoint in enumerate(config.get("endpoints", ())):
-        if endpoint not in routed_endpoints(config) or endpoint.get("protocol") != "https":
+        if not any(endpoint is e for e in https):
             continue
         file = certificate_name(deployment, name, str(endpoint.get("name")))
         if inputs.secret(file) is None:

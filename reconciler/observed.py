@@ -279,9 +279,7 @@ class ObservedState:
                 ]
                 for r in self.routes
             )
-            parts.append(["routes", self.proxy_running, routes])
-            if self.routes_internal:
-                parts.append("internal routes")
+            parts.append(["routes", self.proxy_running, self.routes_internal, routes])
         return fingerprint(parts[0] if len(parts) == 1 else parts)
 
     def to_json(self) -> str:

@@ -50,7 +50,7 @@ from reconciler.observed import ObservedState, RouteServer, WorkloadId
 from reconciler.plan.model import Note, Plan
 from reconciler.plan.planner import plan_changes
 from reconciler.probes import init_step_problem
-from reconciler.route_table import route_table, routes_of
+from reconciler.route_table import planned_addresses, route_table, routes_of
 from reconciler.routing.control import RouteSync
 from reconciler.routing.host import HostRoutes, drain_grace, routing_warnings
 from reconciler.runtimes import open_runtime
@@ -178,10 +178,7 @@ def check_runtime(driver: Driver, desired: DesiredState) -> tuple[DesiredState, 
         errors += [f"{where}: {message}" for message in found]
         services[key] = dataclasses.replace(service, warnings=service.warnings + warnings)
     if driver.routable:
-        internal = driver.internal_routable
-        table = route_table(
-            desired.services.values(), lambda d: f"the {d} network" if internal else None
-        )
+        table = route_table(desired.services.values(), planned_addresses(driver.internal_routable))
         errors += list(table.problems)
     return dataclasses.replace(desired, services=services), errors
 

@@ -245,6 +245,13 @@ def _rule_order(rule: Rule) -> tuple[int, int, int, str, str]:
     return (host_rank, -len(path), 0 if path else 1, host, path)
 
 
+def planned_addresses(internal: bool) -> Callable[[str], str | None]:
+    """Stand-in proxy addresses for planning and checking the routes of specs (the
+    real one is the runtime's, known once the deployment's network exists): each
+    deployment's own when the runtime routes internal endpoints, else none."""
+    return lambda deployment: f"the {deployment} network" if internal else None
+
+
 def route_table(
     services: Iterable[DesiredService], address: Callable[[str], str | None] = lambda _d: None
 ) -> RouteTable:

@@ -34,7 +34,7 @@ from reconciler.plan.model import (
     Plan,
 )
 from reconciler.redact import adopt_recorded, unhashed_paths
-from reconciler.route_table import route_table, routes_of
+from reconciler.route_table import planned_addresses, route_table, routes_of
 from reconciler.spec.problems import format_path
 
 ServiceKey = tuple[str, str]
@@ -369,10 +369,7 @@ def _plan_routes(
     endpoints it serves): new, changed (a field of the routing, the proxy not running,
     a running replica without a server, a server left of one that does not run), or
     gone with its endpoint, service or deployment."""
-    internal = observed.routes_internal
-    table = route_table(
-        desired.services.values(), lambda d: f"the {d} network" if internal else None
-    )
+    table = route_table(desired.services.values(), planned_addresses(observed.routes_internal))
     wanted = {(r.deployment, r.service, r.endpoint): r for r in routes_of(table)}
     found = {(r.deployment, r.service, r.endpoint): r for r in observed.routes}
     out: list[Action] = []

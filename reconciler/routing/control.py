@@ -101,18 +101,17 @@ async def sync_routes(
     moving = {b: m for b, m in wanted.items() if b not in frozen}
     apart = set(isolated)
     changes += await _isolate(proxy, table, live, moving, apart)
-    moving = {
+    joining = {
         b: {name: m for name, m in members.items() if (b, m.replica) not in apart}
         for b, members in moving.items()
     }
-    added = await _add_missing(proxy, table, live, moving, ready_timeout, warnings)
+    added = await _add_missing(proxy, table, live, joining, ready_timeout, warnings)
     for backend_name, names in added.items():
         backend = table.backend(backend_name)
         port = table.frontend_of(backend_name).port
         changes += [f"{_subject(backend, name)} in rotation on :{port}" for name in names]
-    keep = {b: {**m, **{n: x for n, x in wanted[b].items() if (b, x.replica) in apart}}
-            for b, m in moving.items()}  # fmt: skip
-    retired = await _retire_unwanted(proxy, table, live, keep, drain_grace)
+    # An isolated member is still wanted: its server stays (in maintenance).
+    retired = await _retire_unwanted(proxy, table, live, moving, drain_grace)
     changes += [f"{_subject(table.backend(b), name)} out of rotation" for b, name in retired]
     final = _in_rotation(await _servers(proxy), wanted)
     # HAProxy can die during the sync (its worker still answers for a moment after
