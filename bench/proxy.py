@@ -49,7 +49,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from reconciler.policy import HealthPolicy
-from reconciler.route_table import Member, route_table
+from reconciler.route_table import Member, RouteTable, route_table
 from reconciler.routing.control import bring_in, proxy_for, sync_routes
 from reconciler.routing.proxy import Proxy, executable
 from tests.unit.test_routes import public, service
@@ -187,6 +187,8 @@ async def _run(proxy: Proxy, replicas: Replicas, seconds: int, connections: int)
     print(f"   zlayer/direct at 1 replica: {ratio_one:.2f} (target >= 0.8) {verdict}")
     print(f"   zlayer/bare HAProxy at 1 replica: {bare_one:.2f} (the route's own cost)")
 
+    await _service_replica(proxy, replicas, table, backend, port, members[:3], seconds, connections)
+
     print("2. route change: a fourth replica into the running route")
     worker = await _worker(proxy)
     live = (await proxy.servers())[backend]
@@ -217,6 +219,66 @@ async def _run(proxy: Proxy, replicas: Replicas, seconds: int, connections: int)
     print(f"   HAProxy reloaded for it: {'yes' if reloaded else 'no'} (target: no) "
           f"{'MISS' if reloaded else 'PASS'}")  # fmt: skip
     return 0
+
+
+SERVICE = (
+    "import http.server, sys\n"
+    "class H(http.server.BaseHTTPRequestHandler):\n"
+    "    protocol_version = 'HTTP/1.1'\n"
+    "    def do_GET(self):\n"
+    "        self.send_response(200); self.send_header('Content-Length', '2')\n"
+    "        self.end_headers(); self.wfile.write(b'py')\n"
+    "    def log_message(self, *a): pass\n"
+    "http.server.ThreadingHTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()\n"
+)
+"""A replica that does a service's work per request (Python's http.server, keep-alive,
+as the tests' replicas are), where the static HAProxy replica above does none."""
+
+
+async def _service_replica(
+    proxy: Proxy,
+    replicas: Replicas,
+    table: RouteTable,
+    backend: str,
+    port: int,
+    restore: list[Member],
+    seconds: int,
+    connections: int,
+) -> None:
+    """1b. The same comparison at 1 replica with a replica that is a real service."""
+    service_port = free_port()
+    server = subprocess.Popen([sys.executable, "-c", SERVICE, str(service_port)])
+    replicas.pids.append(server.pid)
+    try:
+        for _ in range(200):
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", service_port)) == 0:
+                    break
+            await asyncio.sleep(0.05)
+        member = Member(1, "127.0.0.1", service_port)
+        await sync_routes(proxy, table, {backend: [member]}, bind_address="127.0.0.1")
+        for _ in range(200):  # in rotation once HAProxy's check passed
+            if body(port) == "py":
+                break
+            await asyncio.sleep(0.05)
+        print("1b. throughput with a replica that is a service (Python http.server)")
+        direct = wrk(service_port, seconds, connections)
+        routed = wrk(port, seconds, connections)
+        for name, (rate, p50, p99) in (("direct", direct), ("zlayer", routed)):
+            print(f"   1 replica: {name:6} {rate:9.0f} req/s  p50 {p50:.2f} ms  "
+                  f"p99 {p99:.2f} ms   /direct {rate / direct[0]:.2f}")  # fmt: skip
+        ratio = routed[0] / direct[0]
+        verdict = "PASS" if ratio >= 0.8 else "MISS"
+        print(f"   zlayer/direct at 1 service replica: {ratio:.2f} (target >= 0.8) {verdict}")
+    finally:
+        # Back to the three static replicas for the route change below.
+        await sync_routes(proxy, table, {backend: restore}, bind_address="127.0.0.1")
+        for _ in range(200):
+            if {body(port) for _ in range(12)} == {f"r{m.replica}" for m in restore}:
+                break
+            await asyncio.sleep(0.05)
+        server.kill()
+        server.wait()
 
 
 async def _worker(proxy: Proxy) -> str:

@@ -21,7 +21,10 @@ DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 def _docker(settings: Settings) -> Driver:
     from reconciler.drivers.docker import DockerDriver  # aiodocker only when asked for
 
-    return DockerDriver(publish_address=settings.publish_address)
+    return DockerDriver(
+        publish_address=settings.publish_address,
+        state_dir=settings.state_dir or default_state_dir(),
+    )
 
 
 def _process(settings: Settings) -> Driver:

@@ -75,7 +75,7 @@ async def sync_routes(
         if proxy.pid() is None:
             return RouteSync("unchanged")
         await proxy.stop()
-        return RouteSync("stopped", ("proxy stopped: no public endpoint left",))
+        return RouteSync("stopped", ("proxy stopped: no routed endpoint left",))
     wanted = {b.name: {m.server: m for m in members.get(b.name, ())} for b in table.backends}
     running = await proxy.running()
     before: Servers = await _servers(proxy) if running else _recorded(proxy)

@@ -547,8 +547,10 @@ def test_the_demo_specs_apply_on_docker(tmp_path: Path, docker_url: str) -> None
         demo = ("specs/demo.yaml", "specs/observability.yaml")
         run = host.run("apply", *demo, "--auto-approve")
         assert run.returncode == 0, run.stdout + run.stderr
-        assert "Apply complete: 7 succeeded" in run.stdout  # the route is one of them
+        # web's public route and dashboard's internal one are two of them
+        assert "Apply complete: 8 succeeded" in run.stdout, run.stdout
         assert "demo/web/1 in rotation on :8080" in run.stdout, run.stdout
+        assert "observability/dashboard/1 in rotation on :9090" in run.stdout, run.stdout
         with socket.create_connection(("127.0.0.1", 8080), timeout=5) as web:
             web.sendall(b"GET / HTTP/1.0\r\n\r\n")
             assert b"200 OK" in web.recv(1024)
@@ -559,8 +561,8 @@ def test_the_demo_specs_apply_on_docker(tmp_path: Path, docker_url: str) -> None
         for deployment in ("demo", "observability"):
             run = host.run("destroy", deployment, "--auto-approve")
             assert run.returncode == 0, run.stderr
-            if deployment == "demo":  # the only public endpoint
-                assert "proxy stopped: no public endpoint left" in run.stdout, run.stdout
+            if deployment == "observability":  # the last routed endpoint
+                assert "proxy stopped: no routed endpoint left" in run.stdout, run.stdout
         assert "No workloads" in host.run("status").stdout
     finally:
         stop_proxy(tmp_path / "state")
@@ -603,7 +605,7 @@ def test_the_readme_main_job_runs_hello_on_docker(tmp_path: Path, docker_url: st
         assert sum(" running " in line for line in status.stdout.splitlines()) == 2
         destroyed = host.run("destroy", "hello", "--auto-approve")
         assert destroyed.returncode == 0, destroyed.stderr
-        assert "proxy stopped: no public endpoint left" in destroyed.stdout
+        assert "proxy stopped: no routed endpoint left" in destroyed.stdout
         assert "No workloads" in host.run("status").stdout
     finally:
         stop_proxy(tmp_path / "state")

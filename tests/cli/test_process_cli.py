@@ -99,7 +99,7 @@ def test_the_readme_main_job_runs_hello_as_processes(host: dict[str, str]) -> No
 
     gone = zlayer(host, "destroy", "hello", "--auto-approve")
     assert gone.returncode == 0, gone.stdout + gone.stderr
-    assert "proxy stopped: no public endpoint left" in gone.stdout, gone.stdout
+    assert "proxy stopped: no routed endpoint left" in gone.stdout, gone.stdout
     assert not (Path(host["ZLAYER_STATE_DIR"]) / "proxy/routes/hello.json").exists()
     assert "No workloads" in zlayer(host, "status").stdout
     found = netns.inventory()

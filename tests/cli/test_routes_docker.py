@@ -8,9 +8,11 @@ The same cases as tests/cli/test_routes_process.py, on the other runtime.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
+import textwrap
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,7 +93,7 @@ def test_three_replicas_serve_through_the_public_port(host: Host) -> None:
 
     destroyed = host.run("destroy", host.deployment, "--auto-approve")
     assert destroyed.returncode == 0, destroyed.stderr
-    assert "proxy stopped: no public endpoint left" in destroyed.stdout
+    assert "proxy stopped: no routed endpoint left" in destroyed.stdout
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", port)) != 0, "the public port still answers"
 
@@ -176,7 +178,7 @@ def test_a_deployment_pruned_from_the_specs_takes_its_routes_along(
         (host.specs / "app.yaml").unlink()
         out = apply(host)
         assert f"prune      {host.deployment}/web/1" in out, out
-        assert "proxy stopped: no public endpoint left" in out, out
+        assert "proxy stopped: no routed endpoint left" in out, out
         with socket.socket() as probe:
             assert probe.connect_ex(("127.0.0.1", port)) != 0, "the pruned route still answers"
         assert not (host.state / "proxy" / "routes" / f"{host.deployment}.json").exists()
@@ -259,3 +261,118 @@ def test_an_apply_killed_mid_swap_leaves_a_state_the_next_plan_repairs(host: Hos
     assert sorted(host.containers()) == [f"{host.deployment}-web-1"]
     assert host.plan()["actions"] == []
     assert get(port)[1].startswith("web ")
+
+
+def client(name: str, depends: str) -> str:
+    """A container that only runs, started after ``depends`` is in rotation; the tests
+    send requests from inside it (``docker exec``)."""
+    return textwrap.dedent(
+        f"""\
+          {name}:
+            image: {{name: "{PYTHON_IMAGE}"}}
+            command:
+              entrypoint: ["python3", "-c"]
+              args: ["import time; time.sleep(3600)"]
+            depends: [{{service: {depends}, condition: ready, timeout: 60s}}]
+        """
+    )
+
+
+def internal(name: str, port: int, replicas: int, target: int, env: str = "{}") -> str:
+    """``server`` with its endpoint internal, at ``port`` ≠ ``target``."""
+    return (
+        web(name, target, replicas, target, python="python3", env=env)
+        .replace("expose: public", "expose: internal")
+        .replace(f"port: {target}, target_port: {target}", f"port: {port}, target_port: {target}")
+    )
+
+
+FETCH = (
+    "import sys, urllib.request, urllib.error\n"
+    "try:\n"
+    "    print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())\n"
+    "except urllib.error.HTTPError as e:\n"
+    "    print('status', e.code)\n"
+    "except OSError as e:\n"
+    "    print('error', e)\n"
+)
+
+
+def inside(host: Host, container: str, url: str) -> str:
+    """What ``url`` answers inside ``container`` (its names, its network)."""
+    env = {**os.environ, "DOCKER_HOST": host.url}
+    done = subprocess.run(
+        ["docker", "exec", container, "python3", "-c", FETCH, url],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    return done.stdout.strip() or done.stderr.strip()
+
+
+@pytest.mark.slow
+def test_an_internal_endpoint_is_balanced_by_name_at_its_port(host: Host) -> None:
+    """``expose: internal`` with ``port`` 80 ≠ ``target_port`` 9000 on Docker: inside
+    the deployment, ``http://api/`` reaches both replicas through the proxy on the
+    network's gateway; ``api-1`` still reaches the container itself. A second internal
+    service added later resolves in the running client, which is not replaced."""
+    write(host, internal("api", 80, 2, 9000), client("client", "api"))
+    out = apply(host)
+    assert "warning" not in out.lower(), out
+    assert f"+ route      {host.deployment}/api:http  new route: http api:80 (internal)" in out
+    name = f"{host.deployment}-client-1"
+    served = Counter(inside(host, name, "http://api/").split(" ")[1] for _ in range(12))
+    assert len(served) == 2, served  # both replicas, by their own addresses
+    direct = inside(host, name, "http://api-1:9000/direct")
+    assert direct.startswith("api ") and direct.endswith(" /direct"), direct
+    assert host.plan()["actions"] == []
+    labels = host.containers()[f"{host.deployment}-api-1"]["Config"]["Labels"]
+    assert labels["zlayer.internal"] == "proxy" and labels["zlayer.hosts"] == "managed"
+
+    before = host.containers()[name]["Id"]
+    (host.specs / "app.yaml").write_text(
+        (host.specs / "app.yaml").read_text()
+        + textwrap.indent(internal("billing", 81, 1, 9001), "  ")
+    )
+    out = apply(host)
+    assert f"replace    {host.deployment}/client" not in out, out
+    assert host.containers()[name]["Id"] == before
+    assert inside(host, name, "http://billing:81/x").startswith("billing "), out
+    assert host.plan()["actions"] == []
+
+
+LOOP = (
+    "import os, sys, time, urllib.request\n"
+    "ok = failed = 0\n"
+    "deadline = time.time() + float(sys.argv[2])\n"
+    "while time.time() < deadline and not os.path.exists('/tmp/stop'):\n"
+    "    try:\n"
+    "        urllib.request.urlopen(sys.argv[1], timeout=10).read(); ok += 1\n"
+    "    except Exception as error:\n"
+    "        failed += 1; print('failed', repr(error), flush=True)\n"
+    "    time.sleep(0.02)\n"
+    "print('ok', ok, 'failed', failed, flush=True)\n"
+)
+
+
+@pytest.mark.slow
+def test_an_internal_endpoint_is_replaced_with_no_failed_request(host: Host) -> None:
+    """A request loop inside the deployment (from the client, by name) while an env
+    change replaces api's only replica: start-first behind the proxy."""
+    write(host, internal("api", 80, 1, 9000, env="{V: a}"), client("client", "api"))
+    apply(host)
+    name = f"{host.deployment}-client-1"
+    env = {**os.environ, "DOCKER_HOST": host.url}
+    loop = subprocess.Popen(
+        ["docker", "exec", name, "python3", "-c", LOOP, "http://api/", "240"],
+        env=env, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        path = host.specs / "app.yaml"
+        path.write_text(path.read_text().replace("{V: a}", "{V: b}"))
+        out = apply(host)
+        assert f"surge replica {host.deployment}/api/2" in out, out
+    finally:
+        docker(host.url, "exec", name, "python3", "-c", "open('/tmp/stop', 'w')")
+        output, _ = loop.communicate(timeout=60)
+    last = output.strip().splitlines()[-1].split()
+    assert last[0] == "ok" and int(last[1]) > 10, output
+    assert last[3] == "0", output

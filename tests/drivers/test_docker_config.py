@@ -13,6 +13,7 @@ from reconciler.desired import _NOT_CONFIG, CompileInputs, DesiredService, compi
 from reconciler.drivers.base import Limits
 from reconciler.drivers.docker.config import (
     create_body,
+    extra_hosts,
     parse_size,
     parse_swap,
     stop_timeout,
@@ -35,6 +36,7 @@ from reconciler.drivers.docker.limits import (
 from reconciler.drivers.docker.observation import (
     _NEVER,
     config_from_labels,
+    names_outdated,
     workload_from_inspect,
     workload_from_summary,
 )
@@ -612,9 +614,79 @@ def test_an_internal_port_other_than_its_target_port_is_a_warning_on_docker() ->
     )["api"]
     limits = service_limits(service, EngineFacts())
     assert any("internal with port 80 ≠ target_port 9000" in w for w in limits.warnings)
+    # Where the managed proxy serves internal endpoints, the name reaches port 80.
+    assert not service_limits(service, EngineFacts(), internal_routed=True).warnings
     same = compile_services(
         "demo",
         "api:\n  image: {name: nginx}\n  endpoints:\n"
         "    - {name: http, protocol: http, port: 9000, expose: internal}\n",
     )["api"]
     assert not [w for w in service_limits(same, EngineFacts()).warnings if "internal" in w]
+
+
+INTERNAL = (
+    "endpoints: [{name: http, protocol: http, port: 80, target_port: 9000, expose: internal}]"
+)
+
+
+def test_a_proxied_internal_endpoint_leaves_the_name_to_zlayers_hosts_file() -> None:
+    """The service's name is not an alias of its containers (it resolves to the proxy,
+    through the hosts file mounted as /etc/hosts); its target port is published on
+    loopback for the proxy; the spec's extra_hosts move into the file."""
+    service = _one(INTERNAL + '\nextra_hosts: ["db.local:10.0.0.5"]', replicas=2)
+    body = create_body(service, 2, "r", hosts_file="/state/h", proxied=True)
+    host = body["HostConfig"]
+    assert body["NetworkingConfig"]["EndpointsConfig"]["zlayer-demo"]["Aliases"] == ["web-2"]
+    assert host["PortBindings"] == {"9000/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]}
+    assert {"Type": "bind", "Source": "/state/h", "Target": "/etc/hosts", "ReadOnly": True} in (
+        host["Mounts"]
+    )
+    assert "ExtraHosts" not in host
+    assert (body["Labels"]["zlayer.internal"], body["Labels"]["zlayer.hosts"]) == (
+        "proxy",
+        "managed",
+    )
+
+    # Without the proxy: the engine's names and its /etc/hosts, as before.
+    plain = create_body(service, 2, "r")
+    assert plain["NetworkingConfig"]["EndpointsConfig"]["zlayer-demo"]["Aliases"] == [
+        "web",
+        "web-2",
+    ]
+    assert "PortBindings" not in plain["HostConfig"] and "Mounts" not in plain["HostConfig"]
+    assert plain["HostConfig"]["ExtraHosts"] == ["db.local:10.0.0.5"]
+    assert "zlayer.internal" not in plain["Labels"] and "zlayer.hosts" not in plain["Labels"]
+
+    # Another network's container keeps the engine's /etc/hosts.
+    other = _one(INTERNAL + "\nnetwork_mode: host")
+    assert "Mounts" not in create_body(other, 1, "r", hosts_file="/h", proxied=True)["HostConfig"]
+
+
+def test_extra_hosts_become_hosts_file_entries() -> None:
+    config = {"extra_hosts": ["db.local:10.0.0.5", "gw:host-gateway", "v6:fd00::1"]}
+    assert extra_hosts(config, "172.18.0.1") == [
+        ("10.0.0.5", ["db.local"]),
+        ("172.18.0.1", ["gw"]),
+        ("fd00::1", ["v6"]),
+    ]
+    assert extra_hosts(config, None) == [("10.0.0.5", ["db.local"]), ("fd00::1", ["v6"])]
+
+
+def test_a_container_made_without_zlayers_names_is_outdated_where_the_proxy_serves() -> None:
+    """Older containers (no ``zlayer.hosts``, or the service's name as their alias) are
+    replaced once where the proxy serves internal endpoints; a proxied one goes back to
+    the engine's names where it does not (HAProxy removed)."""
+    service = _one(INTERNAL)
+    made = container_labels(service, 1, "r", internal=True, hosts=True)
+    assert names_outdated(made, proxied=True, hosts=True) is None
+    older = container_labels(service, 1, "r")
+    why = names_outdated(older, proxied=True, hosts=True)
+    assert why is not None and "internal endpoints move to the managed proxy" in why
+    assert names_outdated(older, proxied=False, hosts=True) is None
+    why = names_outdated(made, proxied=False, hosts=True)
+    assert why is not None and "HAProxy is not installed" in why
+    client = _one("command: {entrypoint: [sleep]}")
+    why = names_outdated(container_labels(client, 1, "r"), proxied=True, hosts=True)
+    assert why is not None and "/etc/hosts is the engine's" in why
+    assert names_outdated(container_labels(client, 1, "r", hosts=True), True, True) is None
+    assert names_outdated(container_labels(client, 1, "r"), proxied=False, hosts=True) is None

@@ -89,16 +89,24 @@ def create_body(
     *,
     publish_address: str = "0.0.0.0",
     gpu: bool = False,
+    hosts_file: str | None = None,
+    proxied: bool = False,
 ) -> dict[str, Any]:
     """The ``containers/create`` body for replica ``replica`` (``None``: the definition).
+
+    ``hosts_file``: zlayer's file to mount as ``/etc/hosts`` (on the deployment's
+    network only), which then also holds the spec's ``extra_hosts``. ``proxied``: the
+    managed proxy serves internal endpoints (:func:`proxied_internal`).
 
     Raises :class:`ValueError` for values ``limits`` reports as errors.
     """
     config = service.launch_config()
+    internal = replica is not None and proxied_internal(service, proxied)
+    hosts = hosts_file is not None and takes_hosts_file(service.config)
     command = config.get("command", {})
     body: dict[str, Any] = {
         "Image": config["image"],
-        "Labels": container_labels(service, replica, revision),
+        "Labels": container_labels(service, replica, revision, internal=internal, hosts=hosts),
         "Env": [f"{k}={v}" for k, v in service.runtime_env().items()],
         "Tty": bool(config.get("tty", False)),
         "OpenStdin": bool(config.get("stdin_open", False)),
@@ -119,7 +127,12 @@ def create_body(
     host: dict[str, Any] = {"RestartPolicy": {"Name": "no"}}
     host.update(_resources(config.get("resources", {}), gpu=gpu))
     _storage(service, body, host)
-    _network(service, replica, body, host, publish_address)
+    _network(service, replica, body, host, publish_address, internal)
+    if hosts:
+        host.setdefault("Mounts", []).append(
+            {"Type": "bind", "Source": hosts_file, "Target": "/etc/hosts", "ReadOnly": True}
+        )
+        host.pop("ExtraHosts", None)  # they are in the file
     passthrough = {
         "Privileged": "privileged",
         "ReadonlyRootfs": "read_only_root_fs",
@@ -228,19 +241,52 @@ def _storage(service: DesiredService, body: dict[str, Any], host: dict[str, Any]
         host["Tmpfs"] = tmpfs
 
 
+def takes_hosts_file(config: Mapping[str, Any]) -> bool:
+    """A container on its deployment's network gets zlayer's hosts file."""
+    return str(config.get("network_mode", "default")) == "default"
+
+
+def proxied_internal(service: DesiredService, proxied: bool) -> bool:
+    """The managed proxy serves the service's internal endpoints (``proxied``: it does
+    so on this engine): its name resolves to the proxy, through zlayer's hosts files."""
+    return (
+        proxied
+        and takes_hosts_file(service.config)
+        and bool(routed_endpoints(service.config, "internal"))
+    )
+
+
+def extra_hosts(config: Mapping[str, Any], gateway: str | None) -> list[tuple[str, list[str]]]:
+    """The spec's ``extra_hosts`` (``name:address``) as hosts file entries; Docker's
+    ``host-gateway`` is the host's address on the deployment's network."""
+    out: list[tuple[str, list[str]]] = []
+    for item in config.get("extra_hosts", ()):
+        name, _, address = str(item).partition(":")
+        if not name:
+            continue
+        if address == "host-gateway":
+            if gateway is None:
+                continue
+            address = gateway
+        out.append((address.strip("[]"), [name]))
+    return out
+
+
 def _network(
     service: DesiredService,
     replica: int | None,
     body: dict[str, Any],
     host: dict[str, Any],
     publish_address: str,
+    internal: bool,
 ) -> None:
     config = service.config
     mode = str(config.get("network_mode", "default"))
     if mode == "default":
         network = network_name(service.deployment)
         host["NetworkMode"] = network
-        aliases = [service.name]
+        # A name the proxy serves is in zlayer's hosts files, not an alias of the replicas.
+        aliases = [] if internal else [service.name]
         if replica is not None:
             aliases.append(f"{service.name}-{replica}")
         body["NetworkingConfig"] = {"EndpointsConfig": {network: {"Aliases": aliases}}}
@@ -257,6 +303,8 @@ def _network(
     bindings: dict[str, list[dict[str, str]]] = {}
     # A definition (no replica) is never started, so it publishes nothing.
     routed = {id(e) for e in routed_endpoints(config)} if replica is not None else set()
+    if internal:
+        routed |= {id(e) for e in routed_endpoints(config, "internal")}
     for endpoint in config.get("endpoints", ()):
         protocol = "udp" if endpoint.get("protocol") == "udp" else "tcp"
         port = f"{endpoint.get('target_port') or endpoint['port']}/{protocol}"

@@ -16,17 +16,29 @@ package imports aiodocker.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
+import dataclasses
 import json
 import logging
-from collections.abc import AsyncGenerator, Collection, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Collection, Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
+from reconciler import installed
 from reconciler.desired import DesiredService
+from reconciler.drivers import hosts
 from reconciler.drivers.base import Limits
 from reconciler.drivers.docker import labels as names
 from reconciler.drivers.docker import observation
-from reconciler.drivers.docker.config import create_body, run_body
+from reconciler.drivers.docker.config import (
+    create_body,
+    extra_hosts,
+    proxied_internal,
+    run_body,
+    takes_hosts_file,
+)
 from reconciler.drivers.docker.engine import (
     connect,
     events,
@@ -54,6 +66,10 @@ log = logging.getLogger(__name__)
 
 _LOCAL = "127.0.0.1"
 
+_Creating = tuple[DesiredService, bool, bool]
+"""A container being created: its service, whether it is a replica, whether zlayer's
+hosts file is mounted in it."""
+
 
 class DockerDriver:
     """Replicas as containers on the Docker engine at ``url`` (``None``: ``DOCKER_HOST``
@@ -64,18 +80,29 @@ class DockerDriver:
 
     name = "docker"
     routable = True
-    internal_routable = False
-    """A service's name on the deployment network is the engine's DNS alias of its
-    containers: internal endpoints reach the replicas directly."""
-
-    async def proxy_address(self, deployment: str) -> str | None:
-        return None
-
     """The proxy reaches every replica at the port it publishes on loopback."""
 
-    def __init__(self, url: str | None = None, *, publish_address: str = "0.0.0.0") -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        publish_address: str = "0.0.0.0",
+        state_dir: Path | None = None,
+    ) -> None:
         self.url = url
         self.publish_address = publish_address
+        self.state_dir = state_dir
+        """Where zlayer's hosts files for containers live (``docker-hosts/``); without
+        one, containers keep the engine's ``/etc/hosts`` and internal endpoints reach
+        the replicas directly."""
+        self._local_socket = socket_path(url) if state_dir is not None else None
+        self._creating: collections.defaultdict[str, dict[str, _Creating]] = (
+            collections.defaultdict(dict)
+        )
+        """Containers being created, by deployment (:meth:`_hosts_for`)."""
+        self._hosts_locks: collections.defaultdict[str, asyncio.Lock] = collections.defaultdict(
+            asyncio.Lock
+        )
         self.facts = EngineFacts()
         """What ``docker info`` said when the session opened (for :meth:`limits`)."""
         self._client: aiodocker.Docker | None = None
@@ -132,6 +159,122 @@ class DockerDriver:
         with translated(subject, action):
             return await self.docker._query_json(path, params=dict(params or {}))
 
+    # --- names: zlayer's hosts files --------------------------------------------------
+
+    @property
+    def _hosts_dir(self) -> Path | None:
+        """Containers get zlayer's hosts file where the engine is on this host (a unix
+        socket: the file is a bind mount) and zlayer has a state directory."""
+        if self.state_dir is None or self._local_socket is None:
+            return None
+        return self.state_dir / "docker-hosts"
+
+    @property
+    def internal_routable(self) -> bool:
+        """The managed proxy serves internal endpoints on the deployment network's
+        gateway (the host's own address there), where zlayer's hosts files send their
+        service names; without HAProxy (or a local engine) a service's name is the
+        engine's DNS alias of its containers and reaches them directly."""
+        return self._hosts_dir is not None and installed.haproxy() is not None
+
+    async def proxy_address(self, deployment: str) -> str | None:
+        if not self.internal_routable:
+            return None
+        return await self._gateway(deployment)
+
+    async def _gateway(self, deployment: str) -> str | None:
+        """The host's address on the deployment's network; ``None`` without one."""
+        network = names.network_name(deployment)
+        try:
+            info = await self._get(f"networks/{network}", subject=network, action="inspect")
+        except NotFound:
+            return None
+        for pool in (info.get("IPAM") or {}).get("Config") or ():
+            gateway = pool.get("Gateway")
+            if gateway and ":" not in str(gateway):
+                return str(gateway)
+        return None
+
+    def _hosts_file(self, deployment: str, container: str) -> Path | None:
+        root = self._hosts_dir
+        return None if root is None else root / deployment / container
+
+    async def _write_hosts(self, deployment: str) -> None:
+        """Rewrite every hosts file of the deployment's containers (in place), and drop
+        those of containers that are gone. Containers being created
+        (:meth:`_hosts_for`) count as there. A service whose internal endpoints the
+        proxy serves maps to the network's gateway; the spec's ``extra_hosts`` come
+        after. Call with the deployment's hosts lock held: two writers would
+        interleave."""
+        root = self._hosts_dir
+        if root is None:
+            return
+        listed = await self._containers(
+            json.dumps(names.deployment_filter([deployment])), "write hosts"
+        )
+        configs: dict[str, dict[str, Any]] = {}
+        proxied: set[str] = set()
+        for container in listed:
+            labels = container.get("Labels") or {}
+            if labels.get(names.DEPLOYMENT) != deployment:
+                continue
+            name = str((container.get("Names") or ["/"])[0]).lstrip("/")
+            if labels.get(names.HOSTS) == names.MANAGED:
+                configs[name] = observation.config_from_labels(labels) or {}
+            replica = labels.get(names.REPLICA) and names.RUN not in labels
+            if replica and labels.get(names.INTERNAL) == names.PUBLISH_PROXY:
+                proxied.add(labels.get(names.SERVICE, ""))
+        for name, (service, replica, mounted) in self._creating[deployment].items():
+            if mounted:
+                configs[name] = dict(service.config)
+            if replica and proxied_internal(service, self.internal_routable):
+                proxied.add(service.name)
+        proxied.discard("")
+        gateway = await self._gateway(deployment)
+        routed = sorted(proxied) if gateway is not None and self.internal_routable else []
+        for name, config in configs.items():
+            entries = [(gateway, routed)] if routed and gateway is not None else []
+            entries += extra_hosts(config, gateway)
+            try:
+                await asyncio.to_thread(hosts.rewrite, root / deployment / name, entries)
+            except ValueError as exc:
+                raise PermanentDriverError(f"{deployment}/{name}: extra_hosts: {exc}") from exc
+        where = root / deployment
+        for path in where.iterdir() if where.is_dir() else ():
+            if path.name not in configs:
+                path.unlink(missing_ok=True)
+        if not configs:
+            with contextlib.suppress(OSError):
+                where.rmdir()
+
+    @contextlib.asynccontextmanager
+    async def _hosts_for(
+        self, deployment: str, name: str, service: DesiredService, replica: bool, mounted: bool
+    ) -> AsyncIterator[None]:
+        """Around the create of container ``name`` (a replica of ``service`` or not; with
+        zlayer's hosts file ``mounted`` or not): its hosts file is written first (the
+        engine mounts it), the deployment's others learn its name, and every rewrite
+        until the engine lists it counts it as there. Creates do not wait for each
+        other: only the writes are serialised."""
+        if self._hosts_dir is None:
+            yield
+            return
+        creating = self._creating[deployment]
+        async with self._hosts_locks[deployment]:
+            creating[name] = (service, replica, mounted)
+            await self._write_hosts(deployment)
+        try:
+            yield
+        finally:
+            creating.pop(name, None)
+
+    async def _rewrite_hosts(self, deployment: str) -> None:
+        """After a container of the deployment is gone, and before one starts again
+        (its file must be there to be mounted)."""
+        if self._hosts_dir is not None:
+            async with self._hosts_locks[deployment]:
+                await self._write_hosts(deployment)
+
     # --- reading --------------------------------------------------------------------------
 
     async def observe(self, deployments: Collection[str] | None = None) -> ObservedState:
@@ -155,6 +298,7 @@ class DockerDriver:
 
         found: dict[WorkloadId, tuple[Workload, bool]] = {}
         configs: dict[str, dict[str, Any]] = {}
+        proxied = self.internal_routable
         for summary in summaries:
             sid = str(summary["Id"])
             if sid in inspected:
@@ -177,8 +321,12 @@ class DockerDriver:
                     listed,
                 )
                 continue
+            labels = summary.get("Labels") or {}
+            if workload.outdated is None and workload.replica is not None:
+                outdated = observation.names_outdated(labels, proxied, self._hosts_dir is not None)
+                workload = dataclasses.replace(workload, outdated=outdated)
             found[workload.id] = (workload, canonical)
-            config = observation.config_from_labels(summary.get("Labels") or {})
+            config = observation.config_from_labels(labels)
             if config is not None:
                 configs[workload.fingerprint] = config
         workloads = sorted(
@@ -192,7 +340,7 @@ class DockerDriver:
         )
 
     def limits(self, service: DesiredService) -> Limits:
-        return service_limits(service, self.facts)
+        return service_limits(service, self.facts, internal_routed=self.internal_routable)
 
     async def status(self, target: WorkloadId) -> Workload | None:
         info = await self._inspect(target, "status")
@@ -254,18 +402,26 @@ class DockerDriver:
         rid = RunId(service.deployment, service.name, run)
         target = service.workload_id(None)
         await self._prepare(service, target, "run")
+        name = names.run_container_name(rid)
+        hosts_file = self._hosts_file(rid.deployment, name)
         try:
             body = run_body(
-                service, run, revision, publish_address=self.publish_address, gpu=self.facts.gpu
+                service,
+                run,
+                revision,
+                publish_address=self.publish_address,
+                gpu=self.facts.gpu,
+                hosts_file=None if hosts_file is None else str(hosts_file),
             )
         except ValueError as exc:
             raise PermanentDriverError(f"{rid}: run failed: {exc}") from exc
         try:
-            async with self._networks.in_use(self.docker, service, target):
+            async with (
+                self._networks.in_use(self.docker, service, target),
+                self._hosts_for(rid.deployment, name, service, False, hosts_file is not None),
+            ):
                 with translated(rid, "run", missing=PermanentDriverError):
-                    container = await self.docker.containers.create(
-                        body, name=names.run_container_name(rid)
-                    )
+                    container = await self.docker.containers.create(body, name=name)
         except DriverError:
             await self._networks.release(self.docker, rid.deployment)
             raise
@@ -312,6 +468,7 @@ class DockerDriver:
                 )
         except NotFound:
             return
+        await self._rewrite_hosts(run.deployment)
         await self._networks.release(self.docker, run.deployment)
 
     async def exits(self) -> AsyncGenerator[WorkloadId | RunId, None]:
@@ -373,11 +530,13 @@ class DockerDriver:
 
     async def start(self, target: WorkloadId) -> None:
         await self._managed(target, "start")
+        await self._rewrite_hosts(target.deployment)
         with translated(target, "start"):
             await self._handle(target).start()
 
     async def restart(self, target: WorkloadId) -> None:
         await self._managed(target, "restart")
+        await self._rewrite_hosts(target.deployment)
         with translated(target, "restart"):
             await self._handle(target).restart()
 
@@ -395,6 +554,7 @@ class DockerDriver:
         with translated(target, "remove"):
             await container.stop()
             await container.delete(v=True, force=True)
+        await self._rewrite_hosts(target.deployment)
         await self._networks.release(self.docker, target.deployment)
 
     async def register(self, service: DesiredService, revision: str) -> None:
@@ -493,6 +653,11 @@ class DockerDriver:
     ) -> DockerContainer:
         """Create (not start) the container. Call inside ``self._networks.in_use``."""
         target = service.workload_id(replica)
+        name = names.container_name(target)
+        # A definition is never started: it needs no hosts file.
+        hosts_file = self._hosts_file(target.deployment, name) if replica is not None else None
+        if not takes_hosts_file(service.config):
+            hosts_file = None
         try:
             body = create_body(
                 service,
@@ -500,11 +665,16 @@ class DockerDriver:
                 revision,
                 publish_address=self.publish_address,
                 gpu=self.facts.gpu,
+                hosts_file=None if hosts_file is None else str(hosts_file),
+                proxied=self.internal_routable,
             )
         except ValueError as exc:
             raise PermanentDriverError(f"{target}: create failed: {exc}") from exc
-        with translated(target, "create", missing=PermanentDriverError):
-            return await self.docker.containers.create(body, name=names.container_name(target))
+        replica_made = replica is not None
+        mounted = hosts_file is not None
+        async with self._hosts_for(target.deployment, name, service, replica_made, mounted):
+            with translated(target, "create", missing=PermanentDriverError):
+                return await self.docker.containers.create(body, name=name)
 
     async def _start_new(self, target: WorkloadId, container: DockerContainer) -> None:
         """Start a container just created; if the engine refuses, remove it again so

@@ -37,6 +37,14 @@ REVISION = "zlayer.revision"
 DEPENDS = "zlayer.depends"
 PUBLISH = "zlayer.publish"
 PUBLISH_PROXY = "proxy"
+INTERNAL = "zlayer.internal"
+"""``proxy`` on a replica whose internal endpoints the managed proxy serves: its
+service's name is not its alias (the name resolves to the proxy), and it publishes
+their target ports on loopback for the proxy."""
+HOSTS = "zlayer.hosts"
+"""``managed`` on a container whose ``/etc/hosts`` is zlayer's file (see
+:mod:`reconciler.drivers.hosts`), not the engine's."""
+MANAGED = "managed"
 VOLUME = "zlayer.volume"
 """On named volumes: the volume's name in the spec."""
 
@@ -71,7 +79,14 @@ def deployment_filter(deployments: list[str] | None) -> dict[str, list[str]]:
     return {"label": [DEPLOYMENT]}
 
 
-def container_labels(service: DesiredService, replica: int | None, revision: str) -> dict[str, str]:
+def container_labels(
+    service: DesiredService,
+    replica: int | None,
+    revision: str,
+    *,
+    internal: bool = False,
+    hosts: bool = False,
+) -> dict[str, str]:
     # The spec's own labels as written (the launch step); zlayer's copy of the
     # config in CONFIG holds only placeholders for sensitive values.
     labels = {str(k): str(v) for k, v in service.launch_config().get("labels", {}).items()}
@@ -88,6 +103,10 @@ def container_labels(service: DesiredService, replica: int | None, revision: str
     )
     if replica is not None and routed_endpoints(service.config):
         labels[PUBLISH] = PUBLISH_PROXY
+    if internal:
+        labels[INTERNAL] = PUBLISH_PROXY
+    if hosts:
+        labels[HOSTS] = MANAGED
     return labels
 
 

@@ -94,9 +94,12 @@ class EngineFacts:
 # --- limits -------------------------------------------------------------------------------------
 
 
-def service_limits(service: DesiredService, facts: EngineFacts) -> Limits:
+def service_limits(
+    service: DesiredService, facts: EngineFacts, *, internal_routed: bool = False
+) -> Limits:
     """Every field of ``service`` the Docker driver cannot honour: ``errors`` would fail
-    on the host (so nothing is touched), ``warnings`` are applied partly or not at all."""
+    on the host (so nothing is touched), ``warnings`` are applied partly or not at all.
+    ``internal_routed``: the managed proxy serves internal endpoints on this engine."""
     config = service.config
     errors: list[str] = []
     warnings: list[str] = []
@@ -125,7 +128,7 @@ def service_limits(service: DesiredService, facts: EngineFacts) -> Limits:
         )
     _resource_limits(subject, config, facts, errors, warnings)
     _storage_limits(subject, service, errors, warnings)
-    _network_limits(subject, service, errors, warnings)
+    _network_limits(subject, service, errors, warnings, internal_routed)
 
     if "restart_policy" in config:
         warnings.append(
@@ -255,7 +258,11 @@ def _storage_limits(
 
 
 def _network_limits(
-    subject: str, service: DesiredService, errors: list[str], warnings: list[str]
+    subject: str,
+    service: DesiredService,
+    errors: list[str],
+    warnings: list[str],
+    internal_routed: bool,
 ) -> None:
     config = service.config
     mode = str(config.get("network_mode", "default"))
@@ -283,6 +290,7 @@ def _network_limits(
             + (" (the service listens on the host directly)" if mode == "host" else "")
         )
     routed = {id(e) for e in routed_endpoints(config)}
+    internal = {id(e) for e in routed_endpoints(config, "internal")}
     for endpoint in config.get("endpoints", ()):
         name = endpoint.get("name")
         public = endpoint.get("expose", "internal") == "public"
@@ -300,12 +308,13 @@ def _network_limits(
                 why = "not implemented"
             warnings.append(f"{subject}: endpoint {name}: {key} not applied: {why}")
         port, target = endpoint.get("port"), endpoint.get("target_port")
-        if not public and target is not None and port != target:
+        proxied = internal_routed and id(endpoint) in internal
+        if not public and target is not None and port != target and not proxied:
             warnings.append(
                 f"{subject}: endpoint {name} is internal with port {port} ≠ target_port "
-                f"{target}: on Docker the service's name reaches its containers directly, "
-                f"at {target} (the managed proxy serves internal endpoints on the process "
-                "runtime only)"
+                f"{target}: the service's name reaches its containers directly, at "
+                f"{target} (the managed proxy serves internal endpoints where HAProxy is "
+                "installed, on an engine on this host)"
             )
     fixed_ports = [m for m in config.get("port_mappings", ()) if m.get("host_port")]
     if fixed_ports and (service.replicas is None or service.replicas > 1):

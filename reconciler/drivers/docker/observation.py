@@ -18,6 +18,9 @@ from reconciler.drivers.docker.labels import (
     DEPENDS,
     DEPLOYMENT,
     FINGERPRINT,
+    HOSTS,
+    INTERNAL,
+    MANAGED,
     PUBLISH,
     PUBLISH_PROXY,
     REPLICA,
@@ -116,6 +119,33 @@ def _outdated(labels: Mapping[str, str]) -> str | None:
         "its public endpoints move to the managed proxy (this container was made by an "
         "older zlayer and publishes its port itself)"
     )
+
+
+def names_outdated(labels: Mapping[str, str], proxied: bool, hosts: bool) -> str | None:
+    """Why a replica's names are not what the driver makes now (``proxied``: the
+    managed proxy serves internal endpoints on this engine; ``hosts``: containers get
+    zlayer's hosts file), or ``None``."""
+    config = config_from_labels(labels)
+    if config is None or str(config.get("network_mode", "default")) != "default":
+        return None
+    internal = bool(routed_endpoints(config, "internal"))
+    made_proxied = labels.get(INTERNAL) == PUBLISH_PROXY
+    if proxied and internal and not made_proxied:
+        return (
+            "its internal endpoints move to the managed proxy (this container was made "
+            "without it: its service's name reaches it directly)"
+        )
+    if made_proxied and not proxied:
+        return (
+            "the managed proxy does not serve internal endpoints here (HAProxy is not "
+            "installed): its service's name goes back to the container"
+        )
+    if hosts and proxied and labels.get(HOSTS) != MANAGED:
+        return (
+            "its /etc/hosts is the engine's, where the names of internal endpoints the "
+            "managed proxy serves cannot be kept (this container was made by an older zlayer)"
+        )
+    return None
 
 
 def config_from_labels(labels: Mapping[str, str]) -> dict[str, Any] | None:

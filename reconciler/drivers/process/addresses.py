@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import collections
 import ipaddress
-import os
 from collections.abc import Sequence
-from ipaddress import ip_address
 from pathlib import Path
 
 from reconciler.desired import routed_endpoints
+from reconciler.drivers import hosts
 from reconciler.drivers.process.names import bridge_name, hosts_path
 from reconciler.drivers.process.records import Record, Subnet
 from reconciler.drivers.process.store import Store
@@ -98,36 +97,6 @@ def write_hosts(store: Store, deployment: str, proxy: str | None = None) -> None
 
 
 def write_hosts_file(netns: str, entries: Sequence[tuple[str, Sequence[str]]]) -> Path:
-    """Write the namespace's hosts file (:func:`.names.hosts_path`) and return its path.
-
-    The file starts with the ``localhost`` lines, then one line per ``(address, names)``.
-    An existing file is rewritten **in place** (truncated, written, fsynced; same
-    inode), never replaced by a rename: running workloads have it bind-mounted over
-    their ``/etc/hosts``, and a bind mount keeps showing the inode it was made from,
-    so a renamed-over file would leave them reading the old entries forever.
-    """
-    lines = ["127.0.0.1 localhost", "::1 localhost ip6-localhost ip6-loopback"]
-    for address, names in entries:
-        ip_address(address)  # raises ValueError for what is not an address
-        if not names:
-            raise ValueError(f"hosts entry for {address} has no names")
-        for name in names:
-            if not name or any(c.isspace() or c == "#" for c in name):
-                raise ValueError(f"not a host name for a hosts file: {name!r}")
-        lines.append(f"{address} {' '.join(names)}")
-    data = ("\n".join(lines) + "\n").encode()
-    path = hosts_path(netns)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            os.ftruncate(fd, 0)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        raise PermanentDriverError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    return path
+    """Write the namespace's hosts file (:func:`.names.hosts_path`) in place
+    (:func:`reconciler.drivers.hosts.rewrite`) and return its path."""
+    return hosts.rewrite(hosts_path(netns), entries)
