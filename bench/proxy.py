@@ -15,6 +15,8 @@ exactly as ``zlayer apply`` configures it.
      port, one after the other in this run: with 1 and with 3 replicas in rotation.
      Ratio routed/direct requests per second at 1 replica (target >= 0.8); p50 and
      p99 latency of each.
+  1b. The same at 1 replica with a replica that is a service: Python's http.server
+     (keep-alive, Nagle off, backlog 128), which does a service's work per request.
   2. Route change: a fourth replica is added to the rotation of the running route
      (added draining, readied once HAProxy's check passed, through the runtime API),
      while a client keeps requesting; the time from the control plane marking it
@@ -225,11 +227,14 @@ SERVICE = (
     "import http.server, sys\n"
     "class H(http.server.BaseHTTPRequestHandler):\n"
     "    protocol_version = 'HTTP/1.1'\n"
+    "    disable_nagle_algorithm = True\n"
     "    def do_GET(self):\n"
     "        self.send_response(200); self.send_header('Content-Length', '2')\n"
     "        self.end_headers(); self.wfile.write(b'py')\n"
     "    def log_message(self, *a): pass\n"
-    "http.server.ThreadingHTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()\n"
+    "class S(http.server.ThreadingHTTPServer):\n"
+    "    request_queue_size = 128\n"
+    "S(('127.0.0.1', int(sys.argv[1])), H).serve_forever()\n"
 )
 """A replica that does a service's work per request (Python's http.server, keep-alive,
 as the tests' replicas are), where the static HAProxy replica above does none."""
@@ -247,7 +252,9 @@ async def _service_replica(
 ) -> None:
     """1b. The same comparison at 1 replica with a replica that is a real service."""
     service_port = free_port()
-    server = subprocess.Popen([sys.executable, "-c", SERVICE, str(service_port)])
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVICE, str(service_port)], stderr=subprocess.DEVNULL
+    )
     replicas.pids.append(server.pid)
     try:
         for _ in range(200):
