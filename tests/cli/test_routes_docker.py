@@ -376,3 +376,34 @@ def test_an_internal_endpoint_is_replaced_with_no_failed_request(host: Host) -> 
     last = output.strip().splitlines()[-1].split()
     assert last[0] == "ok" and int(last[1]) > 10, output
     assert last[3] == "0", output
+
+
+def rotation(host: Host, service: str) -> dict[int, str]:
+    """Each replica's server state in ``service``'s route, from ``zlayer status``."""
+    status = host.run("status")
+    rows = [line.split() for line in status.stdout.splitlines()]
+    return {
+        int(row[2]): row[3]
+        for row in rows
+        if len(row) > 3 and row[0] == f"{host.deployment}/{service}/http" and row[2].isdigit()
+    }
+
+
+@pytest.mark.slow
+def test_a_replica_killed_under_load_leaves_rotation(host: Host) -> None:
+    """``docker kill`` of one of three replicas while requests flow: HAProxy's own
+    check takes it out of rotation (no zlayer process runs meanwhile), and from then
+    on every request is served by the two others."""
+    port = free_port()
+    write(host, server("web", port, 3))
+    apply(host)
+    assert rotation(host, "web") == {1: "UP", 2: "UP", 3: "UP"}
+    with Load(port) as load:
+        docker(host.url, "kill", f"{host.deployment}-web-2")
+        wait_for(lambda: rotation(host, "web").get(2) not in ("UP", None), "web/2 out", 60)
+        load.more(5)  # one request at a time: from here on, each began after it left
+        settled = len(load.failures)
+        load.more()
+    assert load.failures[settled:] == [], load.failures
+    served = Counter(get(port)[1].split()[1] for _ in range(20))
+    assert len(served) == 2, served
