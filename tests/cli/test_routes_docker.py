@@ -318,6 +318,13 @@ def test_an_internal_endpoint_is_balanced_by_name_at_its_port(host: Host) -> Non
     out = apply(host)
     assert "warning" not in out.lower(), out
     assert f"+ route      {host.deployment}/api:http  new route: http api:80 (internal)" in out
+    # depends condition ready: the client is created once api is in rotation
+    lines = out.splitlines()
+    routed = next(i for i, x in enumerate(lines) if f"✓ route:{host.deployment}/api:http" in x)
+    started = next(i for i, x in enumerate(lines) if f"… create:{host.deployment}/client/1" in x)
+    assert routed < started, out
+    for replica in (1, 2):
+        assert f"{host.deployment}/api/{replica} in rotation" in lines[routed], lines[routed]
     name = f"{host.deployment}-client-1"
     served = Counter(inside(host, name, "http://api/").split(" ")[1] for _ in range(12))
     assert len(served) == 2, served  # both replicas, by their own addresses

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import ssl
 import subprocess
 import sys
@@ -18,12 +19,13 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.drivers.process import host as proc
 from reconciler.routing.proxy import executable
 from tests.cli.test_process_cli import zlayer
 from tests.load_support import Load
 from tests.process_support import kill_recorded, remove_networks
 from tests.routing.test_proxy import free_port, get
-from tests.support import needs_root, stop_proxy, unavailable
+from tests.support import needs_root, stop_proxy, unavailable, wait_for
 
 SERVER = (
     "import http.server\n"
@@ -414,3 +416,38 @@ def test_an_internal_endpoint_is_replaced_with_no_failed_request(
     last = output.strip().splitlines()[-1].split()
     assert last[0] == "ok" and int(last[1]) > 10, output
     assert last[3] == "0", output
+
+
+def rotation(host: dict[str, str], service: str) -> dict[int, str]:
+    """Each replica's server state in ``service``'s route, from ``zlayer status``."""
+    rows = [line.split() for line in zlayer(host, "status").stdout.splitlines()]
+    return {
+        int(row[2]): row[3]
+        for row in rows
+        if len(row) > 3 and row[0] == f"routed/{service}/http" and row[2].isdigit()
+    }
+
+
+@pytest.mark.slow
+def test_a_replica_killed_under_load_leaves_rotation(host: dict[str, str], tmp_path: Path) -> None:
+    """SIGKILL of one of three replicas while requests flow: HAProxy's own check takes
+    it out of rotation (no zlayer process runs meanwhile), and from then on every
+    request is served by the two others."""
+    port = free_port()
+    path = spec(tmp_path, web("web", port, 3))
+    run = zlayer(host, "apply", str(path), "--auto-approve")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert rotation(host, "web") == {1: "UP", 2: "UP", 3: "UP"}
+    state = Path(host["ZLAYER_STATE_DIR"])
+    record = json.loads((state / "process/deployments/routed/services/web/2/run.json").read_text())
+    pid = int(record["pid"])
+    assert proc.alive(pid, int(record["start"]))  # still the recorded process
+    with Load(port) as load:
+        os.killpg(pid, signal.SIGKILL)
+        wait_for(lambda: rotation(host, "web").get(2) not in ("UP", None), "web/2 out", 60)
+        load.more(5)  # one request at a time: from here on, each began after it left
+        settled = len(load.failures)
+        load.more()
+    assert load.failures[settled:] == [], load.failures
+    served = Counter(get(port)[1].split()[1] for _ in range(20))
+    assert len(served) == 2, served

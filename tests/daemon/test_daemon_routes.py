@@ -10,15 +10,18 @@ import signal
 import sys
 import textwrap
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from reconciler.routing.proxy import executable
+from tests.cli.test_apply_docker import docker
 from tests.cli.test_routes_process import web
 from tests.daemon_support import Daemon, observed_workloads
+from tests.docker_support import deployment_name, docker_url  # noqa: F401
 from tests.routing.test_proxy import free_port, get
-from tests.support import needs_root, unavailable, wait_for
+from tests.support import needs_root, stop_proxy, unavailable, wait_for
 
 pytest_plugins = ["tests.daemon_support"]
 
@@ -98,6 +101,97 @@ SICKLY = (
 )
 
 
+def isolate_spec(deployment: str, port: int, entrypoint: str, sick: str, extra: str = "") -> str:
+    """web, 2 replicas, ``errors.on_panic: isolate``, sick while ``sick/<its address>``
+    exists."""
+    code = SICKLY.replace("SICK", repr(sick))
+    return textwrap.dedent(
+        f"""\
+        version: v1
+        deployment: {deployment}
+        services:
+          web:
+            image: {{name: "zlayer-example/python:3"}}
+            command:
+              entrypoint: ["{entrypoint}", "-c"]
+              args: [{json.dumps(code)}]
+            scale: {{mode: fixed, replicas: 2}}
+            endpoints:
+              - {{name: http, protocol: http, port: {port}, target_port: 9000,
+                  expose: public}}
+            health:
+              start_grace: 0s
+              interval: 1s
+              retries: 2
+              check: {{type: http, url: "http://localhost:9000/health"}}
+            errors: {{on_panic: {{action: isolate}}}}
+        """
+    ) + textwrap.indent(textwrap.dedent(extra), "    ")
+
+
+def isolate_scenario(
+    daemon: Daemon,
+    deployment: str,
+    port: int,
+    sick: Path,
+    address: Callable[[int], str],
+    healthy: Callable[[], bool],
+) -> None:
+    """Replica 2 turns sick: it leaves rotation and keeps running, stays out once its
+    check passes again (``healthy``), and comes back after ``zlayer daemon retry``.
+    ``address(replica)``: the replica's own address, which it answers with."""
+    labels = f'deployment="{deployment}",service="web",endpoint="http",port="{port}"'
+
+    def rotation(replica: int) -> str | None:
+        for line in daemon.metrics().splitlines():
+            if line.startswith(f'zlayer_route_in_rotation{{{labels},replica="{replica}"}}'):
+                return line.split()[-1]
+        return None
+
+    daemon.start()
+    wait_for(lambda: rotation(1) == "1" and rotation(2) == "1", "both replicas in rotation", 90)
+    second = address(2)
+    before = observed_workloads(daemon)[f"{deployment}/web/2"]
+    assert before["status"] == "running"
+
+    def unchanged() -> bool:
+        now = observed_workloads(daemon)[f"{deployment}/web/2"]
+        return now["status"] == "running" and now["started_at"] == before["started_at"]
+
+    (sick / second).touch()
+
+    def isolated() -> list[dict[str, object]]:
+        return [
+            e for e in daemon.events(kind="route")
+            if f"{deployment}/web/2 out of rotation: isolated" in str(e["message"])
+        ]  # fmt: skip
+
+    wait_for(isolated, "web/2 isolated out of rotation", 90)
+    assert rotation(2) == "0" and rotation(1) == "1"
+    assert {get(port)[1] for _ in range(10)} == {f"web {address(1)}"}
+    assert unchanged()  # not restarted, not stopped
+
+    # Healthy again: HAProxy's check passes, but the replica stays isolated.
+    (sick / second).unlink()
+    wait_for(healthy, "web/2 to answer its health check again", 30)
+    done = len(daemon.wait_reconciles(1))
+    daemon.wait_reconciles(done + 3)  # each syncs the proxy
+    assert rotation(2) == "0"
+    assert unchanged()
+
+    retried = daemon.zlayer("daemon", "retry")
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    wait_for(lambda: rotation(2) == "1", "web/2 back in rotation after retry", 60)
+
+
+def answers_health(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return bool(answer.status == 200)
+    except OSError:
+        return False
+
+
 @pytest.mark.slow
 def test_an_isolated_replica_leaves_rotation_and_keeps_running(daemon_host: Daemon) -> None:
     """``errors.on_panic: isolate``: a replica failing its health check is not
@@ -109,95 +203,67 @@ def test_an_isolated_replica_leaves_rotation_and_keeps_running(daemon_host: Daem
     port = free_port()
     sick = daemon_host.root / "sick"
     sick.mkdir()
-    code = SICKLY.replace("SICK", repr(str(sick)))
     specs = daemon_host.root / "specs"
     specs.mkdir()
-    (specs / "app.yaml").write_text(
-        textwrap.dedent(
-            f"""\
-            version: v1
-            deployment: droute
-            services:
-              web:
-                image: {{name: "zlayer-example/python:3"}}
-                command:
-                  entrypoint: ["{sys.executable}", "-c"]
-                  args: [{json.dumps(code)}]
-                scale: {{mode: fixed, replicas: 2}}
-                endpoints:
-                  - {{name: http, protocol: http, port: {port}, target_port: 9000,
-                      expose: public}}
-                health:
-                  start_grace: 0s
-                  interval: 1s
-                  retries: 2
-                  check: {{type: http, url: "http://localhost:9000/health"}}
-                errors: {{on_panic: {{action: isolate}}}}
-            """
-        )
-    )
+    (specs / "app.yaml").write_text(isolate_spec("droute", port, sys.executable, str(sick)))
     daemon_host.configure(f'path = "{specs}"\nresync = 1')
-    labels = f'deployment="droute",service="web",endpoint="http",port="{port}"'
-
-    def rotation(replica: int) -> str | None:
-        for line in daemon_host.metrics().splitlines():
-            if line.startswith(f'zlayer_route_in_rotation{{{labels},replica="{replica}"}}'):
-                return line.split()[-1]
-        return None
-
     try:
-        daemon_host.start()
-        wait_for(lambda: rotation(1) == "1" and rotation(2) == "1", "both replicas in rotation", 90)
-        record = json.loads(
-            (
-                daemon_host.state / "process/deployments/droute/services/web/2/record.json"
-            ).read_text()
+        isolate_scenario(
+            daemon_host,
+            "droute",
+            port,
+            sick,
+            lambda replica: record_of(daemon_host, replica),
+            lambda: answers_health(f"http://{record_of(daemon_host, 2)}:9000/health"),
         )
-        second = record["network"]["address"]
-        before = observed_workloads(daemon_host)["droute/web/2"]
-        assert before["status"] == "running"
-
-        def unchanged() -> bool:
-            now = observed_workloads(daemon_host)["droute/web/2"]
-            return now["status"] == "running" and now["started_at"] == before["started_at"]
-
-        (sick / second).touch()
-
-        def isolated() -> list[dict[str, object]]:
-            return [
-                e for e in daemon_host.events(kind="route")
-                if "droute/web/2 out of rotation: isolated" in str(e["message"])
-            ]  # fmt: skip
-
-        wait_for(isolated, "web/2 isolated out of rotation", 90)
-        assert rotation(2) == "0" and rotation(1) == "1"
-        assert {get(port)[1] for _ in range(10)} == {f"web {record_of(daemon_host, 1)}"}
-        assert unchanged()  # not restarted, not stopped
-
-        # Healthy again: HAProxy's check passes, but the replica stays isolated.
-        (sick / second).unlink()
-
-        def healthy() -> bool:
-            try:
-                with urllib.request.urlopen(f"http://{second}:9000/health", timeout=5) as answer:
-                    return bool(answer.status == 200)
-            except OSError:
-                return False
-
-        wait_for(healthy, "web/2 to answer its health check again", 30)
-        done = len(daemon_host.wait_reconciles(1))
-        daemon_host.wait_reconciles(done + 3)  # each syncs the proxy
-        assert rotation(2) == "0"
-        assert unchanged()
-
-        retried = daemon_host.zlayer("daemon", "retry")
-        assert retried.returncode == 0, retried.stdout + retried.stderr
-        wait_for(lambda: rotation(2) == "1", "web/2 back in rotation after retry", 60)
     finally:
         from tests.process_support import remove_networks
 
         daemon_host.close()
         remove_networks("droute")
+
+
+@pytest.mark.slow
+def test_an_isolated_container_leaves_rotation_and_keeps_running(
+    tmp_path: Path,
+    docker_url: str,  # noqa: F811
+    deployment_name: str,  # noqa: F811
+) -> None:
+    """The same on Docker: the sick marker directory is bind-mounted into each
+    container, which answers with its address on the deployment's network."""
+    if executable() is None:
+        unavailable("HAProxy is not installed (apt-get install haproxy)")
+    env = {**os.environ, "NO_COLOR": "1", "ZLAYER_PUBLISH_ADDRESS": "127.0.0.1"}
+    env.pop("ZLAYER_STATE_DIR", None)
+    daemon = Daemon(tmp_path, "docker", env)
+    port = free_port()
+    sick = tmp_path / "sick"
+    sick.mkdir()
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    storage = f"storage: [{{type: bind, source: {json.dumps(str(sick))}, target: /sick}}]\n"
+    (specs / "app.yaml").write_text(
+        isolate_spec(deployment_name, port, "python3", "/sick", storage)
+    )
+    daemon.configure(f'path = "{specs}"\nresync = 1')
+
+    def address(replica: int) -> str:
+        name = f"{deployment_name}-web-{replica}"
+        return docker(docker_url, "inspect", "-f", INSPECT_ADDRESS, name).strip()
+
+    def published() -> bool:
+        name = f"{deployment_name}-web-2"
+        hostport = docker(docker_url, "port", name, "9000/tcp").split()[0]
+        return answers_health(f"http://{hostport}/health")
+
+    try:
+        isolate_scenario(daemon, deployment_name, port, sick, address, published)
+    finally:
+        daemon.close()
+        stop_proxy(daemon.state)
+
+
+INSPECT_ADDRESS = "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}"
 
 
 def record_of(daemon: Daemon, replica: int) -> str:
