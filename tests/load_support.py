@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from types import TracebackType
 
 from tests.support import wait_for
@@ -69,3 +70,16 @@ class Load:
     ) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
+
+
+def killed_under_load(port: int, kill: Callable[[], None], left: Callable[[], bool]) -> Load:
+    """Requests to ``port`` while ``kill()`` ends a replica, until ``left()`` says it is
+    out of rotation; returns the load, whose ``failures`` are only those after that
+    (the loop sends one request at a time, so each of those began after it left)."""
+    with Load(port) as load:
+        kill()
+        wait_for(left, "the killed replica out of rotation", 60)
+        load.more(5)
+        del load.failures[:]
+        load.more()
+    return load

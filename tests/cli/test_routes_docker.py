@@ -28,7 +28,7 @@ from tests.docker_support import (  # noqa: F401
     docker_url,
     remove_deployment,
 )
-from tests.load_support import Load
+from tests.load_support import Load, killed_under_load
 from tests.routing.test_proxy import free_port, get
 from tests.support import stop_proxy, unavailable, wait_for
 
@@ -405,12 +405,11 @@ def test_a_replica_killed_under_load_leaves_rotation(host: Host) -> None:
     write(host, server("web", port, 3))
     apply(host)
     assert rotation(host, "web") == {1: "UP", 2: "UP", 3: "UP"}
-    with Load(port) as load:
-        docker(host.url, "kill", f"{host.deployment}-web-2")
-        wait_for(lambda: rotation(host, "web").get(2) not in ("UP", None), "web/2 out", 60)
-        load.more(5)  # one request at a time: from here on, each began after it left
-        settled = len(load.failures)
-        load.more()
-    assert load.failures[settled:] == [], load.failures
+    load = killed_under_load(
+        port,
+        lambda: docker(host.url, "kill", f"{host.deployment}-web-2"),
+        lambda: rotation(host, "web").get(2) not in ("UP", None),
+    )
+    assert load.failures == [], load.failures
     served = Counter(get(port)[1].split()[1] for _ in range(20))
     assert len(served) == 2, served

@@ -22,10 +22,10 @@ import pytest
 from reconciler.drivers.process import host as proc
 from reconciler.routing.proxy import executable
 from tests.cli.test_process_cli import zlayer
-from tests.load_support import Load
+from tests.load_support import Load, killed_under_load
 from tests.process_support import kill_recorded, remove_networks
 from tests.routing.test_proxy import free_port, get
-from tests.support import needs_root, stop_proxy, unavailable, wait_for
+from tests.support import needs_root, stop_proxy, unavailable
 
 SERVER = (
     "import http.server\n"
@@ -442,12 +442,11 @@ def test_a_replica_killed_under_load_leaves_rotation(host: dict[str, str], tmp_p
     record = json.loads((state / "process/deployments/routed/services/web/2/run.json").read_text())
     pid = int(record["pid"])
     assert proc.alive(pid, int(record["start"]))  # still the recorded process
-    with Load(port) as load:
-        os.killpg(pid, signal.SIGKILL)
-        wait_for(lambda: rotation(host, "web").get(2) not in ("UP", None), "web/2 out", 60)
-        load.more(5)  # one request at a time: from here on, each began after it left
-        settled = len(load.failures)
-        load.more()
-    assert load.failures[settled:] == [], load.failures
+    load = killed_under_load(
+        port,
+        lambda: os.killpg(pid, signal.SIGKILL),
+        lambda: rotation(host, "web").get(2) not in ("UP", None),
+    )
+    assert load.failures == [], load.failures
     served = Counter(get(port)[1].split()[1] for _ in range(20))
     assert len(served) == 2, served
