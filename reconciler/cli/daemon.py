@@ -20,7 +20,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -37,7 +37,41 @@ from reconciler.sources.base import Source
 from reconciler.sources.directory import DirSource
 from reconciler.sources.git import GitOptions
 from reconciler.sources.tracked_git import GitSource
+from reconciler.spec.durations import parse_duration
 from reconciler.statedir import default_state_dir
+
+if TYPE_CHECKING:
+    _ParamType = click.ParamType[float]
+else:
+    _ParamType = click.ParamType  # generic only in newer click (pyproject: click>=8.1)
+
+
+class _Duration(_ParamType):
+    """A duration as ZLayer writes it (``500ms``, ``30s``, ``5m``, ``1h``) or a number
+    of seconds, as seconds; at least 0.1 s."""
+
+    name = "duration"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, float | int):
+            seconds = float(value)
+        else:
+            text = str(value).strip()
+            try:
+                seconds = float(text)
+            except ValueError:
+                try:
+                    seconds = parse_duration(text) / 1e9
+                except ValueError as exc:
+                    self.fail(f"{text!r} is not a duration (like 30s or 5m): {exc}", param, ctx)
+        if not seconds >= 0.1:
+            self.fail(f"{value!r} is shorter than 0.1s", param, ctx)
+        return seconds
+
+
+_DURATION = _Duration()
 
 
 def _state_dir(settings: Settings) -> Path:
@@ -89,8 +123,16 @@ def _journal(settings: Settings) -> Journal:
 @click.option("--branch", help="The branch to follow [default: the remote's HEAD].")
 @click.option("--ref", help="A fixed tag or commit to follow instead of a branch.")
 @click.option("--path", "subdir", help="The specs' directory inside the repository.")
-@click.option("--interval", type=click.FloatRange(min=0.1), help="Seconds between git fetches.")
-@click.option("--resync", type=click.FloatRange(min=0.1), help="Seconds between full reconciles.")
+@click.option(
+    "--interval",
+    type=_DURATION,
+    help="Time between git fetches: a duration (30s, 5m) or seconds.",
+)
+@click.option(
+    "--resync",
+    type=_DURATION,
+    help="Time between full reconciles: a duration (30s, 5m) or seconds.",
+)
 @click.option("--allow-rewrite", is_flag=True, default=None, help="Follow force-pushes.")
 @click.option(
     "--verify-signatures",

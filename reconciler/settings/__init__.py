@@ -19,8 +19,8 @@ The file is TOML: ``--config FILE``, else ``$ZLAYER_CONFIG``, else
     repo = "https://git.example/ops.git"  # git: anything git clone takes
     branch = "main"                   # git: the branch to follow (or ref = "v1.2")
     subdir = "hosts/web1"             # git: where the specs are in the repository
-    interval = 60                     # git: seconds between fetches (±10% jitter)
-    resync = 30                       # seconds between full reconciles
+    interval = "1m"                   # git: between fetches (±10% jitter); or seconds
+    resync = "30s"                    # between full reconciles (a duration or seconds)
     allow_rewrite = false             # git: follow force-pushes
     verify_signatures = false         # git: apply only commits signed by trusted_keys
     trusted_keys = "/etc/zlayer/trusted-keys"
@@ -30,7 +30,7 @@ The file is TOML: ``--config FILE``, else ``$ZLAYER_CONFIG``, else
     webhook_secret_file = "/etc/zlayer/webhook-secret"
     journal_retention = 14            # days of reconciles, events and runs kept
 
-    [backoff]                         # crash restarts (seconds)
+    [backoff]                         # crash restarts (durations or seconds)
     initial = 1
     factor = 2
     cap = 300

@@ -14,7 +14,15 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated, Any, get_type_hints
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+)
 from pydantic_core import ErrorDetails
 
 from reconciler.backoff import BackoffPolicy
@@ -26,6 +34,7 @@ from reconciler.settings import (
     DaemonSettings,
     Settings,
 )
+from reconciler.spec.durations import parse_duration
 
 
 def _runtime(name: str) -> str:
@@ -60,7 +69,24 @@ _Runtime = Annotated[str, AfterValidator(_runtime)]
 _NetworkPool = Annotated[str, AfterValidator(_network_pool)]
 _Number = Annotated[float, Field(ge=0)]
 """A number of at least 0 (an int is taken as a float, a bool is not a number)."""
-_Seconds = Annotated[_Number, AfterValidator(_more_than_zero)]
+
+
+def _duration(value: object) -> object:
+    """A duration as ZLayer writes it (``500ms``, ``30s``, ``5m``, ``1h``) becomes its
+    seconds; a number is seconds already (and is checked as one)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return parse_duration(value) / 1e9
+    except ValueError as exc:
+        raise ValueError(
+            f"must be a duration (like 30s or 5m) or a number of seconds, not {value!r} ({exc})"
+        ) from exc
+
+
+_Duration = Annotated[_Number, BeforeValidator(_duration)]
+"""Seconds, at least 0: a number, or a duration string."""
+_Seconds = Annotated[_Duration, AfterValidator(_more_than_zero)]
 """Seconds, more than 0 (a negative number is "not a number of at least 0")."""
 _Path = Annotated[Path, Field(strict=False)]
 """A path, written as a string (a Path given in code is kept)."""
@@ -107,10 +133,10 @@ class _Docker(_Strict):
 class _Backoff(_Strict):
     """``[backoff]``: checked further by :class:`BackoffPolicy`."""
 
-    initial: _Number = 1.0
+    initial: _Duration = 1.0
     factor: _Number = 2.0
-    cap: _Number = 300.0
-    reset_after: _Number = 600.0
+    cap: _Duration = 300.0
+    reset_after: _Duration = 600.0
     jitter: _Number = 0.1
 
 

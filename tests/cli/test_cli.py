@@ -176,3 +176,27 @@ def test_validate_for_a_runtime_reports_what_it_cannot_run(tmp_path: Path) -> No
     messages = " | ".join(p["message"] for p in problems)
     assert "init step 'fetch' uses init.s3_pull" in messages
     assert "label 'zlayer.owner'" in messages
+
+
+@pytest.mark.parametrize("uses", ["init.s3_pull", "init.s3_push"])
+def test_s3_init_steps_are_refused_on_the_process_runtime_before_anything_runs(
+    tmp_path: Path, uses: str
+) -> None:
+    """No runtime of zlayer can run an S3 step: the process runtime says so at validate
+    time, at the service's position, as Docker does."""
+    (tmp_path / "shop.yaml").write_text(
+        "version: v1\ndeployment: shop\nservices:\n"
+        "  web:\n"
+        "    image: {name: nginx}\n"
+        "    command: {entrypoint: [sleep, '60']}\n"
+        "    init:\n"
+        "      steps:\n"
+        f"        - {{id: fetch, uses: {uses}, with: {{bucket: b}}}}\n"
+    )
+    run = zlayer("validate", str(tmp_path), "--runtime", "process", "--format", "json")
+    assert run.returncode == 1, run.stdout
+    problems = json.loads(run.stdout)["problems"]
+    assert [(p["path"], p["line"]) for p in problems] == [("services.web", 5)], problems
+    assert problems[0]["message"].endswith(
+        f"init step 'fetch' uses {uses}, which the process runtime cannot run (no S3 support)"
+    ), problems

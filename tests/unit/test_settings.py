@@ -26,6 +26,9 @@ PATHS = ("trusted_keys", "socket", "token_file", "webhook_secret_file")
 BOOLS = ("allow_rewrite", "verify_signatures")
 NUMBERS = ("interval", "resync", "journal_retention")
 BACKOFF = ("initial", "factor", "cap", "reset_after", "jitter")
+DURATIONS = {"daemon": ("interval", "resync"), "backoff": ("initial", "cap", "reset_after")}
+"""Keys that also take a duration string (``30s``), as ZLayer writes durations."""
+NOT_A_DURATION = "must be a duration (like 30s or 5m) or a number of seconds, not"
 TOP_LEVEL = "backoff, daemon, docker, process, runtime, state_dir"
 
 
@@ -76,6 +79,13 @@ def test_the_tests_know_every_key() -> None:
         *[
             (f'[daemon]\n{key} = "5"', f"daemon.{key} must be a number of at least 0, not '5'")
             for key in NUMBERS
+            if key not in DURATIONS["daemon"]
+        ],
+        *[
+            (f'[{table}]\n{key} = "5"', f"{table}.{key} {NOT_A_DURATION} '5' (time unit needed "
+                                         "after 5 (for example 5s or 5ms))")
+            for table, keys in DURATIONS.items()
+            for key in keys
         ],
         *[
             (f"[daemon]\n{key} = true", f"daemon.{key} must be a number of at least 0, not True")
@@ -84,6 +94,7 @@ def test_the_tests_know_every_key() -> None:
         *[
             (f'[backoff]\n{key} = "1"', f"backoff.{key} must be a number of at least 0, not '1'")
             for key in BACKOFF
+            if key not in DURATIONS["backoff"]
         ],
         *[
             (f"[backoff]\n{key} = -1", f"backoff.{key} must be a number of at least 0, not -1")
@@ -364,3 +375,33 @@ def test_settings_from_the_environment_alone_are_the_models(
     overridden = _with_env(data)
     assert load_settings(config) == model.checked(data, str(config), overridden)
     assert (load_settings(config) == Settings(source=str(config))) == (not env)
+
+
+def test_durations_are_taken_as_zlayer_writes_them(config: Path) -> None:
+    """``500ms``, ``30s``, ``5m``, ``1h`` wherever a time is configured; numbers stay
+    seconds."""
+    config.write_text(
+        '[daemon]\ninterval = "5m"\nresync = "500ms"\n'
+        '[backoff]\ninitial = "250ms"\ncap = "1h"\nreset_after = 90\n'
+    )
+    settings = load_settings(config)
+    assert (settings.daemon.interval, settings.daemon.resync) == (300.0, 0.5)
+    backoff = settings.backoff
+    assert (backoff.initial, backoff.cap, backoff.reset_after) == (0.25, 3600.0, 90.0)
+    assert refused(config, '[daemon]\nresync = "0s"') == (
+        f"{config}: daemon.resync must be more than 0 seconds"
+    )
+
+
+@pytest.mark.parametrize(
+    ("given", "seconds"), [("30s", 30.0), ("5m", 300.0), ("1h", 3600.0), ("2.5", 2.5)]
+)
+def test_the_daemons_interval_and_resync_options_take_durations(given: str, seconds: float) -> None:
+    from click.testing import CliRunner
+
+    from reconciler.cli.daemon import _DURATION, daemon
+
+    assert _DURATION.convert(given, None, None) == seconds
+    for bad, why in (("30x", "unknown time unit 'x'"), ("0.01", "shorter than 0.1s")):
+        result = CliRunner().invoke(daemon, ["--interval", bad, "--once"])
+        assert result.exit_code == 2 and why in result.output, result.output

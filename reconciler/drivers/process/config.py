@@ -133,6 +133,12 @@ def service_limits(service: DesiredService, facts: HostFacts) -> Limits:
             f"{subject}: no command.entrypoint: the process runtime runs command.entrypoint "
             "and command.args on the host and cannot read an image's own command"
         )
+    for step in service.policy.init:
+        if step.uses in ("init.s3_pull", "init.s3_push"):
+            errors.append(
+                f"{subject}: init step {step.id!r} uses {step.uses}, which the process "
+                "runtime cannot run (no S3 support)"
+            )
     if service.offline_secrets:
         errors.append(
             f"{subject}: env has secrets known by name only (compiled without the secrets); "
