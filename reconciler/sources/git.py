@@ -185,8 +185,11 @@ class GitTracker:
             urls = list(repo.remote("origin").urls)
             if urls != [self.options.url]:
                 raise ValueError(f"its remote is {urls}, not {self.options.url}")
-            if repo.refs:  # an empty repository's clone has no HEAD commit yet
-                repo.git.rev_parse("--verify", "--quiet", "HEAD^{commit}")
+            if repo.refs and not _exists(repo, "HEAD"):
+                # The remote's HEAD may name a branch nobody pushed (a `git init --bare`
+                # whose team pushes main): that is the remote's state, not a broken
+                # clone. Only a HEAD that is neither a commit nor a branch name is.
+                repo.git.symbolic_ref("--quiet", "HEAD")
             repo.git.fsck("--connectivity-only", "--no-dangling", "--no-progress")
         except (git.GitError, ValueError, OSError) as exc:
             reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
@@ -251,8 +254,15 @@ class GitTracker:
                     return name
             raise SourceError(f"ref {options.ref} does not exist in {options.url}")
         if not _exists(repo, "HEAD"):
+            if not repo.refs:
+                raise SourceError(
+                    f"{options.url} has no commits yet (an empty repository); push the specs to it"
+                )
+            head = _head_branch(repo)
+            branches = ", ".join(sorted(h.name for h in repo.heads)) or "none"
             raise SourceError(
-                f"{options.url} has no commits yet (an empty repository); push the specs to it"
+                f"the HEAD of {options.url} names branch {head}, which does not exist "
+                f"(its branches: {branches}); follow one with --branch"
             )
         return "HEAD"
 
@@ -382,6 +392,14 @@ class GitTracker:
 
 def _key_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.is_file() and p.name.endswith(KEY_SUFFIXES))
+
+
+def _head_branch(repo: git.Repo) -> str:
+    """The branch the clone's HEAD names (the remote's default branch)."""
+    try:
+        return str(repo.git.symbolic_ref("--quiet", "--short", "HEAD"))
+    except git.GitCommandError:
+        return "HEAD"
 
 
 def _exists(repo: git.Repo, name: str) -> bool:

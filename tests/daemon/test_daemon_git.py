@@ -28,10 +28,12 @@ pytest_plugins = ["tests.daemon_support"]
 
 
 class Repo:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, head: str = "main") -> None:
+        """``head``: the branch the bare repository's HEAD names (``git init --bare``
+        names master); the team pushes main."""
         self.remote = root / "remote.git"
         self.work = root / "work"
-        git(root, "init", "-q", "--bare", "-b", "main", str(self.remote))
+        git(root, "init", "-q", "--bare", "-b", head, str(self.remote))
         git(root, "clone", "-q", str(self.remote), str(self.work))
         git(self.work, "checkout", "-q", "-b", "main")
 
@@ -108,6 +110,30 @@ def test_commits_converge_broken_and_rewritten_ones_are_refused_remote_comes_bac
     wait_for(lambda: applied(daemon_host) == third, "a descendant applied after the outage")
     assert daemon_host.status()["source"]["unreachable"] is None
     wait_for(lambda: len(running(daemon_host)) == 1, "scaled back to 1")
+
+
+@pytest.mark.slow
+def test_a_branch_is_followed_when_the_remotes_head_names_one_nobody_pushed(
+    daemon_host: Daemon, tmp_path: Path
+) -> None:
+    """``zlayer daemon --repo URL --branch main`` on a bare repository made by ``git init
+    --bare`` (HEAD: master) to which main is pushed: applied, and so is the next push
+    (times given as durations, ``--interval 500ms``)."""
+    needs_root("the process runtime's replicas")
+    (tmp_path / "bare-master").mkdir()
+    repo = Repo(tmp_path / "bare-master", head="master")
+    first = repo.commit({"a": sleeper(1)}, "one replica")
+    repo.push()
+    daemon_host.configure()
+    daemon_host.start(
+        "--repo", str(repo.remote), "--branch", "main", "--path", "hosts/h1",
+        "--interval", "500ms", "--resync", "1s",
+    )  # fmt: skip
+    wait_for(lambda: applied(daemon_host) == first, "the first commit applied")
+    second = repo.commit({"a": sleeper(2)}, "two replicas")
+    repo.push()
+    wait_for(lambda: applied(daemon_host) == second, "the second commit applied")
+    wait_for(lambda: len(running(daemon_host)) == 2, "a/2")
 
 
 @pytest.fixture

@@ -126,3 +126,32 @@ async def test_the_watcher_debounces_and_ignores_temp_files(tmp_path: Path) -> N
     await asyncio.wait_for(consumer, 5)  # the stop event ends the watch
     with pytest.raises(SourceError, match="no such file"):
         await watch_specs([tmp_path / "missing"], stop).__anext__()
+
+
+def test_a_branch_is_followed_when_the_remotes_head_names_another_that_does_not_exist(
+    tmp_path: Path,
+) -> None:
+    """``git init --bare`` (its HEAD names master) to which the team pushes main: the
+    branch is followed from the first fetch on, fetch after fetch, from one clone;
+    following the remote's HEAD says what is wrong."""
+    bare, work = tmp_path / "remote.git", tmp_path / "work"
+    git(tmp_path, "init", "-q", "--bare", "--initial-branch=master", str(bare))
+    git(tmp_path, "init", "-q", "--initial-branch=main", str(work))
+    git(work, "remote", "add", "origin", str(bare))
+    first = _commit(work, {"ops/a.yaml": "one\n"}, "1")
+    tracker = GitTracker(GitOptions(str(bare), branch="main", path="ops"), tmp_path / "t")
+    assert tracker.fetch().id == first
+    assert [f.data for f in tracker.files(first).files] == [b"one\n"]
+    inode = (tracker.clone_dir / "config").stat().st_ino
+    second = _commit(work, {"ops/a.yaml": "two\n"}, "2")
+    assert tracker.fetch().id == second  # the same clone, not cloned again
+    assert (tracker.clone_dir / "config").stat().st_ino == inode
+    assert [f.data for f in tracker.files(second).files] == [b"two\n"]
+
+    head = GitTracker(GitOptions(str(bare)), tmp_path / "h")
+    with pytest.raises(
+        SourceError,
+        match=r"names branch master, which does not exist "
+        r"\(its branches: main\); follow one with --branch",
+    ):
+        head.fetch()  # fmt: skip
