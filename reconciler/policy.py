@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from reconciler.spec.durations import parse_duration
+from reconciler.durations import parse_duration
 
 if TYPE_CHECKING:
     from reconciler.spec.blocks import HealthSpec

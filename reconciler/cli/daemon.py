@@ -31,13 +31,13 @@ from reconciler.cli.runtime import RUNTIME_OPTION, STATE_DIR_OPTION, pick_runtim
 from reconciler.daemon.client import call
 from reconciler.daemon.journal import Journal
 from reconciler.daemon.loop import Daemon
+from reconciler.durations import parse_duration
 from reconciler.errors import NoDaemon, ZlayerError
 from reconciler.settings import DaemonSettings, Settings
 from reconciler.sources.base import Source
 from reconciler.sources.directory import DirSource
 from reconciler.sources.git import GitOptions
 from reconciler.sources.tracked_git import GitSource
-from reconciler.spec.durations import parse_duration
 from reconciler.statedir import default_state_dir
 
 if TYPE_CHECKING:

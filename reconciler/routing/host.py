@@ -21,6 +21,7 @@ from typing import Any
 
 from reconciler.desired import DesiredService, DesiredState, certificate_name, routed_endpoints
 from reconciler.drivers.base import Driver
+from reconciler.durations import parse_duration
 from reconciler.errors import DriverError, ProxyError
 from reconciler.observed import ObservedState, RouteServer, WorkloadId
 from reconciler.plan.model import Action
@@ -35,7 +36,6 @@ from reconciler.route_table import (
 )
 from reconciler.routing.control import RouteSync, bring_in, proxy_for, sync_routes
 from reconciler.routing.proxy import IN_ROTATION, INSTALL_HINT, Proxy, executable
-from reconciler.spec.durations import parse_duration
 from reconciler.waits import wait_until
 
 DRAIN_GRACE = 10.0

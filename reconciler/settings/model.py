@@ -26,6 +26,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from reconciler.backoff import BackoffPolicy
+from reconciler.durations import parse_duration
 from reconciler.errors import ConfigError, ZlayerError
 from reconciler.settings import (
     DEFAULT_POOL,
@@ -34,7 +35,6 @@ from reconciler.settings import (
     DaemonSettings,
     Settings,
 )
-from reconciler.spec.durations import parse_duration
 
 
 def _runtime(name: str) -> str:

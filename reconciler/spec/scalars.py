@@ -27,7 +27,7 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue, WithJsonSchema
 from pydantic_core import PydanticCustomError, core_schema
 
-from reconciler.spec.durations import format_duration, parse_duration
+from reconciler.durations import format_duration, parse_duration
 from reconciler.spec.yamldoc import Plain, Tagged
 
 

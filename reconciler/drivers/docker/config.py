@@ -18,7 +18,7 @@ from typing import Any
 
 from reconciler.desired import DesiredService, routed_endpoints
 from reconciler.drivers.docker.labels import RUN, container_labels, network_name, volume_name
-from reconciler.spec.durations import parse_duration
+from reconciler.durations import parse_duration
 
 LOOPBACK = "127.0.0.1"
 

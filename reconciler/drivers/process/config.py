@@ -16,7 +16,7 @@ from typing import Any
 
 from reconciler.desired import DesiredService
 from reconciler.drivers.base import Limits
-from reconciler.spec.durations import parse_duration
+from reconciler.durations import parse_duration
 
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_STOP_GRACE = 10.0
