@@ -307,7 +307,7 @@ def test_bad_input_is_refused_before_anything_runs(tmp_path: Path, daemon_host: 
     assert both.returncode == 1 and "not both" in both.stderr
     daemon_host.config.write_text('[daemon]\nresync = "soon"\n')
     bad = daemon_host.once("--dir", str(tmp_path))
-    assert bad.returncode == 1 and "daemon.resync must be a number" in bad.stderr
+    assert bad.returncode == 1 and "daemon.resync must be a duration (like 30s or 5m)" in bad.stderr
     assert not (daemon_host.state / "journal.db").exists()
 
 
