@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +98,8 @@ def test_a_directory_change_converges_a_broken_one_keeps_the_last_good(
     assert "app.yaml:6:36" in invalid[0]["message"], invalid[0]["message"]
     status = daemon_host.status()
     assert "not valid" in status["problem"] and "app.yaml:6:36" in status["problem"]
-    time.sleep(2.5)  # two resyncs later, the last good revision still runs, untouched
+    done = len(daemon_host.wait_reconciles(1))
+    daemon_host.wait_reconciles(done + 2)  # two resyncs later: the last good still runs
     assert running(daemon_host) == both
     assert daemon_host.get("/readyz")[0] == 200
 
