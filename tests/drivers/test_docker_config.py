@@ -368,10 +368,17 @@ def test_limits_warn_about_what_docker_cannot_honour(fields: str, expected: str)
         ("resources: {memory_swap: lots}", "resources.memory_swap: 'lots' is not a size"),
         ("resources: {cpu: 4}", "resources.cpu 4 exceeds the engine's 2 CPUs"),
         ("network_mode: 'container:x'\nhostname: h", "hostname cannot be set"),
+        ("extra_hosts: ['db:10.0.0.300']", "extra_hosts entry 'db:10.0.0.300' is not NAME:ADD"),
+        ("extra_hosts: ['no-address']", "extra_hosts entry 'no-address' is not NAME:ADDRESS"),
+        ("extra_hosts: [':10.0.0.1']", "extra_hosts entry ':10.0.0.1' is not NAME:ADDRESS"),
     ],
 )
 def test_limits_refuse_what_would_fail_on_the_host(fields: str, expected: str) -> None:
     assert expected in _errors(fields)
+
+
+def test_good_extra_hosts_pass() -> None:
+    assert _errors("extra_hosts: ['db:10.0.0.5', 'gw:host-gateway', 'v6:fd00::1']") == ""
 
 
 def test_fixed_host_ports_refused_for_several_replicas() -> None:

@@ -404,6 +404,8 @@ class DockerDriver:
         await self._prepare(service, target, "run")
         name = names.run_container_name(rid)
         hosts_file = self._hosts_file(rid.deployment, name)
+        if not takes_hosts_file(service.config):
+            hosts_file = None
         try:
             body = run_body(
                 service,

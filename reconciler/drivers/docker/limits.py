@@ -7,6 +7,7 @@ config key the runtime does not know is warned about, never dropped silently.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -277,6 +278,18 @@ def _network_limits(
     ports = bool(config.get("port_mappings")) or any(
         e.get("expose", "internal") == "public" for e in config.get("endpoints", ())
     )
+    for item in config.get("extra_hosts", ()):
+        name, _, address = str(item).partition(":")
+        try:
+            if address != "host-gateway":
+                ipaddress.ip_address(address.strip("[]"))
+        except ValueError:
+            address = ""
+        if not name or not address or any(c.isspace() or c == "#" for c in name):
+            errors.append(
+                f"{subject}: extra_hosts entry {str(item)!r} is not NAME:ADDRESS (an IP "
+                "address, or host-gateway)"
+            )
     if mode.startswith("container:"):
         clash = [k for k in ("hostname", "dns", "extra_hosts", "port_mappings") if k in config]
         if clash:
