@@ -345,14 +345,27 @@ def plan_for(
     targets: Sequence[str] = (),
     unhealthy: Mapping[WorkloadId, str] | None = None,
     crash_loops: Mapping[str, str] | None = None,
+    hold_panics: bool = False,
 ) -> Plan:
     """The plan that makes ``observed`` match ``desired``. Running replicas in
     ``unhealthy`` carry their failing check as a problem (the planner restarts them);
     restarts of targets in ``crash_loops`` get a note saying what the daemon's
-    backoff will do (target → description)."""
+    backoff will do (target → description). ``hold_panics`` (``plan`` and ``apply``;
+    the daemon holds them itself, with its journal): a replica that exited or fails
+    its check is not restarted when its ``errors.on_panic`` is ``shutdown`` or
+    ``isolate``; a note says so."""
     if unhealthy:
         observed = _with_problems(observed, unhealthy)
     plan = plan_changes(desired, observed, prune=prune, targets=tuple(targets))
+    if hold_panics:
+        held = {
+            a.id: f"{a.reason}; not restarted (errors.on_panic: {on_panic})"
+            for a in plan.actions
+            if a.kind == "restart"
+            and (service := desired.services.get((a.target.deployment, a.target.service)))
+            and (on_panic := service.policy.on_panic) in ("shutdown", "isolate")
+        }
+        plan = hold_actions(plan, held)
     if crash_loops:
         notes = [
             Note(str(a.target), crash_loops[str(a.target)])
@@ -362,6 +375,30 @@ def plan_for(
         if notes:
             plan = dataclasses.replace(plan, notes=(*plan.notes, *notes))
     return plan
+
+
+def hold_actions(plan: Plan, held: Mapping[str, str]) -> Plan:
+    """``plan`` without the actions in ``held`` (action id → why) and what waits for
+    them (a dependent comes up after what it depends on, in the run that starts both);
+    each left out with a note."""
+    if not held:
+        return plan
+    dropped = dict(held)
+    notes = [Note(a.split(":", 1)[1], why) for a, why in dropped.items()]
+    changed = True
+    while changed:
+        changed = False
+        for action in plan.actions:
+            if action.id in dropped:
+                continue
+            blocking = [w for w in action.waits_for if w in dropped]
+            if blocking:
+                waited = blocking[0].split(":", 1)[1]
+                dropped[action.id] = f"waits for {waited}"
+                notes.append(Note(action.subject, f"{action.kind} waits for {waited}"))
+                changed = True
+    actions = tuple(a for a in plan.actions if a.id not in dropped)
+    return dataclasses.replace(plan, actions=actions, notes=(*plan.notes, *notes))
 
 
 def destroy_plan(observed: ObservedState, deployment: str) -> Plan:

@@ -145,7 +145,9 @@ def apply(paths: tuple[str, ...], targets: tuple[str, ...], no_prune: bool, **kw
     chosen = tuple(saved["targets"]) if saved is not None else targets
 
     def make_plan(desired: DesiredState, observed: ObservedState) -> Plan:
-        result = reconcile.plan_for(desired, observed, prune=prune, targets=chosen)
+        result = reconcile.plan_for(
+            desired, observed, prune=prune, targets=chosen, hold_panics=True
+        )
         if saved is not None:
             _check_fresh(saved, paths[0], result)
         return result

@@ -198,6 +198,7 @@ def plan(
                 prune=not no_prune,
                 targets=targets,
                 crash_loops=_crash_loops(state_dir) if runtime is not None else None,
+                hold_panics=True,
             )
     except ZlayerError as exc:
         raise click.ClickException(str(exc)) from exc

@@ -12,7 +12,6 @@ pace nor its counters. Actions that wait for a held restart are held with it
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -21,7 +20,8 @@ from reconciler.backoff import BackoffPolicy, describe_wait
 from reconciler.daemon.journal import Crash, Journal
 from reconciler.desired import DesiredState
 from reconciler.observed import ObservedState, Workload, WorkloadId
-from reconciler.plan.model import Note, Plan
+from reconciler.plan.model import Plan
+from reconciler.reconcile import hold_actions
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,24 +99,7 @@ class Supervisor:
                 continue
             self.journal.count_restart(str(action.target), now)
         self._end_streaks(observed, unhealthy, now)
-        if not dropped:
-            return Supervised(plan, held, wake, tuple(stop))
-        notes = [Note(a.split(":", 1)[1], why) for a, why in dropped.items()]
-        changed = True
-        while changed:  # what waits for a held action is held with it
-            changed = False
-            for action in plan.actions:
-                if action.id in dropped:
-                    continue
-                blocking = [w for w in action.waits_for if w in dropped]
-                if blocking:
-                    waited = blocking[0].split(":", 1)[1]
-                    dropped[action.id] = f"waits for {waited}"
-                    notes.append(Note(action.subject, f"{action.kind} waits for {waited}"))
-                    changed = True
-        actions = tuple(a for a in plan.actions if a.id not in dropped)
-        kept = dataclasses.replace(plan, actions=actions, notes=(*plan.notes, *notes))
-        return Supervised(kept, held, wake, tuple(stop))
+        return Supervised(hold_actions(plan, dropped), held, wake, tuple(stop))
 
     def _record(self, workload: Workload, why: str, on_panic: str, now: float) -> Crash:
         target = str(workload.id)

@@ -109,3 +109,43 @@ def test_the_readme_main_job_runs_hello_as_processes(host: dict[str, str]) -> No
     assert not list(Path("/etc/netns").glob("zlayer-hello-*"))
     assert not [rule for rule in firewall.forward_rules() if "zlayer:hello" in rule]
     assert not list(Path(host["ZLAYER_STATE_DIR"]).glob("process/deployments/hello/**/*.json"))
+
+
+@pytest.mark.slow
+def test_apply_follows_on_panic_shutdown_and_leaves_a_crashed_replica_stopped(
+    host: dict[str, str], tmp_path: Path
+) -> None:
+    """``errors.on_panic: shutdown`` without the daemon: the replica that exited is not
+    restarted by ``plan`` or ``apply``, which say why; the daemon does the same."""
+    trigger = tmp_path / "crash-now"
+    spec = tmp_path / "panics.yaml"
+    spec.write_text(
+        "version: v1\ndeployment: panics\nservices:\n"
+        "  held:\n"
+        "    image: {name: busybox}\n"
+        "    command:\n"
+        f"      entrypoint: [sh, -c, 'while [ ! -e {trigger} ]; do sleep 0.1; done; exit 3']\n"
+        "    errors: {on_panic: {action: shutdown}}\n"
+    )
+    try:
+        first = zlayer(host, "apply", str(spec), "--runtime", "process", "--auto-approve")
+        assert first.returncode == 0, first.stdout + first.stderr
+        trigger.touch()
+
+        def exited() -> bool:
+            status = zlayer(host, "status", "--runtime", "process").stdout
+            rows = [line.split() for line in status.splitlines()]
+            return ["panics", "held", "1", "exited", "(3)"] in [row[:5] for row in rows]
+
+        wait_for(exited, "held/1 to exit", 60)
+        why = "exited with status 3; not restarted (errors.on_panic: shutdown)"
+        plan = zlayer(host, "plan", str(spec), "--runtime", "process", "--detailed-exitcode")
+        assert plan.returncode == 0, plan.stdout + plan.stderr  # nothing to do, by policy
+        assert why in plan.stdout, plan.stdout
+        again = zlayer(host, "apply", str(spec), "--runtime", "process", "--auto-approve")
+        assert again.returncode == 0 and "No changes." in again.stdout, again.stdout
+        assert why in again.stdout, again.stdout
+        assert exited()  # still stopped
+    finally:
+        kill_recorded(Path(host["ZLAYER_STATE_DIR"]))
+        remove_networks("panics")

@@ -166,6 +166,39 @@ def test_crash_loops_are_noted_on_their_restarts(tmp_path: Path) -> None:
     assert reconcile.plan_for(desired, dead).notes == ()
 
 
+@pytest.mark.parametrize(
+    ("on_panic", "restarted"), [("restart", True), ("shutdown", False), ("isolate", False)]
+)
+def test_plan_and_apply_hold_a_crashed_replica_by_its_on_panic(
+    tmp_path: Path, on_panic: str, restarted: bool
+) -> None:
+    """``hold_panics`` (plan and apply): an exited replica is restarted only under
+    ``restart``; otherwise a note says why not. Without it (the daemon, which holds
+    restarts itself with its journal) the restart is planned."""
+    from reconciler.desired import as_running
+
+    text = (
+        "version: v1\ndeployment: demo\nservices:\n"
+        f"  web:\n    image: {{name: x}}\n    errors: {{on_panic: {{action: {on_panic}}}}}\n"
+    )
+    desired = reconcile.compile_paths([str(write(tmp_path, text))], INPUTS).required("x")
+    running = as_running(desired, runtime="fake")
+    dead = dataclasses.replace(
+        running,
+        workloads=tuple(
+            dataclasses.replace(w, status="exited", exit_code=3) for w in running.workloads
+        ),
+    )
+    held = reconcile.plan_for(desired, dead, hold_panics=True)
+    kinds = [(a.kind, str(a.target)) for a in held.actions]
+    assert kinds == ([("restart", "demo/web/1")] if restarted else []), kinds
+    notes = [(n.subject, n.message) for n in held.notes]
+    why = f"exited with status 3; not restarted (errors.on_panic: {on_panic})"
+    assert notes == ([] if restarted else [("demo/web/1", why)]), notes
+    daemon = reconcile.plan_for(desired, dead)
+    assert [(a.kind, str(a.target)) for a in daemon.actions] == [("restart", "demo/web/1")]
+
+
 def test_no_other_module_plans_or_executes() -> None:
     """The planner and the executor are called for real work in reconcile.py alone."""
     calls = re.compile(r"\b(plan_changes|execute)\(")
