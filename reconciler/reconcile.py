@@ -224,24 +224,29 @@ class _AnyEnv(dict[str, str]):
 
 def runtime_problems(
     name: str, specs: Sequence[LoadedSpec], settings: Settings | None = None
-) -> list[Problem]:
-    """What runtime ``name`` cannot run in valid ``specs``, at the services' positions.
-    Needs no engine: environment and secrets are stood in for, engine facts are the
-    defaults (the engine's own are checked by ``plan --runtime`` and ``apply``)."""
+) -> tuple[list[Problem], list[Problem]]:
+    """What runtime ``name`` cannot run in valid ``specs`` (errors), and what it runs
+    only in part or not at all (warnings, as the plan gives them), at the services'
+    positions. Needs no engine: environment and secrets are stood in for, engine facts
+    are the defaults (the engine's own are checked by ``plan --runtime`` and
+    ``apply``)."""
     driver = open_runtime(name, settings)
     inputs = CompileInputs(env=_AnyEnv(), secret_key=b"validate", secret=lambda _name: "")
     problems: list[Problem] = []
+    warnings: list[Problem] = []
     for loaded in specs:
         desired, found = compile_specs([loaded], "validate", inputs)
         problems += found
         for (_, service_name), service in (desired.services if desired else {}).items():
             path = ("services", service_name)
-            messages, _ = _service_limits(driver, service)
-            problems += [
-                Problem(loaded.file, loaded.mark_for(path), format_path(path), message)
-                for message in messages
+            mark, where = loaded.mark_for(path), format_path(path)
+            messages, warned = _service_limits(driver, service)
+            problems += [Problem(loaded.file, mark, where, message) for message in messages]
+            warnings += [
+                Problem(loaded.file, mark, where, message)
+                for message in (*service.warnings, *warned)
             ]
-    return problems
+    return problems, warnings
 
 
 # --- observing -----------------------------------------------------------------------

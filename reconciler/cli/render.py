@@ -13,18 +13,35 @@ from reconciler.errors import InvalidSpecs
 from reconciler.spec.problems import Problem
 
 
-def problems_text(console: Console, problems: Sequence[Problem], checked: int) -> None:
+def problems_text(
+    console: Console,
+    problems: Sequence[Problem],
+    checked: int,
+    warnings: Sequence[Problem] = (),
+) -> None:
     for problem in problems:
         console.print(
             markup(problem.render(), line_start=True), soft_wrap=True, highlight=False, emoji=False
         )
+    for warning in warnings:
+        console.print(
+            markup(f"warning: {warning.render()}", line_start=True),
+            soft_wrap=True,
+            highlight=False,
+            emoji=False,
+        )
     files = "file" if checked == 1 else "files"
+    warned = ""
+    if warnings:
+        warned = f", {len(warnings)} warning" + "s" * (len(warnings) != 1)
     if problems:
         count = len(problems)
         noun = "problem" if count == 1 else "problems"
-        console.print(f"[bold red]✗[/] {count} {noun} in {checked} {files}", highlight=False)
+        console.print(
+            f"[bold red]✗[/] {count} {noun} in {checked} {files}{warned}", highlight=False
+        )
     else:
-        console.print(f"[bold green]✓[/] {checked} {files} valid", highlight=False)
+        console.print(f"[bold green]✓[/] {checked} {files} valid{warned}", highlight=False)
 
 
 def fail_with(problems: Sequence[Problem], files: int, heading: str) -> None:
@@ -42,7 +59,10 @@ def fail_invalid(exc: InvalidSpecs) -> None:
 
 
 def problems_json(
-    problems: Sequence[Problem], files: Sequence[str], deployments: Sequence[str]
+    problems: Sequence[Problem],
+    files: Sequence[str],
+    deployments: Sequence[str],
+    warnings: Sequence[Problem] = (),
 ) -> str:
     return json.dumps(
         {
@@ -50,22 +70,23 @@ def problems_json(
             "files": list(files),
             "deployments": list(deployments),
             "problems": [p.to_dict() for p in problems],
+            "warnings": [w.to_dict() for w in warnings],
         },
         indent=2,
     )
 
 
-def problems_github(problems: Sequence[Problem]) -> str:
-    """``::error file=…,line=…,col=…::message`` lines that annotate a pull request; the
-    file and the message escaped by the workflow-command rules, so nothing in them can
-    end the command or start another one."""
+def problems_github(problems: Sequence[Problem], warnings: Sequence[Problem] = ()) -> str:
+    """``::error file=…,line=…,col=…::message`` lines (``::warning`` for ``warnings``)
+    that annotate a pull request; the file and the message escaped by the
+    workflow-command rules, so nothing in them can end the command or start another."""
     lines = []
-    for p in problems:
+    for level, p in [*(("error", p) for p in problems), *(("warning", w) for w in warnings)]:
         props = [f"file={workflow_property(p.file)}"]
         if p.mark is not None:
             props += [f"line={p.mark.line}", f"col={p.mark.col}"]
         message = f"{p.where}: {p.message}" if p.where else p.message
         if p.hint:
             message += f" (hint: {p.hint})"
-        lines.append(f"::error {','.join(props)}::{workflow_data(message)}")
+        lines.append(f"::{level} {','.join(props)}::{workflow_data(message)}")
     return "\n".join(lines)

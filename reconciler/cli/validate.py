@@ -61,29 +61,40 @@ def files_checked(files: Sequence[SourceFile], problems: Sequence[Problem]) -> i
     help="Also fail on what this runtime cannot run (S3 init steps, reserved labels, "
     "no command.entrypoint for process, …).",
 )
-def validate(paths: tuple[str, ...], fmt: str, check_env: bool, runtime: str | None) -> int:
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="With --runtime: also fail on its warnings (fields applied in part or not at all).",
+)
+def validate(
+    paths: tuple[str, ...], fmt: str, check_env: bool, runtime: str | None, strict: bool
+) -> int:
     """Validate ZLayer specs (files, or directories searched for *.yaml / *.yml).
 
     Reports every problem in every file as PATH:LINE:COL: WHERE: MESSAGE and exits 1
-    when there is any; exits 0 when all specs are valid. Changes nothing.
+    when there is any; exits 0 when all specs are valid. With --runtime it also
+    reports, as warnings, what that runtime applies only in part or not at all (the
+    plan's warnings); --strict makes them fail too. Changes nothing.
     """
     result, files = load_paths(paths, check_env=check_env)
+    warnings: Sequence[Problem] = ()
     if runtime is not None and not result.problems:
         from reconciler.cli.runtime import pick_runtime, settings_for
         from reconciler.reconcile import runtime_problems
 
         settings = settings_for()
         runtime = pick_runtime(runtime, settings)
-        problems = runtime_problems(runtime, result.specs, settings)
+        problems, warnings = runtime_problems(runtime, result.specs, settings)
         result = LoadResult(result.specs, tuple(problems))
     if fmt == "json":
         deployments = [s.spec.deployment for s in result.specs]
-        click.echo(problems_json(result.problems, [s.file for s in result.specs], deployments))
-    elif fmt == "github":
-        if result.problems:
-            click.echo(problems_github(result.problems))
-    else:
-        problems_text(
-            Console(file=sys.stdout), result.problems, files_checked(files, result.problems)
+        click.echo(
+            problems_json(result.problems, [s.file for s in result.specs], deployments, warnings)
         )
-    return 1 if result.problems else 0
+    elif fmt == "github":
+        if result.problems or warnings:
+            click.echo(problems_github(result.problems, warnings))
+    else:
+        checked = files_checked(files, result.problems)
+        problems_text(Console(file=sys.stdout), result.problems, checked, warnings)
+    return 1 if result.problems or (strict and warnings) else 0

@@ -200,3 +200,33 @@ def test_s3_init_steps_are_refused_on_the_process_runtime_before_anything_runs(
     assert problems[0]["message"].endswith(
         f"init step 'fetch' uses {uses}, which the process runtime cannot run (no S3 support)"
     ), problems
+
+
+def test_validate_for_a_runtime_warns_at_the_position_and_strict_fails(tmp_path: Path) -> None:
+    """The plan's warnings in ``validate --runtime``, at the service's position, in
+    every format; ``--strict`` turns them into a failure."""
+    (tmp_path / "app.yaml").write_text(
+        "version: v1\ndeployment: app\nservices:\n"
+        "  web:\n"
+        "    image: {name: nginx}\n"
+        "    command: {entrypoint: [sleep, '60']}\n"
+        "    cap_drop: [ALL]\n"
+    )
+    why = "cap_drop is not applied by the process runtime"
+    text = zlayer("validate", str(tmp_path), "--runtime", "process")
+    assert text.returncode == 0, text.stdout
+    assert f"warning: {tmp_path / 'app.yaml'}:5:5: services.web: {why}" in text.stdout
+    assert "1 file valid, 1 warning" in text.stdout
+    strict = zlayer("validate", str(tmp_path), "--runtime", "process", "--strict")
+    assert strict.returncode == 1, strict.stdout
+    document = json.loads(
+        zlayer("validate", str(tmp_path), "--runtime", "process", "--format", "json").stdout
+    )
+    assert document["ok"] and document["problems"] == []
+    assert [(w["path"], w["line"], w["message"]) for w in document["warnings"]] == [
+        ("services.web", 5, why)
+    ]
+    github = zlayer("validate", str(tmp_path), "--runtime", "process", "--format", "github")
+    assert github.stdout.startswith("::warning file=") and f"services.web: {why}" in github.stdout
+    plain = zlayer("validate", str(tmp_path))  # no runtime: nothing to warn about
+    assert plain.returncode == 0 and "warning" not in plain.stdout, plain.stdout

@@ -7,6 +7,7 @@ Pure apart from user and group lookups (``pwd``/``grp``, local files), so that
 
 from __future__ import annotations
 
+import dataclasses
 import grp
 import pwd
 import signal
@@ -33,6 +34,10 @@ where cgroups allow). Every other key gets a warning: nothing is dropped silentl
 
 CGROUP_RESOURCES = frozenset({"cpu", "memory", "pids_limit"})
 """The resource limits the runtime sets through cgroups; other ``resources`` keys warn."""
+
+
+UNCHECKED = "not checked"
+""":attr:`HostFacts.isolation` of a driver not opened on a host yet."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +183,10 @@ def _network_limits(
     if mode.startswith("container:"):
         errors.append(f"{subject}: network_mode {mode} needs a container engine")
         return
+    if facts.isolation == UNCHECKED:
+        # Not opened on a host (``validate --runtime``): judged as where zlayer runs as
+        # root, as its systemd unit does; ``plan --runtime`` checks the host itself.
+        facts = dataclasses.replace(facts, isolation=None)
     planned = network_plan(service, facts)
     if planned == "host" and mode != "host":
         warnings.append(

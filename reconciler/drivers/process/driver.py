@@ -81,7 +81,7 @@ class ProcessDriver:
         self.log = {"max_bytes": log_max_bytes, "keep": log_keep}
         self.start_timeout = start_timeout
         self._isolation = isolation
-        self.facts = pc.HostFacts(root=os.geteuid() == 0, isolation="not checked", cgroups=None)
+        self.facts = pc.HostFacts(root=os.geteuid() == 0, isolation=pc.UNCHECKED, cgroups=None)
         self._locks: dict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
         self._cgroups: cgroups.Layout | None = None
 
