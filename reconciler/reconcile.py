@@ -183,6 +183,18 @@ def check_runtime(driver: Driver, desired: DesiredState) -> tuple[DesiredState, 
     return dataclasses.replace(desired, services=services), errors
 
 
+def with_runtime_warnings(
+    name: str, desired: DesiredState, settings: Settings | None = None
+) -> DesiredState:
+    """``desired`` with the warnings runtime ``name`` gives (no engine, no host: for a
+    plan against a snapshot of that runtime, in a pull request). Its errors are
+    ``validate --runtime``'s and ``apply``'s to give: a check without the secrets
+    cannot tell them all."""
+    if name not in ("docker", "process"):
+        return desired
+    return check_runtime(open_runtime(name, settings), desired)[0]
+
+
 def checked(driver: Driver, desired: DesiredState, verb: str) -> DesiredState:
     """:func:`check_runtime`, raising :class:`UnsupportedSpecs` on any error."""
     result, errors = check_runtime(driver, desired)

@@ -192,6 +192,9 @@ def plan(
                 observed = Observed(state, f"the {runtime} runtime")
             else:
                 observed = _observe(paths, snapshot, ref, inputs)
+                if snapshot is not None:  # the snapshot says which runtime it is of
+                    runtime_of = observed.state.runtime
+                    desired = reconcile.with_runtime_warnings(runtime_of, desired, settings)
             result = reconcile.plan_for(
                 desired,
                 observed.state,

@@ -428,3 +428,32 @@ def test_a_second_plan_comes_from_the_compile_cache(tmp_path: Path) -> None:
     second, second_loaded = run()
     assert second_loaded == []
     assert json.loads(second) == json.loads(first) and json.loads(first)["actions"]
+
+
+@pytest.mark.parametrize(
+    ("runtime", "warned"), [("process", True), ("docker", False), ("fake", False)]
+)
+def test_a_plan_against_a_snapshot_warns_as_the_snapshots_runtime(
+    tmp_path: Path, runtime: str, warned: bool
+) -> None:
+    """The snapshot records its runtime: ``plan --observed`` (in a pull request, with
+    no host) gives that runtime's warnings, as ``plan --runtime`` would."""
+    spec = tmp_path / "app.yaml"
+    spec.write_text(
+        "version: v1\ndeployment: app\nservices:\n"
+        "  web:\n"
+        "    image: {name: nginx}\n"
+        "    command: {entrypoint: [sleep, '60']}\n"
+        "    cap_drop: [ALL]\n"
+    )
+    snapshot = tmp_path / "snapshot.json"
+    snapshot.write_text(
+        json.dumps(
+            {"format": "zlayer-observed", "format_version": 1, "runtime": runtime, "workloads": []}
+        )
+    )
+    run = zlayer("plan", str(spec), "--observed", str(snapshot), "--format", "json")
+    assert run.returncode == 0, run.stdout + run.stderr
+    warnings = [w["message"] for w in json.loads(run.stdout)["warnings"]]
+    expected = ["cap_drop is not applied by the process runtime"] if warned else []
+    assert warnings == expected, warnings
