@@ -41,8 +41,18 @@ def render(entries: Entries) -> bytes:
 
 def rewrite(path: Path, entries: Entries) -> Path:
     """Write ``entries`` to ``path`` in place (creating it, and its directory, when
-    missing) and return ``path``; :class:`PermanentDriverError` when it cannot."""
+    missing) and return ``path``; :class:`PermanentDriverError` when it cannot.
+
+    A file that already holds exactly these entries is left alone: a deployment's
+    files are rewritten on every create, start and remove in it, and rewriting
+    (with its fsync) the ones that did not change made those O(n²) writes."""
     data = render(entries)
+    try:
+        with open(path, "rb") as current:
+            if current.read(len(data) + 1) == data:
+                return path
+    except OSError:
+        pass  # missing or unreadable: written below, which says what is wrong
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)

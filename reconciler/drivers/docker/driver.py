@@ -230,7 +230,13 @@ class DockerDriver:
             if replica and proxied_internal(service, self.internal_routable):
                 proxied.add(service.name)
         proxied.discard("")
-        gateway = await self._gateway(deployment)
+        # The gateway is an inspect of the network: only asked for when a file needs it.
+        needs_gateway = (proxied and self.internal_routable) or any(
+            str(item).endswith(":host-gateway")
+            for config in configs.values()
+            for item in config.get("extra_hosts", ())
+        )
+        gateway = await self._gateway(deployment) if needs_gateway else None
         routed = sorted(proxied) if gateway is not None and self.internal_routable else []
         for name, config in configs.items():
             entries = [(gateway, routed)] if routed and gateway is not None else []
