@@ -44,7 +44,13 @@ from reconciler.redact import (
     Path as ConfigPath,
 )
 from reconciler.spec.problems import Path, Problem, format_path
-from reconciler.spec.refs import ENV_REF_RE, SECRET_NAME_RE, SECRET_REF_RE, export_hint
+from reconciler.spec.refs import (
+    ENV_REF_RE,
+    SECRET_REF_RE,
+    SecretRef,
+    export_hint,
+    parse_secret_ref,
+)
 
 if TYPE_CHECKING:
     from reconciler.spec.load import LoadedSpec, SourceFile
@@ -423,37 +429,46 @@ def _resolve_env(
                 continue
             secrets[("env", key)] = SecretValue(inputs.env[var])
             env[key] = hidden(f"$E:{var}", inputs.env[var], inputs.secret_key)
-        elif match := SECRET_REF_RE.fullmatch(value):
-            secret = match["name"]
-            if not SECRET_NAME_RE.fullmatch(secret):
+        elif SECRET_REF_RE.fullmatch(value):
+            try:
+                ref = parse_secret_ref(value)
+            except ValueError as exc:
                 findings.append(
-                    (
-                        path,
-                        f"deployment {deployment}, service {name}, env {key}: "
-                        f"secret name {secret!r} is not valid",
-                        "secret names are letters, digits, '_', '.' and '-'",
-                    )
+                    (path, f"deployment {deployment}, service {name}, env {key}: {exc}", None)
                 )
                 continue
+            secret = ref.key(deployment)
             if inputs.secret is None or inputs.secret_key is None:
                 env[key] = {"secret": secret}
                 continue
             resolved = inputs.secret(secret)
             if resolved is None:
-                findings.append(
-                    (
-                        path,
-                        f"deployment {deployment}, service {name}, env {key}: "
-                        f"secret {secret} is not set",
-                        f"put it in the secrets directory as a file named {secret}",
-                    )
-                )
+                findings.append((path, *_missing_secret(deployment, name, key, ref, inputs)))
                 continue
             secrets[("env", key)] = SecretValue(resolved)
             env[key] = {"secret": secret, "hmac": keyed_hash(inputs.secret_key, resolved)}
         else:
             env[key] = value
     return env, secrets, findings
+
+
+def _missing_secret(
+    deployment: str, name: str, key: str, ref: SecretRef, inputs: CompileInputs
+) -> tuple[str, str]:
+    """The message and hint for a reference whose file (or field) is not there."""
+    assert inputs.secret is not None
+    where = f"deployment {deployment}, service {name}, env {key}"
+    file = ref.file(deployment)
+    if ref.field is not None and inputs.secret(file) is not None:
+        return (
+            f"{where}: secret {file} has no field {ref.field!r}",
+            f"the file {file} in the secrets directory is a JSON object; add the field there",
+        )
+    return (
+        f"{where}: secret {file} is not set",
+        f"put it in the secrets directory as the file {file}"
+        + (f" (a JSON object with the field {ref.field!r})" if ref.field is not None else ""),
+    )
 
 
 def restore_service(

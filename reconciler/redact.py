@@ -3,7 +3,8 @@
 zlayer stores and shows a value only when it can tell the value is harmless.
 Everything else becomes a *placeholder*, a small mapping in place of the value:
 
-* ``{"secret": NAME, "hmac": H}`` — a ``$S:NAME`` / ``$secret://NAME`` reference;
+* ``{"secret": KEY, "hmac": H}`` — a ``$S:`` / ``$secret://`` reference, KEY the file
+  (and ``#FIELD``) it reads in the secrets directory (:class:`reconciler.spec.refs.SecretRef`);
 * ``{"sensitive": "$E:VAR", "hmac": H}`` — a ``$E:VAR`` reference (the variable's
   value may be anything, so it is treated as a secret by construction);
 * ``{"sensitive": "literal", "hmac": H}`` — a literal that looks secret: the value

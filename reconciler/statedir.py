@@ -10,6 +10,7 @@ creates the directory.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets as random
 import stat
@@ -43,19 +44,29 @@ def read_secret_key(state_dir: Path) -> bytes:
 
 
 class SecretsDir:
-    """Secrets as files: ``<dir>/<name>`` holds the value (one trailing newline dropped)."""
+    """Secrets as files: ``<dir>/<file>`` holds the value (one trailing newline
+    dropped). A key is what :meth:`reconciler.spec.refs.SecretRef.key` gives: a
+    ``/``-separated file path, and ``#FIELD`` for one field of a JSON object."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def __call__(self, name: str) -> str | None:
-        """The secret's value; None when there is no such file. Raises
-        :class:`SourceError` for a file that is no secret: unreadable, not a regular
-        file (a device or FIFO: ``/dev/zero`` never ends, a FIFO may never answer),
-        larger than :data:`MAX_SECRET_BYTES`, not UTF-8 or holding a NUL byte."""
-        if not SECRET_NAME_RE.fullmatch(name):
+    def __call__(self, key: str) -> str | None:
+        """The secret's value; None when there is no such file (or no such field).
+        Raises :class:`SourceError` for a file that is no secret: unreadable, not a
+        regular file (a device or FIFO: ``/dev/zero`` never ends, a FIFO may never
+        answer), larger than :data:`MAX_SECRET_BYTES`, not UTF-8 or holding a NUL
+        byte; and, for a field, a file that is not a JSON object."""
+        file, _, field = key.partition("#")
+        parts = file.split("/")
+        if not all(SECRET_NAME_RE.fullmatch(part) for part in parts):
             return None
-        path = self.path / name
+        text = self._read(file, self.path.joinpath(*parts))
+        if text is None or not field:
+            return text
+        return _json_field(file, text, field)
+
+    def _read(self, name: str, path: Path) -> str | None:
         try:
             data = _read_small_file(path, MAX_SECRET_BYTES)
         except (FileNotFoundError, NotADirectoryError):
@@ -81,6 +92,29 @@ class SecretsDir:
                 f"secret {name}: cannot read {path}: it holds a NUL byte, which no process receives"
             )
         return text.removesuffix("\n")
+
+
+def _json_field(name: str, text: str, field: str) -> str | None:
+    """Field ``field`` of the JSON object ``text``, as ZLayer gives it: a string as it
+    is, a number or boolean as JSON writes it, null as an empty string, an array or
+    object as JSON; None when the object has no such field."""
+    try:
+        document = json.loads(text)
+    except ValueError:
+        document = None
+    if not isinstance(document, dict):
+        raise SourceError(
+            f"secret {name}: a reference to its field {field!r} needs a JSON object in "
+            "the file, and it holds none"
+        )
+    if field not in document:
+        return None
+    value = document[field]
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def _read_small_file(path: Path, limit: int) -> bytes | None:

@@ -26,7 +26,7 @@ from reconciler.spec.blocks import (
 )
 from reconciler.spec.models import WASM_SERVICE_TYPES, ServiceSpec
 from reconciler.spec.problems import Path
-from reconciler.spec.refs import ENV_REF_RE, SECRET_REF_RE
+from reconciler.spec.refs import ENV_REF_RE, SECRET_REF_RE, parse_secret_ref
 from reconciler.spec.refs import SECRET_NAME_RE as SECRET_NAME_RE  # re-exported
 from reconciler.spec.refs import export_hint as export_hint  # re-exported
 
@@ -154,14 +154,16 @@ def env_findings(env: Mapping[str, str], base: Path) -> Iterator[Finding]:
             )
         if "\0" in value:
             yield path, f"the value of env {key} holds a NUL byte, which no process receives", None
-        elif match := SECRET_REF_RE.fullmatch(value):
-            secret = match["name"]
-            if not SECRET_NAME_RE.fullmatch(secret):
+        elif SECRET_REF_RE.fullmatch(value):
+            try:
+                parse_secret_ref(value)
+            except ValueError as exc:
                 yield (
                     path,
-                    f"secret name {secret!r} is not valid",
-                    "a secret is the file NAME in the secrets directory: 1-255 ASCII letters, "
-                    "digits, '_', '.' or '-', starting with a letter or digit",
+                    str(exc),
+                    "ZLayer's forms: $S:NAME, $S:NAME/FIELD, $S:@SERVICE/NAME[/FIELD], "
+                    "$S::ENV/NAME[/FIELD], $S:PROJECT:ENV/NAME[/FIELD], "
+                    "$secret://ENV/NAME[/FIELD]",
                 )
 
 

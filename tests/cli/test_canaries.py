@@ -68,6 +68,11 @@ FORMS = [
     Form("env-reference", env={"LOG_SINK": f"$E:{ENV_VAR}"}, from_env=True),
     Form("secret-reference", env={"ANYTHING": "$S:canary"}, secret=True),
     Form("secret-url-form", env={"ANYTHING_ELSE": "$secret://canary"}, secret=True),
+    Form("secret-field", env={"DB": "$S:database/password"}, secret=True),
+    Form("secret-of-a-service", env={"SVC": "$S:@web/canary/field"}, secret=True),
+    Form("secret-of-an-environment", env={"ENV_ONE": "$S::prod/canary"}, secret=True),
+    Form("secret-of-a-project", env={"PROJ": "$S:shop:prod/canary/f"}, secret=True),
+    Form("secret-url-environment", env={"URL_ENV": "$secret://prod/canary/f"}, secret=True),
     Form("marked", env={"FAVOURITE": "{v}"}, labels={"zlayer.sensitive": "FAVOURITE"}),
     Form("label", labels={"api_token": "{v}"}),
     Form("args-equals", args=["--password={v}"]),
@@ -101,7 +106,8 @@ def service_yaml(env: dict[str, str], labels: dict[str, str], args: list[str]) -
 def compile_text(text: str, v: str) -> DesiredState:
     loaded = load_sources([SourceFile("app.yaml", text.encode())])
     assert loaded.ok, [p.render() for p in loaded.problems]
-    inputs = CompileInputs(env={ENV_VAR: v}, secret_key=KEY, secret={"canary": v}.get)
+    # every reference form reads v (a field is taken out of its file by SecretsDir)
+    inputs = CompileInputs(env={ENV_VAR: v}, secret_key=KEY, secret=lambda _key: v)
     desired, problems = compile_specs(loaded.specs, "rev", inputs)
     assert desired is not None, [p.render() for p in problems]
     return desired

@@ -5,6 +5,7 @@ namespaces), ``status``/``logs`` show it, a re-apply changes nothing, and
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -149,3 +150,79 @@ def test_apply_follows_on_panic_shutdown_and_leaves_a_crashed_replica_stopped(
     finally:
         kill_recorded(Path(host["ZLAYER_STATE_DIR"]))
         remove_networks("panics")
+
+
+@pytest.mark.slow
+def test_every_zlayer_secret_reference_form_reaches_the_process(
+    host: dict[str, str], tmp_path: Path
+) -> None:
+    """ZLayer's ``$S:`` and ``$secret://`` forms, each read from its file of the
+    secrets directory (a field out of a JSON object), reach the running process; a
+    missing field is an error at its position and nothing runs."""
+    secrets = tmp_path / "secrets"
+    files = {
+        "plain": "p-1",
+        "database": '{"password": "db-2", "port": 5432, "tls": true}',
+        "services/refs/app/token": "svc-3",
+        "env/prod/api-key": "env-4",
+        "env/prod/conn": '{"host": "h-5"}',
+        "projects/shop/env/prod/key": "proj-6",
+    }
+    for name, value in files.items():
+        (secrets / name).parent.mkdir(parents=True, exist_ok=True)
+        (secrets / name).write_text(value + "\n")
+    refs = {
+        "PLAIN": "$S:plain",
+        "FIELD": "$S:database/password",
+        "PORT": "$S:database/port",
+        "TLS": "$S:database/tls",
+        "SERVICE": "$S:@app/token",
+        "ENVIRONMENT": "$S::prod/api-key",
+        "URL_FORM": "$secret://prod/conn/host",
+        "PROJECT": "$S:shop:prod/key",
+    }
+    out = tmp_path / "env.out"
+    names = " ".join(f"{k}=${k}" for k in refs)
+    env_lines = "".join(f"      {k}: {json.dumps(v)}\n" for k, v in refs.items())
+    spec = tmp_path / "refs.yaml"
+    spec.write_text(
+        "version: v1\ndeployment: refs\nservices:\n"
+        "  app:\n"
+        "    image: {name: busybox}\n"
+        f"    command: {{entrypoint: [sh, -c, 'echo \"{names}\" > {out}; exec sleep 600']}}\n"
+        "    scale: {mode: fixed, replicas: 1}\n"
+        f"    env:\n{env_lines}"
+    )
+    args = ("--runtime", "process", "--secrets-dir", str(secrets))
+    try:
+        valid = zlayer(host, "validate", str(spec))
+        assert valid.returncode == 0, valid.stdout + valid.stderr
+        run = zlayer(host, "apply", str(spec), *args, "--auto-approve")
+        assert run.returncode == 0, run.stdout + run.stderr
+        wait_for(out.exists, f"the process to write {out}", 60)
+        wait_for(lambda: out.read_text().endswith("\n"), f"{out} to be written", 30)
+        assert out.read_text().split() == [
+            "PLAIN=p-1",
+            "FIELD=db-2",
+            "PORT=5432",
+            "TLS=true",
+            "SERVICE=svc-3",
+            "ENVIRONMENT=env-4",
+            "URL_FORM=h-5",
+            "PROJECT=proj-6",
+        ]
+        for value in ("p-1", "db-2", "svc-3", "env-4", "h-5", "proj-6"):
+            assert value not in run.stdout + run.stderr
+
+        spec.write_text(spec.read_text().replace("$S:database/password", "$S:database/pw"))
+        missing = zlayer(host, "apply", str(spec), *args, "--auto-approve")
+        assert missing.returncode == 1, missing.stdout + missing.stderr
+        assert f"{spec}:10:" in missing.stderr and "services.app.env.FIELD" in missing.stderr
+        assert "secret database has no field 'pw'" in missing.stderr, missing.stderr
+        status = zlayer(host, "status", "--runtime", "process").stdout
+        assert [r.split()[:4] for r in status.splitlines() if r.startswith("refs ")] == [
+            ["refs", "app", "1", "running"]
+        ]  # the refused apply touched nothing
+    finally:
+        kill_recorded(Path(host["ZLAYER_STATE_DIR"]))
+        remove_networks("refs")

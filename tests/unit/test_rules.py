@@ -10,6 +10,7 @@ import pytest
 
 from reconciler.sources.files import collect
 from reconciler.spec.load import SourceFile, load_sources, load_text
+from reconciler.spec.refs import parse_secret_ref
 from reconciler.spec.rules import (
     HOST_NAME_MAX,
     MAX_REPLICAS,
@@ -195,19 +196,51 @@ def test_a_nul_byte_in_an_env_value_is_refused() -> None:
 
 @pytest.mark.parametrize(
     "value",
-    ["$S:../../etc/passwd", "$S:", "$S:a b", "$secret://vault/db", "$S:.hidden", "$S:" + "a" * 256],
+    [
+        "$S:../../etc/passwd",
+        "$S:",
+        "$S:a b",
+        "$S:.hidden",
+        "$S:" + "a" * 256,
+        "$S:@api",  # no name
+        "$S:@../db",
+        "$S:db/a/b",  # a field holds no '/'
+        "$S::prod",  # no name
+        "$S:a:b:c/x",
+        "$secret://",
+        "$secret://prod/",
+        "$secret://prod/.k",
+    ],
 )
-def test_secret_names_that_are_no_file_of_the_secrets_directory(value: str) -> None:
+def test_secret_references_that_name_no_file_of_the_secrets_directory(value: str) -> None:
     (problem,) = load_bad(service_text(f"env: {{A: {json.dumps(value)}}}"))
     assert problem.where == "services.web.env.A"
     assert problem.mark is not None and (problem.mark.line, problem.mark.col) == (6, 14)
-    assert "is not valid" in problem.message and problem.hint is not None
+    assert ("is not valid" in problem.message or " is $S:" in problem.message), problem.message
+    assert problem.hint is not None and "$S:@SERVICE/NAME" in problem.hint
 
 
-@pytest.mark.parametrize("value", ["$S:db-password", "$secret://db.key", "$S:" + "a" * 255])
-def test_valid_secret_names(value: str) -> None:
+@pytest.mark.parametrize(
+    ("value", "key"),
+    [
+        ("$S:db-password", "db-password"),
+        ("$secret://db.key", "db.key"),  # zlayer's older spelling of $S:NAME
+        ("$S:" + "a" * 255, "a" * 255),
+        ("$S:database/password", "database#password"),
+        ("$S:@api/db-password", "services/demo/api/db-password"),
+        ("$S:@api/database/password", "services/demo/api/database#password"),
+        ("$S::prod/api-key", "env/prod/api-key"),
+        ("$S::prod/database/host", "env/prod/database#host"),
+        ("$S:shop:prod/api-key", "projects/shop/env/prod/api-key"),
+        ("$secret://prod/API_KEY", "env/prod/API_KEY"),
+        ("$secret://prod/database/port", "env/prod/database#port"),
+    ],
+)
+def test_zlayer_secret_reference_forms_and_the_file_each_reads(value: str, key: str) -> None:
     load_ok(service_text(f"env: {{A: {json.dumps(value)}}}"))
-    assert SECRET_NAME_RE.fullmatch(value.split(":", 1)[1].removeprefix("//"))
+    assert parse_secret_ref(value).key("demo") == key
+    file = key.partition("#")[0]
+    assert all(SECRET_NAME_RE.fullmatch(part) for part in file.split("/"))
 
 
 @pytest.mark.parametrize("name", ["API_TOKEN", "_x", "MY-VAR", "A B", "$(touch pwned)", "it's"])
