@@ -54,7 +54,7 @@ from reconciler.spec.refs import (
 
 if TYPE_CHECKING:
     from reconciler.spec.load import LoadedSpec, SourceFile
-    from reconciler.spec.models import ServiceSpec
+    from reconciler.spec.models import DeploymentSpec, ServiceSpec
 
 # The spec models are imported where a spec is compiled (compile_service), so the
 # values defined here can be used (and rebuilt from the compile cache) without them.
@@ -268,6 +268,9 @@ class DesiredState:
     services: Mapping[tuple[str, str], DesiredService]
     deployments: frozenset[str] = frozenset()
     """Every deployment in the specs, those without services included."""
+    warnings: tuple[tuple[str, str], ...] = ()
+    """``(deployment, message)``: what a deployment's own fields ask for that zlayer
+    does not do (``externals``, ``tunnels``, ``api``); services carry their own."""
 
     def scrubber(self) -> Scrubber:
         """Cuts every clear value of these specs out of free text: the config's, and
@@ -308,9 +311,11 @@ def compile_specs(
     services: dict[tuple[str, str], DesiredService] = {}
     problems: list[Problem] = []
     deployments: set[str] = set()
+    warnings: list[tuple[str, str]] = []
     for loaded in specs:
         deployment = loaded.spec.deployment
         deployments.add(deployment)
+        warnings += [(deployment, w) for w in deployment_warnings(loaded.spec)]
         for name, service in loaded.spec.services.items():
             compiled, found = compile_service(deployment, name, service, inputs, loaded.file)
             problems.extend(
@@ -321,7 +326,31 @@ def compile_specs(
                 services[(deployment, name)] = compiled
     if problems:
         return None, problems
-    return DesiredState(revision, dict(sorted(services.items())), frozenset(deployments)), []
+    state = DesiredState(
+        revision, dict(sorted(services.items())), frozenset(deployments), tuple(warnings)
+    )
+    return state, []
+
+
+def deployment_warnings(spec: DeploymentSpec) -> list[str]:
+    """What the deployment's own fields ask for and no zlayer runtime does."""
+    out = []
+    if spec.externals:
+        out.append(
+            "externals is not applied: the managed proxy routes only the replicas of the "
+            f"specs' services ({', '.join(sorted(spec.externals))} not routed)"
+        )
+    if spec.tunnels:
+        out.append(
+            "tunnels is not applied: zlayer has no tunnel agent (ZLayer's overlay tunnels); "
+            f"{', '.join(sorted(spec.tunnels))} not opened"
+        )
+    if "api" in spec.model_fields_set and spec.api.enabled:
+        out.append(
+            "api is not applied: it configures ZLayer's own API server; zlayer's daemon "
+            "serves its own API ([api] in the daemon's config)"
+        )
+    return out
 
 
 Finding = tuple[Path, str, str | None]
@@ -393,6 +422,14 @@ def _warnings(service: ServiceSpec) -> tuple[str, ...]:
     from reconciler.spec.blocks import AdaptiveScale
 
     out = []
+    placement: list[str] = [
+        key for key in ("node_selector", "affinity") if key in service.model_fields_set
+    ]
+    if service.node_mode != "shared":  # shared: the one host's other workloads share it
+        placement.insert(0, "node_mode")
+    out += [f"{key} is not applied: zlayer places every replica on this host" for key in placement]
+    if service.image.source_policy is not None:
+        out.append("image.source_policy is not applied: the image is pulled by pull_policy alone")
     if service.replica_groups:
         out.append("replica_groups are not supported yet: every replica runs the service's config")
     scale = service.scale

@@ -40,6 +40,7 @@ def encode_state(desired: DesiredState) -> dict[str, Any]:
     return {
         "deployments": sorted(desired.deployments),
         "services": [_encode_service(s) for s in desired.services.values()],
+        "warnings": [list(w) for w in desired.warnings],
     }
 
 
@@ -116,13 +117,16 @@ def decode_state(data: Any, inputs: CompileInputs, revision: str) -> DesiredStat
     """The state :func:`encode_state` gave ``data`` for, its ``$E:`` and ``$S:`` values
     resolved from ``inputs``. Raises ``Foreign`` (a ValueError) for data of another
     shape and for a reference whose value is unset or not the one compiled."""
-    top = _dict(data, {"deployments", "services"})
+    top = _dict(data, {"deployments", "services", "warnings"})
     services: dict[tuple[str, str], DesiredService] = {}
     for raw in _list(top["services"]):
         service = _decode_service(raw, inputs)
         services[service.key] = service
     deployments = frozenset(_str(d) for d in _list(top["deployments"]))
-    return DesiredState(revision, services, deployments)
+    warnings = tuple(
+        (str(d), str(m)) for d, m in (_typed(w, (_STR, _STR)) for w in _list(top["warnings"]))
+    )
+    return DesiredState(revision, services, deployments, warnings)
 
 
 _SERVICE_KEYS = frozenset(

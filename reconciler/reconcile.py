@@ -57,7 +57,9 @@ from reconciler.runtimes import open_runtime
 from reconciler.settings import Settings, default_state_dir
 from reconciler.sources.files import DEFAULT_SPECS, Collected, collect
 from reconciler.spec.load import LoadedSpec, iter_sources
-from reconciler.spec.problems import Problem, format_path
+from reconciler.spec.positions import warning_path
+from reconciler.spec.problems import Problem, ProblemSink, format_path
+from reconciler.spec.yamldoc import Document, parse_document
 from reconciler.statedir import SecretsDir, ensure_secret_key, read_secret_key
 
 Against = Literal["host", "apply", "snapshot", "ref"]
@@ -237,11 +239,11 @@ class _AnyEnv(dict[str, str]):
 def runtime_problems(
     name: str, specs: Sequence[LoadedSpec], settings: Settings | None = None
 ) -> tuple[list[Problem], list[Problem]]:
-    """What runtime ``name`` cannot run in valid ``specs`` (errors), and what it runs
-    only in part or not at all (warnings, as the plan gives them), at the services'
-    positions. Needs no engine: environment and secrets are stood in for, engine facts
-    are the defaults (the engine's own are checked by ``plan --runtime`` and
-    ``apply``)."""
+    """What runtime ``name`` cannot run in valid ``specs`` (errors, at the services'
+    positions), and what it runs only in part or not at all (warnings, as the plan
+    gives them, each at the field it is about). Needs no engine: environment and
+    secrets are stood in for, engine facts are the defaults (the engine's own are
+    checked by ``plan --runtime`` and ``apply``)."""
     driver = open_runtime(name, settings)
     inputs = CompileInputs(env=_AnyEnv(), secret_key=b"validate", secret=lambda _name: "")
     problems: list[Problem] = []
@@ -249,16 +251,45 @@ def runtime_problems(
     for loaded in specs:
         desired, found = compile_specs([loaded], "validate", inputs)
         problems += found
-        for (_, service_name), service in (desired.services if desired else {}).items():
-            path = ("services", service_name)
-            mark, where = loaded.mark_for(path), format_path(path)
+        if desired is None:
+            continue
+        located = Located(loaded)
+        warnings += [
+            located.problem((field,), message)
+            for _, message in desired.warnings
+            for field in (message.split(" ", 1)[0],)
+        ]
+        for (_, service_name), service in desired.services.items():
+            base = ("services", service_name)
             messages, warned = _service_limits(driver, service)
-            problems += [Problem(loaded.file, mark, where, message) for message in messages]
+            problems += [located.problem(base, message) for message in messages]
+            steps = [step.id for step in service.policy.init]
             warnings += [
-                Problem(loaded.file, mark, where, message)
-                for message in (*service.warnings, *warned)
+                located.problem(warning_path(base, message, service.config, steps), message)
+                for message in (
+                    *service.warnings,
+                    *warned,
+                    *routing_warnings(service, driver.routable),
+                )
             ]
     return problems, warnings
+
+
+class Located:
+    """Problems at positions of one spec file, its document parsed once."""
+
+    def __init__(self, loaded: LoadedSpec) -> None:
+        self.loaded = loaded
+        self._document: Document | None = None
+
+    def problem(self, path: tuple[str | int, ...], message: str) -> Problem:
+        """``message`` at ``path``, or at its nearest ancestor the file holds."""
+        if self._document is None:
+            self._document = parse_document(self.loaded.text, ProblemSink(self.loaded.file))
+        document = self._document or self.loaded.document
+        while path and path not in document.marks:
+            path = path[:-1]
+        return Problem(self.loaded.file, document.mark_for(path), format_path(path), message)
 
 
 # --- observing -----------------------------------------------------------------------

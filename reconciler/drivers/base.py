@@ -8,12 +8,12 @@ library's errors into :class:`reconciler.errors.DriverError` subclasses.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Collection
+from collections.abc import AsyncGenerator, Collection, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Any, Protocol, Self
 
-from reconciler.desired import DesiredService
+from reconciler.desired import ROUTING_ONLY, DesiredService, routed_endpoints
 from reconciler.observed import ObservedState, RunId, RunState, Workload, WorkloadId
 
 
@@ -24,6 +24,31 @@ class Limits:
 
     errors: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+
+
+PROXY_ENDPOINT_FIELDS = ("path", "host", "stream", "tunnel", "target_role")
+"""Endpoint fields that need more than a published port: ``host``/``path`` the
+managed proxy applies on an endpoint it routes; ZLayer's stream proxy options, tunnels
+and replica-group roles no runtime implements."""
+
+
+def endpoint_field_warnings(
+    subject: str, config: Mapping[str, Any], unrouted_why: str
+) -> list[str]:
+    """A warning for each endpoint field of ``config`` that is not applied:
+    ``host``/``path`` of an endpoint the managed proxy does not route (``unrouted_why``
+    says which it routes on this runtime), and the fields nothing implements."""
+    routed = {id(e) for e in routed_endpoints(config)}
+    warnings = []
+    for endpoint in config.get("endpoints", ()):
+        for key in PROXY_ENDPOINT_FIELDS:
+            if key not in endpoint or (key in ROUTING_ONLY and id(endpoint) in routed):
+                continue
+            why = "not implemented"
+            if key in ROUTING_ONLY:
+                why = f"the managed proxy does not serve it ({unrouted_why})"
+            warnings.append(f"{subject}: endpoint {endpoint.get('name')}: {key} not applied: {why}")
+    return warnings
 
 
 class Observer(Protocol):

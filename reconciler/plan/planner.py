@@ -67,6 +67,11 @@ def plan_changes(
         found = by_service.get(key, [])
         actions += _plan_service(service, found, observed.configs, notes)
         warnings += [Note(f"{key[0]}/{key[1]}", w) for w in service.warnings]
+    warnings += [
+        Note(deployment, message)
+        for deployment, message in desired.warnings
+        if selected is None or any(key[0] == deployment for key in selected)
+    ]
     for key, found in sorted(by_service.items()):
         if key in desired.services or (selected is not None and key not in selected):
             continue

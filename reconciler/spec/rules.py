@@ -160,7 +160,7 @@ def env_findings(env: Mapping[str, str], base: Path) -> Iterator[Finding]:
             except ValueError as exc:
                 yield (
                     path,
-                    str(exc),
+                    f"secret reference {value!r}: {exc}",
                     "ZLayer's forms: $S:NAME, $S:NAME/FIELD, $S:@SERVICE/NAME[/FIELD], "
                     "$S::ENV/NAME[/FIELD], $S:PROJECT:ENV/NAME[/FIELD], "
                     "$secret://ENV/NAME[/FIELD]",

@@ -203,7 +203,7 @@ def test_s3_init_steps_are_refused_on_the_process_runtime_before_anything_runs(
 
 
 def test_validate_for_a_runtime_warns_at_the_position_and_strict_fails(tmp_path: Path) -> None:
-    """The plan's warnings in ``validate --runtime``, at the service's position, in
+    """The plan's warnings in ``validate --runtime``, at the field's position, in
     every format; ``--strict`` turns them into a failure."""
     (tmp_path / "app.yaml").write_text(
         "version: v1\ndeployment: app\nservices:\n"
@@ -215,7 +215,7 @@ def test_validate_for_a_runtime_warns_at_the_position_and_strict_fails(tmp_path:
     why = "cap_drop is not applied by the process runtime"
     text = zlayer("validate", str(tmp_path), "--runtime", "process")
     assert text.returncode == 0, text.stdout
-    assert f"warning: {tmp_path / 'app.yaml'}:5:5: services.web: {why}" in text.stdout
+    assert f"warning: {tmp_path / 'app.yaml'}:7:15: services.web.cap_drop: {why}" in text.stdout
     assert "1 file valid, 1 warning" in text.stdout
     strict = zlayer("validate", str(tmp_path), "--runtime", "process", "--strict")
     assert strict.returncode == 1, strict.stdout
@@ -224,9 +224,12 @@ def test_validate_for_a_runtime_warns_at_the_position_and_strict_fails(tmp_path:
     )
     assert document["ok"] and document["problems"] == []
     assert [(w["path"], w["line"], w["message"]) for w in document["warnings"]] == [
-        ("services.web", 5, why)
+        ("services.web.cap_drop", 7, why)
     ]
     github = zlayer("validate", str(tmp_path), "--runtime", "process", "--format", "github")
-    assert github.stdout.startswith("::warning file=") and f"services.web: {why}" in github.stdout
+    assert (
+        github.stdout.startswith("::warning file=")
+        and f"services.web.cap_drop: {why}" in github.stdout
+    )
     plain = zlayer("validate", str(tmp_path))  # no runtime: nothing to warn about
     assert plain.returncode == 0 and "warning" not in plain.stdout, plain.stdout

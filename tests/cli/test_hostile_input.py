@@ -225,9 +225,11 @@ def test_what_apply_refuses_is_refused_by_validate_with_positions(tmp_path: Path
     run = zlayer("validate", "env.yaml", cwd=tmp_path)
     refused(
         run,
-        "env.yaml:7:11: services.web.env.S1: secret name '../../etc/passwd' is not valid",
-        "env.yaml:8:11: services.web.env.S2: secret name '' is not valid",
-        "env.yaml:9:11: services.web.env.S3: secret name 'a b' is not valid",
+        "env.yaml:7:11: services.web.env.S1: secret reference '$S:../../etc/passwd': "
+        "secret name '..' is not valid",
+        "env.yaml:8:11: services.web.env.S2: secret reference '$S:': secret name '' is not valid",
+        "env.yaml:9:11: services.web.env.S3: secret reference '$S:a b': "
+        "secret name 'a b' is not valid",
         "env.yaml:10:14: services.web.env.C=D: env key 'C=D' cannot be passed to a process",
         "env.yaml:11:11: services.web.env.: env key '' cannot be passed",
         "env.yaml:12:18: services.web.env.BAD KEY: env key 'BAD KEY' cannot be passed",

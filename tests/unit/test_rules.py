@@ -216,7 +216,7 @@ def test_secret_references_that_name_no_file_of_the_secrets_directory(value: str
     (problem,) = load_bad(service_text(f"env: {{A: {json.dumps(value)}}}"))
     assert problem.where == "services.web.env.A"
     assert problem.mark is not None and (problem.mark.line, problem.mark.col) == (6, 14)
-    assert ("is not valid" in problem.message or " is $S:" in problem.message), problem.message
+    assert "is not valid" in problem.message or " is $S:" in problem.message, problem.message
     assert problem.hint is not None and "$S:@SERVICE/NAME" in problem.hint
 
 

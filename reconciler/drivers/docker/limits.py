@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reconciler.desired import DesiredService, routed_endpoints
-from reconciler.drivers.base import Limits
+from reconciler.drivers.base import Limits, endpoint_field_warnings
 from reconciler.drivers.docker.config import parse_size, parse_swap, tmpfs_mode
 from reconciler.drivers.docker.labels import LABEL_PREFIX, network_name
 
@@ -46,9 +46,6 @@ KNOWN_RESOURCES = frozenset(
         "blkio_weight",
     }
 )  # fmt: skip
-_PROXY_ENDPOINT_FIELDS = ("path", "host", "stream", "tunnel", "target_role")
-_ROUTE_FIELDS = frozenset({"path", "host"})
-"""Applied by the managed proxy on a routed endpoint."""
 _UNROUTED_WHY = (
     "the proxy serves public http, https, websocket and tcp endpoints of services on "
     "their deployment's network; udp is published for one replica, and a replica on "
@@ -304,6 +301,7 @@ def _network_limits(
         )
     routed = {id(e) for e in routed_endpoints(config)}
     internal = {id(e) for e in routed_endpoints(config, "internal")}
+    warnings += endpoint_field_warnings(subject, config, _UNROUTED_WHY)
     for endpoint in config.get("endpoints", ()):
         name = endpoint.get("name")
         public = endpoint.get("expose", "internal") == "public"
@@ -313,13 +311,6 @@ def _network_limits(
                 f"{subject}: endpoint {name} is public but the service has {count} replicas: "
                 f"not published ({_UNROUTED_WHY})"
             )
-        for key in _PROXY_ENDPOINT_FIELDS:
-            if key not in endpoint or (key in _ROUTE_FIELDS and id(endpoint) in routed):
-                continue
-            why = f"the managed proxy does not serve it ({_UNROUTED_WHY})"
-            if key not in _ROUTE_FIELDS:
-                why = "not implemented"
-            warnings.append(f"{subject}: endpoint {name}: {key} not applied: {why}")
         port, target = endpoint.get("port"), endpoint.get("target_port")
         proxied = internal_routed and id(endpoint) in internal
         if not public and target is not None and port != target and not proxied:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reconciler.desired import DesiredService
-from reconciler.drivers.base import Limits
+from reconciler.drivers.base import Limits, endpoint_field_warnings
 from reconciler.durations import parse_duration
 
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -31,6 +31,12 @@ APPLIED = frozenset(
 )  # fmt: skip
 """Config keys the runtime applies (``image`` is recorded, never pulled; ``resources``
 where cgroups allow). Every other key gets a warning: nothing is dropped silently."""
+
+_UNROUTED_WHY = (
+    "the proxy serves public http, https, websocket and tcp endpoints of replicas in "
+    "their deployment's network; a udp endpoint, or a replica on the host's network, "
+    "listens on the host itself"
+)
 
 CGROUP_RESOURCES = frozenset({"cpu", "memory", "pids_limit"})
 """The resource limits the runtime sets through cgroups; other ``resources`` keys warn."""
@@ -166,6 +172,7 @@ def service_limits(service: DesiredService, facts: HostFacts) -> Limits:
         if str(key).startswith(LABEL_PREFIX):
             errors.append(f"{subject}: label {key!r} uses the prefix 'zlayer.', kept for zlayer")
     _network_limits(subject, service, facts, errors, warnings)
+    warnings += endpoint_field_warnings(subject, config, _UNROUTED_WHY)
     _resource_limits(subject, config, facts, warnings)
     for key in sorted(set(config) - APPLIED):
         warnings.append(f"{subject}: {key} is not applied by the process runtime")
