@@ -204,6 +204,8 @@ class DesiredService:
     secrets: Mapping[ConfigPath, SecretValue] = field(default_factory=dict)
     """Clear values by their path in ``config`` (``("env", "DB_PASSWORD")``)."""
     warnings: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    """What zlayer chose where the spec leaves it open (shown as plan notes)."""
     policy: ServicePolicy = DEFAULT_POLICY
     """Health check, init steps and error handling: how zlayer treats the replicas."""
 
@@ -348,7 +350,7 @@ def deployment_warnings(spec: DeploymentSpec) -> list[str]:
     if "api" in spec.model_fields_set and spec.api.enabled:
         out.append(
             "api is not applied: it configures ZLayer's own API server; zlayer's daemon "
-            "serves its own API ([api] in the daemon's config)"
+            "serves its own API (zlayer daemon: socket, listen)"
         )
     return out
 
@@ -400,6 +402,7 @@ def compile_service(
         file=file,
         secrets=secrets,
         warnings=_warnings(service),
+        notes=_notes(service),
         policy=service_policy(service),
         marked=marked,
     ), []
@@ -418,6 +421,20 @@ def _replica_count(service: ServiceSpec) -> int | None:
     return None
 
 
+def _notes(service: ServiceSpec) -> tuple[str, ...]:
+    from reconciler.spec.blocks import AdaptiveScale
+
+    scale = service.scale
+    if service.rtype != "service" or "scale" in service.model_fields_set:
+        return ()
+    if not isinstance(scale, AdaptiveScale):  # the model's default is ZLayer's
+        return ()
+    return (
+        f"scale omitted: ZLayer's default is adaptive (min {scale.min}, max {scale.max}); "
+        f"zlayer runs scale.min ({scale.min}) until autoscaling exists",
+    )
+
+
 def _warnings(service: ServiceSpec) -> tuple[str, ...]:
     from reconciler.spec.blocks import AdaptiveScale
 
@@ -430,6 +447,17 @@ def _warnings(service: ServiceSpec) -> tuple[str, ...]:
     out += [f"{key} is not applied: zlayer places every replica on this host" for key in placement]
     if service.image.source_policy is not None:
         out.append("image.source_policy is not applied: the image is pulled by pull_policy alone")
+    if "deployment" in service.model_fields_set:
+        out.append("deployment is not applied: a service belongs to its file's deployment")
+    adaptive = service.scale if isinstance(service.scale, AdaptiveScale) else None
+    ranged = adaptive is not None and adaptive.max > adaptive.min  # said below
+    if adaptive is not None and adaptive.targets.model_fields_set and not ranged:
+        out.append("scale.targets are not used until autoscaling exists")
+    if service.lifecycle.delete_on_exit:
+        out.append(
+            "lifecycle.delete_on_exit is not applied yet: a replica that exits is kept and "
+            "restarted as errors.on_panic says"
+        )
     if service.replica_groups:
         out.append("replica_groups are not supported yet: every replica runs the service's config")
     scale = service.scale

@@ -59,6 +59,7 @@ def _encode_service(service: DesiredService) -> dict[str, Any]:
         "file": service.file,
         "secrets": [_encode_secret(service.config, p, v) for p, v in service.secrets.items()],
         "warnings": list(service.warnings),
+        "notes": list(service.notes),
         "health": [getattr(health, name) for name in _HEALTH_FIELDS],
         "init": [[getattr(step, name) for name in _STEP_FIELDS] for step in policy.init],
         "on_init_failure": policy.on_init_failure,
@@ -142,6 +143,7 @@ _SERVICE_KEYS = frozenset(
         "file",
         "secrets",
         "warnings",
+        "notes",
         "health",
         "init",
         "on_init_failure",
@@ -174,6 +176,7 @@ def _decode_service(raw: Any, inputs: CompileInputs) -> DesiredService:
         file=_str(data["file"]),
         secrets=dict(_decode_secret(s, config, inputs) for s in _list(data["secrets"])),
         warnings=tuple(_str(w) for w in _list(data["warnings"])),
+        notes=tuple(_str(n) for n in _list(data["notes"])),
         policy=ServicePolicy(
             health=HealthPolicy(**dict(zip(_HEALTH_FIELDS, health, strict=True))),
             init=tuple(

@@ -67,6 +67,7 @@ def plan_changes(
         found = by_service.get(key, [])
         actions += _plan_service(service, found, observed.configs, notes)
         warnings += [Note(f"{key[0]}/{key[1]}", w) for w in service.warnings]
+        notes += [Note(f"{key[0]}/{key[1]}", n) for n in service.notes]
     warnings += [
         Note(deployment, message)
         for deployment, message in desired.warnings

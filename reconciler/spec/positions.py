@@ -19,7 +19,7 @@ from reconciler.spec.problems import Path
 _FIELD = re.compile(r"[a-z_]+(?:\.[a-z_]+)*")
 _ENDPOINT = re.compile(r"endpoint (?P<name>[^\s:]+)(?:: (?P<key>[a-z_]+) not applied)?")
 _STEP = re.compile(r"init step '(?P<id>[^']*)'")
-_STORAGE = re.compile(r"storage \S+ at (?P<target>\S+)")
+_STORAGE = re.compile(r"storage \S+ at (?P<target>\S+?):?(?:\s|$)")
 
 
 def warning_path(

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -226,3 +228,40 @@ def test_every_zlayer_secret_reference_form_reaches_the_process(
     finally:
         kill_recorded(Path(host["ZLAYER_STATE_DIR"]))
         remove_networks("refs")
+
+
+@pytest.mark.slow
+def test_workdir_user_and_stop_signal_reach_the_process(
+    host: dict[str, str], tmp_path: Path
+) -> None:
+    """``command.workdir``, ``user`` and ``stop_signal`` set in a spec: the process
+    starts in that directory as that user, and ``destroy`` stops it with that signal."""
+    work = Path(tempfile.mkdtemp(prefix="zlayer-test-workdir-"))  # nobody reaches it
+    work.chmod(0o777)
+    out = work / "out"
+    script = (
+        f"pwd > {out}; id -u >> {out}; trap 'echo got-INT >> {out}; exit 0' INT; "
+        "while :; do sleep 0.1; done"
+    )
+    spec = tmp_path / "who.yaml"
+    spec.write_text(
+        "version: v1\ndeployment: who\nservices:\n"
+        "  app:\n"
+        "    image: {name: busybox}\n"
+        f"    command: {{entrypoint: [sh, -c, {json.dumps(script)}], workdir: {work}}}\n"
+        "    user: '65534'\n"
+        "    stop_signal: SIGINT\n"
+        "    scale: {mode: fixed, replicas: 1}\n"
+    )
+    try:
+        run = zlayer(host, "apply", str(spec), "--runtime", "process", "--auto-approve")
+        assert run.returncode == 0, run.stdout + run.stderr
+        wait_for(lambda: out.exists() and len(out.read_text().split()) >= 2, "the output", 60)
+        assert out.read_text().split()[:2] == [str(work), "65534"]
+        gone = zlayer(host, "destroy", "who", "--runtime", "process", "--auto-approve")
+        assert gone.returncode == 0, gone.stdout + gone.stderr
+        assert out.read_text().split() == [str(work), "65534", "got-INT"]
+    finally:
+        kill_recorded(Path(host["ZLAYER_STATE_DIR"]))
+        remove_networks("who")
+        shutil.rmtree(work, ignore_errors=True)

@@ -697,3 +697,16 @@ def test_a_container_made_without_zlayers_names_is_outdated_where_the_proxy_serv
     assert why is not None and "/etc/hosts is the engine's" in why
     assert names_outdated(container_labels(client, 1, "r", hosts=True), True, True) is None
     assert names_outdated(container_labels(client, 1, "r"), proxied=False, hosts=True) is None
+
+
+def test_engine_options_pass_through_to_the_host_config() -> None:
+    service = _one(
+        "privileged: true\nipc_mode: shareable\nuserns_mode: host\n"
+        "cgroup_parent: /zlayer-test\nlogs: {destination: disk, max_size_bytes: 2048}"
+    )
+    host = create_body(service, 1, "rev")["HostConfig"]
+    assert host["Privileged"] is True
+    assert host["IpcMode"] == "shareable"
+    assert host["UsernsMode"] == "host"
+    assert host["CgroupParent"] == "/zlayer-test"
+    assert host["LogConfig"] == {"Type": "json-file", "Config": {"max-size": "2048"}}

@@ -26,7 +26,7 @@ LABEL_PREFIX = "zlayer."
 APPLIED = frozenset(
     {
         "image", "command", "env", "user", "stop_signal", "stop_grace_period", "network_mode",
-        "labels", "endpoints", "expose", "resources", "rtype", "schedule",
+        "labels", "endpoints", "resources", "rtype", "schedule",
     }
 )  # fmt: skip
 """Config keys the runtime applies (``image`` is recorded, never pulled; ``resources``
@@ -171,6 +171,11 @@ def service_limits(service: DesiredService, facts: HostFacts) -> Limits:
     for key in config.get("labels", {}):
         if str(key).startswith(LABEL_PREFIX):
             errors.append(f"{subject}: label {key!r} uses the prefix 'zlayer.', kept for zlayer")
+    if service.pull_policy in ("always", "newer"):  # never/if_not_present: as here
+        warnings.append(
+            f"{subject}: image.pull_policy {service.pull_policy} is not applied: the process "
+            "runtime runs host commands and pulls no image"
+        )
     _network_limits(subject, service, facts, errors, warnings)
     warnings += endpoint_field_warnings(subject, config, _UNROUTED_WHY)
     _resource_limits(subject, config, facts, warnings)
