@@ -141,6 +141,19 @@ class Workload:
     def id(self) -> WorkloadId:
         return WorkloadId(self.deployment, self.service, self.replica)
 
+    @property
+    def completed(self) -> bool:
+        """A replica that exited with status 0: it finished, as ZLayer counts it, and
+        is not restarted; only a failure is a crash."""
+        return self.replica is not None and self.status == "exited" and self.exit_code == 0
+
+    @property
+    def state(self) -> str:
+        """The status as shown: ``completed``, ``exited (3)``, ``running``, …"""
+        if self.completed:
+            return "completed"
+        return self.status if self.exit_code is None else f"{self.status} ({self.exit_code})"
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Network:

@@ -75,11 +75,15 @@ def assert_runs_exactly(
     replica running (or restarting) with its fingerprint, every definition registered,
     and nothing else (except, with --no-prune, what was there for services that left
     the specs). ``manual`` scale keeps the replica indexes that were there; offline
-    secrets make the fingerprint unknowable here, so only the status is compared."""
+    secrets make the fingerprint unknowable here, so only the status is compared. A
+    replica that had completed (exit 0) with the config wanted stays so."""
     before_indexes: dict[tuple[str, str], list[int]] = {}
+    completed = {}
     for w in before.workloads:
         if w.replica is not None:
             before_indexes.setdefault((w.deployment, w.service), []).append(w.replica)
+        if w.completed:
+            completed[(w.deployment, w.service, w.replica)] = w.fingerprint
     expected: dict[tuple[str, str, int | None], tuple[str | None, str]] = {}
     for service in desired.services.values():
         fingerprint = None if service.offline_secrets else service.fingerprint
@@ -91,7 +95,9 @@ def assert_runs_exactly(
             else range(1, service.replicas + 1)
         )
         for index in indexes:
-            expected[(*service.key, index)] = (fingerprint, "running")
+            key = (*service.key, index)
+            done = key in completed and fingerprint in (None, completed[key])
+            expected[key] = (fingerprint, "exited" if done else "running")
     if not prune:
         for w in before.workloads:
             if (w.deployment, w.service) not in desired.services:

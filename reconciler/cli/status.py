@@ -87,7 +87,7 @@ def status(deployments: tuple[str, ...], runtime: str | None, state_dir: Path | 
             w.deployment,
             w.service,
             str(w.replica) if w.replica is not None else "-",
-            w.status if w.exit_code is None else f"{w.status} ({w.exit_code})",
+            w.state,
             w.health,
             str(max(w.restart_count, crashes[str(w.id)].restarts))
             if str(w.id) in crashes

@@ -53,7 +53,7 @@ class Supervisor:
 
     def crash_of(self, workload: Workload, health_problem: str | None) -> str | None:
         """Why ``workload`` counts as crashed, or None."""
-        if workload.replica is None:
+        if workload.replica is None or workload.completed:
             return None
         if workload.status in ("exited", "dead"):
             code = workload.exit_code

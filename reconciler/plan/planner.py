@@ -205,6 +205,8 @@ def _plan_replicas(
         action = _existing(service, current, configs.get(current.fingerprint), conditions)
         if action is not None:
             out.append(action)
+        elif current.completed:
+            notes.append(Note(str(current.id), "completed (exited with status 0); not restarted"))
     if want is not None:
         for workload in reversed(replicas):
             if (workload.replica or 0) > want:
@@ -239,6 +241,8 @@ def _existing(
         return _action("replace", current.id, _reason(changes), changes or (), conditions)
     if current.outdated is not None:
         return _action("replace", current.id, current.outdated, (), conditions)
+    if current.completed:
+        return None  # finished: kept as it is (a changed config above still replaces it)
     if current.status in ("exited", "dead"):
         code = current.exit_code
         reason = f"exited with status {code}" if code is not None else f"{current.status}"

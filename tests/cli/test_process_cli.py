@@ -265,3 +265,58 @@ def test_workdir_user_and_stop_signal_reach_the_process(
         kill_recorded(Path(host["ZLAYER_STATE_DIR"]))
         remove_networks("who")
         shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_a_replica_that_exits_0_completed_and_is_not_restarted(
+    host: dict[str, str], tmp_path: Path
+) -> None:
+    """ZLayer's semantics: exit status 0 is ``completed`` — shown so by ``status``, a
+    note in ``plan`` and ``apply``, and not restarted; exit status 3 is a crash that
+    ``apply`` restarts."""
+    spec = tmp_path / "done.yaml"
+    spec.write_text(
+        "version: v1\ndeployment: done\nservices:\n"
+        "  finishes:\n"
+        "    image: {name: busybox}\n"
+        "    command: {entrypoint: [sh, -c, 'exit 0']}\n"
+        "    scale: {mode: fixed, replicas: 1}\n"
+        "    health: {start_grace: 0s, check: {type: command, command: 'true'}}\n"
+        "  fails:\n"
+        "    image: {name: busybox}\n"
+        "    command: {entrypoint: [sh, -c, 'sleep 1; exit 3']}\n"
+        "    scale: {mode: fixed, replicas: 1}\n"
+        "    health: {start_grace: 0s, check: {type: command, command: 'true'}}\n"
+    )
+    args = ("--runtime", "process")
+    try:
+        first = zlayer(host, "apply", str(spec), *args, "--auto-approve")
+        assert first.returncode in (0, 1), first.stdout + first.stderr  # may see fails exit
+
+        def rows() -> dict[str, list[str]]:
+            status = zlayer(host, "status", *args).stdout
+            return {r.split()[1]: r.split() for r in status.splitlines() if r.startswith("done ")}
+
+        wait_for(
+            lambda: (
+                rows().get("finishes", [""] * 4)[3] == "completed"
+                and rows().get("fails", [""] * 4)[3:5] == ["exited", "(3)"]
+            ),
+            lambda: f"finishes completed and fails exited (3); status: {rows()}",
+            60,
+        )
+        plan = zlayer(host, "plan", str(spec), *args)
+        assert "done/finishes/1: completed (exited with status 0); not restarted" in " ".join(
+            plan.stdout.split()
+        ), plan.stdout
+        assert "restart    done/fails/1  exited with status 3" in plan.stdout, plan.stdout
+        again = zlayer(host, "apply", str(spec), *args, "--auto-approve")
+        assert "restart:done/fails/1" in again.stdout, again.stdout
+        acted = [line for line in again.stdout.splitlines() if "finishes" in line]
+        assert acted == [
+            "note: done/finishes/1: completed (exited with status 0); not restarted"
+        ], again.stdout
+        assert rows()["finishes"][3] == "completed"  # still, after the apply
+    finally:
+        kill_recorded(Path(host["ZLAYER_STATE_DIR"]))
+        remove_networks("done")

@@ -135,7 +135,7 @@ def test_dependents_wait_with_a_held_restart(journal: Journal) -> None:
     clock = Clock()
     supervisor = Supervisor(journal, BackoffPolicy(jitter=0), clock=clock)
     desired = _desired()
-    observed = _observed(desired, {"db": ("exited", 2, "a"), "web": ("exited", 0, "b")})
+    observed = _observed(desired, {"db": ("exited", 2, "a"), "web": ("exited", 1, "b")})
     result = supervisor.supervise(plan_changes(desired, observed), desired, observed, {})
     ids = {a.id for a in result.plan.actions}
     assert "restart:demo/db/1" not in ids and "restart:demo/web/1" not in ids
@@ -219,3 +219,20 @@ def test_cron_fires_on_schedule_once_for_missed_runs(journal: Journal) -> None:
     assert len(fired) == 1 and "missed" in fired[0][1]
     assert cron.due(desired) == []
     assert cron.next_wake(desired) == datetime(2026, 11, 26, 3, 0, tzinfo=UTC).timestamp()
+
+
+def test_a_replica_that_exits_0_completed_and_is_no_crash(journal: Journal) -> None:
+    """Exit status 0 is ``completed``: the plan does not restart it, the supervisor
+    records no crash, so it never enters backoff; status 1 is a crash."""
+    supervisor = Supervisor(journal, BackoffPolicy(jitter=0), clock=Clock())
+    desired = _desired()
+    observed = _observed(desired, {"db": ("exited", 0, "a"), "web": ("exited", 1, "b")})
+    done = next(w for w in observed.workloads if w.service == "db")
+    assert done.completed and done.state == "completed"
+    assert supervisor.crash_of(done, None) is None
+    plan = plan_changes(desired, observed)
+    assert "restart:demo/db/1" not in {a.id for a in plan.actions}
+    result = supervisor.supervise(plan, desired, observed, {})
+    assert journal.crash("demo/db/1") is None
+    assert journal.crash("demo/web/1") is not None
+    assert set(result.held) == {"demo/web/1"}  # its backoff; db has none
