@@ -226,6 +226,12 @@ def _service_limits(driver: Driver, service: DesiredService) -> tuple[list[str],
     return errors, tuple(w.removeprefix(subject) for w in limits.warnings)
 
 
+def standin_inputs() -> CompileInputs:
+    """Compile inputs for checking specs away from their values: every variable and
+    secret set, to an empty value (``validate --runtime``, ``status --probe``)."""
+    return CompileInputs(env=_AnyEnv(), secret_key=b"validate", secret=lambda _name: "")
+
+
 class _AnyEnv(dict[str, str]):
     """Every variable set (to an empty value): for checking specs without their host."""
 
@@ -245,7 +251,7 @@ def runtime_problems(
     secrets are stood in for, engine facts are the defaults (the engine's own are
     checked by ``plan --runtime`` and ``apply``)."""
     driver = open_runtime(name, settings)
-    inputs = CompileInputs(env=_AnyEnv(), secret_key=b"validate", secret=lambda _name: "")
+    inputs = standin_inputs()
     problems: list[Problem] = []
     warnings: list[Problem] = []
     for loaded in specs:

@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import click
 
 from reconciler.cli.escape import visible, visible_line
 from reconciler.cli.runtime import RUNTIME_OPTION, STATE_DIR_OPTION, pick_runtime, settings_for
 from reconciler.daemon.journal import Crash, Journal
+from reconciler.desired import DesiredState
 from reconciler.drivers.base import Driver
-from reconciler.errors import ProxyError, ZlayerError
+from reconciler.errors import NoDaemon, ProxyError, ZlayerError
 from reconciler.observed import ObservedState, Workload, WorkloadId
 from reconciler.routing.host import HostRoutes, RouteStat
 from reconciler.runtimes import open_runtime
@@ -45,40 +49,74 @@ def _image(state: ObservedState, workload: Workload) -> str:
     return str(config.get("image", "?"))
 
 
-@click.command(epilog="Example:\n\n    zlayer status --deployment demo")
+@click.command(epilog="Example:\n\n    zlayer status --deployment demo --probe specs/")
 @click.option(
     "--deployment", "deployments", multiple=True, help="Only this deployment. Repeatable."
 )
+@click.option(
+    "--probe",
+    "probe_specs",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    metavar="SPECS",
+    help="Run the health checks of these specs once now, for the HEALTH column "
+    "(without it: the running daemon's verdicts, else the runtime's own). Repeatable.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one document with every workload, its health and where that came from.",
+)
 @RUNTIME_OPTION
 @STATE_DIR_OPTION
-def status(deployments: tuple[str, ...], runtime: str | None, state_dir: Path | None) -> int:
-    """Every workload zlayer manages (state, health, restarts, age, image) and its routes."""
+def status(
+    deployments: tuple[str, ...],
+    probe_specs: tuple[Path, ...],
+    fmt: str,
+    runtime: str | None,
+    state_dir: Path | None,
+) -> int:
+    """Every workload zlayer manages (state, health, restarts, age, image) and its routes.
+
+    HEALTH is zlayer's verdict, not the runtime's: with --probe, the specs' health
+    checks run once now; else the running daemon's checks, when a daemon answers;
+    else the runtime's own (Docker's HEALTHCHECK, none on the process runtime)."""
     settings = settings_for(state_dir)
     runtime = pick_runtime(runtime, settings)
 
     routes = HostRoutes.of(settings.state_dir or default_state_dir(), settings.publish_address)
+    desired = _probe_desired(probe_specs) if probe_specs else None
 
-    async def observe() -> tuple[ObservedState, list[Workload], list[RouteStat]]:
+    async def observe() -> tuple[ObservedState, list[Workload], list[RouteStat], Verdicts]:
         async with open_runtime(runtime, settings) as driver:
             state = await driver.observe(deployments or None)
             # The list call leaves out start times and restart counts; ask per replica.
             detailed = await asyncio.gather(*(driver.status(w.id) for w in state.workloads))
             workloads = [d or w for d, w in zip(detailed, state.workloads, strict=True)]
+            verdicts = await _probed(driver, desired, workloads) if desired else None
         try:
             served = await routes.stats(deployments or None)
         except ProxyError:
             served = []  # HAProxy went away meanwhile: no route to show
-        return state, workloads, served
+        return state, workloads, served, verdicts
 
     try:
-        state, workloads, served = asyncio.run(observe())
+        state, workloads, served, probed = asyncio.run(observe())
     except ZlayerError as exc:
         raise click.ClickException(visible(str(exc))) from exc
+    source, verdicts = ("probe", probed) if probed is not None else _daemon_verdicts(settings)
+    now = datetime.now(UTC)
+    crashes = _crash_loops(settings)
+    if fmt == "json":
+        document = _document(runtime, state, workloads, served, crashes, source, verdicts, now)
+        click.echo(json.dumps(document, indent=2, ensure_ascii=True))
+        return 0
     if not workloads:
         click.echo(f"No workloads managed by zlayer on the {runtime} runtime.")
         return 0
-    now = datetime.now(UTC)
-    crashes = _crash_loops(settings)
     rows: list[tuple[str, ...]] = [
         ("DEPLOYMENT", "SERVICE", "REPLICA", "STATE", "HEALTH", "RESTARTS", "AGE", "IMAGE")
     ]
@@ -88,10 +126,8 @@ def status(deployments: tuple[str, ...], runtime: str | None, state_dir: Path | 
             w.service,
             str(w.replica) if w.replica is not None else "-",
             w.state,
-            w.health,
-            str(max(w.restart_count, crashes[str(w.id)].restarts))
-            if str(w.id) in crashes
-            else str(w.restart_count),
+            _health(w, verdicts)[0],
+            str(_restarts(w, crashes)),
             _age(w.started_at, now) if w.status == "running" else "-",
             _image(state, w),
         )
@@ -101,10 +137,130 @@ def status(deployments: tuple[str, ...], runtime: str | None, state_dir: Path | 
     for target, crash in sorted(crashes.items()):
         if target in shown and (crash.streak or crash.held):
             click.echo(visible_line(f"{target}: {crash.describe(now.timestamp())}"))
+    for w in workloads:
+        verdict, problem = _health(w, verdicts)
+        if problem and verdict == "unhealthy":
+            click.echo(visible_line(f"{w.id}: {problem}"))
+    click.echo(visible_line(f"health: {HEALTH_SOURCES[source]}"))
     if served:
         click.echo("")
         _table(_route_rows(served))
     return 0
+
+
+Verdicts = dict[str, tuple[str, str]] | None
+"""Replica → (verdict, problem) by zlayer's checks; None when zlayer has none."""
+
+HEALTH_SOURCES = {
+    "probe": "the specs' checks, run once now (--probe)",
+    "daemon": "the running daemon's checks",
+    "runtime": "the runtime's own (no daemon answers; --probe SPECS runs the checks now)",
+}
+
+
+def _health(workload: Workload, verdicts: Verdicts) -> tuple[str, str]:
+    if verdicts is not None and str(workload.id) in verdicts:
+        return verdicts[str(workload.id)]
+    return workload.health, ""
+
+
+def _restarts(workload: Workload, crashes: dict[str, Crash]) -> int:
+    crash = crashes.get(str(workload.id))
+    return max(workload.restart_count, crash.restarts) if crash else workload.restart_count
+
+
+def _probe_desired(paths: tuple[Path, ...]) -> DesiredState:
+    """The specs whose health checks ``--probe`` runs (no secrets needed: a check
+    holds none, and the replicas already run with theirs)."""
+    from reconciler.reconcile import compile_paths, standin_inputs
+
+    compiled = compile_paths([str(p) for p in paths], standin_inputs())
+    if compiled.desired is None:
+        listing = "\n".join(p.render() for p in compiled.problems)
+        raise click.ClickException(visible(f"--probe: the specs cannot be compiled:\n{listing}"))
+    return compiled.desired
+
+
+async def _probed(driver: Driver, desired: DesiredState, workloads: list[Workload]) -> Verdicts:
+    """One run of each running replica's health check (those the specs check)."""
+    from reconciler import probes
+    from reconciler.daemon.health import checks_something
+    from reconciler.executor import probe_env, resolver
+
+    async def one(workload: Workload) -> tuple[str, tuple[str, str]] | None:
+        service = desired.services.get((workload.deployment, workload.service))
+        if service is None or workload.replica is None or workload.status != "running":
+            return None
+        policy = service.policy.health
+        if not checks_something(policy):
+            return None
+        try:
+            env = await probe_env(driver, workload.id, policy)
+            problem = await probes.health_probe(policy, resolver(driver, desired, workload.id), env)
+        except ZlayerError as exc:
+            problem = str(exc)
+        verdict = ("unhealthy", problem) if problem else ("healthy", "")
+        return str(workload.id), verdict
+
+    found = await asyncio.gather(*(one(w) for w in workloads))
+    return dict(item for item in found if item is not None)
+
+
+def _daemon_verdicts(settings: Settings) -> tuple[str, Verdicts]:
+    """The running daemon's health verdicts, when one answers on its socket."""
+    from reconciler.daemon.client import call
+
+    socket = settings.daemon.socket or (settings.state_dir or default_state_dir()) / "zlayer.sock"
+    try:
+        code, body = call(socket, "GET", "/v1/status", timeout=5.0)
+    except NoDaemon:
+        return "runtime", None
+    health = body.get("health") if code == 200 else None
+    if not isinstance(health, dict):
+        return "runtime", None
+    return "daemon", {str(t): (str(v), "") for t, v in health.items()}
+
+
+def _document(
+    runtime: str,
+    state: ObservedState,
+    workloads: list[Workload],
+    served: list[RouteStat],
+    crashes: dict[str, Crash],
+    source: str,
+    verdicts: Verdicts,
+    now: datetime,
+) -> dict[str, Any]:
+    """``status --format json``."""
+    out = []
+    for w in workloads:
+        verdict, problem = _health(w, verdicts)
+        crash = crashes.get(str(w.id))
+        out.append(
+            {
+                "deployment": w.deployment,
+                "service": w.service,
+                "replica": w.replica,
+                "state": w.state,
+                "status": w.status,
+                "exit_code": w.exit_code,
+                "health": verdict,
+                "health_problem": problem or None,
+                "runtime_health": w.health,
+                "restarts": _restarts(w, crashes),
+                "crash_loop": crash.describe(now.timestamp())
+                if crash and (crash.streak or crash.held)
+                else None,
+                "started_at": w.started_at,
+                "image": _image(state, w),
+            }
+        )
+    return {
+        "runtime": runtime,
+        "health_source": source,
+        "workloads": out,
+        "routes": [dataclasses.asdict(r) for r in served],
+    }
 
 
 def _table(rows: list[tuple[str, ...]]) -> None:

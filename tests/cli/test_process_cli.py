@@ -320,3 +320,55 @@ def test_a_replica_that_exits_0_completed_and_is_not_restarted(
     finally:
         kill_recorded(Path(host["ZLAYER_STATE_DIR"]))
         remove_networks("done")
+
+
+@pytest.mark.slow
+def test_status_shows_zlayer_health_verdict_and_speaks_json(
+    host: dict[str, str], tmp_path: Path
+) -> None:
+    """``status`` shows the runtime's health ("none" on the process runtime) until
+    asked for zlayer's: ``--probe SPECS`` runs the specs' checks once, per replica,
+    in text and in ``--format json``."""
+
+    def spec_text(good: str, bad: str) -> str:
+        return "version: v1\ndeployment: probed\nservices:\n" + "".join(
+            f"  {name}:\n"
+            "    image: {name: busybox}\n"
+            "    command: {entrypoint: [sleep, '600']}\n"
+            "    scale: {mode: fixed, replicas: 1}\n"
+            f"    health: {{start_grace: 0s, check: {{type: command, command: '{check}'}}}}\n"
+            for name, check in (("good", good), ("bad", bad))
+        )
+
+    spec = tmp_path / "health.yaml"
+    spec.write_text(spec_text("true", "true"))
+    args = ("--runtime", "process")
+    try:
+        run = zlayer(host, "apply", str(spec), *args, "--auto-approve")
+        assert run.returncode == 0, run.stdout + run.stderr
+        plain = zlayer(host, "status", *args)
+        assert "health: the runtime's own" in plain.stdout, plain.stdout
+        rows = [r.split() for r in plain.stdout.splitlines() if r.startswith("probed ")]
+        assert {r[4] for r in rows} == {"none"}  # the process runtime has no checks
+        # the same services, bad's check now failing (checks are no part of the config)
+        spec.write_text(spec_text("true", "exit 7"))
+        probed = zlayer(host, "status", *args, "--probe", str(spec))
+        assert probed.returncode == 0, probed.stdout + probed.stderr
+        health = {r.split()[1]: r.split()[4] for r in probed.stdout.splitlines()
+                  if r.startswith("probed ")}  # fmt: skip
+        assert health == {"good": "healthy", "bad": "unhealthy"}, probed.stdout
+        assert "probed/bad/1: command 'exit 7': exit status 7" in probed.stdout, probed.stdout
+        assert "health: the specs' checks, run once now (--probe)" in probed.stdout
+        document = json.loads(
+            zlayer(host, "status", *args, "--probe", str(spec), "--format", "json").stdout
+        )
+        assert document["health_source"] == "probe"
+        by_service = {w["service"]: w for w in document["workloads"]}
+        assert by_service["good"]["health"] == "healthy"
+        assert by_service["bad"]["health"] == "unhealthy"
+        assert "exit status 7" in by_service["bad"]["health_problem"]
+        assert by_service["bad"]["runtime_health"] == "none"
+        assert by_service["good"]["state"] == "running"
+    finally:
+        kill_recorded(Path(host["ZLAYER_STATE_DIR"]))
+        remove_networks("probed")

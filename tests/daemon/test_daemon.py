@@ -202,6 +202,7 @@ def test_a_crash_loop_backs_off_on_schedule_and_its_counters_survive_kill_9(
     # plan and status show it too
     shown = daemon_host.zlayer("status", "--runtime", "process")
     assert "crash-looping" in shown.stdout, shown.stdout + shown.stderr
+    assert "health: the running daemon's checks" in shown.stdout, shown.stdout
     planned = daemon_host.zlayer("plan", str(specs), "--runtime", "process")
     assert "crash-looping" in planned.stdout, planned.stdout + planned.stderr
 
