@@ -195,6 +195,8 @@ class Daemon:
             asyncio.create_task(self._watch_runs(), name="runs"),
             asyncio.create_task(self._watchdog(), name="watchdog"),
         ]
+        for task in tasks:
+            task.add_done_callback(lambda _task: self._wake.set())
         self.trigger("daemon started")
         try:
             while not self.stopping.is_set():
@@ -202,11 +204,10 @@ class Daemon:
                 if self.stopping.is_set():
                     break
                 self._wake.clear()
+                if (failed := _failed_task(tasks)) is not None:
+                    return self._task_failed(*failed)
                 reasons, self._reasons = self._reasons, []
                 await self.reconcile(reasons or ["wake"])
-                for task in tasks:
-                    if task.done() and not task.cancelled() and task.exception() is not None:
-                        raise task.exception()  # type: ignore[misc]
         finally:
             self.notifier.stopping()
             for task in tasks:
@@ -217,6 +218,16 @@ class Daemon:
                 self._backoff_timer.cancel()
             self.journal.event("daemon", "stopped", "workloads left running", self.clock())
         return 0
+
+    def _task_failed(self, name: str, why: str) -> int:
+        """One of the daemon's own tasks ended: one log line, a journal event and
+        systemd's STATUS= say which and why; the exit status is :data:`TASK_FAILED`
+        (workloads keep running; systemd's ``Restart=on-failure`` starts it again)."""
+        message = f"the daemon's {name} task stopped: {why}; exiting ({TASK_FAILED})"
+        log.error("%s", message)
+        self.journal.event("daemon", "failed", message, self.clock())
+        self.notifier.status(f"failed: {message}")
+        return TASK_FAILED
 
     def stop(self, why: str = "stop") -> None:
         """Stop taking triggers; the reconcile under way finishes; workloads stay."""
@@ -510,3 +521,27 @@ def _workload_id(target: str) -> WorkloadId:
     """``deployment/service/replica`` (as the journal names a replica) as its id."""
     deployment, service, replica = target.rsplit("/", 2)
     return WorkloadId(deployment, service, int(replica) if replica.isdigit() else None)
+
+
+TASK_FAILED = 4
+"""The exit status of a daemon one of whose own tasks (following the source, resync,
+health checks, cron, …) ended while it was not stopping."""
+
+
+MAY_RETURN = frozenset({"watchdog", "exits"})
+"""Tasks that end by themselves when there is nothing for them to do (no systemd
+watchdog; a runtime without an event stream)."""
+
+
+def _failed_task(tasks: list[asyncio.Task[Any]]) -> tuple[str, str] | None:
+    """``(name, why)`` of the first task that failed: raised, or (but for
+    :data:`MAY_RETURN`) returned while the daemon still runs."""
+    for task in tasks:
+        if not task.done() or task.cancelled():
+            continue
+        error = task.exception()
+        if error is None and task.get_name() in MAY_RETURN:
+            continue
+        why = "it returned" if error is None else (str(error) or type(error).__name__)
+        return task.get_name(), why
+    return None
