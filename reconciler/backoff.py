@@ -26,12 +26,17 @@ class BackoffPolicy:
     """Running (and healthy, where checked) this long ends the streak."""
     jitter: float = 0.1
     """± this fraction of the delay, at random."""
+    give_up_after: int = 0
+    """After this many restarts in a row (one streak) the next crash is not restarted:
+    the replica is *failed* until a new revision or ``zlayer daemon retry``. 0: never."""
 
     def __post_init__(self) -> None:
         if self.initial < 0 or self.cap < 0 or self.reset_after < 0:
             raise ZlayerError("backoff: initial, cap and reset_after must not be negative")
         if self.factor < 1:
             raise ZlayerError(f"backoff: factor {self.factor:g} must be at least 1")
+        if self.give_up_after < 0:
+            raise ZlayerError("backoff: give_up_after must not be negative (0: never)")
         if not 0 <= self.jitter < 1:
             raise ZlayerError(f"backoff: jitter {self.jitter:g} must be in [0, 1)")
 

@@ -116,6 +116,8 @@ class Crash:
             return f"stopped after a crash (on_panic: shutdown); {self.restarts} {noun}"
         if self.held == "isolate":
             return f"isolated after a crash (on_panic: isolate); {self.restarts} {noun}"
+        if self.held == "failed":
+            return f"failed: gave up after {self.restarts} {noun} (backoff give_up_after)"
         if self.next_at is not None and self.next_at > now:
             wait = describe_wait(self.next_at - now)
             return f"crash-looping: {self.restarts} {noun}, next in {wait}"
@@ -346,10 +348,16 @@ class Journal:
             )
 
     def release_held(self) -> list[str]:
-        """``zlayer daemon retry``: replicas held by on_panic go back to the backoff rules."""
+        """``zlayer daemon retry``: replicas held by on_panic, or given up on (``failed``),
+        go back to the backoff rules."""
         with self._write():
             rows = self._db.execute("SELECT target FROM crashes WHERE held IS NOT NULL").fetchall()
-            self._db.execute("UPDATE crashes SET held = NULL, next_at = NULL")
+            # a replica that was given up on starts a new streak, its held crash the
+            # first of it: else its next crash would give up at once
+            self._db.execute(
+                "UPDATE crashes SET streak = CASE WHEN held = 'failed' THEN 1 ELSE streak END,"
+                " held = NULL, next_at = NULL"
+            )
         return [row["target"] for row in rows]
 
     def forget_crash(self, target: str) -> None:

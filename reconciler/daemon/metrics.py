@@ -19,6 +19,8 @@ class Metrics:
     """Workloads by state (running, exited, …) as last observed."""
     restarts: int = 0
     """Restarts of crashed replicas by the daemon (from the journal: never goes down)."""
+    failed: int = 0
+    """Replicas given up on (``[backoff] give_up_after``), until released."""
     applied_revision: str | None = None
     applied_at: float | None = None
     job_runs: Mapping[str, int] = field(default_factory=dict)
@@ -73,6 +75,11 @@ def render_metrics(metrics: Metrics, now: float) -> str:
     lines += _family(
         "zlayer_restarts_total", "counter", "Restarts of crashed replicas by the daemon.",
         [("", metrics.restarts)],
+    )  # fmt: skip
+    lines += _family(
+        "zlayer_failed_replicas", "gauge",
+        "Replicas not restarted any more: their crash loop went past give_up_after.",
+        [("", metrics.failed)],
     )  # fmt: skip
     lines += _family(
         "zlayer_job_runs_total", "counter", "Job and cron runs, by result.",

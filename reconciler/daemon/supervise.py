@@ -37,6 +37,10 @@ class Supervised:
     """Unhealthy replicas whose on_panic is ``shutdown``: stop them."""
 
 
+FAILED = "failed"
+"""The hold of a replica whose crash loop went past ``[backoff] give_up_after``."""
+
+
 class Supervisor:
     def __init__(
         self,
@@ -114,6 +118,9 @@ class Supervisor:
             return current
         streak = (current.streak if current else 0) + 1
         held = None if on_panic == "restart" else on_panic
+        limit = self.policy.give_up_after
+        if held is None and limit and streak > limit:
+            held = FAILED
         next_at = None if held else now + self.policy.delay(streak, self.rng())
         crash = self.journal.record_crash(
             target,
@@ -123,7 +130,12 @@ class Supervisor:
             next_at=next_at,
             held=held,
         )
-        if held:
+        if held == FAILED:
+            message = (
+                f"{why}; failed: gave up after {limit} restarts in a row ([backoff] "
+                "give_up_after); a new revision or zlayer daemon retry starts it again"
+            )
+        elif held:
             message = f"{why}; not restarted (errors.on_panic: {held})"
         else:
             wait = describe_wait((next_at or now) - now)

@@ -113,6 +113,7 @@ class Views:
             reconcile_errors=int(totals["by_outcome"].get("error", 0)),
             workloads=dict(daemon.workload_states),
             restarts=sum(c.restarts for c in crashes.values()),
+            failed=sum(c.held == "failed" for c in crashes.values()),
             applied_revision=applied.revision if applied else None,
             applied_at=daemon.revisions.applied_at,
             job_runs=daemon.journal.run_totals(),

@@ -35,6 +35,7 @@ The file is TOML: ``--config FILE``, else ``$ZLAYER_CONFIG``, else
     factor = 2
     cap = 300
     reset_after = 600
+    give_up_after = 0                 # restarts in a row, then failed (0: never)
     jitter = 0.1
 
 The settings in effect are plain frozen dataclasses (:class:`Settings`); the file

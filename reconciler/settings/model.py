@@ -68,6 +68,7 @@ def _more_than_zero(seconds: float) -> float:
 _Runtime = Annotated[str, AfterValidator(_runtime)]
 _NetworkPool = Annotated[str, AfterValidator(_network_pool)]
 _Number = Annotated[float, Field(ge=0)]
+_Count = Annotated[int, Field(ge=0)]
 """A number of at least 0 (an int is taken as a float, a bool is not a number)."""
 
 
@@ -138,6 +139,7 @@ class _Backoff(_Strict):
     cap: _Duration = 300.0
     reset_after: _Duration = 600.0
     jitter: _Number = 0.1
+    give_up_after: _Count = 0
 
 
 class _ConfigFile(_Strict):
@@ -178,6 +180,7 @@ _REASONS = {
     "path_type": "must be a string",
     "bool_type": "must be true or false",
     "float_type": "must be a number of at least 0",
+    "int_type": "must be a whole number of at least 0",
     "greater_than_equal": "must be a number of at least 0",
 }
 

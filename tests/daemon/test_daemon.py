@@ -207,6 +207,46 @@ def test_a_crash_loop_backs_off_on_schedule_and_its_counters_survive_kill_9(
     assert "crash-looping" in planned.stdout, planned.stdout + planned.stderr
 
 
+def test_a_crash_loop_past_give_up_after_is_failed_until_retry(daemon_host: Daemon) -> None:
+    """``[backoff] give_up_after = 2``: the third crash in a row is not restarted; the
+    replica is failed in the journal, ``status``, ``plan`` and ``/metrics``; ``daemon
+    retry`` starts it again, with a new streak."""
+    needs_root("the process runtime's replicas")
+    specs = daemon_host.root / "specs"
+    write_specs(specs, {"crasher": shell("exit 3")})
+    daemon_host.configure(
+        f'path = "{specs}"\nresync = 30',
+        backoff="initial = 0.2\nfactor = 1\njitter = 0\ngive_up_after = 2",
+    )
+    daemon_host.start()
+    target = f"{DEP}/crasher/1"
+
+    def crash() -> Any:
+        journal = Journal.in_state_dir(daemon_host.state)
+        try:
+            return journal.crash(target)
+        finally:
+            journal.close()
+
+    wait_for(lambda: crash() is not None and crash().held == "failed", "the daemon to give up")
+    given_up = crash()
+    assert given_up.restarts == 2, given_up
+    gave_up = [e for e in daemon_host.events(target=target) if "failed: gave up" in e["message"]]
+    assert len(gave_up) == 1, daemon_host.events(target=target)
+    assert "zlayer_failed_replicas 1" in daemon_host.metrics()
+    shown = daemon_host.zlayer("status", "--runtime", "process")
+    assert f"{target}: failed: gave up after 2 restarts" in shown.stdout, shown.stdout
+    planned = daemon_host.zlayer("plan", str(specs), "--runtime", "process")
+    assert "failed: gave up after 2 restarts" in planned.stdout, planned.stdout
+    assert crash().restarts == 2  # nothing restarts it meanwhile
+
+    retried = daemon_host.zlayer("daemon", "retry")
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    wait_for(lambda: crash().restarts > 2, "a restart after retry")
+    wait_for(lambda: crash().held == "failed", "the daemon to give up again, two restarts on")
+    assert crash().restarts == 4
+
+
 def test_an_unhealthy_replica_is_restarted_as_a_crash(daemon_host: Daemon) -> None:
     needs_root("the process runtime's replicas")
     specs = daemon_host.root / "specs"

@@ -25,7 +25,7 @@ STRINGS = ("source", "path", "repo", "branch", "ref", "subdir", "listen")
 PATHS = ("trusted_keys", "socket", "token_file", "webhook_secret_file")
 BOOLS = ("allow_rewrite", "verify_signatures")
 NUMBERS = ("interval", "resync", "journal_retention")
-BACKOFF = ("initial", "factor", "cap", "reset_after", "jitter")
+BACKOFF = ("initial", "factor", "cap", "reset_after", "jitter", "give_up_after")
 DURATIONS = {"daemon": ("interval", "resync"), "backoff": ("initial", "cap", "reset_after")}
 """Keys that also take a duration string (``30s``), as ZLayer writes durations."""
 NOT_A_DURATION = "must be a duration (like 30s or 5m) or a number of seconds, not"
@@ -94,8 +94,12 @@ def test_the_tests_know_every_key() -> None:
         *[
             (f'[backoff]\n{key} = "1"', f"backoff.{key} must be a number of at least 0, not '1'")
             for key in BACKOFF
-            if key not in DURATIONS["backoff"]
+            if key not in (*DURATIONS["backoff"], "give_up_after")
         ],
+        ("[backoff]\ngive_up_after = 1.5", "backoff.give_up_after must be a whole number of "
+                                            "at least 0, not 1.5"),
+        ('[backoff]\ngive_up_after = "3"', "backoff.give_up_after must be a whole number of "
+                                            "at least 0, not '3'"),
         *[
             (f"[backoff]\n{key} = -1", f"backoff.{key} must be a number of at least 0, not -1")
             for key in BACKOFF
@@ -170,7 +174,8 @@ def test_a_runtime_not_known_says_where_it_came_from(
         ),
         (
             "[backoff]\nmax = 60",
-            "unknown key backoff.max (known: cap, factor, initial, jitter, reset_after)",
+            "unknown key backoff.max "
+            "(known: cap, factor, give_up_after, initial, jitter, reset_after)",
         ),
     ],
 )
