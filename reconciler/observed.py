@@ -123,6 +123,9 @@ class Workload:
     problem: str | None = None
     """Drift the runtime noticed in a replica that still runs (its network namespace
     deleted behind zlayer's back, …): the plan restarts it, giving this as the reason."""
+    stopped_by_reboot: bool = False
+    """The replica stopped because the host went down (it ended before this boot):
+    started again, neither a crash nor ``completed``."""
     outdated: str | None = None
     """Why the runtime would make this replica differently now (it was made by an older
     zlayer, before its public ports went through the managed proxy, …): the plan
@@ -145,13 +148,20 @@ class Workload:
     def completed(self) -> bool:
         """A replica that exited with status 0: it finished, as ZLayer counts it, and
         is not restarted; only a failure is a crash."""
-        return self.replica is not None and self.status == "exited" and self.exit_code == 0
+        return (
+            self.replica is not None
+            and self.status == "exited"
+            and self.exit_code == 0
+            and not self.stopped_by_reboot
+        )
 
     @property
     def state(self) -> str:
         """The status as shown: ``completed``, ``exited (3)``, ``running``, …"""
         if self.completed:
             return "completed"
+        if self.stopped_by_reboot:
+            return "stopped by reboot"
         return self.status if self.exit_code is None else f"{self.status} ({self.exit_code})"
 
 

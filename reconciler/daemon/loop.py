@@ -207,7 +207,8 @@ class Daemon:
                 if (failed := _failed_task(tasks)) is not None:
                     return self._task_failed(*failed)
                 reasons, self._reasons = self._reasons, []
-                await self.reconcile(reasons or ["wake"])
+                if reasons:  # else only a task of its own ended, as some may
+                    await self.reconcile(reasons)
         finally:
             self.notifier.stopping()
             for task in tasks:

@@ -57,8 +57,8 @@ class Supervisor:
 
     def crash_of(self, workload: Workload, health_problem: str | None) -> str | None:
         """Why ``workload`` counts as crashed, or None."""
-        if workload.replica is None or workload.completed:
-            return None
+        if workload.replica is None or workload.completed or workload.stopped_by_reboot:
+            return None  # finished, or stopped with the host: no crash
         if workload.status in ("exited", "dead"):
             code = workload.exit_code
             return f"exited with status {code}" if code is not None else workload.status

@@ -241,6 +241,8 @@ def _existing(
         return _action("replace", current.id, _reason(changes), changes or (), conditions)
     if current.outdated is not None:
         return _action("replace", current.id, current.outdated, (), conditions)
+    if current.stopped_by_reboot and current.status in ("exited", "dead"):
+        return _action("restart", current.id, "stopped by a reboot of the host", (), conditions)
     if current.completed:
         return None  # finished: kept as it is (a changed config above still replaces it)
     if current.status in ("exited", "dead"):

@@ -275,7 +275,8 @@ def test_scale_up_and_down_keeps_the_lowest_replicas(host: Host) -> None:
     assert sorted(now) == [f"{dep}-web-1", f"{dep}-web-2", f"{dep}-web-3"]
     assert all(now[n] == first[n] for n in first)
     write(1)
-    assert host.apply()[0] == 0
+    code, events, stderr = host.apply()
+    assert code == 0, f"{stderr}\n{events}"
     assert {n: c["Id"] for n, c in host.containers().items()} == {
         f"{dep}-web-1": first[f"{dep}-web-1"]
     }

@@ -329,6 +329,10 @@ def test_status_and_logs_escape_what_the_runtime_reports(
     assert result.exit_code == 0, result.output
     assert_terminal_safe(result.stdout)
     rows = result.stdout.splitlines()[1:]
+    assert (
+        rows.pop()
+        == "health: the runtime's own (no daemon answers; --probe SPECS runs the checks now)"
+    )
     assert len(rows) == 2
     assert all(r.startswith("\\x3a:warning::dep  w\\x1b[2Keb") for r in rows)
     assert all(r.endswith("img\\n::error::forged") for r in rows)

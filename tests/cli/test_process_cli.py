@@ -372,3 +372,45 @@ def test_status_shows_zlayer_health_verdict_and_speaks_json(
     finally:
         kill_recorded(Path(host["ZLAYER_STATE_DIR"]))
         remove_networks("probed")
+
+
+@pytest.mark.slow
+def test_a_replica_stopped_by_a_reboot_is_started_again_without_a_crash(
+    host: dict[str, str], tmp_path: Path
+) -> None:
+    """What a reboot leaves: the replica's processes gone, its record from another
+    boot. It is ``stopped by reboot`` — restarted by the plan with that reason, no
+    crash — even though its workload would have exited 0 on the way down."""
+    spec = tmp_path / "boot.yaml"
+    spec.write_text(
+        "version: v1\ndeployment: boot\nservices:\n"
+        "  app:\n"
+        "    image: {name: busybox}\n"
+        "    command: {entrypoint: [sh, -c, \"trap 'exit 0' TERM; sleep 600 & wait\"]}\n"
+        "    scale: {mode: fixed, replicas: 1}\n"
+    )
+    args = ("--runtime", "process")
+    state = Path(host["ZLAYER_STATE_DIR"])
+    try:
+        run = zlayer(host, "apply", str(spec), *args, "--auto-approve")
+        assert run.returncode == 0, run.stdout + run.stderr
+        (started,) = state.glob("process/deployments/boot/services/app/1/run.json")
+        # the host goes down: every process with it, and the boot id changes
+        assert kill_recorded(state)
+        recorded = json.loads(started.read_text())
+        started.write_text(json.dumps({**recorded, "boot_id": "an-earlier-boot"}))
+        status = zlayer(host, "status", *args).stdout
+        rows = [r for r in status.splitlines() if r.startswith("boot ")]
+        assert len(rows) == 1 and "stopped by reboot" in rows[0], status
+        plan = zlayer(host, "plan", str(spec), *args)
+        assert "↻ restart    boot/app/1  stopped by a reboot of the host" in plan.stdout, (
+            plan.stdout
+        )
+        again = zlayer(host, "apply", str(spec), *args, "--auto-approve")
+        assert again.returncode == 0, again.stdout + again.stderr
+        rows = [r.split() for r in zlayer(host, "status", *args).stdout.splitlines()
+                if r.startswith("boot ")]  # fmt: skip
+        assert [r[3] for r in rows] == ["running"], rows
+    finally:
+        kill_recorded(state)
+        remove_networks("boot")

@@ -3,6 +3,7 @@ tests move (the loop itself runs against real runtimes in test_daemon*.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
@@ -236,3 +237,21 @@ def test_a_replica_that_exits_0_completed_and_is_no_crash(journal: Journal) -> N
     assert journal.crash("demo/db/1") is None
     assert journal.crash("demo/web/1") is not None
     assert set(result.held) == {"demo/web/1"}  # its backoff; db has none
+
+
+def test_a_replica_stopped_by_a_reboot_is_restarted_at_once_and_is_no_crash(
+    journal: Journal,
+) -> None:
+    supervisor = Supervisor(journal, BackoffPolicy(jitter=0), clock=Clock())
+    desired = _desired()
+    observed = _observed(desired, {"db": ("exited", 0, "a")})
+    rebooted = tuple(
+        dataclasses.replace(w, stopped_by_reboot=True) if w.service == "db" else w
+        for w in observed.workloads
+    )
+    observed = dataclasses.replace(observed, workloads=rebooted)
+    plan = plan_changes(desired, observed)
+    assert plan.action("restart:demo/db/1").reason == "stopped by a reboot of the host"
+    result = supervisor.supervise(plan, desired, observed, {})
+    assert "restart:demo/db/1" in {a.id for a in result.plan.actions}  # no backoff wait
+    assert journal.crash("demo/db/1") is None

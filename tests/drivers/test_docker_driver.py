@@ -632,3 +632,33 @@ async def test_following_logs_of_a_running_replica(
                 break
     first = int(seen[0].split()[1])
     assert seen == [f"tick {first}", f"tick {first + 1}", f"tick {first + 2}"]
+
+
+async def test_a_container_that_stopped_before_this_boot_was_stopped_by_a_reboot(
+    docker_driver: DockerDriver, deployment_name: str, test_image: str
+) -> None:
+    """The engine's FinishedAt against the host's boot: one that exited 0 before the
+    boot is ``stopped by reboot`` (started again, no crash), after it ``completed``."""
+    assert docker_driver.booted_at is not None  # an engine on this host
+    done = services(
+        deployment_name,
+        test_image,
+        """
+        done:
+          image: {name: IMAGE}
+          command: {entrypoint: [sh, -c, 'exit 0']}
+          scale: {mode: fixed, replicas: 1}
+        """,
+    )["done"]
+    target = done.workload_id(1)
+    await docker_driver.create(done, 1, "rev-1")
+    status = await exited(docker_driver, target)
+    assert status.completed and not status.stopped_by_reboot
+    (observed,) = (await docker_driver.observe([deployment_name])).workloads
+    assert observed.state == "completed"
+    docker_driver.booted_at = 4_102_444_800.0  # the host "booted" after it finished (2100)
+    (observed,) = (await docker_driver.observe([deployment_name])).workloads
+    assert observed.stopped_by_reboot and not observed.completed
+    assert observed.state == "stopped by reboot"
+    again = await docker_driver.status(target)
+    assert again is not None and again.stopped_by_reboot

@@ -96,6 +96,10 @@ class DockerDriver:
         one, containers keep the engine's ``/etc/hosts`` and internal endpoints reach
         the replicas directly."""
         self._local_socket = socket_path(url) if state_dir is not None else None
+        self.booted_at = boot_time() if socket_path(url) is not None else None
+        """When the engine's host booted (epoch seconds), where the engine is on this
+        host: a container that stopped before it stopped with the host (``None``: an
+        engine elsewhere, whose boot zlayer cannot tell)."""
         self._creating: collections.defaultdict[str, dict[str, _Creating]] = (
             collections.defaultdict(dict)
         )
@@ -331,7 +335,7 @@ class DockerDriver:
                 info = inspected[sid]
                 if info is None:
                     continue  # removed since the list
-                workload = observation.workload_from_inspect(info)
+                workload = observation.workload_from_inspect(info, self.booted_at)
             else:
                 workload = observation.workload_from_summary(summary)
             listed = summary.get("Names") or []
@@ -372,7 +376,7 @@ class DockerDriver:
         info = await self._inspect(target, "status")
         if info is None:
             return None
-        workload = observation.workload_from_inspect(info)
+        workload = observation.workload_from_inspect(info, self.booted_at)
         return workload if workload is not None and workload.id == target else None
 
     async def address(self, target: WorkloadId, port: int) -> tuple[str, int]:
@@ -642,7 +646,7 @@ class DockerDriver:
         info = await self._inspect(target, action)
         if info is None:
             return None
-        workload = observation.workload_from_inspect(info)
+        workload = observation.workload_from_inspect(info, self.booted_at)
         if workload is None or workload.id != target:
             name = names.container_name(target)
             raise Conflict(
@@ -718,3 +722,15 @@ class DockerDriver:
                 log.warning("%s", cleanup)
             await self._release_network(target.deployment)
             raise
+
+
+def boot_time() -> float | None:
+    """This host's boot, epoch seconds (``btime`` of /proc/stat); None without it."""
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            for line in stat:
+                if line.startswith("btime "):
+                    return float(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

@@ -7,9 +7,11 @@ malformed ones, becomes ``None``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any, get_args
 
 from reconciler.desired import routed_endpoints
@@ -50,14 +52,18 @@ def workload_from_summary(summary: Mapping[str, Any]) -> Workload | None:
     return _workload(summary.get("Labels") or {}, state, None, None, 0, health, summary.get("Id"))
 
 
-def workload_from_inspect(info: Mapping[str, Any]) -> Workload | None:
-    """A container as ``containers/<id>/json`` shows it. ``None`` if not zlayer's."""
+def workload_from_inspect(
+    info: Mapping[str, Any], booted_at: float | None = None
+) -> Workload | None:
+    """A container as ``containers/<id>/json`` shows it. ``None`` if not zlayer's.
+    With ``booted_at`` (the engine's host's boot, epoch seconds), a stopped container
+    that finished before it was stopped by that host's reboot."""
     state = info.get("State") or {}
     status = str(state.get("Status", ""))
     exit_code = state.get("ExitCode") if status in ("exited", "dead") else None
     started = state.get("StartedAt")
     health = str((state.get("Health") or {}).get("Status") or "none")
-    return _workload(
+    workload = _workload(
         (info.get("Config") or {}).get("Labels") or {},
         status,
         exit_code,
@@ -66,6 +72,28 @@ def workload_from_inspect(info: Mapping[str, Any]) -> Workload | None:
         health,
         info.get("Id"),
     )
+    finished = _epoch(state.get("FinishedAt"))
+    if workload is None or booted_at is None or finished is None or exit_code is None:
+        return workload
+    if finished < booted_at:
+        return dataclasses.replace(workload, stopped_by_reboot=True)
+    return workload
+
+
+def _epoch(stamp: Any) -> float | None:
+    """Epoch seconds of the engine's RFC 3339 time (nanoseconds cut to micro); None
+    for the engine's "never" (year 1) and what does not parse."""
+    text = str(stamp or "")
+    if not text or text.startswith("0001-"):
+        return None
+    head, dot, rest = text.partition(".")
+    zone = rest.lstrip("0123456789") if dot else ""
+    digits = rest[: len(rest) - len(zone)][:6] if dot else ""
+    try:
+        moment = datetime.fromisoformat(f"{head}.{digits or '0'}{zone}".replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment.timestamp() if moment.tzinfo else None
 
 
 def _workload(

@@ -485,10 +485,10 @@ def _new_record(
 
 
 def _workload(where: Path, record: Record, inventory: Any) -> Workload:
-    code, started, problem = None, None, None
+    code, started, problem, rebooted = None, None, None, False
     state: Status = "registered"
     if record.replica is not None:
-        state, code, started = status.state(where, record)
+        state, code, started, rebooted = status.state(where, record)
         if state == "running" and inventory is not None:
             problem = status.drift(record, inventory)
     return Workload(
@@ -503,4 +503,5 @@ def _workload(where: Path, record: Record, inventory: Any) -> Workload:
         depends=record.depends,
         runtime_id=str(where),
         problem=problem,
+        stopped_by_reboot=rebooted,
     )

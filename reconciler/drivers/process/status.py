@@ -20,6 +20,9 @@ class State(NamedTuple):
     """``created`` (never launched), ``running``, ``exited`` or ``dead``."""
     exit_code: int | None
     started_at: str | None
+    rebooted: bool = False
+    """Dead because the host went down: its launch was on an earlier boot and it had
+    not exited before."""
 
 
 def current_started(where: Path, record: Record) -> Started | None:
@@ -49,11 +52,14 @@ def state(where: Path, record: Record) -> State:
         return State("exited", exited.code, started_at)
     if started is not None and started.monitor_alive():
         return State("exited", None, started_at)  # ended a moment ago; the monitor records it
+    earlier = records.read_started(where)
+    if started is None and earlier is not None and earlier.launch == record.launch:
+        return State("dead", None, None, rebooted=True)  # launched before this boot
     return State("dead", None, started_at)  # the monitor is gone without a word
 
 
 def run_state(run: RunId, where: Path, record: Record) -> RunState:
-    status, code, started = state(where, record)
+    status, code, started, _ = state(where, record)
     finished = None
     if status in ("exited", "dead"):
         exited = current_exited(where, record)
