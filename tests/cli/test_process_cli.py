@@ -29,7 +29,8 @@ pytest_plugins = ["tests.process_support"]
 @pytest.fixture
 def host(tmp_path: Path) -> Iterator[dict[str, str]]:
     """The environment of a host without an engine, with its own state directory;
-    hello's processes and networks are removed afterwards, pass or fail."""
+    the processes and networks of every deployment a test made there are removed
+    afterwards, pass or fail."""
     needs_root("the README main job (network namespaces)")
     state = tmp_path / "state"
     env = {
@@ -44,8 +45,21 @@ def host(tmp_path: Path) -> Iterator[dict[str, str]]:
     try:
         yield env
     finally:
+        made = {p.name for p in (state / "process" / "deployments").glob("*")}
         kill_recorded(state)
-        remove_networks("hello")
+        for deployment in sorted(made | {"hello"}):  # also when a test failed midway
+            remove_networks(deployment)
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory every user reaches (pytest's own are root's alone), removed after."""
+    path = Path(tempfile.mkdtemp(prefix="zlayer-test-open-"))
+    path.chmod(0o777)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def zlayer(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -130,28 +144,24 @@ def test_apply_follows_on_panic_shutdown_and_leaves_a_crashed_replica_stopped(
         f"      entrypoint: [sh, -c, 'while [ ! -e {trigger} ]; do sleep 0.1; done; exit 3']\n"
         "    errors: {on_panic: {action: shutdown}}\n"
     )
-    try:
-        first = zlayer(host, "apply", str(spec), "--runtime", "process", "--auto-approve")
-        assert first.returncode == 0, first.stdout + first.stderr
-        trigger.touch()
+    first = zlayer(host, "apply", str(spec), "--runtime", "process", "--auto-approve")
+    assert first.returncode == 0, first.stdout + first.stderr
+    trigger.touch()
 
-        def exited() -> bool:
-            status = zlayer(host, "status", "--runtime", "process").stdout
-            rows = [line.split() for line in status.splitlines()]
-            return ["panics", "held", "1", "exited", "(3)"] in [row[:5] for row in rows]
+    def exited() -> bool:
+        status = zlayer(host, "status", "--runtime", "process").stdout
+        rows = [line.split() for line in status.splitlines()]
+        return ["panics", "held", "1", "exited", "(3)"] in [row[:5] for row in rows]
 
-        wait_for(exited, "held/1 to exit", 60)
-        why = "exited with status 3; not restarted (errors.on_panic: shutdown)"
-        plan = zlayer(host, "plan", str(spec), "--runtime", "process", "--detailed-exitcode")
-        assert plan.returncode == 0, plan.stdout + plan.stderr  # nothing to do, by policy
-        assert why in plan.stdout, plan.stdout
-        again = zlayer(host, "apply", str(spec), "--runtime", "process", "--auto-approve")
-        assert again.returncode == 0 and "No changes." in again.stdout, again.stdout
-        assert why in again.stdout, again.stdout
-        assert exited()  # still stopped
-    finally:
-        kill_recorded(Path(host["ZLAYER_STATE_DIR"]))
-        remove_networks("panics")
+    wait_for(exited, "held/1 to exit", 60)
+    why = "exited with status 3; not restarted (errors.on_panic: shutdown)"
+    plan = zlayer(host, "plan", str(spec), "--runtime", "process", "--detailed-exitcode")
+    assert plan.returncode == 0, plan.stdout + plan.stderr  # nothing to do, by policy
+    assert why in plan.stdout, plan.stdout
+    again = zlayer(host, "apply", str(spec), "--runtime", "process", "--auto-approve")
+    assert again.returncode == 0 and "No changes." in again.stdout, again.stdout
+    assert why in again.stdout, again.stdout
+    assert exited()  # still stopped
 
 
 @pytest.mark.slow
@@ -196,48 +206,43 @@ def test_every_zlayer_secret_reference_form_reaches_the_process(
         f"    env:\n{env_lines}"
     )
     args = ("--runtime", "process", "--secrets-dir", str(secrets))
-    try:
-        valid = zlayer(host, "validate", str(spec))
-        assert valid.returncode == 0, valid.stdout + valid.stderr
-        run = zlayer(host, "apply", str(spec), *args, "--auto-approve")
-        assert run.returncode == 0, run.stdout + run.stderr
-        wait_for(out.exists, f"the process to write {out}", 60)
-        wait_for(lambda: out.read_text().endswith("\n"), f"{out} to be written", 30)
-        assert out.read_text().split() == [
-            "PLAIN=p-1",
-            "FIELD=db-2",
-            "PORT=5432",
-            "TLS=true",
-            "SERVICE=svc-3",
-            "ENVIRONMENT=env-4",
-            "URL_FORM=h-5",
-            "PROJECT=proj-6",
-        ]
-        for value in ("p-1", "db-2", "svc-3", "env-4", "h-5", "proj-6"):
-            assert value not in run.stdout + run.stderr
+    valid = zlayer(host, "validate", str(spec))
+    assert valid.returncode == 0, valid.stdout + valid.stderr
+    run = zlayer(host, "apply", str(spec), *args, "--auto-approve")
+    assert run.returncode == 0, run.stdout + run.stderr
+    wait_for(out.exists, f"the process to write {out}", 60)
+    wait_for(lambda: out.read_text().endswith("\n"), f"{out} to be written", 30)
+    assert out.read_text().split() == [
+        "PLAIN=p-1",
+        "FIELD=db-2",
+        "PORT=5432",
+        "TLS=true",
+        "SERVICE=svc-3",
+        "ENVIRONMENT=env-4",
+        "URL_FORM=h-5",
+        "PROJECT=proj-6",
+    ]
+    for value in ("p-1", "db-2", "svc-3", "env-4", "h-5", "proj-6"):
+        assert value not in run.stdout + run.stderr
 
-        spec.write_text(spec.read_text().replace("$S:database/password", "$S:database/pw"))
-        missing = zlayer(host, "apply", str(spec), *args, "--auto-approve")
-        assert missing.returncode == 1, missing.stdout + missing.stderr
-        assert f"{spec}:10:" in missing.stderr and "services.app.env.FIELD" in missing.stderr
-        assert "secret database has no field 'pw'" in missing.stderr, missing.stderr
-        status = zlayer(host, "status", "--runtime", "process").stdout
-        assert [r.split()[:4] for r in status.splitlines() if r.startswith("refs ")] == [
-            ["refs", "app", "1", "running"]
-        ]  # the refused apply touched nothing
-    finally:
-        kill_recorded(Path(host["ZLAYER_STATE_DIR"]))
-        remove_networks("refs")
+    spec.write_text(spec.read_text().replace("$S:database/password", "$S:database/pw"))
+    missing = zlayer(host, "apply", str(spec), *args, "--auto-approve")
+    assert missing.returncode == 1, missing.stdout + missing.stderr
+    assert f"{spec}:10:" in missing.stderr and "services.app.env.FIELD" in missing.stderr
+    assert "secret database has no field 'pw'" in missing.stderr, missing.stderr
+    status = zlayer(host, "status", "--runtime", "process").stdout
+    assert [r.split()[:4] for r in status.splitlines() if r.startswith("refs ")] == [
+        ["refs", "app", "1", "running"]
+    ]  # the refused apply touched nothing
 
 
 @pytest.mark.slow
 def test_workdir_user_and_stop_signal_reach_the_process(
-    host: dict[str, str], tmp_path: Path
+    host: dict[str, str], tmp_path: Path, open_dir: Path
 ) -> None:
     """``command.workdir``, ``user`` and ``stop_signal`` set in a spec: the process
     starts in that directory as that user, and ``destroy`` stops it with that signal."""
-    work = Path(tempfile.mkdtemp(prefix="zlayer-test-workdir-"))  # nobody reaches it
-    work.chmod(0o777)
+    work = open_dir
     out = work / "out"
     script = (
         f"pwd > {out}; id -u >> {out}; trap 'echo got-INT >> {out}; exit 0' INT; "
@@ -253,18 +258,13 @@ def test_workdir_user_and_stop_signal_reach_the_process(
         "    stop_signal: SIGINT\n"
         "    scale: {mode: fixed, replicas: 1}\n"
     )
-    try:
-        run = zlayer(host, "apply", str(spec), "--runtime", "process", "--auto-approve")
-        assert run.returncode == 0, run.stdout + run.stderr
-        wait_for(lambda: out.exists() and len(out.read_text().split()) >= 2, "the output", 60)
-        assert out.read_text().split()[:2] == [str(work), "65534"]
-        gone = zlayer(host, "destroy", "who", "--runtime", "process", "--auto-approve")
-        assert gone.returncode == 0, gone.stdout + gone.stderr
-        assert out.read_text().split() == [str(work), "65534", "got-INT"]
-    finally:
-        kill_recorded(Path(host["ZLAYER_STATE_DIR"]))
-        remove_networks("who")
-        shutil.rmtree(work, ignore_errors=True)
+    run = zlayer(host, "apply", str(spec), "--runtime", "process", "--auto-approve")
+    assert run.returncode == 0, run.stdout + run.stderr
+    wait_for(lambda: out.exists() and len(out.read_text().split()) >= 2, "the output", 60)
+    assert out.read_text().split()[:2] == [str(work), "65534"]
+    gone = zlayer(host, "destroy", "who", "--runtime", "process", "--auto-approve")
+    assert gone.returncode == 0, gone.stdout + gone.stderr
+    assert out.read_text().split() == [str(work), "65534", "got-INT"]
 
 
 @pytest.mark.slow
@@ -289,37 +289,33 @@ def test_a_replica_that_exits_0_completed_and_is_not_restarted(
         "    health: {start_grace: 0s, check: {type: command, command: 'true'}}\n"
     )
     args = ("--runtime", "process")
-    try:
-        first = zlayer(host, "apply", str(spec), *args, "--auto-approve")
-        assert first.returncode in (0, 1), first.stdout + first.stderr  # may see fails exit
+    first = zlayer(host, "apply", str(spec), *args, "--auto-approve")
+    assert first.returncode in (0, 1), first.stdout + first.stderr  # may see fails exit
 
-        def rows() -> dict[str, list[str]]:
-            status = zlayer(host, "status", *args).stdout
-            return {r.split()[1]: r.split() for r in status.splitlines() if r.startswith("done ")}
+    def rows() -> dict[str, list[str]]:
+        status = zlayer(host, "status", *args).stdout
+        return {r.split()[1]: r.split() for r in status.splitlines() if r.startswith("done ")}
 
-        wait_for(
-            lambda: (
-                rows().get("finishes", [""] * 4)[3] == "completed"
-                and rows().get("fails", [""] * 4)[3:5] == ["exited", "(3)"]
-            ),
-            lambda: f"finishes completed and fails exited (3); status: {rows()}",
-            60,
-        )
-        plan = zlayer(host, "plan", str(spec), *args)
-        assert "done/finishes/1: completed (exited with status 0); not restarted" in " ".join(
-            plan.stdout.split()
-        ), plan.stdout
-        assert "restart    done/fails/1  exited with status 3" in plan.stdout, plan.stdout
-        again = zlayer(host, "apply", str(spec), *args, "--auto-approve")
-        assert "restart:done/fails/1" in again.stdout, again.stdout
-        acted = [line for line in again.stdout.splitlines() if "finishes" in line]
-        assert acted == [
-            "note: done/finishes/1: completed (exited with status 0); not restarted"
-        ], again.stdout
-        assert rows()["finishes"][3] == "completed"  # still, after the apply
-    finally:
-        kill_recorded(Path(host["ZLAYER_STATE_DIR"]))
-        remove_networks("done")
+    wait_for(
+        lambda: (
+            rows().get("finishes", [""] * 4)[3] == "completed"
+            and rows().get("fails", [""] * 4)[3:5] == ["exited", "(3)"]
+        ),
+        lambda: f"finishes completed and fails exited (3); status: {rows()}",
+        60,
+    )
+    plan = zlayer(host, "plan", str(spec), *args)
+    assert "done/finishes/1: completed (exited with status 0); not restarted" in " ".join(
+        plan.stdout.split()
+    ), plan.stdout
+    assert "restart    done/fails/1  exited with status 3" in plan.stdout, plan.stdout
+    again = zlayer(host, "apply", str(spec), *args, "--auto-approve")
+    assert "restart:done/fails/1" in again.stdout, again.stdout
+    acted = [line for line in again.stdout.splitlines() if "finishes" in line]
+    assert acted == ["note: done/finishes/1: completed (exited with status 0); not restarted"], (
+        again.stdout
+    )
+    assert rows()["finishes"][3] == "completed"  # still, after the apply
 
 
 @pytest.mark.slow
@@ -343,35 +339,31 @@ def test_status_shows_zlayer_health_verdict_and_speaks_json(
     spec = tmp_path / "health.yaml"
     spec.write_text(spec_text("true", "true"))
     args = ("--runtime", "process")
-    try:
-        run = zlayer(host, "apply", str(spec), *args, "--auto-approve")
-        assert run.returncode == 0, run.stdout + run.stderr
-        plain = zlayer(host, "status", *args)
-        assert "health: the runtime's own" in plain.stdout, plain.stdout
-        rows = [r.split() for r in plain.stdout.splitlines() if r.startswith("probed ")]
-        assert {r[4] for r in rows} == {"none"}  # the process runtime has no checks
-        # the same services, bad's check now failing (checks are no part of the config)
-        spec.write_text(spec_text("true", "exit 7"))
-        probed = zlayer(host, "status", *args, "--probe", str(spec))
-        assert probed.returncode == 0, probed.stdout + probed.stderr
-        health = {r.split()[1]: r.split()[4] for r in probed.stdout.splitlines()
-                  if r.startswith("probed ")}  # fmt: skip
-        assert health == {"good": "healthy", "bad": "unhealthy"}, probed.stdout
-        assert "probed/bad/1: command 'exit 7': exit status 7" in probed.stdout, probed.stdout
-        assert "health: the specs' checks, run once now (--probe)" in probed.stdout
-        document = json.loads(
-            zlayer(host, "status", *args, "--probe", str(spec), "--format", "json").stdout
-        )
-        assert document["health_source"] == "probe"
-        by_service = {w["service"]: w for w in document["workloads"]}
-        assert by_service["good"]["health"] == "healthy"
-        assert by_service["bad"]["health"] == "unhealthy"
-        assert "exit status 7" in by_service["bad"]["health_problem"]
-        assert by_service["bad"]["runtime_health"] == "none"
-        assert by_service["good"]["state"] == "running"
-    finally:
-        kill_recorded(Path(host["ZLAYER_STATE_DIR"]))
-        remove_networks("probed")
+    run = zlayer(host, "apply", str(spec), *args, "--auto-approve")
+    assert run.returncode == 0, run.stdout + run.stderr
+    plain = zlayer(host, "status", *args)
+    assert "health: the runtime's own" in plain.stdout, plain.stdout
+    rows = [r.split() for r in plain.stdout.splitlines() if r.startswith("probed ")]
+    assert {r[4] for r in rows} == {"none"}  # the process runtime has no checks
+    # the same services, bad's check now failing (checks are no part of the config)
+    spec.write_text(spec_text("true", "exit 7"))
+    probed = zlayer(host, "status", *args, "--probe", str(spec))
+    assert probed.returncode == 0, probed.stdout + probed.stderr
+    health = {r.split()[1]: r.split()[4] for r in probed.stdout.splitlines()
+              if r.startswith("probed ")}  # fmt: skip
+    assert health == {"good": "healthy", "bad": "unhealthy"}, probed.stdout
+    assert "probed/bad/1: command 'exit 7': exit status 7" in probed.stdout, probed.stdout
+    assert "health: the specs' checks, run once now (--probe)" in probed.stdout
+    document = json.loads(
+        zlayer(host, "status", *args, "--probe", str(spec), "--format", "json").stdout
+    )
+    assert document["health_source"] == "probe"
+    by_service = {w["service"]: w for w in document["workloads"]}
+    assert by_service["good"]["health"] == "healthy"
+    assert by_service["bad"]["health"] == "unhealthy"
+    assert "exit status 7" in by_service["bad"]["health_problem"]
+    assert by_service["bad"]["runtime_health"] == "none"
+    assert by_service["good"]["state"] == "running"
 
 
 @pytest.mark.slow
@@ -391,26 +383,20 @@ def test_a_replica_stopped_by_a_reboot_is_started_again_without_a_crash(
     )
     args = ("--runtime", "process")
     state = Path(host["ZLAYER_STATE_DIR"])
-    try:
-        run = zlayer(host, "apply", str(spec), *args, "--auto-approve")
-        assert run.returncode == 0, run.stdout + run.stderr
-        (started,) = state.glob("process/deployments/boot/services/app/1/run.json")
-        # the host goes down: every process with it, and the boot id changes
-        assert kill_recorded(state)
-        recorded = json.loads(started.read_text())
-        started.write_text(json.dumps({**recorded, "boot_id": "an-earlier-boot"}))
-        status = zlayer(host, "status", *args).stdout
-        rows = [r for r in status.splitlines() if r.startswith("boot ")]
-        assert len(rows) == 1 and "stopped by reboot" in rows[0], status
-        plan = zlayer(host, "plan", str(spec), *args)
-        assert "↻ restart    boot/app/1  stopped by a reboot of the host" in plan.stdout, (
-            plan.stdout
-        )
-        again = zlayer(host, "apply", str(spec), *args, "--auto-approve")
-        assert again.returncode == 0, again.stdout + again.stderr
-        rows = [r.split() for r in zlayer(host, "status", *args).stdout.splitlines()
-                if r.startswith("boot ")]  # fmt: skip
-        assert [r[3] for r in rows] == ["running"], rows
-    finally:
-        kill_recorded(state)
-        remove_networks("boot")
+    run = zlayer(host, "apply", str(spec), *args, "--auto-approve")
+    assert run.returncode == 0, run.stdout + run.stderr
+    (started,) = state.glob("process/deployments/boot/services/app/1/run.json")
+    # the host goes down: every process with it, and the boot id changes
+    assert kill_recorded(state)
+    recorded = json.loads(started.read_text())
+    started.write_text(json.dumps({**recorded, "boot_id": "an-earlier-boot"}))
+    status = zlayer(host, "status", *args).stdout
+    rows = [r for r in status.splitlines() if r.startswith("boot ")]
+    assert len(rows) == 1 and "stopped by reboot" in rows[0], status
+    plan = zlayer(host, "plan", str(spec), *args)
+    assert "↻ restart    boot/app/1  stopped by a reboot of the host" in plan.stdout, plan.stdout
+    again = zlayer(host, "apply", str(spec), *args, "--auto-approve")
+    assert again.returncode == 0, again.stdout + again.stderr
+    rows = [r.split() for r in zlayer(host, "status", *args).stdout.splitlines()
+            if r.startswith("boot ")]  # fmt: skip
+    assert [r[3] for r in rows] == ["running"], rows

@@ -148,6 +148,15 @@ def test_kill_9_of_the_daemon_five_times_restarts_no_workload(daemon_host: Daemo
 
 
 @pytest.mark.slow
+def recorded_crash(daemon_host: Daemon, target: str) -> Any:
+    """The daemon's journal record of ``target``'s crashes (None: none)."""
+    journal = Journal.in_state_dir(daemon_host.state)
+    try:
+        return journal.crash(target)
+    finally:
+        journal.close()
+
+
 def test_a_crash_loop_backs_off_on_schedule_and_its_counters_survive_kill_9(
     daemon_host: Daemon,
 ) -> None:
@@ -162,11 +171,7 @@ def test_a_crash_loop_backs_off_on_schedule_and_its_counters_survive_kill_9(
     target = f"{DEP}/crasher/1"
 
     def crash() -> Any:
-        journal = Journal.in_state_dir(daemon_host.state)
-        try:
-            return journal.crash(target)
-        finally:
-            journal.close()
+        return recorded_crash(daemon_host, target)
 
     seen: list[tuple[int, int, float]] = []  # (streak, restarts, next_at - crashed_at)
 
@@ -222,11 +227,7 @@ def test_a_crash_loop_past_give_up_after_is_failed_until_retry(daemon_host: Daem
     target = f"{DEP}/crasher/1"
 
     def crash() -> Any:
-        journal = Journal.in_state_dir(daemon_host.state)
-        try:
-            return journal.crash(target)
-        finally:
-            journal.close()
+        return recorded_crash(daemon_host, target)
 
     wait_for(lambda: crash() is not None and crash().held == "failed", "the daemon to give up")
     given_up = crash()
