@@ -308,11 +308,18 @@ def host_routes(settings: Settings | None) -> HostRoutes:
 
 
 async def observe_host(
-    driver: Driver, routes: HostRoutes | None, deployments: Sequence[str] | None = None
+    driver: Driver,
+    routes: HostRoutes | None,
+    deployments: Sequence[str] | None = None,
+    desired: DesiredState | None = None,
 ) -> ObservedState:
     """What ``driver``'s runtime runs (of ``deployments``, else everything), with the
-    managed proxy's routes where the runtime's public endpoints go through it."""
+    managed proxy's routes where the runtime's public endpoints go through it. With
+    ``desired``, replicas whose image moved in its registry (``pull_policy`` always or
+    newer) are marked outdated, so the plan replaces them."""
     observed = await driver.observe(list(deployments) if deployments else None)
+    if desired is not None:
+        observed = await driver.image_drift(list(desired.services.values()), observed)
     if routes is None or not driver.routable:
         return observed
     return await routes.observe(observed, deployments, driver.internal_routable)
@@ -336,7 +343,7 @@ def observe_checked(
     async def observe() -> tuple[ObservedState, DesiredState]:
         async with open_runtime(name, settings) as driver:
             result = checked(driver, desired, "planned")
-            return await observe_host(driver, host_routes(settings)), result
+            return await observe_host(driver, host_routes(settings), desired=result), result
 
     return asyncio.run(observe())
 
@@ -528,7 +535,7 @@ async def run_pass(
         raise ZlayerError(f"{lock.path}: a plan is executed only with the apply lock held")
     if routes is not None and isinstance(inputs.secret, SecretsDir):
         routes.secrets = inputs.secret.path  # the certificates of https endpoints
-    observed = await observe_host(driver, routes, [scope] if scope else None)
+    observed = await observe_host(driver, routes, [scope] if scope else None, desired)
     plan = make_plan(desired, observed)
     proceed = True if review is None else await review(plan)
     if not proceed:

@@ -29,9 +29,14 @@ import http.client
 import json
 import os
 import secrets
+import shutil
+import socket
+import subprocess
 import textwrap
 import urllib.parse
+import urllib.request
 from collections.abc import AsyncIterator, Iterator, Mapping
+from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
@@ -40,7 +45,7 @@ from reconciler.desired import CompileInputs, DesiredService, DesiredState, comp
 from reconciler.drivers.docker import DockerDriver
 from reconciler.spec.load import load_text
 from reconciler.unixhttp import UnixHTTPConnection
-from tests.support import require_marker, unavailable
+from tests.support import require_marker, unavailable, wait_for
 
 __all__ = [
     "SECRET_KEY",
@@ -50,6 +55,7 @@ __all__ = [
     "docker_driver",
     "docker_url",
     "engine_request",
+    "registry",
     "remove_deployment",
     "test_image",
 ]
@@ -208,3 +214,45 @@ def compile_services(
     text = f"version: v1\ndeployment: {deployment}\nservices:\n{body}\n"
     state = compile_spec(text, secrets=secrets)
     return {service.name: service for service in state.services.values()}
+
+
+@pytest.fixture
+def registry(docker_url: str, tmp_path: Path) -> Iterator[str]:
+    """A private registry on loopback (Debian's ``docker-registry``): its address,
+    ``127.0.0.1:PORT`` (the engine allows plain HTTP there). Started for the test,
+    stopped by its pid, its storage removed with the test's directory."""
+    binary = shutil.which("docker-registry")
+    if binary is None:
+        unavailable("docker-registry is not installed (apt-get install docker-registry)")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    root = tmp_path / "registry"
+    root.mkdir()
+    config = root / "config.yml"
+    config.write_text(
+        "version: 0.1\nlog: {level: warn}\n"
+        f"storage: {{filesystem: {{rootdirectory: {root / 'data'}}}}}\n"
+        f'http: {{addr: "127.0.0.1:{port}"}}\n'
+    )
+    log = (root / "log").open("wb")
+    process = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=log)
+    try:
+
+        def answers() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=2) as r:
+                    return bool(r.status == 200)
+            except OSError:
+                return False
+
+        wait_for(answers, lambda: f"the registry on :{port}; {(root / 'log').read_text()}", 30)
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+        log.close()

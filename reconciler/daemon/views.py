@@ -88,7 +88,7 @@ class Views:
         choice = await daemon.revisions.choose(daemon.driver)
         if choice.desired is None:
             return {"error": choice.note}
-        observed = await observe_host(daemon.driver, self._routes())
+        observed = await observe_host(daemon.driver, self._routes(), desired=choice.desired)
         plan = plan_for(
             choice.desired,
             observed,

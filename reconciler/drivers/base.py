@@ -77,6 +77,15 @@ class Observer(Protocol):
         """Fields of ``service`` this runtime cannot honour (no I/O beyond cached facts)."""
         ...
 
+    async def image_drift(
+        self, services: Collection[DesiredService], observed: ObservedState
+    ) -> ObservedState:
+        """``observed`` with each replica of ``services`` (those with ``pull_policy``
+        ``always`` or ``newer``) whose image moved in its registry since it was made
+        marked ``outdated`` (old and new digest). A runtime that runs no images, or a
+        registry that cannot be asked, marks nothing; no other policy asks it."""
+        ...
+
 
 class Driver(Observer, Protocol):
     async def __aenter__(self) -> Self: ...

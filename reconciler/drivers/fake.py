@@ -140,6 +140,11 @@ class FakeDriver:
             networks=networks,
         )
 
+    async def image_drift(
+        self, services: Collection[DesiredService], observed: ObservedState
+    ) -> ObservedState:
+        return observed  # no registry behind its images
+
     def limits(self, service: DesiredService) -> Limits:
         return Limits()
 

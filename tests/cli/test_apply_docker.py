@@ -25,6 +25,7 @@ from tests.conftest import REPO
 from tests.docker_support import (  # noqa: F401
     deployment_name,
     docker_url,
+    registry,
     remove_deployment,
     test_image,
 )
@@ -630,3 +631,61 @@ def test_a_converged_apply_loads_neither_aiodocker_nor_pydantic(host: Host) -> N
     assert plan["event"] == "plan" and plan["plan"]["actions"] == []
     assert [m for m in heavy_in(modules) if m.split(".")[0] != "rich"] == []
     assert list(host.containers()) == [f"{host.deployment}-web-1"]
+
+
+@pytest.mark.slow
+def test_an_image_that_moved_in_its_registry_is_replaced_under_pull_policy_always(
+    host: Host,
+    registry: str,  # noqa: F811
+) -> None:
+    """A tag pushed again to a real registry (on loopback): ``plan`` shows the replica
+    as a replace with the old and new digests, ``apply`` runs the new image, and then
+    nothing is left to do. ``if_not_present`` never asks the registry."""
+    ref = f"{registry}/zl/{host.deployment}:1"
+
+    def push_new(change: str) -> str:
+        """Build a new image under ``ref`` (one file more) and push it; its id."""
+        name = f"{host.deployment}-build"
+        label = f"zlayer.deployment={host.deployment}"  # removed with the deployment
+        docker(host.url, "run", "--name", name, "--label", label, host.image, "touch", change)
+        docker(host.url, "commit", name, ref)
+        docker(host.url, "rm", name)
+        docker(host.url, "push", ref)
+        return docker(host.url, "image", "inspect", ref, "--format", "{{.Id}}").strip()
+
+    def digest() -> str:
+        found = docker(host.url, "image", "inspect", ref, "--format", "{{json .RepoDigests}}")
+        return str(json.loads(found)[0]).rpartition("@")[2]
+
+    def write(policy: str) -> None:
+        service = sleeper("app")["app"]
+        host.write({"app": {**service, "image": {"name": ref, "pull_policy": policy}}})
+
+    def plan() -> subprocess.CompletedProcess[str]:
+        return host.run("plan", str(host.specs), "--runtime", "docker", "--detailed-exitcode")
+
+    push_new("/first")
+    first = digest()
+    write("always")
+    code, events, stderr = host.apply()
+    assert code == 0, f"{stderr}\n{events}"
+    unchanged = plan()
+    assert unchanged.returncode == 0, unchanged.stdout + unchanged.stderr
+
+    moved = push_new("/second")
+    second = digest()
+    assert second != first
+    drift = plan()
+    assert drift.returncode == 2, drift.stdout + drift.stderr
+    reason = f"image {ref} moved in its registry: {first[:19]} → {second[:19]}"
+    assert f"~ replace    {host.deployment}/app/1  {reason}" in drift.stdout, drift.stdout
+    code, events, stderr = host.apply()
+    assert code == 0, f"{stderr}\n{events}"
+    (container,) = host.containers().values()
+    assert container["Image"] == moved
+    assert plan().returncode == 0
+
+    write("if_not_present")  # never asks: a moved tag is no change
+    push_new("/third")
+    quiet = plan()
+    assert quiet.returncode == 0, quiet.stdout + quiet.stderr

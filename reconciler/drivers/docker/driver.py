@@ -372,6 +372,69 @@ class DockerDriver:
     def limits(self, service: DesiredService) -> Limits:
         return service_limits(service, self.facts, internal_routed=self.internal_routable)
 
+    async def image_drift(
+        self, services: Collection[DesiredService], observed: ObservedState
+    ) -> ObservedState:
+        """The registry's digest for each image reference (the engine's
+        ``/distribution`` endpoint: the engine's own registry settings and credentials)
+        against the digests the replica's image was pulled or pushed with."""
+        pulled = {s.key: s for s in services if s.pull_policy in ("always", "newer")}
+        mine = [
+            w
+            for w in observed.workloads
+            if w.replica is not None
+            and (service := pulled.get((w.deployment, w.service))) is not None
+            and w.fingerprint == service.fingerprint
+            and w.outdated is None
+        ]
+        if not mine:
+            return observed
+        remote: dict[str, str | None] = {}
+        for ref in sorted({str(pulled[(w.deployment, w.service)].config["image"]) for w in mine}):
+            remote[ref] = await self._registry_digest(ref)
+        marked = {}
+        for workload in mine:
+            ref = str(pulled[(workload.deployment, workload.service)].config["image"])
+            wanted = remote[ref]
+            if wanted is None:
+                continue
+            have = await self._running_digests(workload)
+            if have is None or wanted in have:
+                continue
+            was = ", ".join(sorted(d[:19] for d in have)) or "none (a local image)"
+            marked[workload.id] = dataclasses.replace(
+                workload,
+                outdated=f"image {ref} moved in its registry: {was} → {wanted[:19]}",
+            )
+        if not marked:
+            return observed
+        workloads = tuple(marked.get(w.id, w) for w in observed.workloads)
+        return dataclasses.replace(observed, workloads=workloads)
+
+    async def _registry_digest(self, ref: str) -> str | None:
+        """The digest the registry gives for ``ref`` now; None (logged) when it cannot
+        be asked: the plan then keeps what runs."""
+        try:
+            info = await self._get(f"distribution/{ref}/json", subject=ref, action="ask")
+        except DriverError as exc:
+            log.warning("docker: cannot ask the registry about %s (%s); not compared", ref, exc)
+            return None
+        digest = (info.get("Descriptor") or {}).get("digest") if isinstance(info, dict) else None
+        return str(digest) if digest else None
+
+    async def _running_digests(self, workload: Workload) -> set[str] | None:
+        """The registry digests of the image ``workload``'s container runs."""
+        info = await self._inspect(workload.id, "inspect")
+        image = (info or {}).get("Image")
+        if not image:
+            return None
+        try:
+            found = await self._get(f"images/{image}/json", subject=image, action="inspect")
+        except DriverError:
+            return None
+        repo_digests = found.get("RepoDigests") if isinstance(found, dict) else None
+        return {str(d).rpartition("@")[2] for d in repo_digests or ()}
+
     async def status(self, target: WorkloadId) -> Workload | None:
         info = await self._inspect(target, "status")
         if info is None:

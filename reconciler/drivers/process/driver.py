@@ -133,6 +133,11 @@ class ProcessDriver:
         subnet = await asyncio.to_thread(self.store.subnet, deployment)
         return subnet.address.partition("/")[0] if subnet is not None else None
 
+    async def image_drift(
+        self, services: Collection[DesiredService], observed: ObservedState
+    ) -> ObservedState:
+        return observed  # no registry behind its images
+
     def limits(self, service: DesiredService) -> Limits:
         return pc.service_limits(service, self.facts)
 
