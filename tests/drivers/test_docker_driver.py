@@ -634,11 +634,12 @@ async def test_following_logs_of_a_running_replica(
     assert seen == [f"tick {first}", f"tick {first + 1}", f"tick {first + 2}"]
 
 
-async def test_a_container_that_stopped_before_this_boot_was_stopped_by_a_reboot(
+async def test_a_container_started_before_this_boot_was_stopped_by_a_reboot(
     docker_driver: DockerDriver, deployment_name: str, test_image: str
 ) -> None:
-    """The engine's FinishedAt against the host's boot: one that exited 0 before the
-    boot is ``stopped by reboot`` (started again, no crash), after it ``completed``."""
+    """The engine's StartedAt against the host's boot: a stopped container started
+    before the boot is ``stopped by reboot`` (started again, no crash), one started
+    after it and exited 0 ``completed``."""
     assert docker_driver.booted_at is not None  # an engine on this host
     done = services(
         deployment_name,
@@ -656,7 +657,7 @@ async def test_a_container_that_stopped_before_this_boot_was_stopped_by_a_reboot
     assert status.completed and not status.stopped_by_reboot
     (observed,) = (await docker_driver.observe([deployment_name])).workloads
     assert observed.state == "completed"
-    docker_driver.booted_at = 4_102_444_800.0  # the host "booted" after it finished (2100)
+    docker_driver.booted_at = 4_102_444_800.0  # the host "booted" after it ran (2100)
     (observed,) = (await docker_driver.observe([deployment_name])).workloads
     assert observed.stopped_by_reboot and not observed.completed
     assert observed.state == "stopped by reboot"

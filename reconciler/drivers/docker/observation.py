@@ -57,7 +57,9 @@ def workload_from_inspect(
 ) -> Workload | None:
     """A container as ``containers/<id>/json`` shows it. ``None`` if not zlayer's.
     With ``booted_at`` (the engine's host's boot, epoch seconds), a stopped container
-    that finished before it was stopped by that host's reboot."""
+    started before it was stopped by that host's going down: it ran until then, or it
+    was marked dead when the engine came back after a crash (FinishedAt is then the
+    engine's restart, after the boot, so it cannot tell)."""
     state = info.get("State") or {}
     status = str(state.get("Status", ""))
     exit_code = state.get("ExitCode") if status in ("exited", "dead") else None
@@ -72,10 +74,10 @@ def workload_from_inspect(
         health,
         info.get("Id"),
     )
-    finished = _epoch(state.get("FinishedAt"))
-    if workload is None or booted_at is None or finished is None or exit_code is None:
+    began = _epoch(started)
+    if workload is None or booted_at is None or began is None or exit_code is None:
         return workload
-    if finished < booted_at:
+    if began < booted_at:
         return dataclasses.replace(workload, stopped_by_reboot=True)
     return workload
 
