@@ -485,6 +485,7 @@ def test_workload_from_a_list_entry() -> None:
         "runtime_id": "c0ffee",
         "problem": None,
         "outdated": None,
+        "stopped_by_reboot": False,
     }
     starting = workload_from_summary({**summary, "Status": "Up 1 second (health: starting)"})
     assert starting is not None
