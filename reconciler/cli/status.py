@@ -203,7 +203,8 @@ async def _probed(driver: Driver, desired: DesiredState, workloads: list[Workloa
         return str(workload.id), verdict
 
     found = await asyncio.gather(*(one(w) for w in workloads))
-    return dict(item for item in found if item is not None)
+    scrub = desired.scrubber()  # a check's URL or command may hold a secret literal
+    return {t: (v, scrub(p)) for t, (v, p) in (item for item in found if item is not None)}
 
 
 def _daemon_verdicts(settings: Settings) -> tuple[str, Verdicts]:

@@ -224,7 +224,9 @@ class Daemon:
         """One of the daemon's own tasks ended: one log line, a journal event and
         systemd's STATUS= say which and why; the exit status is :data:`TASK_FAILED`
         (workloads keep running; systemd's ``Restart=on-failure`` starts it again)."""
-        message = f"the daemon's {name} task stopped: {why}; exiting ({TASK_FAILED})"
+        message = self.journal.scrub(
+            f"the daemon's {name} task stopped: {why}; exiting ({TASK_FAILED})"
+        )
         log.error("%s", message)
         self.journal.event("daemon", "failed", message, self.clock())
         self.notifier.status(f"failed: {message}")
