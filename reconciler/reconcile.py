@@ -261,9 +261,8 @@ def runtime_problems(
             continue
         located = Located(loaded)
         warnings += [
-            located.problem((field,), message)
+            located.problem(warning_path((), message, {}), message)
             for _, message in desired.warnings
-            for field in (message.split(" ", 1)[0],)
         ]
         for (_, service_name), service in desired.services.items():
             base = ("services", service_name)

@@ -98,7 +98,7 @@ class DockerDriver:
         self._local_socket = socket_path(url) if state_dir is not None else None
         self.booted_at = boot_time() if socket_path(url) is not None else None
         """When the engine's host booted (epoch seconds), where the engine is on this
-        host: a container that stopped before it stopped with the host (``None``: an
+        host: a stopped container started before it stopped with the host (``None``: an
         engine elsewhere, whose boot zlayer cannot tell)."""
         self._creating: collections.defaultdict[str, dict[str, _Creating]] = (
             collections.defaultdict(dict)
@@ -113,11 +113,7 @@ class DockerDriver:
         self._reader: SocketReader | None = None
         self._open = False
         self._images = Images()
-        self._gateways: dict[str, str] = {}
-        """The gateway of each deployment's network, as this session found it: a network
-        keeps its subnet while it exists; forgotten when this session removes the network
-        (:meth:`_release_network`) or makes it."""
-        self._networks = Networks(on_created=self._forget_gateway)
+        self._networks = Networks()
 
     # --- session ------------------------------------------------------------------------
 
@@ -190,24 +186,9 @@ class DockerDriver:
             return None
         return await self._gateway(deployment)
 
-    def _forget_gateway(self, deployment: str) -> None:
-        self._gateways.pop(deployment, None)
-
-    async def _release_network(self, deployment: str) -> None:
-        self._forget_gateway(deployment)
-        await self._networks.release(self.docker, deployment)
-
     async def _gateway(self, deployment: str) -> str | None:
-        """The host's address on the deployment's network; ``None`` without one (not
-        remembered: the network may be made next)."""
-        if deployment in self._gateways:
-            return self._gateways[deployment]
-        gateway = await self._inspect_gateway(deployment)
-        if gateway is not None:
-            self._gateways[deployment] = gateway
-        return gateway
-
-    async def _inspect_gateway(self, deployment: str) -> str | None:
+        """The host's address on the deployment's network; ``None`` without one. Asked
+        each time: another zlayer process may have made the network again since."""
         network = names.network_name(deployment)
         try:
             info = await self._get(f"networks/{network}", subject=network, action="inspect")
@@ -518,7 +499,7 @@ class DockerDriver:
                 with translated(rid, "run", missing=PermanentDriverError):
                     container = await self.docker.containers.create(body, name=name)
         except DriverError:
-            await self._release_network(rid.deployment)
+            await self._networks.release(self.docker, rid.deployment)
             raise
         try:
             with translated(rid, "start"):
@@ -564,7 +545,7 @@ class DockerDriver:
         except NotFound:
             return
         await self._rewrite_hosts(run.deployment)
-        await self._release_network(run.deployment)
+        await self._networks.release(self.docker, run.deployment)
 
     async def exits(self) -> AsyncGenerator[WorkloadId | RunId, None]:
         """The engine's ``die`` events of zlayer's containers. A broken stream is opened
@@ -591,7 +572,7 @@ class DockerDriver:
             async with self._networks.in_use(self.docker, service, target):
                 container = await self._create_container(service, replica, revision)
         except DriverError:
-            await self._release_network(target.deployment)
+            await self._networks.release(self.docker, target.deployment)
             raise
         await self._start_new(target, container)
 
@@ -619,7 +600,7 @@ class DockerDriver:
                         pass
                 container = await self._create_container(service, replica, revision)
         except DriverError:
-            await self._release_network(target.deployment)
+            await self._networks.release(self.docker, target.deployment)
             raise
         await self._start_new(target, container)
 
@@ -650,7 +631,7 @@ class DockerDriver:
             await container.stop()
             await container.delete(v=True, force=True)
         await self._rewrite_hosts(target.deployment)
-        await self._release_network(target.deployment)
+        await self._networks.release(self.docker, target.deployment)
 
     async def register(self, service: DesiredService, revision: str) -> None:
         """The definition of a job or cron service: a container created from its config
@@ -664,7 +645,7 @@ class DockerDriver:
                         await self._handle(target).delete(v=True, force=True)
                 await self._create_container(service, None, revision)
         except DriverError:
-            await self._release_network(target.deployment)
+            await self._networks.release(self.docker, target.deployment)
             raise
 
     async def unregister(self, target: WorkloadId) -> None:
@@ -738,7 +719,7 @@ class DockerDriver:
         await self._networks.create(self.docker, deployment)
 
     async def remove_network(self, deployment: str) -> None:
-        await self._release_network(deployment)
+        await self._networks.release(self.docker, deployment)
 
     async def _create_container(
         self,
@@ -783,7 +764,7 @@ class DockerDriver:
                     await container.delete(v=True, force=True)
             except DriverError as cleanup:
                 log.warning("%s", cleanup)
-            await self._release_network(target.deployment)
+            await self._networks.release(self.docker, target.deployment)
             raise
 
 

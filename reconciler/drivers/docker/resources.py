@@ -13,7 +13,7 @@ import collections
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from reconciler.desired import DesiredService
@@ -105,10 +105,7 @@ async def ensure_volume(docker: aiodocker.Docker, target: WorkloadId, spec_name:
 class Networks:
     """Each deployment's network, with what this session knows of it."""
 
-    def __init__(self, on_created: Callable[[str], None] | None = None) -> None:
-        self._on_created = on_created
-        """Told each deployment whose network this session makes (it may differ from
-        the one before: another subnet, another gateway)."""
+    def __init__(self) -> None:
         self._locks: dict[str, asyncio.Lock] = {}
         self._ready: set[str] = set()
         """Deployments whose network this session made sure of (skips an inspect)."""
@@ -143,8 +140,6 @@ class Networks:
                 await docker.networks.create(body)
         except Conflict:
             pass  # another zlayer made it meanwhile: the same network
-        if self._on_created is not None:
-            self._on_created(deployment)
 
     async def release(self, docker: aiodocker.Docker, deployment: str) -> None:
         """Remove the deployment's network once no container of it is left. Best
