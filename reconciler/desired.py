@@ -453,11 +453,6 @@ def _warnings(service: ServiceSpec) -> tuple[str, ...]:
     ranged = adaptive is not None and adaptive.max > adaptive.min  # said below
     if adaptive is not None and adaptive.targets.model_fields_set and not ranged:
         out.append("scale.targets are not used until autoscaling exists")
-    if service.lifecycle.delete_on_exit:
-        out.append(
-            "lifecycle.delete_on_exit is not applied yet: a replica that exits is kept and "
-            "restarted as errors.on_panic says"
-        )
     if service.replica_groups:
         out.append("replica_groups are not supported yet: every replica runs the service's config")
     scale = service.scale

@@ -64,6 +64,7 @@ def _encode_service(service: DesiredService) -> dict[str, Any]:
         "init": [[getattr(step, name) for name in _STEP_FIELDS] for step in policy.init],
         "on_init_failure": policy.on_init_failure,
         "on_panic": policy.on_panic,
+        "delete_on_exit": policy.delete_on_exit,
         "marked": sorted(service.marked),
     }
 
@@ -148,6 +149,7 @@ _SERVICE_KEYS = frozenset(
         "init",
         "on_init_failure",
         "on_panic",
+        "delete_on_exit",
         "marked",
     }
 )
@@ -185,6 +187,7 @@ def _decode_service(raw: Any, inputs: CompileInputs) -> DesiredService:
             ),
             on_init_failure=_str(data["on_init_failure"]),
             on_panic=_str(data["on_panic"]),
+            delete_on_exit=_bool(data["delete_on_exit"]),
         ),
         marked=frozenset(_str(m) for m in _list(data["marked"])),
     )
@@ -233,6 +236,12 @@ def _list(value: Any) -> list[Any]:
 def _str(value: Any) -> str:
     if type(value) is not str:
         raise Foreign("string")
+    return value
+
+
+def _bool(value: Any) -> bool:
+    if type(value) is not bool:
+        raise Foreign("boolean")
     return value
 
 

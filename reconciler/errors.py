@@ -106,6 +106,10 @@ class SnapshotError(ZlayerError):
     """An observed-state snapshot is missing, unreadable or not in the documented format."""
 
 
+class StateError(ZlayerError):
+    """A file zlayer keeps in its state directory cannot be read, or is damaged."""
+
+
 class PlanError(ZlayerError):
     """The plan asked for cannot be made (a ``--target`` that matches nothing, …)."""
 

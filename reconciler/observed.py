@@ -166,6 +166,38 @@ class Workload:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RemovedOnExit:
+    """A replica of a ``lifecycle.delete_on_exit`` service that exited and was removed.
+
+    The runtime no longer has it, so zlayer keeps this record (in the state directory,
+    :mod:`reconciler.removals`): the plan does not create the replica again while the
+    service's config is the one it exited with; a new config creates it."""
+
+    __pydantic_config__ = _FORBID
+
+    deployment: str
+    service: str
+    replica: int
+    fingerprint: str
+    exit_code: int | None = None
+    removed_at: str
+    """When zlayer removed it (ISO 8601, UTC)."""
+
+    def __post_init__(self) -> None:
+        _check(self.replica >= 1, "replica must be at least 1")
+
+    @property
+    def id(self) -> WorkloadId:
+        return WorkloadId(self.deployment, self.service, self.replica)
+
+    @property
+    def exited(self) -> str:
+        """``exited with status 3`` (or ``exited`` when the status was lost)."""
+        code = self.exit_code
+        return "exited" if code is None else f"exited with status {code}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Network:
     """A deployment's network, as a runtime that manages networks reports it."""
 
@@ -255,6 +287,9 @@ class ObservedState:
     """Internal endpoints are routed too (the process runtime with its networks): each
     deployment's service names resolve to its proxy address."""
     routes: tuple[Route, ...] = ()
+    removed_on_exit: tuple[RemovedOnExit, ...] = ()
+    """Replicas removed when they exited (``lifecycle.delete_on_exit``) and not created
+    again since: none of them is in ``workloads``."""
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)
     """The canonical config behind each fingerprint, recorded once however many
     replicas share it (sensitive values as placeholders). A fingerprint without an
@@ -272,11 +307,16 @@ class ObservedState:
         object.__setattr__(self, "workloads", tuple(self.workloads))
         object.__setattr__(self, "networks", tuple(self.networks))
         object.__setattr__(self, "routes", tuple(self.routes))
+        object.__setattr__(self, "removed_on_exit", tuple(self.removed_on_exit))
         seen: set[WorkloadId] = set()
         for workload in self.workloads:
             if workload.id in seen:
                 raise ValueError(f"workload {workload.id} is listed twice")
             seen.add(workload.id)
+        for removed in self.removed_on_exit:
+            if removed.id in seen:
+                raise ValueError(f"{removed.id} is listed twice (removed on exit and present)")
+            seen.add(removed.id)
         deployments = [n.deployment for n in self.networks]
         if len(set(deployments)) != len(deployments):
             raise ValueError("a deployment's network is listed twice")
@@ -303,6 +343,11 @@ class ObservedState:
                 for r in self.routes
             )
             parts.append(["routes", self.proxy_running, self.routes_internal, routes])
+        if self.removed_on_exit:
+            removed = sorted(
+                (r.deployment, r.service, r.replica, r.fingerprint) for r in self.removed_on_exit
+            )
+            parts.append(["removed_on_exit", removed])
         return fingerprint(parts[0] if len(parts) == 1 else parts)
 
     def to_json(self) -> str:
@@ -316,6 +361,7 @@ class ObservedState:
             workloads=tuple(ordered),
             networks=tuple(networks),
             routes=tuple(routes),
+            removed_on_exit=tuple(sorted(self.removed_on_exit, key=lambda r: r.id)),
             configs=configs,
         )
         from reconciler.observed_json import dump  # pydantic, only when a snapshot is written

@@ -1,6 +1,6 @@
 """How zlayer itself treats a service's replicas: health checks, init steps, errors (pure).
 
-These come from the spec's ``health``, ``init`` and ``errors`` blocks and steer
+These come from the spec's ``health``, ``init``, ``errors`` and ``lifecycle`` blocks and steer
 the executor; they are not part of a replica's config, so editing them never
 replaces a running replica. Omitted values take ZLayer's agent defaults.
 """
@@ -67,6 +67,8 @@ class ServicePolicy:
     init: tuple[InitStep, ...] = ()
     on_init_failure: str = "fail"
     on_panic: str = "restart"
+    delete_on_exit: bool = False
+    """``lifecycle.delete_on_exit``: a replica that exits is removed, not restarted."""
 
 
 DEFAULT_POLICY = ServicePolicy(HealthPolicy("tcp"))
@@ -141,4 +143,5 @@ def service_policy(service: ServiceSpec) -> ServicePolicy:
         init=tuple(steps),
         on_init_failure=service.errors.on_init_failure.action,
         on_panic=service.errors.on_panic.action,
+        delete_on_exit=service.lifecycle.delete_on_exit,
     )

@@ -29,6 +29,7 @@ import functools
 import os
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from secrets import token_bytes
 from typing import Literal
@@ -46,10 +47,11 @@ from reconciler.drivers.base import Driver
 from reconciler.errors import InvalidSpecs, UnsupportedSpecs, ZlayerError
 from reconciler.executor import DEFAULT_CONCURRENCY, Event, ExecutorSettings, Report, execute
 from reconciler.lock import ApplyLock
-from reconciler.observed import ObservedState, RouteServer, WorkloadId
+from reconciler.observed import ObservedState, RemovedOnExit, RouteServer, WorkloadId
 from reconciler.plan.model import Note, Plan
 from reconciler.plan.planner import plan_changes
 from reconciler.probes import init_step_problem
+from reconciler.removals import Record, Removals
 from reconciler.route_table import planned_addresses, route_table, routes_of
 from reconciler.routing.control import RouteSync
 from reconciler.routing.host import HostRoutes, drain_grace, routing_warnings
@@ -306,19 +308,29 @@ def host_routes(settings: Settings | None) -> HostRoutes:
     return HostRoutes.of(settings.state_dir or default_state_dir(), settings.publish_address)
 
 
+def removals(settings: Settings | None) -> Removals:
+    """The records of replicas removed on exit on the host ``settings`` describe."""
+    settings = settings or Settings()
+    return Removals(settings.state_dir or default_state_dir())
+
+
 async def observe_host(
     driver: Driver,
     routes: HostRoutes | None,
     deployments: Sequence[str] | None = None,
     desired: DesiredState | None = None,
+    removals: Removals | None = None,
 ) -> ObservedState:
     """What ``driver``'s runtime runs (of ``deployments``, else everything), with the
     managed proxy's routes where the runtime's public endpoints go through it. With
     ``desired``, replicas whose image moved in its registry (``pull_policy`` always or
-    newer) are marked outdated, so the plan replaces them."""
+    newer) are marked outdated, so the plan replaces them. With ``removals``, the
+    replicas removed on exit (``lifecycle.delete_on_exit``) are listed too."""
     observed = await driver.observe(list(deployments) if deployments else None)
     if desired is not None:
         observed = await driver.image_drift(list(desired.services.values()), observed)
+    if removals is not None:
+        observed = removals.merged(observed, deployments)
     if routes is None or not driver.routable:
         return observed
     return await routes.observe(observed, deployments, driver.internal_routable)
@@ -329,7 +341,7 @@ def observe_runtime(name: str, settings: Settings | None = None) -> ObservedStat
 
     async def observe() -> ObservedState:
         async with open_runtime(name, settings) as driver:
-            return await observe_host(driver, host_routes(settings))
+            return await observe_host(driver, host_routes(settings), removals=removals(settings))
 
     return asyncio.run(observe())
 
@@ -342,7 +354,9 @@ def observe_checked(
     async def observe() -> tuple[ObservedState, DesiredState]:
         async with open_runtime(name, settings) as driver:
             result = checked(driver, desired, "planned")
-            return await observe_host(driver, host_routes(settings), desired=result), result
+            routes, removed = host_routes(settings), removals(settings)
+            state = await observe_host(driver, routes, desired=result, removals=removed)
+            return state, result
 
     return asyncio.run(observe())
 
@@ -523,22 +537,27 @@ async def run_pass(
     on_event: Callable[[Event], None] = lambda _event: None,
     observe_after: bool = False,
     routes: HostRoutes | None = None,
+    removals: Removals | None = None,
 ) -> Pass:
     """Observe (``scope``: one deployment, else all), plan, let ``review`` see the plan
     (False: do nothing), and execute it through ``driver``, with the host's apply
     ``lock`` held so no other apply or daemon acts on the host meanwhile. With
     ``routes`` (on a runtime whose public endpoints the proxy serves), the managed
     proxy is synced with what runs afterwards, also when the plan was empty, so a
-    dead proxy or a missing server is repaired."""
+    dead proxy or a missing server is repaired. With ``removals``, the replicas the plan
+    removes on exit are recorded before it runs (see :mod:`reconciler.removals`)."""
     if not lock.held:
         raise ZlayerError(f"{lock.path}: a plan is executed only with the apply lock held")
     if routes is not None and isinstance(inputs.secret, SecretsDir):
         routes.secrets = inputs.secret.path  # the certificates of https endpoints
-    observed = await observe_host(driver, routes, [scope] if scope else None, desired)
+    observed = await observe_host(driver, routes, [scope] if scope else None, desired, removals)
     plan = make_plan(desired, observed)
     proceed = True if review is None else await review(plan)
     if not proceed:
         return Pass(observed, plan, None)
+    if removals is not None:
+        # Recorded first: a pass cut short after the remove must not create it again.
+        _record_removals(removals, desired, observed, plan, scope)
     # A deployment the plan prunes is synced too, so its routes leave with it.
     pruned = {a.target.deployment for a in plan.actions if a.kind == "prune"}
     deployments = [scope] if scope else sorted(set(desired.deployments) | pruned)
@@ -575,6 +594,53 @@ async def run_pass(
         synced = await _sync_routes(routes, driver, desired, after, deployments)
     every = tuple(routes.synced[first:]) if routes is not None else ()
     return Pass(observed, plan, report, after if observe_after else None, synced, every)
+
+
+def _record_removals(
+    removals: Removals,
+    desired: DesiredState,
+    observed: ObservedState,
+    plan: Plan,
+    scope: str | None,
+) -> None:
+    """Record the replicas ``plan`` removes because they exited (``delete_on_exit``),
+    and forget the records that no longer hold anything back."""
+    now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    exited = {w.id: w for w in observed.workloads if w.status in ("exited", "dead")}
+    present = {w.id for w in observed.workloads}
+    add = []
+    for action in plan.actions:
+        workload = exited.get(action.target) if action.kind == "remove" else None
+        service = desired.services.get((action.target.deployment, action.target.service))
+        if workload is None or service is None or workload.replica is None:
+            continue
+        if not service.policy.delete_on_exit or workload.stopped_by_reboot:
+            continue
+        if service.replicas is not None and workload.replica > service.replicas:
+            continue  # scaled away, not removed on exit
+        removed = RemovedOnExit(
+            deployment=workload.deployment,
+            service=workload.service,
+            replica=workload.replica,
+            fingerprint=workload.fingerprint,
+            exit_code=workload.exit_code,
+            removed_at=now,
+        )
+        add.append(Record(observed.runtime, removed, observed.configs.get(workload.fingerprint)))
+
+    def keep(record: RemovedOnExit) -> bool:
+        if scope is not None and record.deployment != scope:
+            return True  # not observed by this pass
+        if record.id in present:
+            return False  # it exists again
+        service = desired.services.get((record.deployment, record.service))
+        if service is None:
+            return not plan.prune or bool(plan.targets)  # left the specs: kept unless pruned
+        if not service.policy.delete_on_exit:
+            return False
+        return service.replicas is None or record.replica <= service.replicas
+
+    removals.update(observed.runtime, add, keep)
 
 
 async def _sync_routes(

@@ -34,6 +34,7 @@ from reconciler.lock import ApplyLock
 from reconciler.observed import ObservedState
 from reconciler.plan.model import Plan
 from reconciler.plan.serialize import PLAN_FORMAT, plan_to_json
+from reconciler.removals import Removals
 from reconciler.routing.control import RouteSync
 from reconciler.routing.host import HostRoutes
 from reconciler.runtimes import open_runtime
@@ -263,6 +264,7 @@ async def _act(
             concurrency=opts.concurrency,
             on_event=on_event,
             routes=HostRoutes.of(opts.state_dir, opts.settings.publish_address),
+            removals=Removals(opts.state_dir),
         )
     _print_routes(done.routes, opts.fmt, out)
     report = done.report

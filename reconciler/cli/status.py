@@ -24,6 +24,7 @@ from reconciler.desired import DesiredState
 from reconciler.drivers.base import Driver
 from reconciler.errors import NoDaemon, ProxyError, ZlayerError
 from reconciler.observed import ObservedState, Workload, WorkloadId
+from reconciler.removals import Removals
 from reconciler.routing.host import HostRoutes, RouteStat
 from reconciler.runtimes import open_runtime
 from reconciler.settings import Settings
@@ -87,12 +88,14 @@ def status(
     settings = settings_for(state_dir)
     runtime = pick_runtime(runtime, settings)
 
-    routes = HostRoutes.of(settings.state_dir or default_state_dir(), settings.publish_address)
+    state_dir = settings.state_dir or default_state_dir()
+    routes = HostRoutes.of(state_dir, settings.publish_address)
     desired = _probe_desired(probe_specs) if probe_specs else None
 
     async def observe() -> tuple[ObservedState, list[Workload], list[RouteStat], Verdicts]:
         async with open_runtime(runtime, settings) as driver:
             state = await driver.observe(deployments or None)
+            state = Removals(state_dir).merged(state, deployments or None)
             # The list call leaves out start times and restart counts; ask per replica.
             detailed = await asyncio.gather(*(driver.status(w.id) for w in state.workloads))
             workloads = [d or w for d, w in zip(detailed, state.workloads, strict=True)]
@@ -116,6 +119,7 @@ def status(
         return 0
     if not workloads:
         click.echo(f"No workloads managed by zlayer on the {runtime} runtime.")
+        _print_removed(state)
         return 0
     rows: list[tuple[str, ...]] = [
         ("DEPLOYMENT", "SERVICE", "REPLICA", "STATE", "HEALTH", "RESTARTS", "AGE", "IMAGE")
@@ -142,6 +146,7 @@ def status(
         if problem and verdict == "unhealthy":
             click.echo(visible_line(f"{w.id}: {problem}"))
     click.echo(visible_line(f"health: {HEALTH_SOURCES[source]}"))
+    _print_removed(state)
     if served:
         click.echo("")
         _table(_route_rows(served))
@@ -261,7 +266,14 @@ def _document(
         "health_source": source,
         "workloads": out,
         "routes": [dataclasses.asdict(r) for r in served],
+        "removed_on_exit": [dataclasses.asdict(r) for r in state.removed_on_exit],
     }
+
+
+def _print_removed(state: ObservedState) -> None:
+    for r in sorted(state.removed_on_exit, key=lambda r: r.id):
+        line = f"{r.id}: {r.exited}; removed at {r.removed_at} (lifecycle.delete_on_exit)"
+        click.echo(visible_line(line))
 
 
 def _table(rows: list[tuple[str, ...]]) -> None:

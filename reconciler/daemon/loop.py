@@ -44,6 +44,7 @@ from reconciler.lock import ApplyLock
 from reconciler.observed import ObservedState, RunId, WorkloadId
 from reconciler.plan.model import Plan
 from reconciler.plan.serialize import plan_to_dict
+from reconciler.removals import Removals
 from reconciler.routing.control import RouteSync
 from reconciler.routing.host import HostRoutes
 from reconciler.runtimes import open_runtime
@@ -436,6 +437,7 @@ class Daemon:
                 on_event=self._on_event,
                 observe_after=True,
                 routes=routes,
+                removals=Removals(self.state_dir),
             )
         finally:
             lock.release()

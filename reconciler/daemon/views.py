@@ -12,6 +12,7 @@ from reconciler.errors import ProxyError
 from reconciler.observed_json import document
 from reconciler.plan.serialize import plan_to_dict
 from reconciler.reconcile import observe_host, plan_for
+from reconciler.removals import Removals
 from reconciler.routing.host import HostRoutes
 
 if TYPE_CHECKING:
@@ -78,7 +79,9 @@ class Views:
     async def observed(self) -> dict[str, Any]:
         """The runtime's workloads, and the managed proxy's routes with their counters."""
         assert self.daemon.driver is not None
-        state = await observe_host(self.daemon.driver, self._routes())
+        state = await observe_host(
+            self.daemon.driver, self._routes(), removals=Removals(self.daemon.state_dir)
+        )
         return document(state)
 
     async def plan(self) -> dict[str, Any]:
@@ -88,7 +91,12 @@ class Views:
         choice = await daemon.revisions.choose(daemon.driver)
         if choice.desired is None:
             return {"error": choice.note}
-        observed = await observe_host(daemon.driver, self._routes(), desired=choice.desired)
+        observed = await observe_host(
+            daemon.driver,
+            self._routes(),
+            desired=choice.desired,
+            removals=Removals(daemon.state_dir),
+        )
         plan = plan_for(
             choice.desired,
             observed,

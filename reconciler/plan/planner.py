@@ -19,7 +19,15 @@ from typing import Any
 
 from reconciler.desired import DesiredService, DesiredState, config_fingerprint
 from reconciler.errors import PlanError
-from reconciler.observed import NETWORK, Network, ObservedState, Route, Workload, WorkloadId
+from reconciler.observed import (
+    NETWORK,
+    Network,
+    ObservedState,
+    RemovedOnExit,
+    Route,
+    Workload,
+    WorkloadId,
+)
 from reconciler.plan.diff import describe, explain
 from reconciler.plan.model import (
     KINDS,
@@ -57,6 +65,9 @@ def plan_changes(
     by_service: dict[ServiceKey, list[Workload]] = defaultdict(list)
     for workload in observed.workloads:
         by_service[(workload.deployment, workload.service)].append(workload)
+    removed: dict[ServiceKey, dict[int, RemovedOnExit]] = defaultdict(dict)
+    for record in observed.removed_on_exit:
+        removed[(record.deployment, record.service)][record.replica] = record
     selected = _select(desired, by_service, targets)
     notes: list[Note] = []
     warnings: list[Note] = []
@@ -65,7 +76,7 @@ def plan_changes(
         if selected is not None and key not in selected:
             continue
         found = by_service.get(key, [])
-        actions += _plan_service(service, found, observed.configs, notes)
+        actions += _plan_service(service, found, removed.get(key, {}), observed.configs, notes)
         warnings += [Note(f"{key[0]}/{key[1]}", w) for w in service.warnings]
         notes += [Note(f"{key[0]}/{key[1]}", n) for n in service.notes]
     warnings += [
@@ -112,7 +123,11 @@ Configs = Mapping[str, Mapping[str, Any]]
 
 
 def _plan_service(
-    service: DesiredService, found: list[Workload], configs: Configs, notes: list[Note]
+    service: DesiredService,
+    found: list[Workload],
+    removed: Mapping[int, RemovedOnExit],
+    configs: Configs,
+    notes: list[Note],
 ) -> list[Action]:
     replicas = sorted((w for w in found if w.replica is not None), key=lambda w: w.replica or 0)
     definitions = [w for w in found if w.replica is None]
@@ -132,7 +147,7 @@ def _plan_service(
         _action("unregister", w.id, f"{_rtype(configs.get(w.fingerprint))} → service")
         for w in definitions
     ]
-    return out + _plan_replicas(service, replicas, configs, notes)
+    return out + _plan_replicas(service, replicas, removed, configs, notes)
 
 
 def _rtype(recorded: Mapping[str, Any] | None) -> str:
@@ -169,7 +184,11 @@ def _plan_definition(
 
 
 def _plan_replicas(
-    service: DesiredService, replicas: list[Workload], configs: Configs, notes: list[Note]
+    service: DesiredService,
+    replicas: list[Workload],
+    removed: Mapping[int, RemovedOnExit],
+    configs: Configs,
+    notes: list[Note],
 ) -> list[Action]:
     by_index = {w.replica or 0: w for w in replicas}
     want = service.replicas
@@ -189,8 +208,20 @@ def _plan_replicas(
     out: list[Action] = []
     have = len(replicas)
     highest = max(by_index, default=0)
+    if not service.policy.delete_on_exit:
+        removed = {}  # no longer set: what it removed is created again
+    for index in sorted(set(removed) - set(indexes)):
+        if want is None:  # manual scale: not counted, and not created again
+            notes.append(_removed_note(removed[index]))
     for index in indexes:
         current = by_index.get(index)
+        if current is None and index in removed:
+            action = _recreate(service, removed[index], configs, conditions)
+            if action is None:
+                notes.append(_removed_note(removed[index]))
+            else:
+                out.append(action)
+            continue
         if current is None:
             out.append(
                 _action(
@@ -219,6 +250,32 @@ def _plan_replicas(
     return out
 
 
+def _removed_note(record: RemovedOnExit) -> Note:
+    return Note(
+        str(record.id),
+        f"{record.exited} and was removed at {record.removed_at} (lifecycle.delete_on_exit); "
+        "created again when its config changes",
+    )
+
+
+def _recreate(
+    service: DesiredService,
+    record: RemovedOnExit,
+    configs: Configs,
+    conditions: tuple[Condition, ...],
+) -> Action | None:
+    """A create for a replica removed on exit whose service's config changed since;
+    None while the config is the one it exited with."""
+    recorded = configs.get(record.fingerprint)
+    config, digest = _effective(service, recorded)
+    if digest == record.fingerprint:
+        return None
+    changes = _changes(service, recorded, config)
+    removed = f"{record.exited} and was removed (lifecycle.delete_on_exit)"
+    reason = f"{removed}; its config changed: {_reason(changes)}"
+    return _action("create", record.id, reason, changes or (), conditions)
+
+
 def _create_reason(index: int, have: int, highest: int, want: int | None) -> str:
     """Scale-up adds indexes above the highest one running; a lower index that is
     not there went missing (removed or lost behind zlayer's back)."""
@@ -243,6 +300,11 @@ def _existing(
         return _action("replace", current.id, current.outdated, (), conditions)
     if current.stopped_by_reboot and current.status in ("exited", "dead"):
         return _action("restart", current.id, "stopped by a reboot of the host", (), conditions)
+    if service.policy.delete_on_exit and current.status in ("exited", "dead"):
+        code = current.exit_code
+        exited = f"exited with status {code}" if code is not None else current.status
+        why = f"{exited}; removed, not restarted (lifecycle.delete_on_exit)"
+        return _action("remove", current.id, why)
     if current.completed:
         return None  # finished: kept as it is (a changed config above still replaces it)
     if current.status in ("exited", "dead"):

@@ -382,6 +382,54 @@ def test_prune_removes_what_left_the_specs_and_a_crashed_replica_is_restarted(ho
     assert host.plan()["actions"] == []
 
 
+def test_a_container_that_exits_is_removed_not_restarted_under_delete_on_exit(
+    host: Host, tmp_path: Path
+) -> None:
+    """``lifecycle.delete_on_exit`` on the engine: the killed replica is removed (gone
+    from ``docker ps -a``), its sibling of another service restarted; it stays removed
+    in the plan, ``status`` and a snapshot, until its config changes."""
+    dep = host.deployment
+    once = {"scale": {"mode": "fixed", "replicas": 2}, "lifecycle": {"delete_on_exit": True}}
+    host.write(sleeper("once", **once) | sleeper("kept"))
+    assert host.apply()[0] == 0
+    docker(host.url, "kill", f"{dep}-once-1")
+    docker(host.url, "kill", f"{dep}-kept-1")
+    reasons = {a["id"]: a["reason"] for a in host.plan()["actions"]}
+    assert reasons == {
+        f"remove:{dep}/once/1": "exited with status 137; removed, not restarted "
+        "(lifecycle.delete_on_exit)",
+        f"restart:{dep}/kept/1": "exited with status 137",
+    }
+    code, events, err = host.apply()
+    assert code == 0, (events, err)
+    containers = host.containers()
+    assert sorted(containers) == [f"{dep}-kept-1", f"{dep}-once-2"]
+    assert {c["State"]["Status"] for c in containers.values()} == {"running"}
+
+    kept = f"{dep}/once/1: exited with status 137 and was removed at "
+    plan = host.plan()
+    assert plan["actions"] == []
+    assert any(f"{n['subject']}: {n['message']}".startswith(kept) for n in plan["notes"]), plan
+    status = host.run("status", "--runtime", "docker", "--format", "json")
+    removed = json.loads(status.stdout)["removed_on_exit"]
+    assert [(r["service"], r["replica"], r["exit_code"]) for r in removed] == [("once", 1, 137)]
+    snapshot = tmp_path / "host.json"
+    assert host.run("observe", "--runtime", "docker", "--out", str(snapshot)).returncode == 0
+    offline = host.run("plan", str(host.specs), "--observed", str(snapshot), "--detailed-exitcode")
+    assert offline.returncode == 0 and kept in " ".join(offline.stdout.split()), offline.stdout
+
+    host.write(sleeper("once", **once, env={"ROUND": "2"}) | sleeper("kept"))
+    reasons = {a["id"]: a["reason"] for a in host.plan()["actions"]}
+    assert reasons[f"create:{dep}/once/1"] == (
+        "exited with status 137 and was removed (lifecycle.delete_on_exit); "
+        "its config changed: env.ROUND added: 2"
+    ), reasons
+    code, events, err = host.apply()
+    assert code == 0, (events, err)
+    assert sorted(host.containers()) == [f"{dep}-kept-1", f"{dep}-once-1", f"{dep}-once-2"]
+    assert host.plan()["actions"] == []
+
+
 @pytest.mark.slow
 def test_a_stale_saved_plan_is_refused_and_a_fresh_one_applied(host: Host, tmp_path: Path) -> None:
     dep = host.deployment

@@ -398,6 +398,31 @@ def test_apply_records_snapshots_and_status_on_the_process_runtime(
         )  # fmt: skip
         assert "No changes" in outputs[4]
 
+    # The replica exits under delete_on_exit: the record that keeps it removed holds
+    # its config (redacted like the runtime's) in the state directory and snapshots.
+    from tests.process_support import kill_recorded
+
+    document = json.loads(host_spec(seen, values))
+    document["services"]["web"]["lifecycle"] = {"delete_on_exit": True}
+    (specs / "app.yaml").write_text(json.dumps(document))
+    assert kill_recorded(state)
+    removed = zlayer(tmp_path, "apply", "specs", "--auto-approve", env=env)
+    assert "remove:cnryhost/web/1" in removed.stdout, removed.stdout + removed.stderr
+    record = (state / "removed-on-exit.json").read_text()
+    assert "DB_PASSWORD" in record  # the config is there, its values are not
+    outputs = [removed.stdout, removed.stderr, _files_text(state)]
+    outputs.append(zlayer(tmp_path, "status", "--format", "json", env=env).stdout)
+    outputs.append(zlayer(tmp_path, "observe", "--runtime", "process", env=env).stdout)
+    outputs.append(
+        zlayer(
+            tmp_path, "plan", "specs", "--runtime", "process", "--format", "json", env=env
+        ).stdout
+    )
+    everything = "\n".join(outputs)
+    assert "removed_on_exit" in everything
+    for name, value in values.items():
+        assert value not in everything, f"removed on exit: {name} leaked"
+
 
 def test_an_error_quoting_a_clear_value_is_scrubbed(
     tmp_path: Path, process_host: dict[str, str]

@@ -403,3 +403,74 @@ def test_a_replica_stopped_by_a_reboot_is_started_again_without_a_crash(
     rows = [r.split() for r in zlayer(host, "status", *args).stdout.splitlines()
             if r.startswith("boot ")]  # fmt: skip
     assert [r[3] for r in rows] == ["running"], rows
+
+
+@pytest.mark.slow
+def test_a_replica_that_exits_is_removed_not_restarted_under_delete_on_exit(
+    host: dict[str, str], tmp_path: Path
+) -> None:
+    """``lifecycle.delete_on_exit`` on real processes: the replica that exits (3) is
+    removed by the next apply — its record and network namespace gone from the host —
+    and stays removed, in ``status``, ``plan``, and a snapshot planned offline, until
+    its config changes; then it is created again with the reason."""
+    trigger = tmp_path / "exit-now"
+    spec = tmp_path / "once.yaml"
+
+    def write(value: str) -> None:
+        spec.write_text(
+            "version: v1\ndeployment: once\nservices:\n"
+            "  job:\n"
+            "    image: {name: busybox}\n"
+            "    command:\n"
+            f"      entrypoint: [sh, -c, 'while [ ! -e {trigger} ]; do sleep 0.1; done; exit 3']\n"
+            f"    env: {{ROUND: '{value}'}}\n"
+            "    scale: {mode: fixed, replicas: 1}\n"
+            "    lifecycle: {delete_on_exit: true}\n"
+        )
+
+    write("1")
+    args = ("--runtime", "process")
+    state = Path(host["ZLAYER_STATE_DIR"])
+    replica_dir = state / "process" / "deployments" / "once" / "services" / "job" / "1"
+    first = zlayer(host, "apply", str(spec), *args, "--auto-approve")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert replica_dir.is_dir()
+    trigger.touch()
+
+    def rows() -> list[list[str]]:
+        status = zlayer(host, "status", *args).stdout
+        return [r.split() for r in status.splitlines() if r.startswith("once ")]
+
+    wait_for(lambda: [r[3:5] for r in rows()] == [["exited", "(3)"]], lambda: str(rows()), 60)
+    why = "exited with status 3; removed, not restarted (lifecycle.delete_on_exit)"
+    plan = zlayer(host, "plan", str(spec), *args, "--detailed-exitcode")
+    assert plan.returncode == 2 and why in plan.stdout, plan.stdout + plan.stderr
+    removed = zlayer(host, "apply", str(spec), *args, "--auto-approve")
+    assert removed.returncode == 0 and "remove:once/job/1" in removed.stdout, removed.stdout
+    assert not replica_dir.exists()  # gone from the host, not just from the listing
+    from reconciler.drivers.process import netns
+
+    assert "zlayer-once-job-1" not in netns.inventory().namespaces
+
+    status = zlayer(host, "status", *args).stdout
+    assert "once/job/1: exited with status 3; removed at " in status, status
+    kept = "once/job/1: exited with status 3 and was removed at "
+    for run in (
+        zlayer(host, "plan", str(spec), *args, "--detailed-exitcode"),
+        zlayer(host, "apply", str(spec), *args, "--auto-approve"),
+    ):
+        assert run.returncode == 0 and kept in " ".join(run.stdout.split()), run.stdout
+    assert not replica_dir.exists()  # the apply made nothing
+    snapshot = tmp_path / "host.json"
+    assert zlayer(host, "observe", *args, "--out", str(snapshot)).returncode == 0
+    offline = zlayer(host, "plan", str(spec), "--observed", str(snapshot), "--detailed-exitcode")
+    assert offline.returncode == 0 and kept in " ".join(offline.stdout.split()), offline.stdout
+
+    trigger.unlink()
+    write("2")
+    plan = zlayer(host, "plan", str(spec), *args)
+    assert "its config changed: env.ROUND 1 → 2" in " ".join(plan.stdout.split()), plan.stdout
+    again = zlayer(host, "apply", str(spec), *args, "--auto-approve")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert [r[3] for r in rows()] == ["running"], rows()
+    assert "removed at" not in zlayer(host, "status", *args).stdout

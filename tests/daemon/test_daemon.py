@@ -248,6 +248,44 @@ def test_a_crash_loop_past_give_up_after_is_failed_until_retry(daemon_host: Daem
     assert crash().restarts == 4
 
 
+def test_the_daemon_removes_a_replica_that_exits_under_delete_on_exit(
+    daemon_host: Daemon,
+) -> None:
+    """``lifecycle.delete_on_exit`` under the daemon: the replica's exit wakes a
+    reconcile that removes it; no crash is counted and no later reconcile (the
+    directory changing again) creates it, until its config changes."""
+    needs_root("the process runtime's replicas")
+    specs = daemon_host.root / "specs"
+    trigger = daemon_host.root / "exit-now"
+    script = f"while [ ! -e {trigger} ]; do sleep 0.1; done; exit 3"
+    once = {"scale": {"mode": "fixed", "replicas": 1}, "lifecycle": {"delete_on_exit": True}}
+    write_specs(specs, {"once": shell(script, **once), "stays": sleeper()})
+    daemon_host.configure(f'path = "{specs}"\nresync = 300', backoff="initial = 0.2\njitter = 0")
+    daemon_host.start()
+    target = f"{DEP}/once/1"
+    wait_for(lambda: target in running(daemon_host), "once/1 to run")
+    trigger.touch()
+    wait_for(lambda: target not in observed_workloads(daemon_host), "once/1 to be removed")
+    removed = [
+        e
+        for e in daemon_host.events(target=target)
+        if e["kind"] == "succeeded" and "remove" in e["message"]
+    ]
+    assert removed, daemon_host.events(target=target)
+    assert recorded_crash(daemon_host, target) is None  # removed, not a crash
+
+    before = len([r for r in daemon_host.reconciles() if r["finished"]])
+    write_specs(specs, {"once": shell(script, **once), "stays": sleeper(), "x": sleeper()})
+    daemon_host.wait_reconciles(before + 1)
+    wait_for(lambda: f"{DEP}/x/1" in running(daemon_host), "the new service x")
+    assert target not in observed_workloads(daemon_host)  # still removed
+
+    trigger.unlink()
+    changed = shell(script, **once, env={"ROUND": "2"})
+    write_specs(specs, {"once": changed, "stays": sleeper(), "x": sleeper()})
+    wait_for(lambda: target in running(daemon_host), "once/1 created again, its config changed")
+
+
 def test_an_unhealthy_replica_is_restarted_as_a_crash(daemon_host: Daemon) -> None:
     needs_root("the process runtime's replicas")
     specs = daemon_host.root / "specs"
