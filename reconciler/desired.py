@@ -5,7 +5,7 @@ each of its replicas runs (image, command, env, resources, endpoints, storage,
 network and the Docker-style extras), as JSON data with defaults left out so a
 field added to the spec model later does not change existing fingerprints.
 Fields that only steer zlayer itself — ``scale``, ``depends``, ``health``,
-``init``, ``errors``, ``lifecycle`` and placement — are not part of it: editing
+``init``, ``errors``, ``lifecycle``, ``restart_policy`` and placement — are not part of it: editing
 them never replaces a running replica; they take effect at the next apply.
 
 No sensitive value enters the config: secret and ``$E:`` references and
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from reconciler.fingerprint import fingerprint, keyed_hash
 from reconciler.observed import ObservedState, Workload, WorkloadId
-from reconciler.policy import DEFAULT_POLICY, ServicePolicy, service_policy
+from reconciler.policy import DEFAULT_POLICY, ServicePolicy, service_policy, with_timeout
 from reconciler.redact import (
     MARK_LABEL,
     MASK,
@@ -69,6 +69,7 @@ _NOT_CONFIG = frozenset(
         "init",
         "errors",
         "lifecycle",
+        "restart_policy",
         "node_mode",
         "node_selector",
         "affinity",
@@ -455,6 +456,16 @@ def _warnings(service: ServiceSpec) -> tuple[str, ...]:
         out.append("scale.targets are not used until autoscaling exists")
     if service.replica_groups:
         out.append("replica_groups are not supported yet: every replica runs the service's config")
+    restart = service.restart_policy
+    if restart is not None and restart.delay is not None and with_timeout(restart.delay) is None:
+        out.append(
+            f"restart_policy.delay {restart.delay!r} is not a duration (30s, 1m); not applied"
+        )
+    if restart is not None and restart.kind == "unless_stopped":
+        out.append(
+            "restart_policy unless_stopped restarts like always: zlayer cannot tell a replica "
+            "stopped by hand from one that exited"
+        )
     scale = service.scale
     explicit = "scale" in service.model_fields_set
     if (

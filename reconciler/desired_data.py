@@ -65,6 +65,7 @@ def _encode_service(service: DesiredService) -> dict[str, Any]:
         "on_init_failure": policy.on_init_failure,
         "on_panic": policy.on_panic,
         "delete_on_exit": policy.delete_on_exit,
+        "restart": [policy.restart, policy.max_attempts, policy.restart_delay],
         "marked": sorted(service.marked),
     }
 
@@ -150,6 +151,7 @@ _SERVICE_KEYS = frozenset(
         "on_init_failure",
         "on_panic",
         "delete_on_exit",
+        "restart",
         "marked",
     }
 )
@@ -188,6 +190,7 @@ def _decode_service(raw: Any, inputs: CompileInputs) -> DesiredService:
             on_init_failure=_str(data["on_init_failure"]),
             on_panic=_str(data["on_panic"]),
             delete_on_exit=_bool(data["delete_on_exit"]),
+            **_restart(data["restart"]),
         ),
         marked=frozenset(_str(m) for m in _list(data["marked"])),
     )
@@ -237,6 +240,11 @@ def _str(value: Any) -> str:
     if type(value) is not str:
         raise Foreign("string")
     return value
+
+
+def _restart(value: Any) -> dict[str, Any]:
+    kind, attempts, delay = _typed(value, (_STR, _OPT_INT, _OPT_NUM))
+    return {"restart": kind, "max_attempts": attempts, "restart_delay": delay}
 
 
 def _bool(value: Any) -> bool:

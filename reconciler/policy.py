@@ -69,6 +69,20 @@ class ServicePolicy:
     on_panic: str = "restart"
     delete_on_exit: bool = False
     """``lifecycle.delete_on_exit``: a replica that exits is removed, not restarted."""
+    restart: str = "on_failure"
+    """``restart_policy.kind``: which exits are restarted — ``on_failure`` (zlayer's rule
+    when the spec sets none: failures, not completions), ``always`` and
+    ``unless_stopped`` (completions too), ``no`` (none)."""
+    max_attempts: int | None = None
+    """``restart_policy.max_attempts``: restarts in a row before the daemon gives up
+    (this service's ``[backoff] give_up_after``)."""
+    restart_delay: float | None = None
+    """``restart_policy.delay`` in seconds: the daemon waits at least this long before
+    each restart (its backoff may wait longer)."""
+
+    @property
+    def restarts_completed(self) -> bool:
+        return self.restart in ("always", "unless_stopped")
 
 
 DEFAULT_POLICY = ServicePolicy(HealthPolicy("tcp"))
@@ -144,4 +158,17 @@ def service_policy(service: ServiceSpec) -> ServicePolicy:
         on_init_failure=service.errors.on_init_failure.action,
         on_panic=service.errors.on_panic.action,
         delete_on_exit=service.lifecycle.delete_on_exit,
+        **_restart(service),
     )
+
+
+def _restart(service: ServiceSpec) -> dict[str, Any]:
+    policy = service.restart_policy
+    if policy is None:
+        return {}
+    delay = with_timeout(policy.delay) if policy.delay is not None else None
+    return {
+        "restart": policy.kind,
+        "max_attempts": policy.max_attempts,
+        "restart_delay": delay,
+    }

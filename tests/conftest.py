@@ -78,11 +78,16 @@ def assert_runs_exactly(
     secrets make the fingerprint unknowable here, so only the status is compared. A
     replica that had completed (exit 0) with the config wanted stays so."""
     before_indexes: dict[tuple[str, str], list[int]] = {}
-    completed = {}
+    completed = {}  # replicas left as they are: finished, or not restarted by policy
     for w in before.workloads:
         if w.replica is not None:
             before_indexes.setdefault((w.deployment, w.service), []).append(w.replica)
-        if w.completed:
+        service = desired.services.get((w.deployment, w.service))
+        policy = service.policy if service is not None else None
+        if policy is not None and w.completed and policy.restarts_completed:
+            continue  # restart_policy always: restarted
+        kept = policy is not None and policy.restart == "no" and w.status in ("exited", "dead")
+        if w.completed or kept:
             completed[(w.deployment, w.service, w.replica)] = w.fingerprint
     expected: dict[tuple[str, str, int | None], tuple[str | None, str]] = {}
     for service in desired.services.values():

@@ -12,6 +12,7 @@ pace nor its counters. Actions that wait for a held restart are held with it
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from reconciler.daemon.journal import Crash, Journal
 from reconciler.desired import DesiredState
 from reconciler.observed import ObservedState, Workload, WorkloadId
 from reconciler.plan.model import Plan
+from reconciler.policy import ServicePolicy
 from reconciler.reconcile import hold_actions
 
 
@@ -87,9 +89,16 @@ class Supervisor:
             if workload is None or service is None:
                 continue
             why = self.crash_of(workload, unhealthy.get(action.target))
+            policy, kind = service.policy, "crashed"
+            if why is None and workload.completed and policy.restarts_completed:
+                # restart_policy always: a completion is restarted too, through the
+                # backoff (a service that exits 0 at once must not spin), but it is no
+                # crash and errors.on_panic does not apply to it.
+                why, kind = "completed (exited with status 0)", "exited"
+                policy = dataclasses.replace(policy, on_panic="restart")
             if why is None:
                 continue
-            crash = self._record(workload, why, service.policy.on_panic, now)
+            crash = self._record(workload, why, policy, now, kind)
             if crash.held is not None:
                 held[str(action.target)] = crash
                 dropped[action.id] = crash.describe(now)
@@ -105,7 +114,9 @@ class Supervisor:
         self._end_streaks(observed, unhealthy, now)
         return Supervised(hold_actions(plan, dropped), held, wake, tuple(stop))
 
-    def _record(self, workload: Workload, why: str, on_panic: str, now: float) -> Crash:
+    def _record(
+        self, workload: Workload, why: str, service: ServicePolicy, now: float, kind: str
+    ) -> Crash:
         target = str(workload.id)
         current = self.journal.crash(target)
         # One crash per run of the replica: the runtime's id, and the restarts the
@@ -117,11 +128,15 @@ class Supervisor:
         if current is not None and current.last_instance == instance:
             return current
         streak = (current.streak if current else 0) + 1
+        on_panic = service.on_panic
         held = None if on_panic == "restart" else on_panic
-        limit = self.policy.give_up_after
+        limit, limit_key = self.policy.give_up_after, "[backoff] give_up_after"
+        if service.max_attempts is not None:
+            limit, limit_key = service.max_attempts, "restart_policy.max_attempts"
         if held is None and limit and streak > limit:
             held = FAILED
-        next_at = None if held else now + self.policy.delay(streak, self.rng())
+        delay = max(self.policy.delay(streak, self.rng()), service.restart_delay or 0.0)
+        next_at = None if held else now + delay
         crash = self.journal.record_crash(
             target,
             instance=instance,
@@ -132,15 +147,15 @@ class Supervisor:
         )
         if held == FAILED:
             message = (
-                f"{why}; failed: gave up after {limit} restarts in a row ([backoff] "
-                "give_up_after); a new revision or zlayer daemon retry starts it again"
+                f"{why}; failed: gave up after {limit} restarts in a row ({limit_key}); "
+                "a new revision or zlayer daemon retry starts it again"
             )
         elif held:
             message = f"{why}; not restarted (errors.on_panic: {held})"
         else:
             wait = describe_wait((next_at or now) - now)
             message = f"{why}; restart {crash.streak} of this crash loop in {wait}"
-        self.journal.event(target, "crashed", message, now)
+        self.journal.event(target, kind, message, now)
         return crash
 
     def _end_streaks(

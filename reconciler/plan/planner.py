@@ -238,6 +238,9 @@ def _plan_replicas(
             out.append(action)
         elif current.completed:
             notes.append(Note(str(current.id), "completed (exited with status 0); not restarted"))
+        elif current.status in ("exited", "dead") and service.policy.restart == "no":
+            why = f"{_exited(current)}; not restarted (restart_policy: no)"
+            notes.append(Note(str(current.id), why))
     if want is not None:
         for workload in reversed(replicas):
             if (workload.replica or 0) > want:
@@ -300,23 +303,30 @@ def _existing(
         return _action("replace", current.id, current.outdated, (), conditions)
     if current.stopped_by_reboot and current.status in ("exited", "dead"):
         return _action("restart", current.id, "stopped by a reboot of the host", (), conditions)
-    if service.policy.delete_on_exit and current.status in ("exited", "dead"):
-        code = current.exit_code
-        exited = f"exited with status {code}" if code is not None else current.status
-        why = f"{exited}; removed, not restarted (lifecycle.delete_on_exit)"
+    policy = service.policy
+    if policy.delete_on_exit and current.status in ("exited", "dead"):
+        why = f"{_exited(current)}; removed, not restarted (lifecycle.delete_on_exit)"
         return _action("remove", current.id, why)
     if current.completed:
+        if policy.restarts_completed:
+            why = f"completed (exited with status 0); restart_policy: {policy.restart}"
+            return _action("restart", current.id, why, (), conditions)
         return None  # finished: kept as it is (a changed config above still replaces it)
     if current.status in ("exited", "dead"):
-        code = current.exit_code
-        reason = f"exited with status {code}" if code is not None else f"{current.status}"
-        return _action("restart", current.id, reason, (), conditions)
+        if policy.restart == "no":
+            return None  # a note says so
+        return _action("restart", current.id, _exited(current), (), conditions)
     if current.status in ("created", "paused"):
         reason = "created but never started" if current.status == "created" else "paused"
         return _action("start", current.id, reason, (), conditions)
     if current.problem is not None:
         return _action("restart", current.id, current.problem, (), conditions)
     return None
+
+
+def _exited(workload: Workload) -> str:
+    code = workload.exit_code
+    return f"exited with status {code}" if code is not None else workload.status
 
 
 def _effective(

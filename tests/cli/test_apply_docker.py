@@ -430,6 +430,47 @@ def test_a_container_that_exits_is_removed_not_restarted_under_delete_on_exit(
     assert host.plan()["actions"] == []
 
 
+def test_restart_policy_always_restarts_a_completion_and_no_keeps_a_failure(
+    host: Host,
+) -> None:
+    """``restart_policy`` on the engine (whose own restart policy stays ``no``): the
+    container that exited 0 under ``always`` is started again by apply; the one that
+    exited 3 under ``no`` is left exited, with a note saying why."""
+    dep = host.deployment
+    host.write(
+        sleeper("again", "sleep 1; exit 0", restart_policy={"kind": "always"})
+        | sleeper("never", "sleep 1; exit 3", restart_policy={"kind": "no"})
+    )
+    assert host.apply()[0] in (0, 1)  # may see them exit
+
+    def exited() -> dict[str, tuple[int, str]]:
+        found = host.containers()
+        return {
+            name: (c["State"]["ExitCode"], c["State"]["StartedAt"])
+            for name, c in found.items()
+            if c["State"]["Status"] == "exited"
+        }
+
+    before = wait_for(lambda: len(exited()) == 2 and exited(), "both containers to exit", 60)
+    assert {name: code for name, (code, _) in before.items()} == {
+        f"{dep}-again-1": 0,
+        f"{dep}-never-1": 3,
+    }
+    plan = host.plan()
+    reasons = {a["id"]: a["reason"] for a in plan["actions"]}
+    assert reasons == {
+        f"restart:{dep}/again/1": "completed (exited with status 0); restart_policy: always"
+    }
+    notes = [f"{n['subject']}: {n['message']}" for n in plan["notes"]]
+    assert f"{dep}/never/1: exited with status 3; not restarted (restart_policy: no)" in notes
+    _, events, err = host.apply()
+    assert outcomes(events).get(f"restart:{dep}/again/1") == "succeeded", (events, err)
+    after = host.containers()
+    assert after[f"{dep}-again-1"]["State"]["StartedAt"] != before[f"{dep}-again-1"][1]
+    assert after[f"{dep}-never-1"]["State"]["StartedAt"] == before[f"{dep}-never-1"][1]
+    assert after[f"{dep}-again-1"]["HostConfig"]["RestartPolicy"]["Name"] in ("", "no")
+
+
 @pytest.mark.slow
 def test_a_stale_saved_plan_is_refused_and_a_fresh_one_applied(host: Host, tmp_path: Path) -> None:
     dep = host.deployment

@@ -474,3 +474,58 @@ def test_a_replica_that_exits_is_removed_not_restarted_under_delete_on_exit(
     assert again.returncode == 0, again.stdout + again.stderr
     assert [r[3] for r in rows()] == ["running"], rows()
     assert "removed at" not in zlayer(host, "status", *args).stdout
+
+
+@pytest.mark.slow
+def test_restart_policy_always_restarts_a_completion_and_no_keeps_a_failure(
+    host: dict[str, str], tmp_path: Path
+) -> None:
+    """``restart_policy`` on real processes: under ``always`` a replica that exited 0
+    is started again by apply (it runs a second time); under ``no`` one that exited
+    3 stays exited, and ``plan`` and ``apply`` say why."""
+    runs = {name: tmp_path / f"{name}.runs" for name in ("again", "never")}
+    spec = tmp_path / "policy.yaml"
+    spec.write_text(
+        "version: v1\ndeployment: policy\nservices:\n"
+        "  again:\n"
+        "    image: {name: busybox}\n"
+        f"    command: {{entrypoint: [sh, -c, 'echo run >> {runs['again']}; exit 0']}}\n"
+        "    scale: {mode: fixed, replicas: 1}\n"
+        "    restart_policy: {kind: always}\n"
+        "  never:\n"
+        "    image: {name: busybox}\n"
+        f"    command: {{entrypoint: [sh, -c, 'echo run >> {runs['never']}; exit 3']}}\n"
+        "    scale: {mode: fixed, replicas: 1}\n"
+        "    restart_policy: {kind: 'no'}\n"
+    )
+    args = ("--runtime", "process")
+    first = zlayer(host, "apply", str(spec), *args, "--auto-approve")
+    assert first.returncode in (0, 1), first.stdout + first.stderr  # may see them exit
+
+    def states() -> dict[str, list[str]]:
+        status = zlayer(host, "status", *args).stdout
+        return {
+            r.split()[1]: r.split()[3:5] for r in status.splitlines() if r.startswith("policy ")
+        }
+
+    def ran(name: str) -> int:
+        return len(runs[name].read_text().splitlines()) if runs[name].exists() else 0
+
+    def both_exited() -> bool:
+        found = states()
+        return found.get("again", [""])[0] == "completed" and found.get("never") == [
+            "exited",
+            "(3)",
+        ]
+
+    wait_for(both_exited, lambda: f"again completed, never exited (3): {states()}", 60)
+    assert (ran("again"), ran("never")) == (1, 1)
+    plan = " ".join(zlayer(host, "plan", str(spec), *args).stdout.split())
+    assert "restart policy/again/1 completed (exited with status 0); restart_policy: always" in plan
+    held = "policy/never/1: exited with status 3; not restarted (restart_policy: no)"
+    assert held in plan, plan
+    again = zlayer(host, "apply", str(spec), *args, "--auto-approve")
+    assert "restart:policy/again/1" in again.stdout, again.stdout + again.stderr
+    assert held in " ".join(again.stdout.split()), again.stdout
+    wait_for(lambda: ran("again") == 2, lambda: f"a second run of again: {ran('again')}", 60)
+    assert ran("never") == 1  # not started again

@@ -147,7 +147,6 @@ def test_kill_9_of_the_daemon_five_times_restarts_no_workload(daemon_host: Daemo
     assert all(r["outcome"] == "no-changes" for r in recent if r["finished"]), recent
 
 
-@pytest.mark.slow
 def recorded_crash(daemon_host: Daemon, target: str) -> Any:
     """The daemon's journal record of ``target``'s crashes (None: none)."""
     journal = Journal.in_state_dir(daemon_host.state)
@@ -157,6 +156,7 @@ def recorded_crash(daemon_host: Daemon, target: str) -> Any:
         journal.close()
 
 
+@pytest.mark.slow
 def test_a_crash_loop_backs_off_on_schedule_and_its_counters_survive_kill_9(
     daemon_host: Daemon,
 ) -> None:
@@ -284,6 +284,44 @@ def test_the_daemon_removes_a_replica_that_exits_under_delete_on_exit(
     changed = shell(script, **once, env={"ROUND": "2"})
     write_specs(specs, {"once": changed, "stays": sleeper(), "x": sleeper()})
     wait_for(lambda: target in running(daemon_host), "once/1 created again, its config changed")
+
+
+def test_the_daemon_follows_restart_policy(daemon_host: Daemon) -> None:
+    """Under the daemon, ``restart_policy: always`` restarts a replica that keeps
+    exiting 0, through the backoff, as ``exited`` events (no crash); ``max_attempts:
+    1`` gives up on a failing one after one restart, though ``give_up_after`` is 0."""
+    needs_root("the process runtime's replicas")
+    specs = daemon_host.root / "specs"
+    once = {"scale": {"mode": "fixed", "replicas": 1}}
+    write_specs(
+        specs,
+        {
+            "again": shell("sleep 0.2; exit 0", **once, restart_policy={"kind": "always"}),
+            "capped": shell(
+                "exit 3", **once, restart_policy={"kind": "on_failure", "max_attempts": 1}
+            ),
+        },
+    )
+    daemon_host.configure(f'path = "{specs}"\nresync = 30', backoff="initial = 0.2\njitter = 0")
+    daemon_host.start()
+    again, capped = f"{DEP}/again/1", f"{DEP}/capped/1"
+
+    def restarts(target: str) -> int:
+        crash = recorded_crash(daemon_host, target)
+        return 0 if crash is None else crash.restarts
+
+    wait_for(lambda: restarts(again) >= 2, lambda: f"two restarts of again: {restarts(again)}")
+    kinds = {e["kind"] for e in daemon_host.events(target=again)}
+    assert "exited" in kinds and "crashed" not in kinds, kinds
+    wait_for(
+        lambda: (
+            (crash := recorded_crash(daemon_host, capped)) is not None and crash.held == "failed"
+        ),
+        "the daemon to give up on capped",
+    )
+    assert restarts(capped) == 1
+    gave_up = [e["message"] for e in daemon_host.events(target=capped) if "gave up" in e["message"]]
+    assert gave_up and "(restart_policy.max_attempts)" in gave_up[0], gave_up
 
 
 def test_an_unhealthy_replica_is_restarted_as_a_crash(daemon_host: Daemon) -> None:

@@ -255,3 +255,64 @@ def test_a_replica_stopped_by_a_reboot_is_restarted_at_once_and_is_no_crash(
     result = supervisor.supervise(plan, desired, observed, {})
     assert "restart:demo/db/1" in {a.id for a in result.plan.actions}  # no backoff wait
     assert journal.crash("demo/db/1") is None
+
+
+RESTARTS = spec_text(
+    """
+    services:
+      again:
+        image: {name: nginx}
+        restart_policy: {kind: always, delay: 5s}
+      capped:
+        image: {name: nginx}
+        restart_policy: {kind: on_failure, max_attempts: 2}
+      never:
+        image: {name: nginx}
+        restart_policy: {kind: "no"}
+    """
+)
+
+
+def test_restart_policy_steers_what_the_daemon_restarts(journal: Journal) -> None:
+    """``always``: a completion is restarted too, through the backoff (never at once)
+    and at least ``delay`` later, as an ``exited`` event, not a crash; ``max_attempts``
+    gives up on this service after that many restarts in a row, whatever
+    ``give_up_after`` says; ``no``: nothing is restarted."""
+    clock = Clock()
+    policy = BackoffPolicy(initial=1, factor=2, cap=60, jitter=0)
+    supervisor = Supervisor(journal, policy, clock=clock)
+    desired, problems = compile_specs([load_ok(RESTARTS)], "r1", CompileInputs(env={}))
+    assert desired is not None, problems
+    states: Overrides = {
+        "again": ("exited", 0, "a1"),
+        "capped": ("exited", 3, "c1"),
+        "never": ("exited", 3, "n1"),
+    }
+    observed = _observed(desired, states)
+    plan = plan_changes(desired, observed)
+    assert plan.action("restart:demo/again/1").reason == (
+        "completed (exited with status 0); restart_policy: always"
+    )
+    assert "restart:demo/never/1" not in {a.id for a in plan.actions}
+    notes = {n.subject: n.message for n in plan.notes}
+    assert notes["demo/never/1"] == "exited with status 3; not restarted (restart_policy: no)"
+
+    first = supervisor.supervise(plan, desired, observed, {})
+    again = first.held["demo/again/1"]
+    assert again.next_at == clock.now + 5  # the delay, above the backoff's 1s
+    assert first.held["demo/capped/1"].next_at == clock.now + 1
+    (event,) = journal.events(10, target="demo/again/1")
+    assert event["kind"] == "exited" and event["message"].startswith("completed (exited")
+
+    for run in ("c2", "c3"):
+        clock.now += 10
+        due = supervisor.supervise(plan_changes(desired, observed), desired, observed, {})
+        assert "restart:demo/capped/1" in {a.id for a in due.plan.actions}, run
+        states["capped"] = ("exited", 3, run)  # it restarts and exits again
+        observed = _observed(desired, states)
+        held = supervisor.supervise(plan_changes(desired, observed), desired, observed, {})
+    capped = held.held["demo/capped/1"]
+    assert capped.held == "failed" and capped.restarts == 2
+    gave_up = journal.events(1, target="demo/capped/1")[0]["message"]
+    assert "gave up after 2 restarts in a row (restart_policy.max_attempts)" in gave_up
+    assert journal.crash("demo/never/1") is None

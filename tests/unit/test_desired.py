@@ -62,6 +62,23 @@ def test_health_change_keeps_the_fingerprint_and_image_change_does_not() -> None
     assert desired.services[("demo", "web")].fingerprint != base.fingerprint
 
 
+def test_restart_policy_steers_supervision_and_is_no_config() -> None:
+    base = compiled("")
+    policy = compiled("restart_policy: {kind: always, max_attempts: 4, delay: 1m}")
+    assert policy.fingerprint == base.fingerprint and "restart_policy" not in policy.config
+    assert (policy.policy.restart, policy.policy.max_attempts) == ("always", 4)
+    assert policy.policy.restart_delay == 60.0 and policy.policy.restarts_completed
+    assert (base.policy.restart, base.policy.max_attempts) == ("on_failure", None)
+    assert base.warnings == policy.warnings == ()
+    odd = compiled("restart_policy: {kind: unless_stopped, delay: soon}")
+    assert odd.policy.restart_delay is None
+    assert odd.warnings == (
+        "restart_policy.delay 'soon' is not a duration (30s, 1m); not applied",
+        "restart_policy unless_stopped restarts like always: zlayer cannot tell a replica "
+        "stopped by hand from one that exited",
+    )
+
+
 def test_replica_counts_by_scale_mode_and_rtype() -> None:
     assert compiled("").replicas == 1  # omitted scale: adaptive, min 1
     assert compiled("scale: {mode: adaptive, min: 2, max: 5}").replicas == 2

@@ -33,7 +33,7 @@ KNOWN_KEYS = frozenset(
         # zlayer's own (the definition's kind and cron schedule)
         "rtype", "schedule",
         # not applied: ``service_limits`` warns
-        "network", "overlay", "restart_policy", "service_type", "wasm", "isolation",
+        "network", "overlay", "service_type", "wasm", "isolation",
         "localhost_reachability",
     }
 )  # fmt: skip
@@ -128,11 +128,6 @@ def service_limits(
     _storage_limits(subject, service, errors, warnings)
     _network_limits(subject, service, errors, warnings, internal_routed)
 
-    if "restart_policy" in config:
-        warnings.append(
-            f"{subject}: restart_policy is ignored: zlayer supervises restarts "
-            "(Docker's restart policy stays 'no')"
-        )
     service_type = config.get("service_type", "standard")
     if service_type != "standard":
         warnings.append(
