@@ -779,3 +779,48 @@ def test_an_image_that_moved_in_its_registry_is_replaced_under_pull_policy_alway
     push_new("/third")
     quiet = plan()
     assert quiet.returncode == 0, quiet.stdout + quiet.stderr
+
+
+def test_platform_is_the_one_pulled_from_the_registry(
+    host: Host,
+    registry: str,  # noqa: F811
+) -> None:
+    """``platform`` reaches the engine (pull and create): the engine's own platform is
+    pulled from the registry and runs; another one the image does not have is refused
+    by the engine, so that service fails with the engine's reason — and the plan
+    warned."""
+    ref = f"{registry}/zl/{host.deployment}:1"
+    name = f"{host.deployment}-build"
+    label = f"zlayer.deployment={host.deployment}"  # removed with the deployment
+    docker(host.url, "run", "--name", name, "--label", label, host.image, "true")
+    docker(host.url, "commit", name, ref)
+    docker(host.url, "rm", name)
+    docker(host.url, "push", ref)
+    docker(host.url, "image", "rm", ref)  # so that apply must pull it
+    arch = docker(host.url, "version", "--format", "{{.Server.Arch}}").strip()
+    other = "arm64" if arch == "amd64" else "amd64"  # the two ZLayer knows
+
+    def service(platform_arch: str) -> dict[str, Any]:
+        base = sleeper("x")["x"]
+        image = {"name": ref, "pull_policy": "if_not_present"}
+        return {**base, "image": image, "platform": {"os": "linux", "arch": platform_arch}}
+
+    host.write({"native": service(arch)})
+    code, events, err = host.apply()
+    assert code == 0, (events, err)
+    (container,) = host.containers().values()
+    assert container["State"]["Status"] == "running"
+    docker(host.url, "rm", "-f", container["Id"])
+    docker(host.url, "image", "rm", ref)
+
+    host.write({"foreign": service(other)})
+    planned = host.run("plan", str(host.specs), "--runtime", "docker")
+    assert f"platform linux/{other} differs from the engine's linux/{arch}" in planned.stdout, (
+        planned.stdout + planned.stderr
+    )
+    code, events, err = host.apply()
+    assert code == 1, (events, err)
+    failed = [e for e in events if e.get("kind") == "failed"]
+    (message,) = [e["message"] for e in failed]
+    assert f"does not match the specified platform: wanted linux/{other}" in message, message
+    assert host.containers() == {}

@@ -497,7 +497,7 @@ class DockerDriver:
                 self._hosts_for(rid.deployment, name, service, False, hosts_file is not None),
             ):
                 with translated(rid, "run", missing=PermanentDriverError):
-                    container = await self.docker.containers.create(body, name=name)
+                    container = await self._engine_create(service, body, name)
         except DriverError:
             await self._networks.release(self.docker, rid.deployment)
             raise
@@ -750,7 +750,25 @@ class DockerDriver:
         mounted = hosts_file is not None
         async with self._hosts_for(target.deployment, name, service, replica_made, mounted):
             with translated(target, "create", missing=PermanentDriverError):
-                return await self.docker.containers.create(body, name=name)
+                return await self._engine_create(service, body, name)
+
+    async def _engine_create(
+        self, service: DesiredService, body: dict[str, Any], name: str
+    ) -> DockerContainer:
+        """``containers/create``, with the spec's ``platform`` as its query parameter, so
+        the engine runs that variant of the image or refuses (aiodocker's ``create``
+        has no way to pass it)."""
+        platform = service.config.get("platform")
+        if not platform:
+            return await self.docker.containers.create(body, name=name)
+        from aiodocker.containers import DockerContainer
+
+        params = {"name": name, "platform": f"{platform['os']}/{platform['arch']}"}
+        data = json.dumps(body, sort_keys=True).encode()
+        made = await self.docker._query_json(
+            "containers/create", method="POST", data=data, params=params
+        )
+        return DockerContainer(self.docker, id=made["Id"])
 
     async def _start_new(self, target: WorkloadId, container: DockerContainer) -> None:
         """Start a container just created; if the engine refuses, remove it again so
