@@ -73,6 +73,7 @@ MAX_ENTRIES = 8
 
 _COMPILER_SOURCES = (
     "spec",
+    "autoscale.py",
     "compile_cache.py",
     "desired.py",
     "desired_data.py",

@@ -25,7 +25,13 @@ from typing import TYPE_CHECKING, Any
 
 from reconciler.fingerprint import fingerprint, keyed_hash
 from reconciler.observed import ObservedState, Workload, WorkloadId
-from reconciler.policy import DEFAULT_POLICY, ServicePolicy, service_policy, with_timeout
+from reconciler.policy import (
+    DEFAULT_POLICY,
+    ServicePolicy,
+    scale_targets,
+    service_policy,
+    with_timeout,
+)
 from reconciler.redact import (
     MARK_LABEL,
     MASK,
@@ -209,6 +215,9 @@ class DesiredService:
     """What zlayer chose where the spec leaves it open (shown as plan notes)."""
     policy: ServicePolicy = DEFAULT_POLICY
     """Health check, init steps and error handling: how zlayer treats the replicas."""
+    scaled: str | None = None
+    """Why ``replicas`` is what it is when the daemon's autoscaler set it (an adaptive
+    service); None: as compiled (plan and apply keep a count inside the range)."""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -426,14 +435,16 @@ def _notes(service: ServiceSpec) -> tuple[str, ...]:
     from reconciler.spec.blocks import AdaptiveScale
 
     scale = service.scale
-    if service.rtype != "service" or "scale" in service.model_fields_set:
+    if service.rtype != "service" or not isinstance(scale, AdaptiveScale):
         return ()
-    if not isinstance(scale, AdaptiveScale):  # the model's default is ZLayer's
-        return ()
-    return (
-        f"scale omitted: ZLayer's default is adaptive (min {scale.min}, max {scale.max}); "
-        f"zlayer runs scale.min ({scale.min}) until autoscaling exists",
-    )
+    if "scale" not in service.model_fields_set:  # the model's default is ZLayer's
+        return (
+            f"scale omitted: ZLayer's default is adaptive (min {scale.min}, max {scale.max}) "
+            f"with no targets, so it runs scale.min ({scale.min})",
+        )
+    if scale.max > scale.min and not scale_targets(service):
+        return (f"adaptive scale without scale.targets runs scale.min ({scale.min})",)
+    return ()
 
 
 def _warnings(service: ServiceSpec) -> tuple[str, ...]:
@@ -451,9 +462,17 @@ def _warnings(service: ServiceSpec) -> tuple[str, ...]:
     if "deployment" in service.model_fields_set:
         out.append("deployment is not applied: a service belongs to its file's deployment")
     adaptive = service.scale if isinstance(service.scale, AdaptiveScale) else None
-    ranged = adaptive is not None and adaptive.max > adaptive.min  # said below
-    if adaptive is not None and adaptive.targets.model_fields_set and not ranged:
-        out.append("scale.targets are not used until autoscaling exists")
+    targets = adaptive.targets if adaptive is not None else None
+    if adaptive is not None and targets is not None and scale_targets(service):
+        if adaptive.max <= adaptive.min:
+            out.append(f"scale.targets change nothing: scale.min equals scale.max ({adaptive.min})")
+        if targets.memory is not None and not service.resources.memory:
+            out.append(
+                "scale.targets.memory is a percentage of resources.memory, which is not set; "
+                "not applied"
+            )
+        if targets.rps is not None:
+            out.append("scale.targets.rps is not measured yet; cpu and memory are")
     if service.replica_groups:
         out.append("replica_groups are not supported yet: every replica runs the service's config")
     restart = service.restart_policy
@@ -466,15 +485,6 @@ def _warnings(service: ServiceSpec) -> tuple[str, ...]:
             "restart_policy unless_stopped restarts like always: zlayer cannot tell a replica "
             "stopped by hand from one that exited"
         )
-    scale = service.scale
-    explicit = "scale" in service.model_fields_set
-    if (
-        service.rtype == "service"
-        and explicit
-        and isinstance(scale, AdaptiveScale)
-        and scale.max > scale.min
-    ):
-        out.append(f"adaptive scale runs scale.min ({scale.min}) replicas until autoscaling exists")
     return tuple(out)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from reconciler.autoscale import ScalePolicy
 from reconciler.desired import (
     CompileInputs,
     Dependency,
@@ -66,6 +67,9 @@ def _encode_service(service: DesiredService) -> dict[str, Any]:
         "on_panic": policy.on_panic,
         "delete_on_exit": policy.delete_on_exit,
         "restart": [policy.restart, policy.max_attempts, policy.restart_delay],
+        "scale": None
+        if (scale := policy.scale) is None
+        else [scale.min, scale.max, scale.cooldown, dict(scale.targets or {})],
         "marked": sorted(service.marked),
     }
 
@@ -152,6 +156,7 @@ _SERVICE_KEYS = frozenset(
         "on_panic",
         "delete_on_exit",
         "restart",
+        "scale",
         "marked",
     }
 )
@@ -191,6 +196,7 @@ def _decode_service(raw: Any, inputs: CompileInputs) -> DesiredService:
             on_panic=_str(data["on_panic"]),
             delete_on_exit=_bool(data["delete_on_exit"]),
             **_restart(data["restart"]),
+            scale=_scale(data["scale"]),
         ),
         marked=frozenset(_str(m) for m in _list(data["marked"])),
     )
@@ -245,6 +251,15 @@ def _str(value: Any) -> str:
 def _restart(value: Any) -> dict[str, Any]:
     kind, attempts, delay = _typed(value, (_STR, _OPT_INT, _OPT_NUM))
     return {"restart": kind, "max_attempts": attempts, "restart_delay": delay}
+
+
+def _scale(value: Any) -> ScalePolicy | None:
+    if value is None:
+        return None
+    low, high, cooldown, targets = _typed(value, ((int,), (int,), (int, float), (dict,)))
+    if not all(type(k) is str and type(v) in (int, float) for k, v in targets.items()):
+        raise Foreign("scale targets")
+    return ScalePolicy(low, high, float(cooldown), dict(targets))
 
 
 def _bool(value: Any) -> bool:

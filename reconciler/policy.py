@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from reconciler.autoscale import DEFAULT_COOLDOWN, ScalePolicy
 from reconciler.durations import parse_duration
 
 if TYPE_CHECKING:
@@ -79,6 +80,9 @@ class ServicePolicy:
     restart_delay: float | None = None
     """``restart_policy.delay`` in seconds: the daemon waits at least this long before
     each restart (its backoff may wait longer)."""
+    scale: ScalePolicy | None = None
+    """``scale: adaptive`` with a range and a target zlayer measures: the daemon's
+    autoscaler owns the count within ``[min, max]``; else None (a fixed count)."""
 
     @property
     def restarts_completed(self) -> bool:
@@ -159,7 +163,35 @@ def service_policy(service: ServiceSpec) -> ServicePolicy:
         on_panic=service.errors.on_panic.action,
         delete_on_exit=service.lifecycle.delete_on_exit,
         **_restart(service),
+        scale=scale_policy(service),
     )
+
+
+def scale_targets(service: ServiceSpec) -> dict[str, float]:
+    """The ``scale.targets`` zlayer measures: ``cpu``, and ``memory`` when the replica
+    has a ``resources.memory`` to be a percentage of (``rps`` is not measured yet)."""
+    from reconciler.spec.blocks import AdaptiveScale
+
+    scale = service.scale
+    if not isinstance(scale, AdaptiveScale):
+        return {}
+    found = {"cpu": scale.targets.cpu}
+    if service.resources.memory:
+        found["memory"] = scale.targets.memory
+    return {k: float(v) for k, v in found.items() if v is not None}
+
+
+def scale_policy(service: ServiceSpec) -> ScalePolicy | None:
+    from reconciler.spec.blocks import AdaptiveScale
+
+    scale = service.scale
+    if service.rtype != "service" or not isinstance(scale, AdaptiveScale):
+        return None
+    targets = scale_targets(service)
+    if scale.max <= scale.min or not targets:
+        return None
+    cooldown = scale.cooldown.seconds if scale.cooldown is not None else DEFAULT_COOLDOWN
+    return ScalePolicy(scale.min, scale.max, float(cooldown), targets)
 
 
 def _restart(service: ServiceSpec) -> dict[str, Any]:

@@ -99,6 +99,9 @@ def assert_runs_exactly(
             if service.replicas is None
             else range(1, service.replicas + 1)
         )
+        scale = service.policy.scale
+        if scale is not None and service.scaled is None:  # the count in range is kept
+            indexes = range(1, scale.clamp(len(before_indexes.get(service.key, []))) + 1)
         for index in indexes:
             key = (*service.key, index)
             done = key in completed and fingerprint in (None, completed[key])

@@ -60,12 +60,13 @@ class Daemon:
         self.proc: subprocess.Popen[bytes] | None = None
         self.started: list[subprocess.Popen[bytes]] = []
 
-    def configure(self, daemon: str = "", backoff: str = "") -> None:
-        """Write the config file: ``[daemon]`` and ``[backoff]`` lines (TOML)."""
+    def configure(self, daemon: str = "", backoff: str = "", autoscale: str = "") -> None:
+        """Write the config file: ``[daemon]``, ``[backoff]`` and ``[autoscale]`` lines."""
         text = f'state_dir = "{self.state}"\n\n[daemon]\nsocket = "{self.socket}"\n'
         text += textwrap.dedent(daemon).strip() + "\n"
-        if backoff:
-            text += "\n[backoff]\n" + textwrap.dedent(backoff).strip() + "\n"
+        for table, lines in (("backoff", backoff), ("autoscale", autoscale)):
+            if lines:
+                text += f"\n[{table}]\n" + textwrap.dedent(lines).strip() + "\n"
         self.config.write_text(text)
 
     def start(self, *args: str, wait_ready: bool = True) -> None:

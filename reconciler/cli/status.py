@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -113,8 +114,10 @@ def status(
     source, verdicts = ("probe", probed) if probed is not None else _daemon_verdicts(settings)
     now = datetime.now(UTC)
     crashes = _crash_loops(settings)
+    scaled = _autoscaled(settings)
     if fmt == "json":
         document = _document(runtime, state, workloads, served, crashes, source, verdicts, now)
+        document["autoscaled"] = scaled
         click.echo(json.dumps(document, indent=2, ensure_ascii=True))
         return 0
     if not workloads:
@@ -146,6 +149,10 @@ def status(
         if problem and verdict == "unhealthy":
             click.echo(visible_line(f"{w.id}: {problem}"))
     click.echo(visible_line(f"health: {HEALTH_SOURCES[source]}"))
+    for name, count in sorted(scaled.items()):
+        if not deployments or name.split("/", 1)[0] in deployments:
+            line = f"{name}: autoscaled to {count.get('replicas')} replicas ({count.get('reason')})"
+            click.echo(visible_line(line))
     _print_removed(state)
     if served:
         click.echo("")
@@ -309,12 +316,25 @@ def _route_rows(served: list[RouteStat]) -> list[tuple[str, ...]]:
 
 def _crash_loops(settings: Settings) -> dict[str, Crash]:
     """The daemon's crash records of this host (its journal), if a daemon ever ran."""
+    crashes: dict[str, Crash] = _from_journal(settings, lambda journal: journal.crashes(), {})
+    return crashes
+
+
+def _autoscaled(settings: Settings) -> dict[str, Any]:
+    """The daemon's autoscaler's counts (service → replicas, reason, at)."""
+    from reconciler.daemon.autoscale import STATE_KEY
+
+    found = _from_journal(settings, lambda journal: journal.get(STATE_KEY), {})
+    return found if isinstance(found, dict) else {}
+
+
+def _from_journal(settings: Settings, read: Callable[[Journal], Any], none: Any) -> Any:
     state_dir = settings.state_dir or default_state_dir()
     if not Journal.exists(state_dir):
-        return {}
+        return none
     journal = Journal.in_state_dir(state_dir)
     try:
-        return journal.crashes()
+        return read(journal)
     finally:
         journal.close()
 

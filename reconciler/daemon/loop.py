@@ -29,6 +29,7 @@ from typing import Any
 
 from reconciler import reconcile as pipeline
 from reconciler.daemon.api import ApiConfig, ApiServer, start_api
+from reconciler.daemon.autoscale import Autoscaler
 from reconciler.daemon.cron import Cron
 from reconciler.daemon.health import HealthMonitor
 from reconciler.daemon.jobs import Runs
@@ -37,6 +38,7 @@ from reconciler.daemon.notify import Notifier
 from reconciler.daemon.revisions import Choice, Revisions
 from reconciler.daemon.supervise import Supervisor
 from reconciler.daemon.views import Views
+from reconciler.desired import DesiredState
 from reconciler.drivers.base import Driver
 from reconciler.errors import ConfigError, DriverError, LockHeld, ZlayerError
 from reconciler.executor import Event
@@ -112,6 +114,9 @@ class Daemon:
         self.journal = Journal.in_state_dir(state_dir, settings.daemon.journal_retention)
         self.supervisor = Supervisor(self.journal, settings.backoff, clock=clock, rng=rng)
         self.cron = Cron(self.journal, clock)
+        self.autoscaler = Autoscaler(self.journal, clock, settings.autoscale_interval)
+        self.applied: DesiredState | None = None
+        """The specs last applied, as compiled (the autoscaler samples their services)."""
         self.notifier = Notifier()
         self.inputs = pipeline.compile_inputs(state_dir, None, "apply")
         self.revisions = Revisions(self.journal, source, self.inputs, clock, state_dir)
@@ -195,6 +200,7 @@ class Daemon:
             asyncio.create_task(self._cron(), name="cron"),
             asyncio.create_task(self._watch_runs(), name="runs"),
             asyncio.create_task(self._watchdog(), name="watchdog"),
+            asyncio.create_task(self._autoscale(), name="autoscale"),
         ]
         for task in tasks:
             task.add_done_callback(lambda _task: self._wake.set())
@@ -280,6 +286,24 @@ class Daemon:
         while True:
             await asyncio.sleep(self.settings.daemon.resync)
             self.trigger("resync")
+
+    async def _autoscale(self) -> None:
+        """Sample the adaptive services every ``[autoscale] interval``; a changed count
+        wakes a reconcile. A runtime that does not answer is retried next interval."""
+        assert self.driver is not None
+        while True:
+            await asyncio.sleep(self.autoscaler.interval)
+            desired = self.applied
+            if desired is None or not any(s.policy.scale for s in desired.services.values()):
+                continue
+            try:
+                observed = await self.driver.observe(sorted(desired.deployments))
+                changes = await self.autoscaler.sample(self.driver, desired, observed)
+            except DriverError as exc:
+                log.warning("autoscale sample: %s; trying again next interval", exc)
+                continue
+            if changes:
+                self.trigger("autoscale: " + "; ".join(changes))
 
     async def _exit_hints(self) -> None:
         assert self.driver is not None
@@ -386,8 +410,9 @@ class Daemon:
         restarts happen now, and replicas the crash policy gives up on are stopped."""
         driver, monitor = self.driver, self.monitor
         assert driver is not None and monitor is not None
-        desired = choice.desired
-        assert desired is not None
+        assert choice.desired is not None
+        self.applied = choice.desired
+        desired = self.autoscaler.owned(choice.desired)
         self.journal.scrub = desired.scrubber()
         unhealthy = monitor.unhealthy
         stops: list[WorkloadId] = []

@@ -29,6 +29,19 @@ class Metrics:
     started_at: float = 0.0
     routes: tuple[RouteStat, ...] = ()
     """The managed proxy's servers, as HAProxy counts them now."""
+    scaling: tuple[Scaling, ...] = ()
+    """Adaptive services, as the autoscaler last sampled them."""
+
+
+@dataclass(frozen=True, slots=True)
+class Scaling:
+    service: str
+    """``deployment/service``."""
+    current: int
+    desired: int
+    values: Mapping[str, float]
+    """Metric → the per-replica value last measured."""
+    targets: Mapping[str, float]
 
 
 def _label(value: str) -> str:
@@ -103,7 +116,31 @@ def render_metrics(metrics: Metrics, now: float) -> str:
     )  # fmt: skip
     if metrics.routes:
         lines += _route_families(metrics.routes)
+    if metrics.scaling:
+        lines += _scaling_families(metrics.scaling)
     return "\n".join(lines) + "\n"
+
+
+def _scaling_families(scaling: Iterable[Scaling]) -> list[str]:
+    ordered = sorted(scaling, key=lambda s: s.service)
+    lines = _family(
+        "zlayer_autoscale_replicas", "gauge",
+        "Replicas of an adaptive service: current, and desired by the autoscaler.",
+        [(f'{{service="{_label(s.service)}",kind="{kind}"}}', count)
+         for s in ordered for kind, count in (("current", s.current), ("desired", s.desired))],
+    )  # fmt: skip
+    lines += _family(
+        "zlayer_autoscale_metric", "gauge",
+        "An adaptive service's load per replica (cpu, memory: percent) as last sampled.",
+        [(f'{{service="{_label(s.service)}",metric="{m}"}}', round(v, 3))
+         for s in ordered for m, v in sorted(s.values.items())],
+    )  # fmt: skip
+    lines += _family(
+        "zlayer_autoscale_target", "gauge", "An adaptive service's target per replica.",
+        [(f'{{service="{_label(s.service)}",metric="{m}"}}', v)
+         for s in ordered for m, v in sorted(s.targets.items())],
+    )  # fmt: skip
+    return lines
 
 
 def _route_families(routes: Iterable[RouteStat]) -> list[str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from reconciler.daemon.metrics import Metrics
+from reconciler.daemon.metrics import Metrics, Scaling
 from reconciler.errors import ProxyError
 from reconciler.observed_json import document
 from reconciler.plan.serialize import plan_to_dict
@@ -129,7 +129,28 @@ class Views:
             webhooks_rejected=daemon.api.rejected if daemon.api else 0,
             started_at=daemon.started_at,
             routes=tuple(routes),
+            scaling=self._scaling(),
         )
+
+    def _scaling(self) -> tuple[Scaling, ...]:
+        scaler = self.daemon.autoscaler
+        applied = self.daemon.applied
+        out = []
+        for key, decision in sorted(scaler.latest.items()):
+            service = applied.services.get(key) if applied else None
+            scale = service.policy.scale if service else None
+            if scale is None:
+                continue
+            out.append(
+                Scaling(
+                    f"{key[0]}/{key[1]}",
+                    decision.current,
+                    decision.desired,
+                    dict(scaler.values.get(key, {})),
+                    dict(scale.targets or {}),
+                )
+            )
+        return tuple(out)
 
     def jobs(self, limit: int) -> list[dict[str, Any]]:
         return [r.as_json() for r in self.daemon.journal.runs(limit=limit)]

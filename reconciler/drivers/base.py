@@ -18,6 +18,18 @@ from reconciler.observed import ObservedState, RunId, RunState, Workload, Worklo
 
 
 @dataclass(frozen=True, slots=True)
+class Usage:
+    """What one running replica uses now, as its runtime accounts it (its cgroup)."""
+
+    cpu_ns: int
+    """CPU time used since it started, in nanoseconds (the delta between two samples
+    over the time between them is its CPU load)."""
+    memory: int
+    """Memory in use, in bytes, without the page cache it could drop (what
+    ``docker stats`` and ``systemd-cgtop`` show)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Limits:
     """What a runtime cannot do with a service: ``errors`` stop an apply before it
     touches anything (and fail ``validate --runtime``); ``warnings`` go into the plan."""
@@ -84,6 +96,11 @@ class Observer(Protocol):
         ``always`` or ``newer``) whose image moved in its registry since it was made
         marked ``outdated`` (old and new digest). A runtime that runs no images, or a
         registry that cannot be asked, marks nothing; no other policy asks it."""
+        ...
+
+    async def usage(self, targets: Collection[WorkloadId]) -> dict[WorkloadId, Usage]:
+        """CPU and memory of each running replica of ``targets`` the runtime can
+        measure (one read each, no stream held open); the others are left out."""
         ...
 
 

@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from reconciler.desired import DesiredService
-from reconciler.drivers.base import Limits
+from reconciler.drivers.base import Limits, Usage
 from reconciler.errors import Conflict, DriverError, NotFound
 from reconciler.observed import (
     Network,
@@ -100,6 +100,8 @@ class FakeDriver:
         """Every action performed, as (kind, workload id), in order."""
         self.failures: dict[tuple[str, str], DriverError] = {}
         """(kind, workload id) → the error that action raises (once), for tests."""
+        self.usage_of: dict[WorkloadId, Usage] = {}
+        """What :meth:`usage` reports for a replica (tests set it)."""
         self.output = self.runtime.output
         self.runs = self.runtime.runs
         self.run_output = self.runtime.run_output
@@ -147,6 +149,14 @@ class FakeDriver:
 
     def limits(self, service: DesiredService) -> Limits:
         return Limits()
+
+    async def usage(self, targets: Collection[WorkloadId]) -> dict[WorkloadId, Usage]:
+        """What tests put in :attr:`usage_of`, for the running replicas of ``targets``."""
+        return {
+            t: self.usage_of[t]
+            for t in targets
+            if t in self.usage_of and t in self.workloads and self.workloads[t].status == "running"
+        }
 
     def fail_next(self, kind: str, target: WorkloadId | str, error: DriverError) -> None:
         """Test helper: the next ``kind`` action on ``target`` raises ``error``."""

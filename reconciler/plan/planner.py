@@ -201,6 +201,7 @@ def _plan_replicas(
             )
         )
     else:
+        want = _owned_count(service, len(by_index), notes)
         indexes = list(range(1, want + 1))
     conditions = tuple(
         Condition(d.service, d.condition, d.timeout, d.on_timeout) for d in service.depends
@@ -227,7 +228,7 @@ def _plan_replicas(
                 _action(
                     "create",
                     service.workload_id(index),
-                    _create_reason(index, have, highest, want),
+                    _scaled(service, _create_reason(index, have, highest, want)),
                     (),
                     conditions,
                 )
@@ -249,8 +250,30 @@ def _plan_replicas(
                     if have > want
                     else (f"replica {workload.replica} is beyond replicas {want}")
                 )
-                out.append(_action("remove", workload.id, reason))
+                out.append(_action("remove", workload.id, _scaled(service, reason)))
     return out
+
+
+def _owned_count(service: DesiredService, have: int, notes: list[Note]) -> int:
+    """The count to plan for: as compiled, as the daemon's autoscaler set it, or for an
+    adaptive service planned without it, the count running when inside its range."""
+    scale = service.policy.scale
+    if scale is None or service.scaled is not None or service.replicas is None:
+        return service.replicas or 0
+    want = scale.clamp(have)
+    kept = "kept" if want == have else f"→ {want}"
+    notes.append(
+        Note(
+            f"{service.deployment}/{service.name}",
+            f"adaptive {scale.min}–{scale.max}: {have} running, {kept} (inside the range the "
+            "count is the daemon's autoscaler's)",
+        )
+    )
+    return want
+
+
+def _scaled(service: DesiredService, reason: str) -> str:
+    return reason if service.scaled is None else f"{reason} (autoscaler: {service.scaled})"
 
 
 def _removed_note(record: RemovedOnExit) -> Note:

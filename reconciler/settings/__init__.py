@@ -38,6 +38,9 @@ The file is TOML: ``--config FILE``, else ``$ZLAYER_CONFIG``, else
     give_up_after = 0                 # restarts in a row, then failed (0: never)
     jitter = 0.1
 
+    [autoscale]                       # adaptive services (scale: adaptive, targets)
+    interval = "15s"                  # between samples of their CPU and memory
+
 The settings in effect are plain frozen dataclasses (:class:`Settings`); the file
 and the environment are checked by a pydantic model (:mod:`.model`) whose errors
 name the key. That model is loaded only when there is something to check: with no
@@ -106,6 +109,9 @@ class Settings:
     """Where the settings came from, for messages."""
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
+    autoscale_interval: float = 15.0
+    """``[autoscale] interval``: seconds between the daemon's samples of adaptive
+    services' CPU and memory."""
 
 
 ENV_OVERRIDES: dict[tuple[str, ...], str] = {

@@ -142,6 +142,12 @@ class _Backoff(_Strict):
     give_up_after: _Count = 0
 
 
+class _Autoscale(_Strict):
+    """``[autoscale]``."""
+
+    interval: _Duration = 15.0
+
+
 class _ConfigFile(_Strict):
     """The config file as written (the env overrides merged in)."""
 
@@ -151,6 +157,7 @@ class _ConfigFile(_Strict):
     docker: _Docker = Field(default_factory=_Docker)
     daemon: _Daemon = Field(default_factory=_Daemon)
     backoff: _Backoff = Field(default_factory=_Backoff)
+    autoscale: _Autoscale = Field(default_factory=_Autoscale)
 
 
 def checked(data: dict[str, Any], where: str, overridden: set[tuple[str, ...]]) -> Settings:
@@ -164,6 +171,8 @@ def checked(data: dict[str, Any], where: str, overridden: set[tuple[str, ...]]) 
         backoff = BackoffPolicy(**config.backoff.model_dump())
     except ZlayerError as exc:
         raise ConfigError(f"{where}: {exc}") from exc
+    if config.autoscale.interval < 0.1:
+        raise ConfigError(f"{where}: autoscale.interval must be at least 100ms")
     return Settings(
         runtime=config.runtime,
         state_dir=config.state_dir,
@@ -172,6 +181,7 @@ def checked(data: dict[str, Any], where: str, overridden: set[tuple[str, ...]]) 
         source=where,
         daemon=DaemonSettings(**config.daemon.model_dump()),
         backoff=backoff,
+        autoscale_interval=config.autoscale.interval,
     )
 
 

@@ -29,7 +29,7 @@ BACKOFF = ("initial", "factor", "cap", "reset_after", "jitter", "give_up_after")
 DURATIONS = {"daemon": ("interval", "resync"), "backoff": ("initial", "cap", "reset_after")}
 """Keys that also take a duration string (``30s``), as ZLayer writes durations."""
 NOT_A_DURATION = "must be a duration (like 30s or 5m) or a number of seconds, not"
-TOP_LEVEL = "backoff, daemon, docker, process, runtime, state_dir"
+TOP_LEVEL = "autoscale, backoff, daemon, docker, process, runtime, state_dir"
 
 
 @pytest.fixture(autouse=True)
@@ -410,3 +410,15 @@ def test_the_daemons_interval_and_resync_options_take_durations(given: str, seco
     for bad, why in (("30x", "unknown time unit 'x'"), ("0.01", "shorter than 0.1s")):
         result = CliRunner().invoke(daemon, ["--interval", bad, "--once"])
         assert result.exit_code == 2 and why in result.output, result.output
+
+
+def test_the_autoscale_interval_takes_a_duration_and_refuses_less_than_100ms(
+    config: Path,
+) -> None:
+    assert load_settings(config).autoscale_interval == 15.0  # no file: the default
+    config.write_text('[autoscale]\ninterval = "2s"\n')
+    assert load_settings(config).autoscale_interval == 2.0
+    assert "autoscale.interval must be at least 100ms" in refused(
+        config, "[autoscale]\ninterval = 0.01\n"
+    )
+    assert "autoscale.interval" in refused(config, '[autoscale]\ninterval = "soon"\n')

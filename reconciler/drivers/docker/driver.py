@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Self
 from reconciler import installed
 from reconciler.desired import DesiredService
 from reconciler.drivers import hosts
-from reconciler.drivers.base import Limits
+from reconciler.drivers.base import Limits, Usage
 from reconciler.drivers.docker import labels as names
 from reconciler.drivers.docker import observation
 from reconciler.drivers.docker.config import (
@@ -352,6 +352,29 @@ class DockerDriver:
 
     def limits(self, service: DesiredService) -> Limits:
         return service_limits(service, self.facts, internal_routed=self.internal_routable)
+
+    async def usage(self, targets: Collection[WorkloadId]) -> dict[WorkloadId, Usage]:
+        """The engine's one-shot stats of each container (``stream=false``, ``one-shot``:
+        one answer, no stream held open and no second sample waited for)."""
+        found: dict[WorkloadId, Usage] = {}
+        gate = asyncio.Semaphore(8)
+
+        async def one(target: WorkloadId) -> None:
+            name = names.container_name(target)
+            params = {"stream": "false", "one-shot": "true"}
+            async with gate:
+                try:
+                    stats = await self._get(
+                        f"containers/{name}/stats", params, subject=target, action="stats"
+                    )
+                except DriverError:
+                    return  # gone meanwhile: nothing to measure
+            measured = observation.usage(stats)
+            if measured is not None:
+                found[target] = Usage(*measured)
+
+        await asyncio.gather(*(one(t) for t in targets if t.replica is not None))
+        return found
 
     async def image_drift(
         self, services: Collection[DesiredService], observed: ObservedState

@@ -216,3 +216,22 @@ def exited(labels: Mapping[str, str]) -> WorkloadId | RunId | None:
     if replica and replica.isdigit():
         return WorkloadId(deployment, service, int(replica))
     return None
+
+
+def usage(stats: Any) -> tuple[int, int] | None:
+    """(CPU nanoseconds used, memory bytes in use) from the engine's stats of a running
+    container; None for a stopped one (the engine gives zeros) or a malformed answer.
+    Memory leaves out the inactive page cache, as ``docker stats`` does (cgroup v2
+    ``inactive_file``, v1 ``total_inactive_file``)."""
+    try:
+        cpu = int(stats["cpu_stats"]["cpu_usage"]["total_usage"])
+        memory = stats.get("memory_stats") or {}
+        used = int(memory.get("usage") or 0)
+        detail = memory.get("stats") or {}
+        cache = detail.get("inactive_file", detail.get("total_inactive_file", 0))
+        used -= min(int(cache or 0), used)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    if not stats.get("pids_stats") and cpu == 0 and used == 0:
+        return None
+    return cpu, used

@@ -60,6 +60,10 @@ def detect(root: Path = ROOT) -> tuple[Layout | None, str | None]:
         if not (where / probe).is_file() or not os.access(where, os.W_OK):
             return None, f"no writable cgroup v1 {controller} hierarchy at {where}"
         roots[controller] = where
+    for where in (root / "cpuacct", root / "cpu"):  # its own hierarchy, or with cpu
+        if (where / "cpuacct.usage").is_file() and os.access(where, os.W_OK):
+            roots["cpuacct"] = where
+            break
     return Layout(1, roots), None
 
 
@@ -85,16 +89,19 @@ def group_name(deployment: str, service: str, replica: int) -> str:
 
 
 def create(layout: Layout, name: str, resources: Mapping[str, Any]) -> list[str]:
-    """Make the replica's groups with their limits; the directories the workload joins
-    (none when it asks for no limit)."""
+    """Make the replica's groups with their limits; the directories the workload joins.
+
+    Every replica gets a group, limited or not, so that its CPU and memory are
+    accounted (:func:`usage`, for adaptive scaling): under v1 in the ``memory`` and
+    ``cpuacct`` hierarchies as well as those of its limits."""
     limits = wanted(resources)
-    if not limits:
-        return []
     try:
         if layout.version == 2:
             return [str(_create_v2(layout.roots["memory"], name, limits))]
+        accounting = {"memory": "", **({"cpuacct": ""} if "cpuacct" in layout.roots else {})}
         return [
-            str(_create_v1(layout, controller, name, value)) for controller, value in limits.items()
+            str(_create_v1(layout, controller, name, value))
+            for controller, value in {**accounting, **limits}.items()
         ]
     except OSError as exc:
         raise PermanentDriverError(f"cannot set resource limits in cgroup {name}: {exc}") from exc
@@ -120,7 +127,9 @@ def _create_v2(root: Path, name: str, limits: Mapping[str, str]) -> Path:
 def _create_v1(layout: Layout, controller: str, name: str, value: str) -> Path:
     group = layout.roots[controller] / GROUP / name
     group.mkdir(parents=True, exist_ok=True)
-    if controller == "memory":
+    if not value:
+        pass  # accounting only
+    elif controller == "memory":
         (group / "memory.limit_in_bytes").write_text(value)
     elif controller == "cpu":
         (group / "cpu.cfs_period_us").write_text(str(PERIOD_US))
@@ -128,6 +137,39 @@ def _create_v1(layout: Layout, controller: str, name: str, value: str) -> Path:
     else:
         (group / "pids.max").write_text(value)
     return group
+
+
+def usage(layout: Layout | None, name: str) -> tuple[int, int] | None:
+    """(CPU nanoseconds used, memory bytes in use without the inactive page cache) of
+    the replica's group — what ``systemd-cgtop`` shows; None when it has none."""
+    if layout is None:
+        return None
+    try:
+        if layout.version == 2:
+            group = layout.roots["memory"] / GROUP / name
+            cpu = _keyed(group / "cpu.stat")["usage_usec"] * 1000
+            memory = int((group / "memory.current").read_text())
+            cache = _keyed(group / "memory.stat").get("inactive_file", 0)
+        else:
+            if "cpuacct" not in layout.roots:
+                return None
+            cpu = int((layout.roots["cpuacct"] / GROUP / name / "cpuacct.usage").read_text())
+            group = layout.roots["memory"] / GROUP / name
+            memory = int((group / "memory.usage_in_bytes").read_text())
+            cache = _keyed(group / "memory.stat").get("total_inactive_file", 0)
+    except (OSError, KeyError, ValueError):
+        return None
+    return cpu, memory - min(cache, memory)
+
+
+def _keyed(path: Path) -> dict[str, int]:
+    """A ``key value`` per line file (``cpu.stat``, ``memory.stat``)."""
+    out: dict[str, int] = {}
+    for line in path.read_text().splitlines():
+        key, _, value = line.partition(" ")
+        if value.strip().isdigit():
+            out[key] = int(value)
+    return out
 
 
 def remove(layout: Layout | None, name: str) -> None:

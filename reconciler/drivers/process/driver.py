@@ -29,7 +29,7 @@ from typing import Any, Self
 
 from reconciler import installed
 from reconciler.desired import DesiredService
-from reconciler.drivers.base import Limits
+from reconciler.drivers.base import Limits, Usage
 from reconciler.drivers.process import addresses, cgroups, host, launch, records, status
 from reconciler.drivers.process import config as pc
 from reconciler.drivers.process.logs import log_lines
@@ -140,6 +140,22 @@ class ProcessDriver:
 
     def limits(self, service: DesiredService) -> Limits:
         return pc.service_limits(service, self.facts)
+
+    async def usage(self, targets: Collection[WorkloadId]) -> dict[WorkloadId, Usage]:
+        """From each replica's cgroup (as root, where the host has cgroups)."""
+        layout = self._cgroups
+
+        def read() -> dict[WorkloadId, Usage]:
+            found = {}
+            for t in targets:
+                if t.replica is None:
+                    continue
+                measured = cgroups.usage(layout, cgroups.group_name(*t[:2], t.replica))
+                if measured is not None:
+                    found[t] = Usage(*measured)
+            return found
+
+        return await asyncio.to_thread(read)
 
     async def _inventory(self) -> Any:
         from reconciler.drivers.process import netns
@@ -340,7 +356,7 @@ class ProcessDriver:
             network = await self._sandbox(target, network)
         joined: list[str] = []
         resources = record.config.get("resources", {})
-        if self._cgroups is not None and cgroups.wanted(resources):
+        if self._cgroups is not None:
             name = cgroups.group_name(target.deployment, target.service, target.replica or 0)
             joined = cgroups.create(self._cgroups, name, resources)
         launch_id = uuid.uuid4().hex

@@ -1,0 +1,119 @@
+"""Adaptive scaling under the daemon, on real replicas: CPU measured from the process
+runtime's cgroups (and, in test_daemon_docker.py, from the engine's stats), decisions
+in the journal, counts reached through the plan, kept across a kill -9."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tests.daemon.test_daemon import DEP, write_specs
+from tests.daemon_support import Daemon, observed_workloads
+from tests.support import needs_root, wait_for
+
+pytest_plugins = ["tests.daemon_support"]
+
+
+def burner(stop: Path, **scale: Any) -> dict[str, Any]:
+    """A replica that keeps one core busy (for at most 5 minutes) until ``stop`` exists,
+    then idles."""
+    burn = f"timeout 300 sh -c 'while [ ! -e {stop} ]; do :; done'; exec sleep 3600"
+    return {
+        "image": {"name": "busybox"},
+        "command": {"entrypoint": ["sh", "-c", burn]},
+        "network_mode": "host",
+        "stop_grace_period": "1s",
+        "scale": {"mode": "adaptive", "min": 1, "max": 3, "cooldown": "3s", **scale},
+    }
+
+
+def replicas(daemon: Daemon) -> list[str]:
+    return sorted(
+        k for k, w in observed_workloads(daemon).items()
+        if k.startswith(f"{DEP}/burn/") and w["status"] == "running"
+    )  # fmt: skip
+
+
+def scaled(daemon: Daemon) -> list[str]:
+    return [e["message"] for e in reversed(daemon.events(target=f"{DEP}/burn", kind="scaled"))]
+
+
+def test_a_cpu_burn_scales_up_and_back_down_after_the_cooldown(daemon_host: Daemon) -> None:
+    needs_root("the process runtime's cgroups")
+    specs, stop = daemon_host.root / "specs", daemon_host.root / "stop-burning"
+    write_specs(specs, {"burn": burner(stop, targets={"cpu": 40})})
+    daemon_host.configure(f'path = "{specs}"\nresync = 300', autoscale='interval = "1s"')
+    daemon_host.start()
+    try:
+        seen: set[int] = set()
+
+        def grew() -> bool:
+            seen.add(len(replicas(daemon_host)))
+            return max(seen) >= 2
+
+        wait_for(grew, lambda: f"a scale-up; replicas seen {seen}, events {scaled(daemon_host)}")
+        first = scaled(daemon_host)[0]
+        assert first.startswith("burn: 1 → "), first
+        assert "replicas, cpu " in first and "vs target 40% per replica" in first, first
+        metrics = daemon_host.metrics()
+        assert f'zlayer_autoscale_target{{service="{DEP}/burn",metric="cpu"}} 40' in metrics
+
+        stop.touch()
+
+        def shrank() -> bool:
+            seen.add(len(replicas(daemon_host)))
+            return replicas(daemon_host) == [f"{DEP}/burn/1"]
+
+        wait_for(shrank, lambda: f"back to min; seen {seen}, events {scaled(daemon_host)}", 120)
+        assert max(seen) <= 3 and min(seen) >= 1, seen  # never outside [min, max]
+        last = scaled(daemon_host)[-1]
+        assert " → 1 replicas, cpu " in last and "per replica for 3s" in last, last
+        state = daemon_host.zlayer("status", "--runtime", "process").stdout
+        assert f"{DEP}/burn: autoscaled to 1 replicas" in state, state
+    finally:
+        stop.touch()
+
+
+def test_a_kill_9_after_a_scale_up_keeps_the_decided_count(
+    daemon_host: Daemon,
+) -> None:
+    """A decided count is the journal's: a daemon killed after scaling up comes back
+    to that count, creating no replica twice; the decision history stays."""
+    needs_root("the process runtime's cgroups")
+    specs, stop = daemon_host.root / "specs", daemon_host.root / "stop-burning"
+    write_specs(specs, {"burn": burner(stop, targets={"cpu": 40}, cooldown="10m")})
+    daemon_host.configure(f'path = "{specs}"\nresync = 300', autoscale='interval = "1s"')
+    daemon_host.start()
+    try:
+        wait_for(lambda: len(replicas(daemon_host)) >= 2, "a scale-up")
+        stop.touch()  # idle now, but the 10-minute cooldown holds the count
+        daemon_host.kill9()
+        before = {k: w["runtime_id"] for k, w in observed_workloads_offline(daemon_host).items()}
+        count = len(before)
+        decisions = scaled(daemon_host)
+        finished = len([r for r in daemon_host.reconciles() if r["finished"]])
+        daemon_host.start()
+        daemon_host.wait_reconciles(finished + 1)
+        after = {k: w["runtime_id"] for k, w in observed_workloads(daemon_host).items()}
+        assert after == before, (before, after)  # the same replicas, none made again
+        assert len(replicas(daemon_host)) == count
+        assert scaled(daemon_host)[: len(decisions)] == decisions
+        first = [r for r in daemon_host.reconciles() if r["finished"]][0]  # newest first
+        assert first["outcome"] == "no-changes", first
+        state = daemon_host.zlayer("status", "--runtime", "process").stdout
+        assert f"{DEP}/burn: autoscaled to {count} replicas" in state, state
+    finally:
+        stop.touch()
+
+
+def observed_workloads_offline(daemon: Daemon) -> dict[str, dict[str, Any]]:
+    """The runtime's workloads without a daemon (``zlayer observe``)."""
+    import json
+
+    run = daemon.zlayer("observe", "--runtime", "process")
+    assert run.returncode == 0, run.stderr
+    return {
+        f"{w['deployment']}/{w['service']}/{w['replica']}": w
+        for w in json.loads(run.stdout)["workloads"]
+        if w["replica"] is not None
+    }
