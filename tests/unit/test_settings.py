@@ -415,7 +415,8 @@ def test_the_daemons_interval_and_resync_options_take_durations(given: str, seco
 def test_the_autoscale_interval_takes_a_duration_and_refuses_less_than_100ms(
     config: Path,
 ) -> None:
-    assert load_settings(config).autoscale_interval == 15.0  # no file: the default
+    config.write_text("")
+    assert load_settings(config).autoscale_interval == 15.0  # the default
     config.write_text('[autoscale]\ninterval = "2s"\n')
     assert load_settings(config).autoscale_interval == 2.0
     assert "autoscale.interval must be at least 100ms" in refused(
