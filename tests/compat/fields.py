@@ -75,7 +75,7 @@ ROWS: dict[str, str] = {
     ),
     "services.scale": "scale: {mode: fixed, replicas: 2}",
     "services.scale.max": "scale: {mode: adaptive, min: 1, max: 3}",
-    "services.scale.targets": "scale: {mode: adaptive, min: 1, max: 1, targets: {cpu: 70}}",
+    "services.scale.targets": "scale: {mode: adaptive, min: 1, max: 3, targets: {cpu: 70}}",
     "services.replica_groups": "replica_groups: [{role: leader, count: 1}]",
     "services.depends": (
         "depends: [{service: db, condition: started, timeout: 30s, on_timeout: warn}]\n"

@@ -98,7 +98,7 @@ def test_a_kill_9_after_a_scale_up_keeps_the_decided_count(
         assert after == before, (before, after)  # the same replicas, none made again
         assert len(replicas(daemon_host)) == count
         assert scaled(daemon_host)[: len(decisions)] == decisions
-        first = [r for r in daemon_host.reconciles() if r["finished"]][0]  # newest first
+        first = next(r for r in daemon_host.reconciles() if r["finished"])  # newest first
         assert first["outcome"] == "no-changes", first
         state = daemon_host.zlayer("status", "--runtime", "process").stdout
         assert f"{DEP}/burn: autoscaled to {count} replicas" in state, state

@@ -122,3 +122,46 @@ def test_the_daemon_keeps_docker_containers_converged(
                 print(
                     row["trigger"], row["revision"], row["outcome"], row["summary"], row["outcomes"]
                 )
+
+
+def test_the_daemon_autoscales_docker_containers_by_their_cpu(
+    tmp_path: Path, docker_url: str, test_image: str, deployment_name: str
+) -> None:
+    """``scale: adaptive`` with a cpu target, measured by the engine's one-shot stats:
+    containers that burn a core for 15 s are scaled up, then back to ``min`` once
+    they idle and the cooldown has passed; never above ``max``."""
+    env = {**os.environ, "NO_COLOR": "1"}
+    env.pop("ZLAYER_STATE_DIR", None)
+    daemon = Daemon(tmp_path, "docker", env)
+    try:
+        specs = tmp_path / "specs"
+        specs.mkdir()
+        burn = "timeout 15 sh -c 'while :; do :; done'; exec sleep 3600"
+        service = {
+            "image": {"name": test_image, "pull_policy": "never"},
+            "command": {"entrypoint": ["sh"], "args": ["-c", burn]},
+            "stop_grace_period": "1s",
+            "scale": {"mode": "adaptive", "min": 1, "max": 3, "cooldown": "3s",
+                      "targets": {"cpu": 40}},
+        }  # fmt: skip
+        document = {"version": "v1", "deployment": deployment_name, "services": {"burn": service}}
+        (specs / "app.yaml").write_text(json.dumps(document))
+        daemon.configure(f'path = "{specs}"\nresync = 300', autoscale='interval = "1s"')
+        daemon.start()
+        seen: set[int] = set()
+
+        def running() -> int:
+            found = _containers(docker_url, deployment_name)
+            count = sum(state == "running" for _, state, _ in found.values())
+            seen.add(count)
+            return count
+
+        wait_for(lambda: running() >= 2, lambda: f"a scale-up; seen {seen}", 60)
+        events = daemon.events(target=f"{deployment_name}/burn", kind="scaled")
+        assert events and "vs target 40% per replica" in events[-1]["message"], events
+        wait_for(lambda: running() == 1, lambda: f"back to min; seen {seen}", 120)
+        assert max(seen) <= 3, seen
+        gone = [e["message"] for e in daemon.events(target=f"{deployment_name}/burn")]
+        assert any(" → 1 replicas" in m for m in gone), gone
+    finally:
+        daemon.close()
