@@ -151,6 +151,27 @@ def _certificate_findings(
     return found
 
 
+def _rps_findings(name: str, service: ServiceSpec, config: Mapping[str, Any]) -> list[Finding]:
+    """Requests per second are counted by the managed proxy: an ``rps`` target needs
+    an endpoint it routes."""
+    from reconciler.spec.blocks import AdaptiveScale
+
+    scale = service.scale
+    if not isinstance(scale, AdaptiveScale) or scale.targets.rps is None:
+        return []
+    if routed_endpoints(config) or routed_endpoints(config, "internal"):
+        return []
+    return [
+        (
+            ("services", name, "scale", "targets", "rps"),
+            f"service {name}: scale.targets.rps needs an endpoint the managed proxy routes "
+            "(http, https, websocket or tcp, not on network_mode host), where its requests "
+            "are counted",
+            "add such an endpoint, or scale by cpu or memory",
+        )
+    ]
+
+
 @dataclass(frozen=True, slots=True)
 class SecretValue:
     """A resolved secret. Only :meth:`reveal` gives its text; printing shows ``***``."""
@@ -386,7 +407,9 @@ def compile_service(
     dumped.pop("labels", None)
     if labels:
         dumped["labels"] = labels
-    findings = _certificate_findings(deployment, name, dumped, inputs)
+    findings = _certificate_findings(deployment, name, dumped, inputs) + _rps_findings(
+        name, service, dumped
+    )
     if findings:
         return None, findings
     redaction = redact_config(dumped, inputs.secret_key, marked)
@@ -471,8 +494,6 @@ def _warnings(service: ServiceSpec) -> tuple[str, ...]:
                 "scale.targets.memory is a percentage of resources.memory, which is not set; "
                 "not applied"
             )
-        if targets.rps is not None:
-            out.append("scale.targets.rps is not measured yet; cpu and memory are")
     if service.replica_groups:
         out.append("replica_groups are not supported yet: every replica runs the service's config")
     restart = service.restart_policy

@@ -168,14 +168,15 @@ def service_policy(service: ServiceSpec) -> ServicePolicy:
 
 
 def scale_targets(service: ServiceSpec) -> dict[str, float]:
-    """The ``scale.targets`` zlayer measures: ``cpu``, and ``memory`` when the replica
-    has a ``resources.memory`` to be a percentage of (``rps`` is not measured yet)."""
+    """The ``scale.targets`` zlayer measures: ``cpu``, ``rps`` (compiling refuses it on
+    a service without a routed endpoint), and ``memory`` when the replica has a
+    ``resources.memory`` to be a percentage of."""
     from reconciler.spec.blocks import AdaptiveScale
 
     scale = service.scale
     if not isinstance(scale, AdaptiveScale):
         return {}
-    found = {"cpu": scale.targets.cpu}
+    found = {"cpu": scale.targets.cpu, "rps": scale.targets.rps}
     if service.resources.memory:
         found["memory"] = scale.targets.memory
     return {k: float(v) for k, v in found.items() if v is not None}

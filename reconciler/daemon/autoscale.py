@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from reconciler.autoscale import Decision, Sample, decide
@@ -40,6 +40,8 @@ class Autoscaler:
         """``deployment/service`` → the decided ``replicas``, its ``reason`` and ``at``."""
         self.windows: dict[Key, deque[Sample]] = {}
         self.readings: dict[WorkloadId, tuple[float, Usage]] = {}
+        self.request_readings: dict[Key, tuple[float, int]] = {}
+        """Per service, the managed proxy's request count at the last sample."""
         self.latest: dict[Key, Decision] = {}
         """The last decision per service, changed or not (for status and metrics)."""
         self.values: dict[Key, dict[str, float]] = {}
@@ -62,10 +64,16 @@ class Autoscaler:
         return dataclasses.replace(desired, services=services) if changed else desired
 
     async def sample(
-        self, driver: Driver, desired: DesiredState, observed: ObservedState
+        self,
+        driver: Driver,
+        desired: DesiredState,
+        observed: ObservedState,
+        requests: Mapping[Key, int] | None = None,
     ) -> list[str]:
         """One sample of every adaptive service; the decisions that change a count
-        (as their journal messages), which the caller reconciles."""
+        (as their journal messages), which the caller reconciles. ``requests``: the
+        managed proxy's request counter of each routed service (HAProxy's, since it
+        started), whose growth per second is the ``rps`` load."""
         now = self.clock()
         adaptive = {k: s for k, s in desired.services.items() if s.policy.scale is not None}
         self._forget(adaptive)
@@ -82,13 +90,16 @@ class Autoscaler:
         usage = await driver.usage([t for ids in running.values() for t in ids])
         changes = []
         for key, service in adaptive.items():
+            scale = service.policy.scale
+            assert scale is not None
             values = self._load(service, running[key], usage, now)
+            rps = self._rps(key, (requests or {}).get(key), len(running[key]), now)
+            if rps is not None and "rps" in (scale.targets or {}):
+                values["rps"] = rps
             window = self.windows.setdefault(key, deque())
             if values:
                 window.append(Sample(now, len(running[key]), values))
                 self.values[key] = values
-            scale = service.policy.scale
-            assert scale is not None
             keep = scale.cooldown + 2 * self.interval
             while window and window[0].at < now - keep:
                 window.popleft()
@@ -132,6 +143,17 @@ class Autoscaler:
         if "memory" in targets and memory:
             values["memory"] = sum(memory) / len(memory)
         return values
+
+    def _rps(self, key: Key, total: int | None, running: int, now: float) -> float | None:
+        """Requests per second per running replica since the last sample; None on the
+        first one, and when the counter went back (HAProxy restarted)."""
+        if total is None:
+            return None
+        before = self.request_readings.get(key)
+        self.request_readings[key] = (now, total)
+        if before is None or now <= before[0] or total < before[1] or running == 0:
+            return None
+        return (total - before[1]) / (now - before[0]) / running
 
     def _record(self, key: Key, decision: Decision, now: float) -> str:
         name = f"{key[0]}/{key[1]}"

@@ -40,7 +40,7 @@ from reconciler.daemon.supervise import Supervisor
 from reconciler.daemon.views import Views
 from reconciler.desired import DesiredState
 from reconciler.drivers.base import Driver
-from reconciler.errors import ConfigError, DriverError, LockHeld, ZlayerError
+from reconciler.errors import ConfigError, DriverError, LockHeld, ProxyError, ZlayerError
 from reconciler.executor import Event
 from reconciler.lock import ApplyLock
 from reconciler.observed import ObservedState, RunId, WorkloadId
@@ -298,12 +298,28 @@ class Daemon:
                 continue
             try:
                 observed = await self.driver.observe(sorted(desired.deployments))
-                changes = await self.autoscaler.sample(self.driver, desired, observed)
+                requests = await self._requests()
+                changes = await self.autoscaler.sample(self.driver, desired, observed, requests)
             except DriverError as exc:
                 log.warning("autoscale sample: %s; trying again next interval", exc)
                 continue
             if changes:
                 self.trigger("autoscale: " + "; ".join(changes))
+
+    async def _requests(self) -> dict[tuple[str, str], int]:
+        """Requests the managed proxy sent each routed service, as HAProxy counts them
+        (none when no proxy runs)."""
+        routes = HostRoutes.of(self.state_dir, self.settings.publish_address)
+        try:
+            stats = await routes.stats()
+        except ProxyError:
+            return {}
+        totals: dict[tuple[str, str], int] = {}
+        for stat in stats:
+            if stat.replica is not None:
+                key = (stat.deployment, stat.service)
+                totals[key] = totals.get(key, 0) + stat.requests
+        return totals
 
     async def _exit_hints(self) -> None:
         assert self.driver is not None

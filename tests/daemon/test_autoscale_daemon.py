@@ -9,7 +9,7 @@ from typing import Any
 
 from tests.daemon.test_daemon import DEP, write_specs
 from tests.daemon_support import Daemon, observed_workloads
-from tests.support import needs_root, wait_for
+from tests.support import needs_root, stop_proxy, wait_for
 
 pytest_plugins = ["tests.daemon_support"]
 
@@ -117,3 +117,81 @@ def observed_workloads_offline(daemon: Daemon) -> dict[str, dict[str, Any]]:
         for w in json.loads(run.stdout)["workloads"]
         if w["replica"] is not None
     }
+
+
+def test_requests_through_the_proxy_scale_up_and_a_scale_down_drains_without_a_failure(
+    daemon_host: Daemon,
+) -> None:
+    """``targets: {rps: 5}``, counted by the managed HAProxy: a fast request loop
+    scales the service up; a slow one then lets it scale back down after the cooldown,
+    while every one of its requests is answered (the leaving replicas drain first)."""
+    import textwrap
+    import threading
+    import time
+
+    from reconciler.routing.proxy import executable
+    from tests.cli.test_routes_process import web
+    from tests.routing.test_proxy import free_port, get
+    from tests.support import unavailable
+
+    needs_root("the process runtime's network namespaces")
+    if executable() is None:
+        unavailable("HAProxy is not installed (apt-get install haproxy)")
+    port = free_port()
+    specs = daemon_host.root / "specs"
+    specs.mkdir()
+    service = web("web", port, 1).replace(
+        "scale: {mode: fixed, replicas: 1}",
+        "scale: {mode: adaptive, min: 1, max: 3, cooldown: 3s, targets: {rps: 5}}",
+    )
+    body = textwrap.indent(service, "  ")
+    (specs / "app.yaml").write_text(f"version: v1\ndeployment: {DEP}\nservices:\n{body}")
+    daemon_host.configure(f'path = "{specs}"\nresync = 300', autoscale='interval = "1s"')
+    with daemon_host.config.open("a") as config:
+        config.write('\n[docker]\npublish_address = "127.0.0.1"\n')
+    pause = [0.0]  # seconds between requests: 0 is as fast as it answers
+    failures: list[str] = []
+    sent = [0]
+    done = threading.Event()
+
+    def load() -> None:
+        deadline = time.monotonic() + 240  # bounded, whatever happens
+        while not done.is_set() and time.monotonic() < deadline:
+            try:
+                status, _ = get(port)
+                if status != 200:
+                    failures.append(f"status {status}")
+            except OSError as exc:
+                failures.append(str(exc))
+            sent[0] += 1
+            done.wait(pause[0])
+
+    def running() -> int:
+        return sum(
+            k.startswith(f"{DEP}/web/") and w["status"] == "running"
+            for k, w in observed_workloads(daemon_host).items()
+        )
+
+    loop = threading.Thread(target=load, daemon=True)
+    try:
+        daemon_host.start()
+        wait_for(lambda: get(port)[0] == 200, "web through the proxy", 90)
+        loop.start()
+        wait_for(lambda: running() >= 2, lambda: f"a scale-up; {scaled_web(daemon_host)}", 90)
+        first = scaled_web(daemon_host)[0]
+        assert "replicas, rps " in first and "vs target 5/s per replica" in first, first
+        wait_for(lambda: running() == 3 or len(scaled_web(daemon_host)) > 1, "the scale-up", 60)
+        pause[0] = 0.5  # about 2 requests a second: below target for every count
+        failures.clear()
+        before = sent[0]
+        wait_for(lambda: running() == 1, lambda: f"back to min; {scaled_web(daemon_host)}", 120)
+        assert sent[0] > before
+        assert failures == [], failures  # the leaving replicas drained first
+    finally:
+        done.set()
+        loop.join(30)
+        stop_proxy(daemon_host.state)
+
+
+def scaled_web(daemon: Daemon) -> list[str]:
+    return [e["message"] for e in reversed(daemon.events(target=f"{DEP}/web", kind="scaled"))]

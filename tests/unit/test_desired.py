@@ -250,3 +250,28 @@ def test_fake_driver_follows_runtime_rules() -> None:
 
 def test_secret_value_str_is_masked() -> None:
     assert str(SecretValue("x")) == "SecretValue(***)"
+
+
+def test_an_rps_target_needs_a_routed_endpoint_and_memory_one_a_limit() -> None:
+    scale = "scale: {mode: adaptive, min: 1, max: 4, targets: {rps: 20, memory: 80}}"
+    loaded = load_ok(service_text(scale))
+    desired, problems = compile_specs([loaded], "rev", CompileInputs(secret_key=KEY))
+    assert desired is None
+    (problem,) = problems
+    assert problem.where == "services.web.scale.targets.rps"
+    assert problem.mark is not None and (problem.mark.line, problem.mark.col) == (6, 60)
+    assert "needs an endpoint the managed proxy routes" in problem.message
+    routed = compiled(
+        scale + "\nendpoints: [{name: http, protocol: http, port: 8080, expose: public}]"
+    )
+    assert routed.policy.scale is not None
+    assert dict(routed.policy.scale.targets or {}) == {"rps": 20.0}  # memory: no limit
+    assert any("scale.targets.memory is a percentage of resources.memory" in w
+               for w in routed.warnings)  # fmt: skip
+    limited = compiled(
+        scale
+        + "\nresources: {memory: 256Mi}"
+        + "\nendpoints: [{name: http, protocol: http, port: 8080, expose: public}]"
+    )
+    assert limited.policy.scale is not None
+    assert dict(limited.policy.scale.targets or {}) == {"rps": 20.0, "memory": 80.0}
