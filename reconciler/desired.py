@@ -237,8 +237,9 @@ class DesiredService:
     policy: ServicePolicy = DEFAULT_POLICY
     """Health check, init steps and error handling: how zlayer treats the replicas."""
     scaled: str | None = None
-    """Why ``replicas`` is what it is when the daemon's autoscaler set it (an adaptive
-    service); None: as compiled (plan and apply keep a count inside the range)."""
+    """Who set ``replicas`` when not the specs: ``autoscaler: <why>`` (an adaptive
+    service, under the daemon) or ``zlayer scale`` (a manual one); None: as compiled
+    (plan and apply keep an adaptive count inside its range)."""
 
     @property
     def key(self) -> tuple[str, str]:

@@ -56,6 +56,7 @@ from reconciler.route_table import planned_addresses, route_table, routes_of
 from reconciler.routing.control import RouteSync
 from reconciler.routing.host import HostRoutes, drain_grace, routing_warnings
 from reconciler.runtimes import open_runtime
+from reconciler.scale_counts import ScaleCounts
 from reconciler.settings import Settings, default_state_dir
 from reconciler.sources.files import DEFAULT_SPECS, Collected, collect
 from reconciler.spec.load import LoadedSpec, iter_sources
@@ -353,7 +354,8 @@ def observe_checked(
 
     async def observe() -> tuple[ObservedState, DesiredState]:
         async with open_runtime(name, settings) as driver:
-            result = checked(driver, desired, "planned")
+            counted = ScaleCounts((settings or Settings()).state_dir or default_state_dir())
+            result = checked(driver, counted.applied(desired), "planned")
             routes, removed = host_routes(settings), removals(settings)
             state = await observe_host(driver, routes, desired=result, removals=removed)
             return state, result

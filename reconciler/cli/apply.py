@@ -27,7 +27,7 @@ from reconciler.cli.escape import markup
 from reconciler.cli.plan import compile_paths
 from reconciler.cli.plan_render import render_text
 from reconciler.cli.runtime import RUNTIME_OPTION, STATE_DIR_OPTION, pick_runtime, settings_for
-from reconciler.desired import CompileInputs, DesiredState
+from reconciler.desired import CompileInputs, DesiredService, DesiredState
 from reconciler.errors import LockHeld, ZlayerError
 from reconciler.executor import DEFAULT_CONCURRENCY, Event
 from reconciler.lock import ApplyLock
@@ -38,6 +38,8 @@ from reconciler.removals import Removals
 from reconciler.routing.control import RouteSync
 from reconciler.routing.host import HostRoutes
 from reconciler.runtimes import open_runtime
+from reconciler.scale_counts import REASON as SCALE_REASON
+from reconciler.scale_counts import ScaleCounts, is_manual
 from reconciler.settings import Settings as RuntimeSettings
 from reconciler.statedir import default_state_dir
 
@@ -157,6 +159,71 @@ def apply(paths: tuple[str, ...], targets: tuple[str, ...], no_prune: bool, **kw
 
 
 @click.command(
+    epilog="""Examples:
+
+\b
+    zlayer scale demo/worker 4
+    zlayer scale worker 0 specs/ --auto-approve
+""",
+)
+@click.argument("target", metavar="SERVICE")
+@click.argument("replicas", type=click.IntRange(min=0))
+@click.argument("paths", nargs=-1, type=click.Path())
+@common_options
+def scale(target: str, replicas: int, paths: tuple[str, ...], **kw: Any) -> int:
+    """Set how many replicas a scale: manual service runs, and apply it.
+
+    SERVICE is SERVICE or DEPLOYMENT/SERVICE of the specs in PATHS (default:
+    specs/). The count is kept in the state directory once applied: apply, plan
+    and the daemon keep it (a lost replica is made again) until the next `zlayer
+    scale`. A fixed or adaptive service's count is its spec's (or the autoscaler's).
+    Same confirmation, lock and exit status as apply.
+    """
+    opts = _options(**kw)
+    chosen: list[str] = []
+
+    def prepare(desired: DesiredState) -> DesiredState:
+        service = _manual_service(desired, target)
+        chosen.append(f"{service.deployment}/{service.name}")
+        services = dict(desired.services)
+        services[service.key] = dataclasses.replace(service, replicas=replicas, scaled=SCALE_REASON)
+        return dataclasses.replace(desired, services=services)
+
+    def make_plan(desired: DesiredState, observed: ObservedState) -> Plan:
+        return reconcile.plan_for(desired, observed, targets=tuple(chosen), hold_panics=True)
+
+    def after(done: reconcile.Pass) -> None:
+        if done.report is not None or done.plan.empty:  # approved: kept from now on
+            ScaleCounts(opts.state_dir).set(chosen[0], replicas)
+
+    return _run(opts, paths, make_plan, confirm=True, prepare=prepare, after=after)
+
+
+def _manual_service(desired: DesiredState, target: str) -> DesiredService:
+    deployment, _, name = target.rpartition("/")
+    found = [
+        s
+        for s in desired.services.values()
+        if s.name == name and (not deployment or s.deployment == deployment)
+    ]
+    if not found:
+        raise click.ClickException(f"{target}: no such service in the specs")
+    if len(found) > 1:
+        listed = ", ".join(sorted(f"{s.deployment}/{s.name}" for s in found))
+        raise click.ClickException(f"{target} is in more than one deployment: {listed}")
+    (service,) = found
+    if service.is_definition:
+        raise click.ClickException(f"{target}: a {service.rtype} has no replicas to scale")
+    if not is_manual(service) and service.scaled != SCALE_REASON:
+        mode = "adaptive (its count is the autoscaler's)" if service.policy.scale else "fixed"
+        raise click.ClickException(
+            f"{target}: scale.mode is {mode}; only a scale: manual service is scaled by "
+            "zlayer scale (change its spec instead)"
+        )
+    return service
+
+
+@click.command(
     epilog="""Example:
 
 \b
@@ -186,6 +253,8 @@ def _run(
     *,
     confirm: bool,
     scope: str | None = None,
+    prepare: Callable[[DesiredState], DesiredState] | None = None,
+    after: Callable[[reconcile.Pass], None] | None = None,
 ) -> int:
     out = Console(file=sys.stdout, highlight=False, soft_wrap=True)
     err = Console(file=sys.stderr, highlight=False, soft_wrap=True)
@@ -202,8 +271,11 @@ def _run(
                 if spec_paths is not None
                 else DesiredState("destroy", {})
             )
+            desired = ScaleCounts(opts.state_dir).applied(desired)
+            if prepare is not None:
+                desired = prepare(desired)
             return asyncio.run(
-                _act(opts, desired, inputs, lock, make_plan, confirm, scope, out, err)
+                _act(opts, desired, inputs, lock, make_plan, confirm, scope, out, err, after)
             )
     except LockHeld as exc:
         err.print(f"Error: {markup(str(exc))}")
@@ -226,6 +298,7 @@ async def _act(
     scope: str | None,
     out: Console,
     err: Console,
+    after: Callable[[reconcile.Pass], None] | None = None,
 ) -> int:
     description = f"the {opts.runtime} runtime"
 
@@ -266,6 +339,8 @@ async def _act(
             routes=HostRoutes.of(opts.state_dir, opts.settings.publish_address),
             removals=Removals(opts.state_dir),
         )
+    if after is not None:
+        after(done)
     _print_routes(done.routes, opts.fmt, out)
     report = done.report
     if report is None:

@@ -31,6 +31,7 @@ COMMANDS = {
     "observe": "reconciler.cli.plan",
     "apply": "reconciler.cli.apply",
     "destroy": "reconciler.cli.apply",
+    "scale": "reconciler.cli.apply",
     "status": "reconciler.cli.status",
     "logs": "reconciler.cli.status",
     "daemon": "reconciler.cli.daemon",
@@ -49,6 +50,7 @@ SUMMARIES = {
     "observe": "Write what a runtime reports as a snapshot (JSON, format zlayer-observed).",
     "apply": "Make the host match the specs: plan, confirm, then act in dependency order.",
     "destroy": "Stop and remove every workload of DEPLOYMENT, dependents first.",
+    "scale": "Set how many replicas a scale: manual service runs, and apply it.",
     "status": "Every workload zlayer manages (state, health, restarts, age, image) and its routes.",
     "logs": "Output of SERVICE's replicas (SERVICE or DEPLOYMENT/SERVICE), each line "
     "prefixed with its replica when there are several.",

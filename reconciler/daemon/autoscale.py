@@ -58,7 +58,7 @@ class Autoscaler:
                 continue
             count = scale.clamp(int(decided["replicas"]))
             services[key] = dataclasses.replace(
-                service, replicas=count, scaled=str(decided["reason"])
+                service, replicas=count, scaled=f"autoscaler: {decided['reason']}"
             )
             changed = True
         return dataclasses.replace(desired, services=services) if changed else desired

@@ -50,6 +50,7 @@ from reconciler.removals import Removals
 from reconciler.routing.control import RouteSync
 from reconciler.routing.host import HostRoutes
 from reconciler.runtimes import open_runtime
+from reconciler.scale_counts import ScaleCounts
 from reconciler.settings import Settings, load_settings
 from reconciler.sources.base import Source
 from reconciler.waits import wait_event
@@ -428,7 +429,7 @@ class Daemon:
         assert driver is not None and monitor is not None
         assert choice.desired is not None
         self.applied = choice.desired
-        desired = self.autoscaler.owned(choice.desired)
+        desired = self.autoscaler.owned(ScaleCounts(self.state_dir).applied(choice.desired))
         self.journal.scrub = desired.scrubber()
         unhealthy = monitor.unhealthy
         stops: list[WorkloadId] = []

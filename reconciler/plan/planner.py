@@ -273,7 +273,7 @@ def _owned_count(service: DesiredService, have: int, notes: list[Note]) -> int:
 
 
 def _scaled(service: DesiredService, reason: str) -> str:
-    return reason if service.scaled is None else f"{reason} (autoscaler: {service.scaled})"
+    return reason if service.scaled is None else f"{reason} ({service.scaled})"
 
 
 def _removed_note(record: RemovedOnExit) -> Note:

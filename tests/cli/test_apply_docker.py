@@ -824,3 +824,31 @@ def test_platform_is_the_one_pulled_from_the_registry(
     (message,) = [e["message"] for e in failed]
     assert f"does not match the specified platform: wanted linux/{other}" in message, message
     assert host.containers() == {}
+
+
+def test_zlayer_scale_sets_a_manual_count_that_apply_then_keeps(host: Host) -> None:
+    """``zlayer scale`` on a ``scale: manual`` service: the count is applied and kept —
+    a container removed behind zlayer's back is made again by the next plan, with
+    the reason; a fixed service is refused, changing nothing."""
+    dep = host.deployment
+    host.write(sleeper("web", scale={"mode": "manual"}) | sleeper("fixed"))
+    assert host.apply()[0] == 0
+    assert sorted(host.containers()) == [f"{dep}-fixed-1"]  # manual: none yet
+    run = host.run("scale", f"{dep}/web", "2", str(host.specs), "--auto-approve")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert sorted(host.containers()) == [f"{dep}-fixed-1", f"{dep}-web-1", f"{dep}-web-2"]
+    assert host.plan()["actions"] == []
+
+    docker(host.url, "rm", "-f", f"{dep}-web-2")
+    reasons = {a["id"]: a["reason"] for a in host.plan()["actions"]}
+    assert reasons == {f"create:{dep}/web/2": "replicas 1 → 2 (zlayer scale)"}
+    assert host.apply()[0] == 0
+    assert f"{dep}-web-2" in host.containers()
+
+    refused = host.run("scale", "fixed", "5", str(host.specs), "--auto-approve")
+    assert refused.returncode == 1
+    assert "scale.mode is fixed; only a scale: manual service" in refused.stderr, refused.stderr
+    assert sorted(host.containers()) == [f"{dep}-fixed-1", f"{dep}-web-1", f"{dep}-web-2"]
+    down = host.run("scale", "web", "1", str(host.specs), "--auto-approve")
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert sorted(host.containers()) == [f"{dep}-fixed-1", f"{dep}-web-1"]

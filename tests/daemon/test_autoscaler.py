@@ -64,7 +64,7 @@ def test_cpu_is_a_share_of_resources_cpu_and_a_decision_is_journaled(tmp_path: P
     assert journal.get(STATE_KEY)["demo/web"]["replicas"] == 2
 
     owned = scaler.owned(specs).services[("demo", "web")]
-    assert owned.replicas == 2 and owned.scaled == "cpu 90% vs target 50% per replica"
+    assert owned.replicas == 2 and owned.scaled == "autoscaler: cpu 90% vs target 50% per replica"
     again = Autoscaler(journal, clock, interval=5)  # a restarted daemon
     assert again.owned(specs).services[("demo", "web")].replicas == 2
     journal.close()
