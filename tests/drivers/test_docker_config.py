@@ -336,7 +336,6 @@ def _errors(fields: str, **kw: Any) -> str:
     [
         ("storage: [{type: s3, bucket: b, target: /s3}]", "no S3 mounts; bucket b is not mounted"),
         ("network: {join: {mode: open}}", "network (overlays, join policy) is not implemented"),
-        ("restart_policy: {kind: always}", "restart_policy is ignored: zlayer supervises"),
         ("service_type: wasm_http", "service_type wasm_http needs a WASM runtime"),
         ("storage: [{type: named, name: d, target: /d, size: 1Gi}]", "size is not enforced"),
         ("storage: [{type: anonymous, target: /d, tier: cached}]", "tier cached has no Docker"),
