@@ -420,6 +420,11 @@ class Daemon:
         self._cron_wake.set()
         return outcome
 
+    def counted(self, desired: DesiredState) -> DesiredState:
+        """``desired`` with the counts that are not the specs': ``zlayer scale``'s for
+        manual services, the autoscaler's for adaptive ones."""
+        return self.autoscaler.owned(ScaleCounts(self.state_dir).applied(desired))
+
     async def _apply(
         self, choice: Choice
     ) -> tuple[str, str, dict[str, Any] | None, list[dict[str, Any]] | None]:
@@ -429,7 +434,7 @@ class Daemon:
         assert driver is not None and monitor is not None
         assert choice.desired is not None
         self.applied = choice.desired
-        desired = self.autoscaler.owned(ScaleCounts(self.state_dir).applied(choice.desired))
+        desired = self.counted(choice.desired)
         self.journal.scrub = desired.scrubber()
         unhealthy = monitor.unhealthy
         stops: list[WorkloadId] = []

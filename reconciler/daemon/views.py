@@ -91,14 +91,15 @@ class Views:
         choice = await daemon.revisions.choose(daemon.driver)
         if choice.desired is None:
             return {"error": choice.note}
+        desired = daemon.counted(choice.desired)
         observed = await observe_host(
             daemon.driver,
             self._routes(),
-            desired=choice.desired,
+            desired=desired,
             removals=Removals(daemon.state_dir),
         )
         plan = plan_for(
-            choice.desired,
+            desired,
             observed,
             unhealthy=daemon.monitor.unhealthy,
             crash_loops=daemon.journal.crash_loops(daemon.clock()),
