@@ -185,7 +185,7 @@ def observed_workloads(daemon: Daemon) -> dict[str, dict[str, Any]]:
 def daemon_host(tmp_path: Path) -> Iterator[Daemon]:
     """A daemon on the process runtime (root: host network is enough here), killed with
     everything recorded in its state directory afterwards."""
-    from tests.process_support import kill_recorded
+    from tests.process_support import kill_recorded, remove_networks
 
     env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
     env.pop("ZLAYER_RUNTIME", None)
@@ -195,5 +195,8 @@ def daemon_host(tmp_path: Path) -> Iterator[Daemon]:
         yield daemon
     finally:
         daemon.close()
+        made = {p.name for p in (daemon.state / "process" / "deployments").glob("*")}
         kill_recorded(daemon.state)
+        for deployment in sorted(made):  # bridged replicas' namespaces and bridges too
+            remove_networks(deployment)
         print(daemon.output()[-4000:])

@@ -195,3 +195,38 @@ def test_requests_through_the_proxy_scale_up_and_a_scale_down_drains_without_a_f
 
 def scaled_web(daemon: Daemon) -> list[str]:
     return [e["message"] for e in reversed(daemon.events(target=f"{DEP}/web", kind="scaled"))]
+
+
+def test_memory_in_use_against_resources_memory_scales_up(daemon_host: Daemon) -> None:
+    """``targets: {memory: 40}`` with ``resources.memory: 100Mi``: a replica holding
+    60 MiB (its pages touched) is 60 % of its limit, so the service scales up."""
+    import sys
+
+    needs_root("the process runtime's cgroups")
+    specs = daemon_host.root / "specs"
+    hold = (
+        "import time; b = bytearray(60 * 1024 * 1024); "
+        "b[::4096] = b'x' * len(b[::4096]); time.sleep(3600)"
+    )
+    service = {
+        "image": {"name": "busybox"},
+        "command": {"entrypoint": [sys.executable, "-c", hold]},
+        "network_mode": "host",
+        "stop_grace_period": "1s",
+        "resources": {"memory": "100Mi"},
+        "scale": {"mode": "adaptive", "min": 1, "max": 2, "targets": {"memory": 40}},
+    }
+    write_specs(specs, {"hold": service})
+    daemon_host.configure(f'path = "{specs}"\nresync = 300', autoscale='interval = "1s"')
+    daemon_host.start()
+
+    def count() -> int:
+        return sum(
+            k.startswith(f"{DEP}/hold/") and w["status"] == "running"
+            for k, w in observed_workloads(daemon_host).items()
+        )
+
+    wait_for(lambda: count() == 2, "a scale-up by memory", 90)
+    (event,) = daemon_host.events(target=f"{DEP}/hold", kind="scaled")
+    assert event["message"].startswith("hold: 1 → 2 replicas, memory "), event
+    assert "vs target 40% per replica" in event["message"], event
