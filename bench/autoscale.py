@@ -58,7 +58,7 @@ def spec(replicas: int, image: str, command: str, cpu_target: int = 90) -> str:
     )
     return (
         f"version: v1\ndeployment: {DEPLOYMENT}\nservices:\n  s:\n"
-        f"    image: {{name: {image}, pull_policy: never}}\n"
+        f"    image: {{name: {json.dumps(image)}, pull_policy: never}}\n"
         f"    command: {{entrypoint: [sh, -c, {json.dumps(command)}]}}\n"
         f"    stop_grace_period: 1s\n    network_mode: host\n    scale: {scale}\n"
     )
