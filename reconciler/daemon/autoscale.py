@@ -23,6 +23,7 @@ from reconciler.daemon.journal import Journal
 from reconciler.desired import DesiredService, DesiredState
 from reconciler.drivers.base import Driver, Usage
 from reconciler.observed import ObservedState, WorkloadId
+from reconciler.units import memory_bytes
 
 STATE_KEY = "autoscale"
 """The journal's ``meta`` key holding the decided counts."""
@@ -122,7 +123,8 @@ class Autoscaler:
         one before (CPU needs two); empty until a replica has both."""
         resources = service.config.get("resources", {})
         cores = float(resources.get("cpu") or 1)
-        limit = _bytes(resources.get("memory"))
+        memory_text = resources.get("memory")
+        limit = memory_bytes(str(memory_text)) if memory_text else None
         cpu: list[float] = []
         memory: list[float] = []
         for target in ids:
@@ -172,15 +174,3 @@ class Autoscaler:
         for key in set(self.windows) - set(adaptive):
             del self.windows[key]
         self.readings = {t: r for t, r in self.readings.items() if (t[0], t[1]) in adaptive}
-
-
-_UNITS = {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4}
-
-
-def _bytes(text: Any) -> int | None:
-    """``resources.memory`` (``512Mi``) in bytes; None when not set."""
-    if not text:
-        return None
-    value = str(text)
-    unit = _UNITS.get(value[-2:])
-    return int(value[:-2]) * unit if unit else int(value)

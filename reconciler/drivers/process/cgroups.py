@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.errors import PermanentDriverError
+from reconciler.units import memory_bytes
 
 ROOT = Path("/sys/fs/cgroup")
 GROUP = "zlayer"
 PERIOD_US = 100_000
 CONTROLLERS = ("memory", "cpu", "pids")
 RESOURCE_CONTROLLER = {"memory": "memory", "cpu": "cpu", "pids_limit": "pids"}
-_UNITS = {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4}
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,11 +65,6 @@ def detect(root: Path = ROOT) -> tuple[Layout | None, str | None]:
             roots["cpuacct"] = where
             break
     return Layout(1, roots), None
-
-
-def memory_bytes(text: str) -> int:
-    """``64Mi`` → bytes (the spec allows only Ki, Mi, Gi and Ti)."""
-    return int(text[:-2]) * _UNITS[text[-2:]]
 
 
 def wanted(resources: Mapping[str, Any]) -> dict[str, str]:
