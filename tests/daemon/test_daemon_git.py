@@ -6,6 +6,7 @@ where every abuse (unsigned, wrong HMAC, replayed, oversized) causes no fetch.""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import http.client
@@ -192,12 +193,22 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+CUT = -1
+"""The status :func:`_post` gives when the server closed the connection while the body
+was still being sent and its answer could not be read (it refused the body)."""
+
+
 def _post(port: int, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
-        connection.request("POST", "/v1/webhook", body=body, headers=headers)
-        response = connection.getresponse()
-        return response.status, response.read().decode(errors="replace")
+        # It may answer (413) before the whole body is sent: that answer is read below.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            connection.request("POST", "/v1/webhook", body=body, headers=headers)
+        try:
+            response = connection.getresponse()
+            return response.status, response.read().decode(errors="replace")
+        except (ConnectionResetError, http.client.RemoteDisconnected):
+            return CUT, ""
     finally:
         connection.close()
 
@@ -248,7 +259,9 @@ def test_webhooks_fetch_only_when_signed_and_new(daemon_host: Daemon, repo: Repo
             port, big, {**base, "X-GitHub-Delivery": "d-4", "X-Hub-Signature-256": big_signature}
         )[0]
     )
-    assert answers[0] == 401 and answers[1] == 401 and answers[3] == 413, answers
+    # The oversized body: 413, or the connection cut before its answer could be read
+    # (the server answers as soon as the length is known, while the body still streams).
+    assert answers[0] == 401 and answers[1] == 401 and answers[3] in (413, CUT), answers
     assert answers[2] == 200, answers  # a repeated delivery is acknowledged, and ignored
     # A fetch is asked for only after its webhook event is journalled, which happens
     # before the answer: with every answer in, the events are final (no wait needed).
