@@ -18,7 +18,9 @@
         ├── TemporaryDriverError   worth retrying after ``delay`` seconds
         └── PermanentDriverError   retrying will not help
             ├── NotFound           the workload is not there
-            └── Conflict           something with that identity already exists
+            ├── Conflict           something with that identity already exists, or
+            │                      changed since it was observed
+            └── EngineRolledBack   a clustered engine rolled an update back itself
 
 Loading specs does not raise on the first problem: it returns every ``Problem``
 found (``reconciler.spec.problems``) so one run can report them all; a command that
@@ -144,4 +146,11 @@ class NotFound(PermanentDriverError):
 
 
 class Conflict(PermanentDriverError):
-    """A workload with the identity an action would create already exists."""
+    """A workload with the identity an action would create already exists, or one an
+    update names changed since it was observed (a clustered engine's version index):
+    the next reconcile observes it again and plans afresh."""
+
+
+class EngineRolledBack(PermanentDriverError):
+    """A clustered engine (Docker Swarm) found an update failing and rolled the service
+    back to its previous spec itself; the message is the engine's."""

@@ -30,9 +30,10 @@ from reconciler.desired import (
     restore_service,
     routed_endpoints,
 )
-from reconciler.drivers.base import Driver
-from reconciler.errors import DriverError, TemporaryDriverError, ZlayerError
+from reconciler.drivers.base import ClusterDriver, Driver
+from reconciler.errors import DriverError, EngineRolledBack, TemporaryDriverError, ZlayerError
 from reconciler.observed import ObservedState, Workload, WorkloadId
+from reconciler.plan.cluster import wanted_replicas
 from reconciler.plan.model import ROUTE_KINDS, STARTUP_KINDS, Action, Condition, Plan
 from reconciler.policy import HealthPolicy, InitStep
 
@@ -145,6 +146,8 @@ class Executor:
         self.desired = desired
         self.observed = {w.id: w for w in observed.workloads}
         self.configs = observed.configs
+        self.clustered = observed.services_managed
+        self.services = {c.id: c for c in observed.services}
         self.inputs = inputs
         self.settings = settings or ExecutorSettings()
         self.on_event = on_event
@@ -248,6 +251,8 @@ class Executor:
         if target.is_network:
             await self._call(action, lambda: perform(self.driver, action, self.desired))
             return f"{target} {'ready' if action.kind in STARTUP_KINDS else 'removed'}"
+        if action.kind in ("create", "replace", "scale") and self._clustered(target):
+            return await self._deploy(action)
         if action.kind in ("create", "replace", "start", "restart"):
             if action.kind == "replace":
                 return await self._replace(action, warnings)
@@ -277,6 +282,33 @@ class Executor:
 
     def _service(self, target: WorkloadId) -> DesiredService:
         return self.desired.services[(target.deployment, target.service)]
+
+    def _clustered(self, target: WorkloadId) -> bool:
+        """A service a clustered engine runs as a whole (not a definition)."""
+        if not self.clustered or target.replica is not None:
+            return False
+        service = self.desired.services.get((target.deployment, target.service))
+        return service is not None and not service.is_definition
+
+    async def _deploy(self, action: Action) -> str:
+        """Hand the service to the clustered engine, which rolls it; its own rollback is
+        this action's ``rolled_back`` outcome, with the engine's message."""
+        driver = self.driver
+        if not isinstance(driver, ClusterDriver):
+            raise Failed(f"{action.subject}: the {driver.name} runtime runs no cluster services")
+        target = action.target
+        service = self._service(target)
+        current = self.services.get(target)
+        replicas = wanted_replicas(service, current)
+        version = None if current is None else current.version
+        try:
+            await self._call(
+                action, lambda: driver.deploy(service, self.desired.revision, replicas, version)
+            )
+        except EngineRolledBack as error:
+            raise RolledBack(f"{target}: rolled back by the engine: {error}") from error
+        noun = "replica" if replicas == 1 else "replicas"
+        return f"{target} {_PAST.get(action.kind, 'updated')}: {replicas} {noun} running"
 
     # --- conditions and health ----------------------------------------------------------
 
@@ -634,6 +666,9 @@ class RolledBack(Failed):
 
 
 _PAST = {
+    "create": "created",
+    "scale": "scaled",
+    "replace": "updated",
     "stop": "stopped",
     "remove": "removed",
     "prune": "removed",

@@ -120,6 +120,8 @@ class Workload:
     health: Health = "none"
     depends: tuple[str, ...] = ()
     runtime_id: str | None = None
+    node: str | None = None
+    """The cluster node it runs on (a clustered engine's task); None on one host."""
     problem: str | None = None
     """Drift the runtime noticed in a replica that still runs (its network namespace
     deleted behind zlayer's back, …): the plan restarts it, giving this as the reason."""
@@ -195,6 +197,44 @@ class RemovedOnExit:
         """``exited with status 3`` (or ``exited`` when the status was lost)."""
         code = self.exit_code
         return "exited" if code is None else f"exited with status {code}"
+
+
+UpdateState = Literal[
+    "updating", "completed", "paused", "rollback_started", "rollback_paused", "rollback_completed"
+]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterService:
+    """A service as a clustered engine (Docker Swarm) runs it: one object for all its
+    replicas, whose placement, restarts and rolling updates are the engine's. Its tasks
+    are listed in :attr:`ObservedState.workloads` as replicas (the task's slot as the
+    replica index, ``node`` where it runs), for status and health gates; the plan
+    changes the service as a whole."""
+
+    __pydantic_config__ = _FORBID
+
+    deployment: str
+    service: str
+    fingerprint: str
+    revision: str | None = None
+    replicas: int | None = None
+    """The replica count the engine keeps (``None``: a global service, one per node)."""
+    version: int = 0
+    """The engine's version index of the service's spec: an update names it, and the
+    engine refuses the update when the spec changed since (never a blind overwrite)."""
+    update_state: UpdateState | None = None
+    update_message: str | None = None
+    """The engine's word on the last update (``update rolled back due to failure or
+    early termination of task …``)."""
+    runtime_id: str | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.replicas is None or self.replicas >= 0, "replicas must be at least 0")
+
+    @property
+    def id(self) -> WorkloadId:
+        return WorkloadId(self.deployment, self.service, None)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -287,6 +327,11 @@ class ObservedState:
     """Internal endpoints are routed too (the process runtime with its networks): each
     deployment's service names resolve to its proxy address."""
     routes: tuple[Route, ...] = ()
+    services_managed: bool = False
+    """A clustered engine (Docker Swarm) runs each service as one object: the plan
+    creates, updates, scales and removes :attr:`services`; the replicas in
+    :attr:`workloads` are its tasks, shown, never planned one by one."""
+    services: tuple[ClusterService, ...] = ()
     removed_on_exit: tuple[RemovedOnExit, ...] = ()
     """Replicas removed when they exited (``lifecycle.delete_on_exit``) and not created
     again since: none of them is in ``workloads``."""
@@ -308,6 +353,10 @@ class ObservedState:
         object.__setattr__(self, "networks", tuple(self.networks))
         object.__setattr__(self, "routes", tuple(self.routes))
         object.__setattr__(self, "removed_on_exit", tuple(self.removed_on_exit))
+        object.__setattr__(self, "services", tuple(self.services))
+        keys = [s.id for s in self.services]
+        if len(set(keys)) != len(keys):
+            raise ValueError("a cluster service is listed twice")
         seen: set[WorkloadId] = set()
         for workload in self.workloads:
             if workload.id in seen:
@@ -343,6 +392,12 @@ class ObservedState:
                 for r in self.routes
             )
             parts.append(["routes", self.proxy_running, self.routes_internal, routes])
+        if self.services_managed:
+            services = sorted(
+                (c.deployment, c.service, c.fingerprint, c.replicas or -1, c.version)
+                for c in self.services
+            )
+            parts.append(["services", services])
         if self.removed_on_exit:
             removed = sorted(
                 (r.deployment, r.service, r.replica, r.fingerprint) for r in self.removed_on_exit
@@ -362,6 +417,7 @@ class ObservedState:
             networks=tuple(networks),
             routes=tuple(routes),
             removed_on_exit=tuple(sorted(self.removed_on_exit, key=lambda r: r.id)),
+            services=tuple(sorted(self.services, key=lambda c: c.id)),
             configs=configs,
         )
         from reconciler.observed_json import dump  # pydantic, only when a snapshot is written

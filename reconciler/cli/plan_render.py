@@ -23,6 +23,7 @@ MARKERS = {
     "create": ("+", "green"),
     "register": ("+", "green"),
     "replace": ("~", "yellow"),
+    "scale": ("~", "yellow"),
     "restart": ("↻", "cyan"),
     "start": ("↻", "cyan"),
     "stop": ("-", "red"),

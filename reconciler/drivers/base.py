@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Collection, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Protocol, Self, runtime_checkable
 
 from reconciler.desired import ROUTING_ONLY, DesiredService, routed_endpoints
 from reconciler.observed import ObservedState, RunId, RunState, Workload, WorkloadId
@@ -198,4 +198,21 @@ class Driver(Observer, Protocol):
     def exits(self) -> AsyncGenerator[WorkloadId | RunId, None]:
         """A hint, as soon as the runtime notices, that a replica or run stopped. It may
         miss some (the periodic full observe is the truth) and repeat others."""
+        ...
+
+
+@runtime_checkable
+class ClusterDriver(Driver, Protocol):
+    """A driver for a clustered engine that runs each service as one object (Docker
+    Swarm): its :meth:`observe` sets ``services_managed`` and the plan's actions on a
+    service (replica None) come here instead of to the replica calls."""
+
+    async def deploy(
+        self, service: DesiredService, revision: str, replicas: int, version: int | None
+    ) -> None:
+        """Create ``service`` (``version`` None) or update it at the engine's version
+        index ``version`` to its current spec with ``replicas`` tasks, and return once
+        the engine reports the update done and the tasks running. Raises
+        :class:`reconciler.errors.EngineRolledBack` when the engine rolled it back,
+        :class:`reconciler.errors.Conflict` when the version is stale."""
         ...

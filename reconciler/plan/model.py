@@ -15,6 +15,7 @@ ActionKind = Literal[
     "remove",
     "replace",
     "restart",
+    "scale",
     "register",
     "unregister",
     "prune",
@@ -25,6 +26,7 @@ ActionKind = Literal[
 KINDS: tuple[ActionKind, ...] = (
     "create",
     "replace",
+    "scale",
     "restart",
     "start",
     "register",
@@ -36,9 +38,12 @@ KINDS: tuple[ActionKind, ...] = (
     "unroute",
     "prune",
 )
-STARTUP_KINDS = frozenset({"create", "replace", "restart", "start", "register", "route", "reroute"})
+STARTUP_KINDS = frozenset(
+    {"create", "replace", "scale", "restart", "start", "register", "route", "reroute"}
+)
 """Kinds that bring something up; they run in dependency order. The rest tear down,
-dependents first."""
+dependents first. ``scale`` changes the replica count of a service a clustered engine
+runs as a whole (:mod:`reconciler.plan.cluster`), up or down."""
 ROUTE_KINDS = frozenset({"route", "reroute", "unroute"})
 """Kinds about one routed endpoint of a service in the managed proxy (the action's
 ``endpoint``): a new route, a changed or repaired one, one that goes."""

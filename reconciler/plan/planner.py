@@ -28,6 +28,7 @@ from reconciler.observed import (
     Workload,
     WorkloadId,
 )
+from reconciler.plan.cluster import plan_cluster_removed, plan_cluster_service
 from reconciler.plan.diff import describe, explain
 from reconciler.plan.model import (
     KINDS,
@@ -65,6 +66,7 @@ def plan_changes(
     by_service: dict[ServiceKey, list[Workload]] = defaultdict(list)
     for workload in observed.workloads:
         by_service[(workload.deployment, workload.service)].append(workload)
+    clustered = {(c.deployment, c.service): c for c in observed.services}
     removed: dict[ServiceKey, dict[int, RemovedOnExit]] = defaultdict(dict)
     for record in observed.removed_on_exit:
         removed[(record.deployment, record.service)][record.replica] = record
@@ -76,7 +78,14 @@ def plan_changes(
         if selected is not None and key not in selected:
             continue
         found = by_service.get(key, [])
-        actions += _plan_service(service, found, removed.get(key, {}), observed.configs, notes)
+        if observed.services_managed and not service.is_definition:
+            current = clustered.get(key)
+            actions += plan_cluster_service(
+                service, current, observed.configs, notes,
+                effective=_effective, changes_of=_changes, reason_of=_reason,
+            )  # fmt: skip
+        else:
+            actions += _plan_service(service, found, removed.get(key, {}), observed.configs, notes)
         warnings += [Note(f"{key[0]}/{key[1]}", w) for w in service.warnings]
         notes += [Note(f"{key[0]}/{key[1]}", n) for n in service.notes]
     warnings += [
@@ -87,7 +96,17 @@ def plan_changes(
     for key, found in sorted(by_service.items()):
         if key in desired.services or (selected is not None and key not in selected):
             continue
+        if key in clustered:
+            continue  # its tasks go with the service, below
         actions += _plan_removed(key, found, prune, key[0] in desired.deployments, notes)
+    for key, cluster in sorted(clustered.items()):
+        if key in desired.services or (selected is not None and key not in selected):
+            continue
+        reason = _removed_reason(key[0] in desired.deployments)
+        if prune:
+            actions.append(plan_cluster_removed(cluster, reason))
+        else:
+            notes.append(Note(str(cluster.id), f"{reason}; kept by --no-prune"))
     if observed.networks_managed:
         actions += _plan_networks(desired, observed.networks, prune, selected, notes)
     if observed.routes_managed:
@@ -387,7 +406,7 @@ def _reason(changes: tuple[Change, ...] | None) -> str:
 def _plan_removed(
     key: ServiceKey, found: list[Workload], prune: bool, deployment_kept: bool, notes: list[Note]
 ) -> list[Action]:
-    reason = "service removed from specs" if deployment_kept else "deployment removed from specs"
+    reason = _removed_reason(deployment_kept)
     if not prune:
         count = len(found)
         noun = "workload" if count == 1 else "workloads"
@@ -395,6 +414,10 @@ def _plan_removed(
         return []
     ordered = sorted(found, key=lambda w: -(w.replica or 0))
     return [_action("prune", w.id, reason) for w in ordered]
+
+
+def _removed_reason(deployment_kept: bool) -> str:
+    return "service removed from specs" if deployment_kept else "deployment removed from specs"
 
 
 def _plan_networks(

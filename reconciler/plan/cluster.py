@@ -1,0 +1,101 @@
+"""Planning services a clustered engine runs as one object each (Docker Swarm; pure).
+
+On such a runtime (:attr:`ObservedState.services_managed`) a service is created,
+updated, scaled and removed as a whole: the engine places its tasks, restarts them
+and rolls an update through them, so the plan never touches a replica one by one. A
+replica count that differs is a ``scale``; a config that differs is a ``replace``,
+which the engine rolls (``start-first`` where the service's ports allow two tasks at
+once, :func:`update_order`). Tasks appear in the observed workloads only to be shown
+and to gate dependents (``depends``), exactly as replicas do on one host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from reconciler.desired import DesiredService
+from reconciler.observed import ClusterService
+from reconciler.plan.model import Action, ActionKind, Change, Condition, Note
+
+Effective = Callable[[DesiredService, Mapping[str, Any] | None], tuple[Mapping[str, Any], str]]
+Explain = Callable[
+    [DesiredService, Mapping[str, Any] | None, Mapping[str, Any]], tuple[Change, ...] | None
+]
+
+
+def update_order(service: DesiredService) -> str:
+    """``start-first`` (the new task runs before the old one stops) unless a port is
+    published on the node itself (host mode), where two tasks on one node would
+    collide: then ``stop-first``."""
+    for endpoint in service.config.get("endpoints", ()):
+        if endpoint.get("expose", "public") == "public":
+            return "stop-first"
+    return "start-first"
+
+
+def wanted_replicas(service: DesiredService, current: ClusterService | None) -> int:
+    """The count to plan for: as compiled, or for ``scale: manual``, the engine's."""
+    if service.replicas is not None:
+        return service.replicas
+    return current.replicas or 0 if current is not None else 0
+
+
+def plan_cluster_service(
+    service: DesiredService,
+    current: ClusterService | None,
+    configs: Mapping[str, Mapping[str, Any]],
+    notes: list[Note],
+    *,
+    effective: Effective,
+    changes_of: Explain,
+    reason_of: Callable[[tuple[Change, ...] | None], str],
+) -> list[Action]:
+    """The one action (or none) that makes the engine's service match ``service``.
+
+    ``effective``, ``changes_of`` and ``reason_of`` are the planner's own comparisons
+    (offline secrets, explained changes), passed in so both paths say the same."""
+    target = service.workload_id(None)
+    conditions = tuple(
+        Condition(d.service, d.condition, d.timeout, d.on_timeout) for d in service.depends
+    )
+    want = wanted_replicas(service, current)
+    if service.replicas is None:
+        notes.append(
+            Note(str(target), f"scale mode manual: the engine's replica count ({want}) is kept")
+        )
+    if current is None:
+        reason = f"new service, replicas 0 → {want} (rolling updates {update_order(service)})"
+        return [_action("create", target, reason, (), conditions)]
+    recorded = configs.get(current.fingerprint)
+    config, digest = effective(service, recorded)
+    count = None
+    if current.replicas is not None and current.replicas != want:
+        count = Change("replicas", "changed", current.replicas, want)
+    if digest != current.fingerprint:
+        changes = changes_of(service, recorded, config)
+        listed = (changes or ()) + ((count,) if count else ())
+        reason = f"{reason_of(changes)} (rolling, {update_order(service)})"
+        if count is not None:
+            reason += f"; replicas {current.replicas} → {want}"
+        return [_action("replace", target, reason, listed, conditions)]
+    if count is not None:
+        return [_action("scale", target, f"replicas {current.replicas} → {want}", (count,))]
+    if current.update_state in ("rollback_completed", "rollback_paused"):
+        message = current.update_message or "no message from the engine"
+        notes.append(Note(str(target), f"the engine rolled its last update back: {message}"))
+    return []
+
+
+def plan_cluster_removed(current: ClusterService, reason: str) -> Action:
+    return _action("prune", current.id, reason)
+
+
+def _action(
+    kind: ActionKind,
+    target: Any,
+    reason: str,
+    changes: tuple[Change, ...] = (),
+    conditions: tuple[Condition, ...] = (),
+) -> Action:
+    return Action(f"{kind}:{target}", kind, target, reason, changes, (), conditions)

@@ -1,0 +1,144 @@
+"""Services a clustered engine (Docker Swarm) runs as one object each: planned as a
+whole (create, replace, scale, prune), never replica by replica; its tasks only
+gate dependents. Pure planning against hand-made observed states."""
+
+from __future__ import annotations
+
+from reconciler.desired import DesiredState
+from reconciler.fingerprint import canonical_json
+from reconciler.observed import ClusterService, ObservedState, Workload
+from reconciler.plan.planner import plan_changes
+from tests.planning.test_executor import desired_from
+
+TIERS = """
+services:
+  db:
+    image: {name: postgres}
+    scale: {mode: fixed, replicas: 1}
+  api:
+    image: {name: api}
+    scale: {mode: fixed, replicas: 3}
+    depends: [{service: db}]
+"""
+
+
+def running(desired: DesiredState, name: str, **changed: object) -> ClusterService:
+    """The engine's service for ``name`` as the specs say, with ``changed`` fields."""
+    service = desired.services[("demo", name)]
+    fields: dict[str, object] = {
+        "deployment": "demo",
+        "service": name,
+        "fingerprint": service.fingerprint,
+        "replicas": service.replicas,
+        "version": 7,
+    }
+    fields.update(changed)
+    return ClusterService(**fields)  # type: ignore[arg-type]
+
+
+def cluster(*services: ClusterService, desired: DesiredState | None = None) -> ObservedState:
+    configs = {}
+    tasks = []
+    for c in services:
+        if desired is not None and ("demo", c.service) in desired.services:
+            configs[c.fingerprint] = dict(desired.services[("demo", c.service)].config)
+        for slot in range(1, (c.replicas or 0) + 1):
+            tasks.append(
+                Workload(
+                    deployment="demo", service=c.service, replica=slot,
+                    fingerprint=c.fingerprint, status="running", node=f"node-{slot}",
+                )
+            )  # fmt: skip
+    return ObservedState(
+        runtime="swarm", services_managed=True, services=services, workloads=tuple(tasks),
+        configs=configs,
+    )  # fmt: skip
+
+
+def test_a_new_deployment_is_one_create_per_service_in_dependency_order() -> None:
+    plan = plan_changes(desired_from(TIERS), cluster())
+    assert [a.id for a in plan.actions] == ["create:demo/db", "create:demo/api"]
+    api = plan.action("create:demo/api")
+    assert api.reason == "new service, replicas 0 → 3 (rolling updates start-first)"
+    assert api.waits_for == ("create:demo/db",)
+    assert [c.service for c in api.conditions] == ["db"]
+
+
+def test_a_converged_cluster_plans_nothing_whatever_its_tasks_do() -> None:
+    desired = desired_from(TIERS)
+    observed = cluster(running(desired, "db"), running(desired, "api"))
+    crashed = [
+        Workload(
+            deployment="demo", service="api", replica=2, fingerprint="old", status="exited",
+            exit_code=1,
+        )
+    ]  # fmt: skip
+    # A task that failed or runs an older spec is the engine's to restart or roll.
+    tasks = [w for w in observed.workloads if (w.service, w.replica) != ("api", 2)] + crashed
+    observed = ObservedState(**{**observed.__dict__, "workloads": tuple(tasks)})
+    assert plan_changes(desired, observed).empty
+
+
+def test_a_count_scaled_by_hand_is_planned_back_as_one_scale() -> None:
+    desired = desired_from(TIERS)
+    plan = plan_changes(
+        desired, cluster(running(desired, "db"), running(desired, "api", replicas=5))
+    )
+    assert [(a.id, a.reason) for a in plan.actions] == [("scale:demo/api", "replicas 5 → 3")]
+    assert plan.summary()["scale"] == 1
+
+
+def test_a_changed_config_is_one_rolling_replace_that_says_what_changed() -> None:
+    desired = desired_from(TIERS)
+    old = desired_from(TIERS.replace("image: {name: api}", "image: {name: api-old}"))
+    stale = running(old, "api")
+    observed = cluster(running(desired, "db"), stale, desired=old)
+    plan = plan_changes(desired, observed)
+    action = plan.action("replace:demo/api")
+    assert [a.id for a in plan.actions] == ["replace:demo/api"]
+    assert "api-old" in action.reason and "(rolling, start-first)" in action.reason, action.reason
+    assert [c.path for c in action.changes] == ["image"]
+
+
+def test_a_service_with_a_public_port_rolls_stop_first() -> None:
+    text = TIERS + "    endpoints: [{name: http, protocol: http, port: 8080}]\n"
+    desired = desired_from(text)
+    old = desired_from(text.replace("image: {name: api}", "image: {name: api-old}"))
+    plan = plan_changes(desired, cluster(running(desired, "db"), running(old, "api"), desired=old))
+    assert plan.action("replace:demo/api").reason.endswith("(rolling, stop-first)")
+
+
+def test_a_service_that_left_the_specs_is_pruned_as_a_whole() -> None:
+    desired = desired_from(TIERS)
+    extra = ClusterService(deployment="demo", service="old", fingerprint="f", replicas=2, version=3)
+    plan = plan_changes(desired, cluster(running(desired, "db"), running(desired, "api"), extra))
+    assert [(a.id, a.reason) for a in plan.actions] == [
+        ("prune:demo/old", "service removed from specs")
+    ]
+    kept = plan_changes(
+        desired, cluster(running(desired, "db"), running(desired, "api"), extra), prune=False
+    )
+    assert kept.empty and any("kept by --no-prune" in n.message for n in kept.notes)
+
+
+def test_an_engine_rollback_is_a_note_not_a_fight() -> None:
+    desired = desired_from(TIERS)
+    rolled = running(
+        desired, "api", update_state="rollback_completed",
+        update_message="update rolled back due to failure or early termination of task x",
+    )  # fmt: skip
+    plan = plan_changes(desired, cluster(running(desired, "db"), rolled))
+    assert plan.empty
+    assert any("rolled its last update back: update rolled back" in n.message for n in plan.notes)
+
+
+def test_cluster_services_are_in_the_snapshot_and_its_fingerprint() -> None:
+    desired = desired_from(TIERS)
+    one = cluster(running(desired, "db"))
+    two = cluster(running(desired, "db", replicas=2))
+    assert one.fingerprint() != two.fingerprint()
+    from reconciler.observed import load_snapshot
+
+    again = load_snapshot(one.to_json())
+    assert again.services == one.services and again.services_managed
+    assert canonical_json(again.workloads[0].node) == '"node-1"'
