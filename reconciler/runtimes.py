@@ -1,5 +1,6 @@
 """The runtime registry: which runtimes exist, how to open one, and which one
-``auto`` means on this host (Docker when an engine answers, else host processes).
+``auto`` means on this host (Docker when an engine answers: a swarm manager's as ``swarm``;
+else host processes).
 
 Everything here is cheap to import: a runtime's driver (and its library) is imported
 only when that runtime is opened.
@@ -7,6 +8,7 @@ only when that runtime is opened.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from collections.abc import Callable
@@ -27,6 +29,12 @@ def _docker(settings: Settings) -> Driver:
     )
 
 
+def _swarm(settings: Settings) -> Driver:
+    from reconciler.drivers.swarm import SwarmDriver  # aiodocker only when asked for
+
+    return SwarmDriver()
+
+
 def _process(settings: Settings) -> Driver:
     from reconciler.drivers.process import ProcessDriver
 
@@ -37,10 +45,12 @@ def _process(settings: Settings) -> Driver:
 RUNTIMES: dict[str, Callable[[Settings], Driver]] = {
     "docker": _docker,
     "process": _process,
+    "swarm": _swarm,
     "fake": lambda _settings: FakeDriver(),
 }
 """Runtime name → driver factory. ``docker`` talks to the engine at ``DOCKER_HOST``
-(or the default socket); ``process`` runs host processes with records in the state
+(or the default socket); ``swarm`` the services of the swarm whose manager answers
+there; ``process`` runs host processes with records in the state
 directory; ``fake`` is the in-memory runtime, which starts empty. ``auto`` is not a
 runtime but a choice between the first two (:func:`resolve_runtime`)."""
 
@@ -52,6 +62,24 @@ def open_runtime(name: str, settings: Settings | None = None) -> Driver:
 def docker_problem(timeout: float = 2.0) -> str | None:
     """None when a Docker engine answers ``/_ping`` at ``DOCKER_HOST`` (or the default
     socket); else what went wrong. Plain sockets: deciding costs no aiodocker import."""
+    answer = _engine_get("/_ping", timeout)
+    return answer if isinstance(answer, str) else None
+
+
+def swarm_manager(timeout: float = 2.0) -> bool:
+    """The engine at ``DOCKER_HOST`` is a manager of an active swarm (its ``/info``)."""
+    answer = _engine_get("/info", timeout)
+    if isinstance(answer, str):
+        return False
+    try:
+        swarm = json.loads(answer.split(b"\r\n\r\n", 1)[1]).get("Swarm") or {}
+    except (ValueError, IndexError, AttributeError):
+        return False
+    return swarm.get("LocalNodeState") == "active" and bool(swarm.get("ControlAvailable"))
+
+
+def _engine_get(path: str, timeout: float) -> bytes | str:
+    """The engine's whole answer to ``GET path`` (HTTP/1.0), or what went wrong."""
     url = os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
     try:
         if url.startswith("unix://"):
@@ -68,7 +96,7 @@ def docker_problem(timeout: float = 2.0) -> str | None:
         else:
             return f"DOCKER_HOST {url} is neither unix:// nor tcp://"
         with sock:
-            sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            sock.sendall(f"GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n".encode())
             answer = b""
             while chunk := sock.recv(4096):
                 answer += chunk
@@ -77,7 +105,7 @@ def docker_problem(timeout: float = 2.0) -> str | None:
     status = answer.split(b"\r\n", 1)[0].decode(errors="replace")
     if " 200 " not in f"{status} ":
         return f"the Docker engine at {url} answered {status!r}"
-    return None
+    return answer
 
 
 def resolve_runtime(name: str | None, settings: Settings) -> tuple[str, str]:
@@ -93,5 +121,7 @@ def resolve_runtime(name: str | None, settings: Settings) -> tuple[str, str]:
     problem = docker_problem()
     if problem is None:
         url = os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
+        if swarm_manager():
+            return "swarm", f"auto: the Docker engine at {url} is a swarm manager"
         return "docker", f"auto: a Docker engine answered at {url}"
     return "process", f"auto: {problem}"

@@ -3,6 +3,7 @@ asking a real (tiny) Engine API server on a unix socket whether it answers."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -38,10 +39,17 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
+SWARM: dict[str, object] = {}
+"""What the stand-in engine's ``/info`` says of its swarm (set by a test)."""
+
+
 @pytest.fixture
 def engine_socket(tmp_path: Path) -> Iterator[Path]:
-    """A unix socket answering every request with ``HTTP/1.0 200 OK`` / ``OK``,
-    as Docker's ``/_ping`` does."""
+    """A unix socket answering ``/_ping`` with ``HTTP/1.0 200 OK`` / ``OK``, as Docker
+    does, and ``/info`` with a swarm section (:data:`SWARM`, inactive unless a test
+    sets it)."""
+    SWARM.clear()
+    SWARM["LocalNodeState"] = "inactive"
     path = tmp_path / "engine.sock"
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(str(path))
@@ -57,8 +65,11 @@ def engine_socket(tmp_path: Path) -> Iterator[Path]:
             except TimeoutError:
                 continue
             with conn:
-                asked.append(conn.recv(4096))
-                conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nOK")
+                request = conn.recv(4096)
+                asked.append(request)
+                body = json.dumps({"Swarm": SWARM}).encode() if b" /info " in request else b"OK"
+                head = f"HTTP/1.0 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                conn.sendall(head + body)
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -68,7 +79,7 @@ def engine_socket(tmp_path: Path) -> Iterator[Path]:
         stop.set()
         thread.join(5)
         server.close()
-    assert all(request.startswith(b"GET /_ping ") for request in asked)
+    assert all(request.startswith((b"GET /_ping ", b"GET /info ")) for request in asked)
 
 
 def test_auto_picks_docker_when_an_engine_answers(
@@ -78,6 +89,20 @@ def test_auto_picks_docker_when_an_engine_answers(
     assert docker_problem() is None
     name, why = resolve_runtime(None, Settings())
     assert (name, why) == ("docker", f"auto: a Docker engine answered at unix://{engine_socket}")
+
+
+def test_auto_picks_swarm_when_the_engine_is_a_swarm_manager(
+    engine_socket: Path, monkeypatch: pytest.MonkeyPatch, clean_env: None
+) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{engine_socket}")
+    SWARM.update(LocalNodeState="active", ControlAvailable=False)  # a worker: not talked to
+    assert resolve_runtime("auto", Settings())[0] == "docker"
+    SWARM.update(ControlAvailable=True)
+    name, why = resolve_runtime("auto", Settings())
+    assert (name, why) == (
+        "swarm",
+        f"auto: the Docker engine at unix://{engine_socket} is a swarm manager",
+    )
 
 
 def test_auto_picks_process_when_no_engine_answers(

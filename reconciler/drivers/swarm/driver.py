@@ -1,0 +1,564 @@
+"""The swarm runtime: services on a Docker Swarm, through a manager node's Engine API.
+
+Placement, restarts, overlay networking and rolling updates with automatic rollback
+are the engine's; zlayer plans each service as a whole (:mod:`reconciler.plan.cluster`),
+hands it over (:meth:`SwarmDriver.deploy`) and watches the engine's ``UpdateStatus``
+until the update is done or rolled back. Observation reads the services' and tasks'
+labels only (:mod:`.spec`), so any manager of the swarm can be asked, by any zlayer.
+
+The replica-level calls of :class:`~reconciler.drivers.base.Driver` are refused: a
+task is the engine's to start, restart and remove.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import AsyncGenerator, Collection, Mapping
+from types import TracebackType
+from typing import Any, NoReturn, Self
+
+import aiodocker
+from aiodocker.exceptions import DockerError
+
+from reconciler.desired import DesiredService
+from reconciler.drivers.base import Limits, Usage
+from reconciler.drivers.swarm import spec as sw
+from reconciler.errors import (
+    Conflict,
+    DriverError,
+    EngineRolledBack,
+    NotFound,
+    PermanentDriverError,
+    TemporaryDriverError,
+)
+from reconciler.observed import (
+    ClusterService,
+    Network,
+    ObservedState,
+    RunId,
+    RunState,
+    Status,
+    Workload,
+    WorkloadId,
+)
+
+log = logging.getLogger(__name__)
+
+_TASK_STATUS: dict[str, Status] = {
+    "new": "created",
+    "pending": "created",
+    "assigned": "created",
+    "accepted": "created",
+    "preparing": "created",
+    "ready": "created",
+    "starting": "created",
+    "running": "running",
+    "complete": "exited",
+    "failed": "exited",
+    "rejected": "dead",
+    "shutdown": "exited",
+    "orphaned": "dead",
+}
+_UPDATE_STATES = frozenset(
+    {"updating", "completed", "paused", "rollback_started", "rollback_paused", "rollback_completed"}
+)
+DEPLOY_TIMEOUT = 600.0
+"""How long :meth:`SwarmDriver.deploy` watches an update before it gives up waiting."""
+
+
+def _error(error: DockerError, subject: str, action: str) -> DriverError:
+    message = str(error.message).strip()
+    text = f"{subject}: {action} failed: {message}"
+    if error.status == 404:
+        return NotFound(text)
+    if error.status == 409 or "out of sequence" in message:
+        return Conflict(f"{text} (changed since it was observed: planned again next time)")
+    if error.status >= 500 and "not a swarm manager" not in message:
+        return TemporaryDriverError(text, delay=2.0)
+    return PermanentDriverError(text)
+
+
+def _labels(item: Mapping[str, Any]) -> dict[str, str]:
+    """A service's or secret's labels (in its spec)."""
+    return dict(item.get("Spec", {}).get("Labels") or {})
+
+
+def _labels_of(network: Mapping[str, Any]) -> dict[str, str]:
+    """A network's labels (at its top level)."""
+    return dict(network.get("Labels") or {})
+
+
+class SwarmDriver:
+    """A :class:`~reconciler.drivers.base.ClusterDriver` for the swarm whose manager
+    answers at ``url`` (``DOCKER_HOST`` by default)."""
+
+    name = "swarm"
+    routable = False
+    internal_routable = False
+
+    def __init__(self, url: str | None = None, *, poll: float = 0.5) -> None:
+        self.url = url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        self.poll = poll
+        self._docker: aiodocker.Docker | None = None
+
+    async def __aenter__(self) -> Self:
+        self._docker = aiodocker.Docker(url=self.url)
+        try:
+            info = await self._query("info", subject="swarm", action="connect")
+            swarm = info.get("Swarm") or {}
+            if swarm.get("LocalNodeState") != "active" or not swarm.get("ControlAvailable"):
+                state = swarm.get("LocalNodeState") or "inactive"
+                raise PermanentDriverError(
+                    f"swarm: the engine at {self.url} is not a swarm manager (swarm {state}); "
+                    "point DOCKER_HOST at a manager node, or `docker swarm init` one"
+                )
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        docker, self._docker = self._docker, None
+        if docker is not None:
+            await docker.close()
+
+    # --- engine calls ---------------------------------------------------------------
+
+    async def _query(
+        self,
+        path: str,
+        *,
+        subject: str,
+        action: str,
+        method: str = "GET",
+        params: Mapping[str, Any] | None = None,
+        body: Any = None,
+    ) -> Any:
+        docker = self._docker
+        if docker is None:
+            raise PermanentDriverError(f"{subject}: the swarm driver is not open")
+        data = None if body is None else json.dumps(body)
+        try:
+            return await docker._query_json(path, method=method, params=params, data=data)
+        except DockerError as error:
+            raise _error(error, subject, action) from error
+        except (TimeoutError, OSError) as error:
+            raise TemporaryDriverError(
+                f"{subject}: {action} failed: no answer from {self.url} ({error})", delay=5.0
+            ) from error
+
+    async def _list(self, kind: str, filters: Mapping[str, list[str]], subject: str) -> list[Any]:
+        found = await self._query(
+            kind, subject=subject, action=f"list {kind}", params={"filters": json.dumps(filters)}
+        )
+        return list(found or [])
+
+    # --- observing ------------------------------------------------------------------
+
+    async def observe(self, deployments: Collection[str] | None = None) -> ObservedState:
+        wanted = None if deployments is None else set(deployments)
+        label = [sw.DEPLOYMENT]
+        if wanted is not None and len(wanted) == 1:
+            label = [f"{sw.DEPLOYMENT}={next(iter(wanted))}"]
+        services, tasks, nodes, networks = await asyncio.gather(
+            self._list("services", {"label": label}, "swarm"),
+            self._list("tasks", {"label": label}, "swarm"),
+            self._list("nodes", {}, "swarm"),
+            self._list("networks", {"label": label}, "swarm"),
+        )
+        hostnames = {
+            str(n["ID"]): str(n.get("Description", {}).get("Hostname") or n["ID"][:12])
+            for n in nodes
+        }
+        clustered: list[ClusterService] = []
+        configs: dict[str, dict[str, Any]] = {}
+        by_id: dict[str, ClusterService] = {}
+        for service in services:
+            labels = _labels(service)
+            entry = self._cluster_service(service, labels, wanted)
+            if entry is None:
+                continue
+            clustered.append(entry)
+            by_id[str(service["ID"])] = entry
+            with contextlib.suppress(ValueError):  # without it, a replace says less
+                configs[entry.fingerprint] = json.loads(labels.get(sw.CONFIG, ""))
+        depends = {
+            (c.deployment, c.service): tuple(
+                d for d in _labels(s).get(sw.DEPENDS, "").split(",") if d
+            )
+            for s in services
+            if (c := by_id.get(str(s["ID"]))) is not None
+        }
+        workloads = _task_workloads(tasks, by_id, hostnames, depends)
+        found_networks: dict[str, Network] = {}
+        for network in networks:
+            deployment = _labels_of(network).get(sw.DEPLOYMENT, "")
+            if network.get("Name") != sw.network_name(deployment):
+                continue  # labelled, but not a name zlayer gives
+            if wanted is None or deployment in wanted:
+                found_networks[deployment] = Network(deployment=deployment, name=network["Name"])
+        return ObservedState(
+            runtime=self.name,
+            workloads=tuple(workloads),
+            networks_managed=True,
+            networks=tuple(found_networks[d] for d in sorted(found_networks)),
+            services_managed=True,
+            services=tuple(sorted(clustered, key=lambda c: c.id)),
+            configs=configs,
+        )
+
+    @staticmethod
+    def _cluster_service(
+        service: Mapping[str, Any], labels: Mapping[str, str], wanted: set[str] | None
+    ) -> ClusterService | None:
+        deployment, name = labels.get(sw.DEPLOYMENT), labels.get(sw.SERVICE)
+        if not deployment or not name or (wanted is not None and deployment not in wanted):
+            return None
+        mode = service.get("Spec", {}).get("Mode", {})
+        replicas = mode.get("Replicated", {}).get("Replicas") if "Replicated" in mode else None
+        update = service.get("UpdateStatus") or {}
+        state = update.get("State")
+        return ClusterService(
+            deployment=deployment,
+            service=name,
+            fingerprint=labels.get(sw.FINGERPRINT, ""),
+            revision=labels.get(sw.REVISION) or None,
+            replicas=None if replicas is None else int(replicas),
+            version=int(service.get("Version", {}).get("Index", 0)),
+            update_state=state if state in _UPDATE_STATES else None,
+            update_message=update.get("Message") or None,
+            runtime_id=str(service.get("ID")),
+        )
+
+    def limits(self, service: DesiredService) -> Limits:
+        return sw.limits(service)
+
+    async def image_drift(
+        self, services: Collection[DesiredService], observed: ObservedState
+    ) -> ObservedState:
+        return observed  # each node pulls what it lacks; the engine knows no digests here
+
+    async def usage(self, targets: Collection[WorkloadId]) -> dict[WorkloadId, Usage]:
+        return {}  # a task's stats are on its node's engine, not the manager's
+
+    # --- services ---------------------------------------------------------------------
+
+    async def deploy(
+        self, service: DesiredService, revision: str, replicas: int, version: int | None
+    ) -> None:
+        subject = f"{service.deployment}/{service.name}"
+        secrets = await self._secrets(service, subject)
+        body = sw.service_spec(service, revision, replicas, secrets=secrets)
+        name = sw.service_name(service.deployment, service.name)
+        if version is None:
+            await self._query(
+                "services/create", method="POST", body=body, subject=subject, action="create"
+            )
+        else:
+            await self._query(
+                f"services/{name}/update", method="POST", body=body,
+                params={"version": str(version)}, subject=subject, action="update",
+            )  # fmt: skip
+        await self._converge(service, name, replicas, subject)
+        await self._prune_secrets(service, keep=set(secrets.values()))
+
+    async def _converge(
+        self, service: DesiredService, name: str, replicas: int, subject: str
+    ) -> None:
+        """Until the update is done and ``replicas`` tasks of this spec run; the engine's
+        rollback is :class:`EngineRolledBack` with its message."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DEPLOY_TIMEOUT
+        while True:
+            info = await self._query(f"services/{name}", subject=subject, action="inspect")
+            update = info.get("UpdateStatus") or {}
+            state = update.get("State")
+            if state in ("rollback_started", "rollback_completed", "rollback_paused", "paused"):
+                message = update.get("Message") or f"update {state}"
+                if state != "rollback_started":
+                    raise EngineRolledBack(f"{subject}: {message}")
+            elif state in (None, "completed"):
+                tasks = await self._list(
+                    "tasks", {"service": [name], "desired-state": ["running"]}, subject
+                )
+                ready = [
+                    t for t in tasks
+                    if t.get("Status", {}).get("State") == "running"
+                    and (t.get("Spec", {}).get("ContainerSpec", {}).get("Labels") or {})
+                    .get(sw.FINGERPRINT) == service.fingerprint
+                ]  # fmt: skip
+                if len(ready) >= replicas:
+                    return
+            if loop.time() >= deadline:
+                raise PermanentDriverError(
+                    f"{subject}: not converged within {DEPLOY_TIMEOUT:g}s (update {state})"
+                )
+            await asyncio.sleep(self.poll)
+
+    async def _secrets(self, service: DesiredService, subject: str) -> dict[str, str]:
+        """Each secret env value as a Swarm secret (made once; a value never changes in
+        place): env key → secret ID."""
+        keys = sw.secret_keys(service)
+        if not keys:
+            return {}
+        existing = {
+            str(s["Spec"]["Name"]): str(s["ID"])
+            for s in await self._list(
+                "secrets", {"label": [f"{sw.DEPLOYMENT}={service.deployment}"]}, subject
+            )
+        }
+        values = service.runtime_env()
+        out = {}
+        for key in keys:
+            name = sw.secret_name(service, key, service.config["env"][key])
+            if name not in existing:
+                made = await self._query(
+                    "secrets/create", method="POST", subject=subject, action=f"secret {key}",
+                    body={
+                        "Name": name,
+                        "Labels": {sw.DEPLOYMENT: service.deployment, sw.SERVICE: service.name,
+                                   sw.SECRET_KEY: key},
+                        "Data": _b64(values[key]),
+                    },
+                )  # fmt: skip
+                existing[name] = str(made["ID"])
+            out[key] = existing[name]
+        return out
+
+    async def _prune_secrets(self, service: DesiredService, keep: set[str]) -> None:
+        """Secrets of the service no task uses any more (values replaced since)."""
+        subject = f"{service.deployment}/{service.name}"
+        found = await self._list("secrets", {"label": [f"{sw.SERVICE}={service.name}"]}, subject)
+        for secret in found:
+            labels = _labels(secret)
+            if labels.get(sw.DEPLOYMENT) != service.deployment or str(secret["ID"]) in keep:
+                continue
+            try:
+                await self._query(
+                    f"secrets/{secret['ID']}", method="DELETE", subject=subject,
+                    action="remove an old secret",
+                )  # fmt: skip
+            except PermanentDriverError as error:  # still in use by a task shutting down
+                log.info("%s", error)
+
+    async def remove(self, target: WorkloadId) -> None:
+        if target.replica is not None:
+            self._per_task("remove")
+        if target.is_network:
+            await self.remove_network(target.deployment)
+            return
+        subject = str(target)
+        name = sw.service_name(target.deployment, target.service)
+        await self._query(f"services/{name}", method="DELETE", subject=subject, action="remove")
+        await self._wait_gone(name, subject)
+        secrets = await self._list(
+            "secrets", {"label": [f"{sw.SERVICE}={target.service}"]}, subject
+        )
+        for secret in secrets:
+            if _labels(secret).get(sw.DEPLOYMENT) == target.deployment:
+                await self._query(
+                    f"secrets/{secret['ID']}", method="DELETE", subject=subject,
+                    action="remove its secret",
+                )  # fmt: skip
+
+    async def _wait_gone(self, name: str, subject: str) -> None:
+        """Until the removed service's tasks are gone (its network and secrets are in use
+        until then)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 120.0
+        while loop.time() < deadline:
+            tasks = await self._list("tasks", {"service": [name]}, subject)
+            if not tasks:
+                return
+            await asyncio.sleep(self.poll)
+        log.warning("%s: tasks still there 120s after the service was removed", subject)
+
+    async def create_network(self, deployment: str) -> None:
+        name = sw.network_name(deployment)
+        found = await self._list("networks", {"name": [name]}, deployment)
+        if any(n.get("Name") == name for n in found):
+            return
+        await self._query(
+            "networks/create", method="POST", subject=deployment, action="create its network",
+            body={
+                "Name": name, "Driver": "overlay", "Attachable": True, "CheckDuplicate": True,
+                "Labels": {sw.DEPLOYMENT: deployment},
+            },
+        )  # fmt: skip
+
+    async def remove_network(self, deployment: str) -> None:
+        name = sw.network_name(deployment)
+        try:
+            await self._query(
+                f"networks/{name}", method="DELETE", subject=deployment,
+                action="remove its network",
+            )  # fmt: skip
+        except NotFound:
+            return
+
+    async def status(self, target: WorkloadId) -> Workload | None:
+        observed = await self.observe([target.deployment])
+        return next((w for w in observed.workloads if w.id == target), None)
+
+    async def proxy_address(self, deployment: str) -> str | None:
+        return None
+
+    async def address(self, target: WorkloadId, port: int) -> tuple[str, int]:
+        raise PermanentDriverError(
+            f"{target}: a swarm task's address is on its node's overlay network, which "
+            "this host does not reach; the engine runs its health check"
+        )
+
+    async def logs(
+        self, target: WorkloadId, *, follow: bool = False, tail: int | None = None
+    ) -> AsyncGenerator[str, None]:
+        """The service's output through the manager (every task's, each line prefixed
+        by the engine with its task and node); a replica's own lines are those of its
+        task slot."""
+        docker = self._docker
+        if docker is None:
+            raise PermanentDriverError(f"{target}: the swarm driver is not open")
+        name = sw.service_name(target.deployment, target.service)
+        slot = f".{target.replica}." if target.replica is not None else ""
+
+        def mine(line: str) -> bool:
+            return not slot or slot in line.split(" ", 1)[0]
+
+        try:
+            found: Any = docker.services.logs(
+                name, stdout=True, stderr=True, details=True, follow=follow,
+                tail="all" if tail is None else str(tail),
+            )  # fmt: skip
+            if not follow:  # aiodocker returns the list's coroutine then
+                for line in str(await found).splitlines():
+                    if mine(line):
+                        yield line
+                return
+            async for line in found:
+                if mine(line):
+                    yield str(line).rstrip("\n")
+        except DockerError as error:
+            raise _error(error, str(target), "logs") from error
+
+    # --- what the engine does itself -----------------------------------------------
+
+    @staticmethod
+    def _per_task(action: str) -> NoReturn:
+        raise PermanentDriverError(
+            f"the swarm runtime does not {action} single tasks: the engine places, "
+            "restarts and removes them (zlayer changes the service as a whole)"
+        )
+
+    async def create(self, service: DesiredService, replica: int, revision: str) -> None:
+        self._per_task("create")
+
+    async def replace(self, service: DesiredService, replica: int, revision: str) -> None:
+        self._per_task("replace")
+
+    async def start(self, target: WorkloadId) -> None:
+        self._per_task("start")
+
+    async def restart(self, target: WorkloadId) -> None:
+        self._per_task("restart")
+
+    async def stop(self, target: WorkloadId) -> None:
+        self._per_task("stop")
+
+    async def register(self, service: DesiredService, revision: str) -> None:
+        raise PermanentDriverError(
+            f"{service.deployment}/{service.name}: rtype {service.rtype} is not run on the "
+            "swarm runtime yet"
+        )
+
+    async def unregister(self, target: WorkloadId) -> None:
+        raise NotFound(f"{target}: the swarm runtime registers no definitions")
+
+    async def run_job(self, service: DesiredService, run: str, revision: str) -> None:
+        await self.register(service, revision)
+
+    async def job_status(self, run: RunId) -> RunState | None:
+        return None
+
+    async def job_runs(self, deployments: Collection[str] | None = None) -> list[RunState]:
+        return []
+
+    async def job_logs(
+        self, run: RunId, *, follow: bool = False, tail: int | None = None
+    ) -> AsyncGenerator[str, None]:
+        raise NotFound(f"{run}: the swarm runtime runs no jobs yet")
+        yield ""  # pragma: no cover - makes this an async generator
+
+    async def remove_job(self, run: RunId) -> None:
+        return None
+
+    async def exits(self) -> AsyncGenerator[WorkloadId | RunId, None]:
+        """No hints: the engine restarts its tasks itself, and the daemon's periodic
+        observe sees what it did."""
+        while True:
+            await asyncio.sleep(3600)
+            if False:  # pragma: no cover - makes this an async generator
+                yield WorkloadId("", "", None)
+
+
+def _b64(text: str) -> str:
+    import base64
+
+    return base64.b64encode(text.encode()).decode()
+
+
+def _task_workloads(
+    tasks: list[Any],
+    services: Mapping[str, ClusterService],
+    hostnames: Mapping[str, str],
+    depends: Mapping[tuple[str, str], tuple[str, ...]],
+) -> list[Workload]:
+    """One replica per task slot of each service: the task the engine wants running
+    (the newest of the slot when none is), with the fingerprint of the spec it was made
+    from and the node it runs on."""
+    slots: dict[WorkloadId, Any] = {}
+    for task in tasks:
+        owner = services.get(str(task.get("ServiceID")))
+        slot = task.get("Slot")
+        if owner is None or not slot:
+            continue
+        key = WorkloadId(owner.deployment, owner.service, int(slot))
+        wanted = task.get("DesiredState") == "running"
+        current = slots.get(key)
+        if current is not None:
+            current_wanted = current.get("DesiredState") == "running"
+            newer = str(task.get("UpdatedAt", "")) > str(current.get("UpdatedAt", ""))
+            if (current_wanted and not wanted) or (current_wanted == wanted and not newer):
+                continue
+        slots[key] = task
+    out = []
+    for key, task in sorted(slots.items()):
+        status = task.get("Status") or {}
+        state = _TASK_STATUS.get(str(status.get("State")), "created")
+        container = status.get("ContainerStatus") or {}
+        exit_code = container.get("ExitCode") if state in ("exited", "dead") else None
+        labels = task.get("Spec", {}).get("ContainerSpec", {}).get("Labels") or {}
+        node = task.get("NodeID")
+        out.append(
+            Workload(
+                deployment=key.deployment,
+                service=key.service,
+                replica=key.replica,
+                fingerprint=str(labels.get(sw.FINGERPRINT, "")),
+                status=state,
+                exit_code=None if exit_code is None else int(exit_code),
+                started_at=str(status.get("Timestamp")) if state == "running" else None,
+                runtime_id=str(task.get("ID")),
+                node=hostnames.get(str(node), str(node)) if node else None,
+                depends=depends.get((key.deployment, key.service), ()),
+            )
+        )
+    return out
