@@ -65,6 +65,7 @@ if TYPE_CHECKING:
 # The spec models are imported where a spec is compiled (compile_service), so the
 # values defined here can be used (and rebuilt from the compile cache) without them.
 
+PLACEMENT = ("node_mode", "node_selector", "affinity")
 _NOT_CONFIG = frozenset(
     {
         "deployment",
@@ -251,6 +252,10 @@ class DesiredService:
 
     marked: frozenset[str] = frozenset()
     """``env``/``labels`` keys the author marked sensitive (label ``zlayer.sensitive``)."""
+    placement: Mapping[str, Any] = field(default_factory=dict)
+    """``node_mode``, ``node_selector`` and ``affinity`` as set in the spec: not part of
+    ``config`` (a one-host runtime places nothing, so they never replace a replica);
+    a clustered runtime (Docker Swarm) maps them to its placement."""
     _offline: bool | None = field(default=None, init=False, repr=False, compare=False)
     """:attr:`offline_secrets`, once asked (the planner asks for every replica)."""
 
@@ -439,6 +444,9 @@ def compile_service(
         notes=_notes(service),
         policy=service_policy(service),
         marked=marked,
+        placement=service.model_dump(
+            mode="json", exclude_defaults=True, by_alias=True, include=set(PLACEMENT)
+        ),
     ), []
 
 
@@ -471,6 +479,12 @@ def _notes(service: ServiceSpec) -> tuple[str, ...]:
     return ()
 
 
+ONE_HOST_PLACEMENT = "zlayer places every replica on this host"
+"""The end of the warnings about placement fields (``node_mode``, ``node_selector``,
+``affinity``): true of every one-host runtime; a clustered one (Docker Swarm) applies
+them, so its plans leave these warnings out (:attr:`ObservedState.services_managed`)."""
+
+
 def _warnings(service: ServiceSpec) -> tuple[str, ...]:
     from reconciler.spec.blocks import AdaptiveScale
 
@@ -480,7 +494,7 @@ def _warnings(service: ServiceSpec) -> tuple[str, ...]:
     ]
     if service.node_mode != "shared":  # shared: the one host's other workloads share it
         placement.insert(0, "node_mode")
-    out += [f"{key} is not applied: zlayer places every replica on this host" for key in placement]
+    out += [f"{key} is not applied: {ONE_HOST_PLACEMENT}" for key in placement]
     if service.image.source_policy is not None:
         out.append("image.source_policy is not applied: the image is pulled by pull_policy alone")
     if "deployment" in service.model_fields_set:

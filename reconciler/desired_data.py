@@ -71,6 +71,7 @@ def _encode_service(service: DesiredService) -> dict[str, Any]:
         if (scale := policy.scale) is None
         else [scale.min, scale.max, scale.cooldown, dict(scale.targets or {})],
         "marked": sorted(service.marked),
+        "placement": dict(service.placement),
     }
 
 
@@ -158,6 +159,7 @@ _SERVICE_KEYS = frozenset(
         "restart",
         "scale",
         "marked",
+        "placement",
     }
 )
 
@@ -199,6 +201,7 @@ def _decode_service(raw: Any, inputs: CompileInputs) -> DesiredService:
             scale=_scale(data["scale"]),
         ),
         marked=frozenset(_str(m) for m in _list(data["marked"])),
+        placement=_dict(data["placement"]),
     )
 
 

@@ -344,7 +344,9 @@ class Executor:
         policy = service.policy.health if service else HealthPolicy("tcp")
         for replica in sorted(replicas):
             remaining = max(0.0, deadline - loop.time())
-            if condition == "started":
+            if condition == "started" or self.clustered:
+                # A clustered engine runs the health check itself and counts a task as
+                # running only once it passes; zlayer cannot reach the task's address.
                 problem = await self._wait_running(replica, remaining)
             else:
                 problem = await self._wait_healthy(replica, policy, remaining)

@@ -57,7 +57,7 @@ def files_checked(files: Sequence[SourceFile], problems: Sequence[Problem]) -> i
 )
 @click.option(
     "--runtime",
-    type=click.Choice(["auto", "docker", "process"]),
+    type=click.Choice(["auto", "docker", "process", "swarm"]),
     help="Also fail on what this runtime cannot run (S3 init steps, reserved labels, "
     "no command.entrypoint for process, …).",
 )

@@ -17,7 +17,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from graphlib import TopologicalSorter
 from typing import Any
 
-from reconciler.desired import DesiredService, DesiredState, config_fingerprint
+from reconciler.desired import (
+    ONE_HOST_PLACEMENT,
+    DesiredService,
+    DesiredState,
+    config_fingerprint,
+)
 from reconciler.errors import PlanError
 from reconciler.observed import (
     NETWORK,
@@ -86,7 +91,11 @@ def plan_changes(
             )  # fmt: skip
         else:
             actions += _plan_service(service, found, removed.get(key, {}), observed.configs, notes)
-        warnings += [Note(f"{key[0]}/{key[1]}", w) for w in service.warnings]
+        warnings += [
+            Note(f"{key[0]}/{key[1]}", w)
+            for w in service.warnings
+            if not (observed.services_managed and w.endswith(ONE_HOST_PLACEMENT))
+        ]
         notes += [Note(f"{key[0]}/{key[1]}", n) for n in service.notes]
     warnings += [
         Note(deployment, message)

@@ -60,7 +60,7 @@ from reconciler.backoff import BackoffPolicy
 from reconciler.errors import ConfigError
 
 DEFAULT_CONFIG = Path("/etc/zlayer/config.toml")
-RUNTIME_CHOICES = ("auto", "docker", "process")
+RUNTIME_CHOICES = ("auto", "docker", "process", "swarm")
 DEFAULT_POOL = "10.213.0.0/16"
 
 

@@ -172,7 +172,8 @@ def test_a_bad_config_file_stops_a_command_before_it_acts(tmp_path: Path) -> Non
     env = {**os.environ, "ZLAYER_CONFIG": str(config), "ZLAYER_STATE_DIR": str(tmp_path / "s")}
     run = zlayer("apply", "specs/hello.yaml", "--auto-approve", env=env)
     assert run.returncode == 1
-    assert f"runtime 'podman' (from {config}) is not one of auto, docker, process" in run.stderr
+    choices = "auto, docker, process, swarm"
+    assert f"runtime 'podman' (from {config}) is not one of {choices}" in run.stderr
     assert not (tmp_path / "s").exists()
 
 

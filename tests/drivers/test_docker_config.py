@@ -482,6 +482,7 @@ def test_workload_from_a_list_entry() -> None:
         "health": "healthy",
         "depends": ("db", "cache"),
         "runtime_id": "c0ffee",
+        "node": None,
         "problem": None,
         "outdated": None,
         "stopped_by_reboot": False,

@@ -148,7 +148,7 @@ def test_a_value_out_of_range_is_an_error_naming_its_key(
 def test_a_runtime_not_known_says_where_it_came_from(
     config: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    expected = "is not one of auto, docker, process"
+    expected = "is not one of auto, docker, process, swarm"
     assert refused(config, 'runtime = "podman"') == f"runtime 'podman' (from {config}) {expected}"
     monkeypatch.setenv("ZLAYER_RUNTIME", "lxc")
     assert refused(config, "") == f"runtime 'lxc' (from ZLAYER_RUNTIME) {expected}"

@@ -376,7 +376,10 @@ class SwarmDriver:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 120.0
         while loop.time() < deadline:
-            tasks = await self._list("tasks", {"service": [name]}, subject)
+            try:
+                tasks = await self._list("tasks", {"service": [name]}, subject)
+            except NotFound:
+                return  # the engine forgot the service, and its tasks with it
             if not tasks:
                 return
             await asyncio.sleep(self.poll)

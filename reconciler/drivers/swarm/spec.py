@@ -158,8 +158,8 @@ def _mounts(config: Mapping[str, Any], deployment: str) -> list[dict[str, Any]]:
     return mounts
 
 
-def _placement(config: Mapping[str, Any]) -> dict[str, Any]:
-    selector = config.get("node_selector") or {}
+def _placement(config: Mapping[str, Any], placed: Mapping[str, Any]) -> dict[str, Any]:
+    selector = placed.get("node_selector") or {}
     constraints = [f"node.labels.{k}=={v}" for k, v in sorted(selector.get("labels", {}).items())]
     preferences = [
         {"Spread": {"SpreadDescriptor": f"node.labels.{k}"}}
@@ -170,7 +170,7 @@ def _placement(config: Mapping[str, Any]) -> dict[str, Any]:
         placement["Constraints"] = constraints
     if preferences:
         placement["Preferences"] = preferences
-    if config.get("node_mode") in ("dedicated", "exclusive"):
+    if placed.get("node_mode") in ("dedicated", "exclusive"):
         placement["MaxReplicas"] = 1
     platform = config.get("platform")
     if platform:
@@ -254,7 +254,7 @@ def service_spec(
     identity = {DEPLOYMENT: deployment, SERVICE: service.name, FINGERPRINT: service.fingerprint}
     env = service.launch_config().get("env", {})
     container: dict[str, Any] = {
-        "Image": config["image"]["name"],
+        "Image": str(config["image"]),
         "Labels": {**own_labels, **identity},
         "Env": [f"{k}={v}" for k, v in sorted(env.items()) if k not in keys],
         **_command(service, keys),
@@ -309,7 +309,7 @@ def service_spec(
             "ContainerSpec": container,
             "Resources": _resources(config),
             "RestartPolicy": _restart(service),
-            "Placement": _placement(config),
+            "Placement": _placement(config, service.placement),
             "Networks": [{"Target": network_name(deployment), "Aliases": [service.name]}],
         },
         "Mode": {"Replicated": {"Replicas": replicas}},
@@ -379,9 +379,10 @@ def limits(service: DesiredService) -> Limits:
                     f"{subject}: endpoint {endpoint.get('name')}: {key} not applied on the "
                     "swarm runtime (no managed proxy there yet)"
                 )
-    if config.get("affinity") not in (None, "spread"):
-        warnings.append(f"{subject}: affinity {config.get('affinity')} not applied (Swarm spreads)")
-    if config.get("node_mode") == "exclusive":
+    placed = service.placement
+    if placed.get("affinity") not in (None, "spread"):
+        warnings.append(f"{subject}: affinity {placed.get('affinity')} not applied (Swarm spreads)")
+    if placed.get("node_mode") == "exclusive":
         warnings.append(
             f"{subject}: node_mode exclusive applied as one task per node (other services "
             "may share the node)"

@@ -1,0 +1,139 @@
+"""The swarm runtime against a real three-node swarm (``tests.swarm_support``): zlayer's
+CLI plans and applies services as a whole, the engine places and rolls them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.docker_support import engine_request
+from tests.swarm_support import Swarm, engine_post, fetch, service_tasks
+
+pytest_plugins = ["tests.swarm_support"]
+
+IMAGE = "zlayer-test/busybox:latest"
+HTTPD = 'mkdir -p /w && echo "$SVC $(hostname) $V" > /w/index.html && exec httpd -f -p 8080 -h /w'
+
+
+SERVE_TOKEN = 'mkdir -p /w && echo "$TOKEN" > /w/index.html && exec httpd -f -p 8080 -h /w'
+
+
+def zlayer(swarm: Swarm, tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ, "DOCKER_HOST": swarm.url, "ZLAYER_STATE_DIR": str(tmp / "state"),
+        "ZLAYER_RUNTIME": "swarm", "NO_COLOR": "1",
+    }  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "reconciler", *args],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+
+
+def three_tier(deployment: str, *, api_env: str = "a", api_health: str = "true") -> str:
+    return f"""\
+version: v1
+deployment: {deployment}
+services:
+  db:
+    image: {{name: "{IMAGE}"}}
+    command: {{entrypoint: [sh, -c, '{HTTPD}']}}
+    env: {{SVC: db, V: "1"}}
+    scale: {{mode: fixed, replicas: 1}}
+    node_selector: {{labels: {{zone: b}}}}
+    health: {{check: {{type: command, command: "true"}}, interval: 1s, start_grace: 1s}}
+  api:
+    image: {{name: "{IMAGE}"}}
+    command: {{entrypoint: [sh, -c, '{HTTPD}']}}
+    env: {{SVC: api, V: "{api_env}"}}
+    scale: {{mode: fixed, replicas: 3}}
+    node_mode: dedicated
+    depends: [{{service: db, condition: healthy}}]
+    health:
+      check: {{type: command, command: "{api_health}"}}
+      interval: 1s
+      start_grace: 1s
+      retries: 1
+  web:
+    image: {{name: "{IMAGE}"}}
+    command: {{entrypoint: [sh, -c, '{HTTPD}']}}
+    env: {{SVC: web, V: "1"}}
+    scale: {{mode: fixed, replicas: 3}}
+    node_mode: dedicated
+    depends: [{{service: api, condition: started}}]
+    endpoints: [{{name: http, protocol: http, port: 8080, expose: public}}]
+    health: {{check: {{type: command, command: "true"}}, interval: 1s, start_grace: 1s}}
+"""
+
+
+def spec_file(tmp: Path, text: str) -> Path:
+    path = tmp / "specs" / "app.yaml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def nodes_of(swarm: Swarm, deployment: str, service: str) -> list[str]:
+    """The node names of the running tasks of ``deployment_service``."""
+    tasks = service_tasks(swarm, f"{deployment}_{service}")
+    return sorted(swarm.node(t["NodeID"]).name for t in tasks if t["Status"]["State"] == "running")
+
+
+@pytest.mark.slow
+def test_a_three_tier_deployment_applies_in_order_and_spreads(
+    swarm: Swarm, swarm_deployment: str, tmp_path: Path
+) -> None:
+    path = spec_file(tmp_path, three_tier(swarm_deployment))
+    plan = zlayer(swarm, tmp_path, "plan", "--runtime", "swarm", str(path))
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    for line in (
+        f"create     {swarm_deployment}/db  new service, replicas 0 → 1 (rolling updates "
+        "start-first)",
+        f"{swarm_deployment}/web  new service, replicas 0 → 3 (rolling updates stop-first)",
+    ):
+        assert line in plan.stdout, plan.stdout
+    run = zlayer(swarm, tmp_path, "apply", str(path), "--auto-approve")
+    assert run.returncode == 0, run.stdout + run.stderr
+    # db is pinned to the node labelled zone=b; api and web run one task per node.
+    zone_b = next(n.name for n in swarm.nodes if n.labels["zone"] == "b")
+    assert nodes_of(swarm, swarm_deployment, "db") == [zone_b]
+    names = sorted(n.name for n in swarm.nodes)
+    assert nodes_of(swarm, swarm_deployment, "api") == names
+    # web's public port answers on every node's address, from a task of that node.
+    for node in swarm.nodes:
+        answer = fetch(swarm, f"http://{node.address}:8080/")
+        assert answer.startswith("web "), answer
+    # Dependency order: db's task ran before api's, api's before web's.
+    first = {
+        s: min(t["CreatedAt"] for t in service_tasks(swarm, f"{swarm_deployment}_{s}"))
+        for s in ("db", "api", "web")
+    }
+    assert first["db"] < first["api"] < first["web"], first
+    again = zlayer(swarm, tmp_path, "plan", "--runtime", "swarm", str(path), "--detailed-exitcode")
+    assert again.returncode == 0 and "No changes." in again.stdout, again.stdout + again.stderr
+
+
+@pytest.mark.slow
+def test_a_count_scaled_by_hand_is_planned_back(
+    swarm: Swarm, swarm_deployment: str, tmp_path: Path
+) -> None:
+    path = spec_file(tmp_path, three_tier(swarm_deployment))
+    run = zlayer(swarm, tmp_path, "apply", str(path), "--auto-approve")
+    assert run.returncode == 0, run.stdout + run.stderr
+    # Scaled by hand: one scale action puts it back.
+    name = f"{swarm_deployment}_db"
+    _, service = engine_request(swarm.url, "GET", f"/services/{name}")
+    spec = service["Spec"]
+    spec["Mode"]["Replicated"]["Replicas"] = 2
+    version = {"version": str(service["Version"]["Index"])}
+    status, answer = engine_post(swarm.url, f"/services/{name}/update", spec, version)
+    assert status == 200, answer
+    plan = zlayer(swarm, tmp_path, "plan", "--runtime", "swarm", str(path))
+    assert f"scale      {swarm_deployment}/db  replicas 2 → 1" in plan.stdout, plan.stdout
+    fixed = zlayer(swarm, tmp_path, "apply", str(path), "--auto-approve")
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    _, service = engine_request(swarm.url, "GET", f"/services/{name}")
+    assert service["Spec"]["Mode"]["Replicated"]["Replicas"] == 1
