@@ -220,6 +220,9 @@ class ClusterService:
     revision: str | None = None
     replicas: int | None = None
     """The replica count the engine keeps (``None``: a global service, one per node)."""
+    placement: dict[str, Any] = field(default_factory=dict)
+    """The spec's ``node_mode``, ``node_selector`` and ``affinity`` the service was made
+    with (:attr:`reconciler.desired.DesiredService.placement`)."""
     version: int = 0
     """The engine's version index of the service's spec: an update names it, and the
     engine refuses the update when the spec changed since (never a blind overwrite)."""
@@ -394,7 +397,7 @@ class ObservedState:
             parts.append(["routes", self.proxy_running, self.routes_internal, routes])
         if self.services_managed:
             services = sorted(
-                (c.deployment, c.service, c.fingerprint, c.replicas or -1, c.version)
+                (c.deployment, c.service, c.fingerprint, c.replicas or -1, c.version, c.placement)
                 for c in self.services
             )
             parts.append(["services", services])

@@ -24,7 +24,7 @@ from reconciler.daemon.journal import Crash, Journal
 from reconciler.desired import DesiredState
 from reconciler.drivers.base import Driver
 from reconciler.errors import NoDaemon, ProxyError, ZlayerError
-from reconciler.observed import ObservedState, Workload, WorkloadId
+from reconciler.observed import ClusterService, ObservedState, Workload, WorkloadId
 from reconciler.removals import Removals
 from reconciler.routing.host import HostRoutes, RouteStat
 from reconciler.runtimes import open_runtime
@@ -97,9 +97,12 @@ def status(
         async with open_runtime(runtime, settings) as driver:
             state = await driver.observe(deployments or None)
             state = Removals(state_dir).merged(state, deployments or None)
-            # The list call leaves out start times and restart counts; ask per replica.
-            detailed = await asyncio.gather(*(driver.status(w.id) for w in state.workloads))
-            workloads = [d or w for d, w in zip(detailed, state.workloads, strict=True)]
+            if state.services_managed:  # a cluster's list of tasks is complete already
+                workloads = list(state.workloads)
+            else:
+                # The list call leaves out start times and restart counts; ask per replica.
+                detailed = await asyncio.gather(*(driver.status(w.id) for w in state.workloads))
+                workloads = [d or w for d, w in zip(detailed, state.workloads, strict=True)]
             verdicts = await _probed(driver, desired, workloads) if desired else None
         try:
             served = await routes.stats(deployments or None)
@@ -124,8 +127,10 @@ def status(
         click.echo(f"No workloads managed by zlayer on the {runtime} runtime.")
         _print_removed(state)
         return 0
+    placed = any(w.node for w in workloads)  # a cluster: say where each task runs
     rows: list[tuple[str, ...]] = [
         ("DEPLOYMENT", "SERVICE", "REPLICA", "STATE", "HEALTH", "RESTARTS", "AGE", "IMAGE")
+        + (("NODE",) if placed else ())
     ]
     for w in workloads:
         row: tuple[str, ...] = (
@@ -137,9 +142,11 @@ def status(
             str(_restarts(w, crashes)),
             _age(w.started_at, now) if w.status == "running" else "-",
             _image(state, w),
-        )
+        ) + ((w.node or "-",) if placed else ())
         rows.append(tuple(visible(cell) for cell in row))
     _table(rows)
+    for line in _cluster_lines(state, workloads):
+        click.echo(visible_line(line))
     shown = {str(w.id) for w in workloads}
     for target, crash in sorted(crashes.items()):
         if target in shown and (crash.streak or crash.held):
@@ -158,6 +165,30 @@ def status(
         click.echo("")
         _table(_route_rows(served))
     return 0
+
+
+def _running(service: ClusterService, workloads: list[Workload]) -> int:
+    return sum(
+        1 for w in workloads
+        if (w.deployment, w.service) == (service.deployment, service.service)
+        and w.status == "running"
+    )  # fmt: skip
+
+
+def _cluster_lines(state: ObservedState, workloads: list[Workload]) -> list[str]:
+    """For a cluster: each service whose tasks are not all running, or whose last
+    update the engine rolled back, in one line each."""
+    out = []
+    for c in sorted(state.services, key=lambda c: c.id):
+        running = _running(c, workloads)
+        if c.replicas is not None and running < c.replicas:
+            out.append(f"{c.id}: {running} of {c.replicas} tasks running")
+        if c.update_state in ("rollback_completed", "rollback_paused", "paused"):
+            message = c.update_message or "no message from the engine"
+            out.append(f"{c.id}: last update {c.update_state.replace('_', ' ')}: {message}")
+        elif c.update_state in ("updating", "rollback_started"):
+            out.append(f"{c.id}: {c.update_state.replace('_', ' ')}")
+    return out
 
 
 Verdicts = dict[str, tuple[str, str]] | None
@@ -266,12 +297,17 @@ def _document(
                 else None,
                 "started_at": w.started_at,
                 "image": _image(state, w),
+                "node": w.node,
             }
         )
     return {
         "runtime": runtime,
         "health_source": source,
         "workloads": out,
+        "services": [
+            {**dataclasses.asdict(c), "running": _running(c, workloads)}
+            for c in sorted(state.services, key=lambda c: c.id)
+        ],
         "routes": [dataclasses.asdict(r) for r in served],
         "removed_on_exit": [dataclasses.asdict(r) for r in state.removed_on_exit],
     }

@@ -15,8 +15,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from reconciler.desired import DesiredService
+from reconciler.fingerprint import canonical_json
 from reconciler.observed import ClusterService
-from reconciler.plan.model import Action, ActionKind, Change, Condition, Note
+from reconciler.plan.model import Action, ActionKind, Change, ChangeKind, Condition, Note
 
 Effective = Callable[[DesiredService, Mapping[str, Any] | None], tuple[Mapping[str, Any], str]]
 Explain = Callable[
@@ -25,9 +26,13 @@ Explain = Callable[
 
 
 def update_order(service: DesiredService) -> str:
-    """``start-first`` (the new task runs before the old one stops) unless a port is
-    published on the node itself (host mode), where two tasks on one node would
-    collide: then ``stop-first``."""
+    """``start-first`` (the new task runs before the old one stops) unless two tasks of
+    the service cannot share a node: a port published on the node itself (host mode)
+    would collide, and ``node_mode`` dedicated or exclusive allows one task per node
+    (a start-first update would then wait forever for a node to put the new one on).
+    Those roll ``stop-first``."""
+    if service.placement.get("node_mode") in ("dedicated", "exclusive"):
+        return "stop-first"
     for endpoint in service.config.get("endpoints", ()):
         if endpoint.get("expose", "public") == "public":
             return "stop-first"
@@ -72,19 +77,47 @@ def plan_cluster_service(
     count = None
     if current.replicas is not None and current.replicas != want:
         count = Change("replicas", "changed", current.replicas, want)
-    if digest != current.fingerprint:
-        changes = changes_of(service, recorded, config)
-        listed = (changes or ()) + ((count,) if count else ())
-        reason = f"{reason_of(changes)} (rolling, {update_order(service)})"
+    moved = placement_changes(current.placement, service.placement)
+    if digest != current.fingerprint or moved:
+        changes = changes_of(service, recorded, config) if digest != current.fingerprint else ()
+        listed = (changes or ()) + moved + ((count,) if count else ())
+        said = [reason_of(changes)] if digest != current.fingerprint else []
+        said += [f"{c.path}: {_shown(c.before)} → {_shown(c.after)}" for c in moved]
+        reason = f"{'; '.join(said)} (rolling, {update_order(service)})"
         if count is not None:
             reason += f"; replicas {current.replicas} → {want}"
+        if rolled_back(current):
+            reason += f"; the engine rolled its last update back: {rolled_back(current)}"
         return [_action("replace", target, reason, listed, conditions)]
     if count is not None:
         return [_action("scale", target, f"replicas {current.replicas} → {want}", (count,))]
-    if current.update_state in ("rollback_completed", "rollback_paused"):
-        message = current.update_message or "no message from the engine"
-        notes.append(Note(str(target), f"the engine rolled its last update back: {message}"))
+    if rolled_back(current):
+        why = f"the engine rolled its last update back: {rolled_back(current)}"
+        notes.append(Note(str(target), why))
     return []
+
+
+def rolled_back(current: ClusterService) -> str | None:
+    """The engine's message when it rolled the service's last update back."""
+    if current.update_state not in ("rollback_completed", "rollback_paused"):
+        return None
+    return current.update_message or "no message from the engine"
+
+
+def placement_changes(before: Mapping[str, Any], after: Mapping[str, Any]) -> tuple[Change, ...]:
+    """The placement fields (top-level keys) that differ, as plan changes."""
+    out = []
+    for key in sorted(set(before) | set(after)):
+        if before.get(key) != after.get(key):
+            kind: ChangeKind = (
+                "added" if key not in before else "removed" if key not in after else "changed"
+            )
+            out.append(Change(key, kind, before.get(key), after.get(key)))
+    return tuple(out)
+
+
+def _shown(value: Any) -> str:
+    return "(none)" if value is None else canonical_json(value)
 
 
 def plan_cluster_removed(current: ClusterService, reason: str) -> Action:

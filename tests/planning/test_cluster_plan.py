@@ -142,3 +142,19 @@ def test_cluster_services_are_in_the_snapshot_and_its_fingerprint() -> None:
     again = load_snapshot(one.to_json())
     assert again.services == one.services and again.services_managed
     assert canonical_json(again.workloads[0].node) == '"node-1"'
+
+
+def test_a_placement_change_alone_is_a_rolling_replace() -> None:
+    """Placement is not part of the config (one host places nothing), but on a cluster
+    moving a service to other nodes is a change the engine rolls."""
+    text = TIERS.replace("replicas: 1}\n", "replicas: 1}\n    node_selector: {labels: {zone: b}}\n")
+    desired = desired_from(text)
+    before = running(desired, "db", placement={"node_selector": {"labels": {"zone": "a"}}})
+    plan = plan_changes(desired, cluster(before, running(desired, "api"), desired=desired))
+    action = plan.action("replace:demo/db")
+    assert action.reason == (
+        'node_selector: {"labels":{"zone":"a"}} → {"labels":{"zone":"b"}} (rolling, start-first)'
+    )
+    assert [(c.path, c.kind) for c in action.changes] == [("node_selector", "changed")]
+    same = running(desired, "db", placement={"node_selector": {"labels": {"zone": "b"}}})
+    assert plan_changes(desired, cluster(same, running(desired, "api"), desired=desired)).empty

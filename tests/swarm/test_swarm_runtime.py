@@ -3,6 +3,7 @@ CLI plans and applies services as a whole, the engine places and rolls them."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,7 +12,15 @@ from pathlib import Path
 import pytest
 
 from tests.docker_support import engine_request
-from tests.swarm_support import Swarm, engine_post, fetch, service_tasks
+from tests.support import wait_for
+from tests.swarm_support import (
+    Swarm,
+    engine_post,
+    fetch,
+    service_tasks,
+    stop_node,
+    wait_node_status,
+)
 
 pytest_plugins = ["tests.swarm_support"]
 
@@ -117,7 +126,7 @@ def test_a_three_tier_deployment_applies_in_order_and_spreads(
 
 
 @pytest.mark.slow
-def test_a_count_scaled_by_hand_is_planned_back(
+def test_drift_is_planned_back_and_a_failing_update_is_rolled_back(
     swarm: Swarm, swarm_deployment: str, tmp_path: Path
 ) -> None:
     path = spec_file(tmp_path, three_tier(swarm_deployment))
@@ -137,3 +146,108 @@ def test_a_count_scaled_by_hand_is_planned_back(
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     _, service = engine_request(swarm.url, "GET", f"/services/{name}")
     assert service["Spec"]["Mode"]["Replicated"]["Replicas"] == 1
+    # An update whose health check fails: Swarm rolls it back, and zlayer says so.
+    bad = spec_file(tmp_path, three_tier(swarm_deployment, api_env="b", api_health="false"))
+    failed = zlayer(swarm, tmp_path, "apply", str(bad), "--auto-approve")
+    assert failed.returncode != 0, failed.stdout + failed.stderr
+    assert "rolled back by the engine" in failed.stdout, failed.stdout + failed.stderr
+    _, api = engine_request(swarm.url, "GET", f"/services/{swarm_deployment}_api")
+    env = api["Spec"]["TaskTemplate"]["ContainerSpec"]["Env"]
+    assert "V=a" in env, env  # the previous spec, restored by the engine
+    again = zlayer(swarm, tmp_path, "plan", "--runtime", "swarm", str(bad))
+    assert "the engine rolled its last update back" in again.stdout, again.stdout
+
+
+@pytest.mark.slow
+def test_a_secret_reaches_the_process_and_never_the_service_spec(
+    swarm: Swarm, swarm_deployment: str, tmp_path: Path
+) -> None:
+    canary = "zl-canary-7f3a9c"
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "token").write_text(canary)
+    text = f"""\
+version: v1
+deployment: {swarm_deployment}
+services:
+  app:
+    image: {{name: "{IMAGE}"}}
+    command: {{entrypoint: [sh, -c, '{SERVE_TOKEN}']}}
+    env: {{TOKEN: "$S:token"}}
+    scale: {{mode: fixed, replicas: 1}}
+    endpoints: [{{name: http, protocol: http, port: 8080, expose: public}}]
+    health: {{check: {{type: command, command: "true"}}, interval: 1s, start_grace: 1s}}
+"""
+    path = spec_file(tmp_path, text)
+    env_dir = ["--secrets-dir", str(tmp_path / "secrets")]
+    run = zlayer(swarm, tmp_path, "apply", str(path), "--auto-approve", *env_dir)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert canary not in run.stdout + run.stderr
+    _, service = engine_request(swarm.url, "GET", f"/services/{swarm_deployment}_app")
+    assert canary not in json.dumps(service)
+    node = swarm.node(service_tasks(swarm, f"{swarm_deployment}_app")[0]["NodeID"])
+    assert wait_for(
+        lambda: fetch(swarm, f"http://{node.address}:8080/").strip() == canary,
+        "the secret in the process's environment", 60,
+    )  # fmt: skip
+    status = zlayer(swarm, tmp_path, "observe")
+    assert canary not in status.stdout + status.stderr
+
+
+@pytest.mark.slow
+def test_a_service_that_leaves_the_specs_is_removed_with_its_network(
+    swarm: Swarm, swarm_deployment: str, tmp_path: Path
+) -> None:
+    path = spec_file(tmp_path, three_tier(swarm_deployment))
+    assert zlayer(swarm, tmp_path, "apply", str(path), "--auto-approve").returncode == 0
+    empty = spec_file(tmp_path, f"version: v1\ndeployment: {swarm_deployment}\nservices: {{}}\n")
+    other = tmp_path / "specs" / "other.yaml"
+    other.write_text("version: v1\ndeployment: zs-other\nservices: {}\n")
+    run = zlayer(swarm, tmp_path, "apply", str(empty.parent), "--auto-approve")
+    assert run.returncode == 0, run.stdout + run.stderr
+    label = json.dumps({"label": [f"zlayer.deployment={swarm_deployment}"]})
+    _, services = engine_request(swarm.url, "GET", "/services", {"filters": label})
+    assert services == [], services
+    _, networks = engine_request(swarm.url, "GET", "/networks", {"filters": label})
+    assert networks == [], networks  # removed when the apply ended, not later
+
+
+@pytest.mark.slow
+def test_a_stopped_worker_is_the_engines_to_fail_over_and_the_plan_stays_converged(
+    swarm: Swarm, swarm_deployment: str, tmp_path: Path
+) -> None:
+    """Swarm moves the tasks of a node that went down; zlayer shows where they run now
+    and plans nothing: rescheduling is not drift."""
+    text = f"""\
+version: v1
+deployment: {swarm_deployment}
+services:
+  api:
+    image: {{name: "{IMAGE}"}}
+    command: {{entrypoint: [sh, -c, '{HTTPD}']}}
+    env: {{SVC: api, V: "1"}}
+    scale: {{mode: fixed, replicas: 3}}
+    health: {{check: {{type: command, command: "true"}}, interval: 1s, start_grace: 1s}}
+"""
+    path = spec_file(tmp_path, text)
+    run = zlayer(swarm, tmp_path, "apply", str(path), "--auto-approve")
+    assert run.returncode == 0, run.stdout + run.stderr
+    name = f"{swarm_deployment}_api"
+    worker = next(
+        swarm.node(t["NodeID"]) for t in service_tasks(swarm, name)
+        if swarm.node(t["NodeID"]) in swarm.workers
+    )  # fmt: skip
+    stop_node(worker)
+    wait_node_status(swarm, worker, "down")
+
+    def moved() -> bool:
+        nodes = nodes_of(swarm, swarm_deployment, "api")
+        return len(nodes) == 3 and worker.name not in nodes
+
+    wait_for(moved, f"api's tasks to leave {worker.name}", 90)
+    status = zlayer(swarm, tmp_path, "status", "--format", "json")
+    assert status.returncode == 0, status.stderr
+    document = json.loads(status.stdout)
+    running = [w for w in document["workloads"] if w["state"] == "running"]
+    assert len(running) == 3 and worker.name not in {w["node"] for w in running}, running
+    plan = zlayer(swarm, tmp_path, "plan", "--runtime", "swarm", str(path), "--detailed-exitcode")
+    assert plan.returncode == 0 and "No changes." in plan.stdout, plan.stdout + plan.stderr

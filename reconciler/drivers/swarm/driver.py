@@ -37,6 +37,7 @@ from reconciler.errors import (
 )
 from reconciler.observed import (
     ClusterService,
+    Health,
     Network,
     ObservedState,
     RunId,
@@ -68,6 +69,8 @@ _UPDATE_STATES = frozenset(
 )
 DEPLOY_TIMEOUT = 600.0
 """How long :meth:`SwarmDriver.deploy` watches an update before it gives up waiting."""
+REMOVE_TIMEOUT = 120.0
+"""How long a removal waits for the engine to let go of what it removes."""
 
 
 def _error(error: DockerError, subject: str, action: str) -> DriverError:
@@ -169,12 +172,14 @@ class SwarmDriver:
         label = [sw.DEPLOYMENT]
         if wanted is not None and len(wanted) == 1:
             label = [f"{sw.DEPLOYMENT}={next(iter(wanted))}"]
-        services, tasks, nodes, networks = await asyncio.gather(
+        services, tasks, nodes, networks, definitions = await asyncio.gather(
             self._list("services", {"label": label}, "swarm"),
             self._list("tasks", {"label": label}, "swarm"),
             self._list("nodes", {}, "swarm"),
             self._list("networks", {"label": label}, "swarm"),
+            self._list("configs", {"label": label}, "swarm"),
         )
+        services = [s for s in services if sw.RUN not in _labels(s)]  # runs are not workloads
         hostnames = {
             str(n["ID"]): str(n.get("Description", {}).get("Hostname") or n["ID"][:12])
             for n in nodes
@@ -199,6 +204,12 @@ class SwarmDriver:
             if (c := by_id.get(str(s["ID"]))) is not None
         }
         workloads = _task_workloads(tasks, by_id, hostnames, depends)
+        for definition in definitions:
+            workload = _definition(definition, wanted)
+            if workload is not None and all(w.id != workload.id for w in workloads):
+                workloads.append(workload)
+                with contextlib.suppress(ValueError):
+                    configs[workload.fingerprint] = json.loads(_labels(definition)[sw.CONFIG])
         found_networks: dict[str, Network] = {}
         for network in networks:
             deployment = _labels_of(network).get(sw.DEPLOYMENT, "")
@@ -227,7 +238,12 @@ class SwarmDriver:
         replicas = mode.get("Replicated", {}).get("Replicas") if "Replicated" in mode else None
         update = service.get("UpdateStatus") or {}
         state = update.get("State")
+        try:
+            placement = json.loads(labels.get(sw.PLACEMENT, "{}"))
+        except ValueError:
+            placement = {"unreadable": labels.get(sw.PLACEMENT)}  # planned as a change
         return ClusterService(
+            placement=placement if isinstance(placement, dict) else {},
             deployment=deployment,
             service=name,
             fingerprint=labels.get(sw.FINGERPRINT, ""),
@@ -278,6 +294,7 @@ class SwarmDriver:
         rollback is :class:`EngineRolledBack` with its message."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + DEPLOY_TIMEOUT
+        why = ""
         while True:
             info = await self._query(f"services/{name}", subject=subject, action="inspect")
             update = info.get("UpdateStatus") or {}
@@ -298,9 +315,16 @@ class SwarmDriver:
                 ]  # fmt: skip
                 if len(ready) >= replicas:
                     return
+                waiting = [
+                    str(t["Status"].get("Err") or t["Status"].get("Message") or "")
+                    for t in tasks
+                    if t.get("Status", {}).get("State") != "running"
+                ]
+                why = next((w for w in waiting if w), why)
             if loop.time() >= deadline:
                 raise PermanentDriverError(
-                    f"{subject}: not converged within {DEPLOY_TIMEOUT:g}s (update {state})"
+                    f"{subject}: not converged within {DEPLOY_TIMEOUT:g}s (update "
+                    f"{state or 'none'}{'; a task: ' + why if why else ''})"
                 )
             await asyncio.sleep(self.poll)
 
@@ -358,8 +382,9 @@ class SwarmDriver:
             return
         subject = str(target)
         name = sw.service_name(target.deployment, target.service)
+        info = await self._query(f"services/{name}", subject=subject, action="inspect")
         await self._query(f"services/{name}", method="DELETE", subject=subject, action="remove")
-        await self._wait_gone(name, subject)
+        await self._wait_gone(target.deployment, str(info["ID"]), subject)
         secrets = await self._list(
             "secrets", {"label": [f"{sw.SERVICE}={target.service}"]}, subject
         )
@@ -370,20 +395,19 @@ class SwarmDriver:
                     action="remove its secret",
                 )  # fmt: skip
 
-    async def _wait_gone(self, name: str, subject: str) -> None:
-        """Until the removed service's tasks are gone (its network and secrets are in use
-        until then)."""
+    async def _wait_gone(self, deployment: str, service_id: str, subject: str) -> None:
+        """Until the removed service's tasks are gone from the swarm (its network and
+        secrets are in use until then). The service is gone already, so its tasks are
+        found by the deployment's label."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + 120.0
+        deadline = loop.time() + REMOVE_TIMEOUT
+        label = {"label": [f"{sw.DEPLOYMENT}={deployment}"]}
         while loop.time() < deadline:
-            try:
-                tasks = await self._list("tasks", {"service": [name]}, subject)
-            except NotFound:
-                return  # the engine forgot the service, and its tasks with it
-            if not tasks:
+            tasks = await self._list("tasks", label, subject)
+            if not any(t.get("ServiceID") == service_id for t in tasks):
                 return
             await asyncio.sleep(self.poll)
-        log.warning("%s: tasks still there 120s after the service was removed", subject)
+        log.warning("%s: tasks still there %gs after its removal", subject, REMOVE_TIMEOUT)
 
     async def create_network(self, deployment: str) -> None:
         name = sw.network_name(deployment)
@@ -399,14 +423,24 @@ class SwarmDriver:
         )  # fmt: skip
 
     async def remove_network(self, deployment: str) -> None:
+        """Remove the deployment's overlay network once no task uses it: the engine
+        refuses while the tasks of a service just removed are still shutting down."""
         name = sw.network_name(deployment)
-        try:
-            await self._query(
-                f"networks/{name}", method="DELETE", subject=deployment,
-                action="remove its network",
-            )  # fmt: skip
-        except NotFound:
-            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + REMOVE_TIMEOUT
+        while True:
+            try:
+                await self._query(
+                    f"networks/{name}", method="DELETE", subject=deployment,
+                    action="remove its network",
+                )  # fmt: skip
+                return
+            except NotFound:
+                return
+            except PermanentDriverError as error:
+                if "in use" not in str(error) or loop.time() >= deadline:
+                    raise
+            await asyncio.sleep(self.poll)
 
     async def status(self, target: WorkloadId) -> Workload | None:
         observed = await self.observe([target.deployment])
@@ -424,14 +458,20 @@ class SwarmDriver:
     async def logs(
         self, target: WorkloadId, *, follow: bool = False, tail: int | None = None
     ) -> AsyncGenerator[str, None]:
-        """The service's output through the manager (every task's, each line prefixed
-        by the engine with its task and node); a replica's own lines are those of its
-        task slot."""
-        docker = self._docker
-        if docker is None:
-            raise PermanentDriverError(f"{target}: the swarm driver is not open")
+        """The service's output through the manager, each line prefixed by the engine
+        with its task (``<service>.<slot>.<task id>@<node>``); a replica's own lines
+        are those of its task slot."""
         name = sw.service_name(target.deployment, target.service)
         slot = f".{target.replica}." if target.replica is not None else ""
+        async for line in self._service_logs(name, str(target), slot, follow, tail):
+            yield line
+
+    async def _service_logs(
+        self, name: str, subject: str, slot: str, follow: bool, tail: int | None
+    ) -> AsyncGenerator[str, None]:
+        docker = self._docker
+        if docker is None:
+            raise PermanentDriverError(f"{subject}: the swarm driver is not open")
 
         def mine(line: str) -> bool:
             return not slot or slot in line.split(" ", 1)[0]
@@ -450,7 +490,7 @@ class SwarmDriver:
                 if mine(line):
                     yield str(line).rstrip("\n")
         except DockerError as error:
-            raise _error(error, str(target), "logs") from error
+            raise _error(error, subject, "logs") from error
 
     # --- what the engine does itself -----------------------------------------------
 
@@ -477,31 +517,82 @@ class SwarmDriver:
         self._per_task("stop")
 
     async def register(self, service: DesiredService, revision: str) -> None:
-        raise PermanentDriverError(
-            f"{service.deployment}/{service.name}: rtype {service.rtype} is not run on the "
-            "swarm runtime yet"
-        )
+        """Record the job or cron definition as a Swarm config (labelled like a service,
+        so observation finds it); the configs of its earlier definitions go."""
+        subject = f"{service.deployment}/{service.name}"
+        body = sw.definition_spec(service, revision)
+        with contextlib.suppress(Conflict):  # this very definition is recorded already
+            await self._query(
+                "configs/create", method="POST", body=body, subject=subject, action="register"
+            )
+        await self._remove_definitions(service.workload_id(None), keep=str(body["Name"]))
 
     async def unregister(self, target: WorkloadId) -> None:
-        raise NotFound(f"{target}: the swarm runtime registers no definitions")
+        if target.replica is not None:
+            raise PermanentDriverError(f"{target}: unregister failed: not a definition")
+        await self._remove_definitions(target, keep=None)
+
+    async def _remove_definitions(self, target: WorkloadId, keep: str | None) -> None:
+        found = await self._list(
+            "configs", {"label": [f"{sw.SERVICE}={target.service}"]}, str(target)
+        )
+        for config in found:
+            labels = _labels(config)
+            name = config.get("Spec", {}).get("Name")
+            if labels.get(sw.DEPLOYMENT) != target.deployment or name == keep:
+                continue
+            with contextlib.suppress(NotFound):
+                await self._query(
+                    f"configs/{config['ID']}", method="DELETE", subject=str(target),
+                    action="remove an earlier definition",
+                )  # fmt: skip
 
     async def run_job(self, service: DesiredService, run: str, revision: str) -> None:
-        await self.register(service, revision)
+        """One ``replicated-job`` service per run: Swarm places its one task on a node
+        that fits, runs it to completion and keeps it (status, logs) until
+        :meth:`remove_job`."""
+        subject = str(RunId(service.deployment, service.name, run))
+        secrets = await self._secrets(service, subject)
+        body = sw.run_spec(service, run, revision, secrets=secrets)
+        await self._query(
+            "services/create", method="POST", body=body, subject=subject, action="run"
+        )
 
     async def job_status(self, run: RunId) -> RunState | None:
-        return None
+        name = sw.run_service_name(run.deployment, run.service, run.run)
+        try:
+            info = await self._query(f"services/{name}", subject=str(run), action="inspect")
+            tasks = await self._list("tasks", {"service": [name]}, str(run))
+        except NotFound:
+            return None
+        return _run_state(run, info, tasks)
 
     async def job_runs(self, deployments: Collection[str] | None = None) -> list[RunState]:
-        return []
+        found = []
+        for service in await self._list("services", {"label": [sw.RUN]}, "swarm"):
+            labels = _labels(service)
+            deployment = labels.get(sw.DEPLOYMENT, "")
+            if deployments is not None and deployment not in deployments:
+                continue
+            run = RunId(deployment, labels.get(sw.SERVICE, ""), labels.get(sw.RUN, ""))
+            state = await self.job_status(run)
+            if state is not None:
+                found.append(state)
+        return sorted(found, key=lambda r: (r.deployment, r.service, r.run))
 
     async def job_logs(
         self, run: RunId, *, follow: bool = False, tail: int | None = None
     ) -> AsyncGenerator[str, None]:
-        raise NotFound(f"{run}: the swarm runtime runs no jobs yet")
-        yield ""  # pragma: no cover - makes this an async generator
+        name = sw.run_service_name(run.deployment, run.service, run.run)
+        async for line in self._service_logs(name, str(run), "", follow, tail):
+            yield line
 
     async def remove_job(self, run: RunId) -> None:
-        return None
+        name = sw.run_service_name(run.deployment, run.service, run.run)
+        with contextlib.suppress(NotFound):
+            await self._query(
+                f"services/{name}", method="DELETE", subject=str(run), action="remove"
+            )
 
     async def exits(self) -> AsyncGenerator[WorkloadId | RunId, None]:
         """No hints: the engine restarts its tasks itself, and the daemon's periodic
@@ -516,6 +607,46 @@ def _b64(text: str) -> str:
     import base64
 
     return base64.b64encode(text.encode()).decode()
+
+
+def _definition(config: Mapping[str, Any], wanted: set[str] | None) -> Workload | None:
+    """The registered job or cron definition a Swarm config records."""
+    labels = _labels(config)
+    deployment, name = labels.get(sw.DEPLOYMENT), labels.get(sw.SERVICE)
+    if not deployment or not name or sw.DEFINITION not in labels:
+        return None
+    if wanted is not None and deployment not in wanted:
+        return None
+    return Workload(
+        deployment=deployment,
+        service=name,
+        fingerprint=labels.get(sw.FINGERPRINT, ""),
+        revision=labels.get(sw.REVISION) or None,
+        status="registered",
+        runtime_id=str(config.get("ID")),
+    )
+
+
+def _run_state(run: RunId, info: Mapping[str, Any], tasks: list[Any]) -> RunState:
+    """A run from its job service's newest task: running until it completes or fails
+    (a task not placed yet counts as running: it is the engine's to start)."""
+    newest = max(tasks, key=lambda t: str(t.get("UpdatedAt", "")), default=None)
+    status = (newest or {}).get("Status") or {}
+    state = str(status.get("State", "pending"))
+    started = str(info.get("CreatedAt")) if info.get("CreatedAt") else None
+    if state not in ("complete", "failed", "rejected", "shutdown", "orphaned"):
+        return RunState(
+            deployment=run.deployment, service=run.service, run=run.run, status="running",
+            started_at=started,
+        )  # fmt: skip
+    code = (status.get("ContainerStatus") or {}).get("ExitCode")
+    if state == "complete":
+        code = 0
+    return RunState(
+        deployment=run.deployment, service=run.service, run=run.run, status="exited",
+        exit_code=None if code is None else int(code), started_at=started,
+        finished_at=str(status.get("Timestamp")) if status.get("Timestamp") else None,
+    )  # fmt: skip
 
 
 def _task_workloads(
@@ -548,8 +679,15 @@ def _task_workloads(
         state = _TASK_STATUS.get(str(status.get("State")), "created")
         container = status.get("ContainerStatus") or {}
         exit_code = container.get("ExitCode") if state in ("exited", "dead") else None
-        labels = task.get("Spec", {}).get("ContainerSpec", {}).get("Labels") or {}
+        container_spec = task.get("Spec", {}).get("ContainerSpec", {})
+        labels = container_spec.get("Labels") or {}
         node = task.get("NodeID")
+        health: Health = "none"
+        if container_spec.get("Healthcheck"):
+            # The engine's own check: a task is running only once it passed.
+            health = "healthy" if state == "running" else "starting"
+            if state != "running" and status.get("State") != "starting":
+                health = "none"
         out.append(
             Workload(
                 deployment=key.deployment,
@@ -562,6 +700,7 @@ def _task_workloads(
                 runtime_id=str(task.get("ID")),
                 node=hostnames.get(str(node), str(node)) if node else None,
                 depends=depends.get((key.deployment, key.service), ()),
+                health=health,
             )
         )
     return out

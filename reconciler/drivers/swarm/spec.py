@@ -11,7 +11,7 @@ documents the scheme), so that observing a swarm needs no state of zlayer's own:
 * one attachable overlay network ``zlayer-<deployment>`` per deployment, on which a
   service's name resolves to its tasks (``endpoint_mode: dnsrr``, :data:`ENDPOINT_MODE`);
 * sensitive env values as Swarm secrets ``<deployment>_<service>_<KEY>_<hash>``, never
-  in the spec: the engine mounts each as a file under :data:`SECRETS_DIR`, and the
+  in the spec: the engine mounts each as a file :data:`SECRETS_PREFIX` ``<KEY>``, and the
   container's command is wrapped by ``/bin/sh`` exporting them before it ``exec``s
   the service's own entrypoint (so the process sees them in its environment, and
   ``docker service inspect`` shows only the secrets' names).
@@ -43,10 +43,19 @@ FINGERPRINT = "zlayer.fingerprint"
 CONFIG = "zlayer.config"
 REVISION = "zlayer.revision"
 DEPENDS = "zlayer.depends"
+PLACEMENT = "zlayer.placement"
+"""On a service: canonical JSON of the spec's placement fields it was made with (they
+are not part of the config: a one-host runtime places nothing)."""
+RUN = "zlayer.run"
+"""On the replicated-job service of one run of a job or cron service: the run's name."""
+DEFINITION = "zlayer.definition"
+"""On the Swarm config that records a job or cron definition: its ``rtype``."""
 SECRET_KEY = "zlayer.secret"
 """On a Swarm secret: the env key it carries."""
 
-SECRETS_DIR = "/run/secrets/zlayer"
+SECRETS_PREFIX = "/run/secrets/zlayer."
+"""Where a secret env value is mounted: ``/run/secrets/zlayer.<KEY>`` (Swarm names a
+secret's file, flat, under ``/run/secrets``); readable inside the task only."""
 ENDPOINT_MODE = "dnsrr"
 """Service names resolve to the tasks' own addresses: a VIP needs IPVS in the kernel,
 which many hosts (and the test machines) lack, and the managed proxy is the place for
@@ -58,7 +67,7 @@ HANDLED = frozenset(
         "depends", "rtype", "storage", "user", "hostname", "tty", "stop_signal",
         "stop_grace_period", "read_only_root_fs", "cap_add", "capabilities", "cap_drop",
         "restart_policy", "node_selector", "node_mode", "affinity", "platform",
-        "network_mode", "lifecycle", "errors", "init",
+        "network_mode", "lifecycle", "errors", "init", "schedule",
     }
 )  # fmt: skip
 """Top-level config keys this runtime maps (or refuses in :func:`limits`); any other key
@@ -69,6 +78,15 @@ _RESTART = {"on_failure": "on-failure", "always": "any", "unless_stopped": "any"
 
 def service_name(deployment: str, service: str) -> str:
     return f"{deployment}_{service}"
+
+
+def run_service_name(deployment: str, service: str, run: str) -> str:
+    return f"{deployment}_{service}_run_{run}"
+
+
+def definition_name(service: DesiredService) -> str:
+    """A Swarm config cannot change: a new definition is a new config."""
+    return f"{service.deployment}_{service.name}_def_{service.fingerprint[-12:]}"
 
 
 def network_name(deployment: str) -> str:
@@ -118,7 +136,11 @@ def _command(service: DesiredService, secrets: list[str]) -> dict[str, Any]:
     args = command.get("args")
     if secrets:
         # limits() insists on an entrypoint: the image's own is not known here.
-        export = f'for f in {SECRETS_DIR}/*; do export "${{f##*/}}=$(cat "$f")"; done; exec "$@"'
+        prefix = SECRETS_PREFIX
+        export = (
+            f'for f in {prefix}*; do [ -f "$f" ] && export "${{f#{prefix}}}=$(cat "$f")"; '
+            'done; exec "$@"'
+        )
         out["Command"] = ["/bin/sh", "-c", export, "sh", *entrypoint]
         if args is not None:
             out["Args"] = list(args)
@@ -290,7 +312,7 @@ def service_spec(
             {
                 "SecretID": ids.get(key, ""),
                 "SecretName": secret_name(service, key, config["env"][key]),
-                "File": {"Name": f"zlayer/{key}", "UID": "0", "GID": "0", "Mode": 0o400},
+                "File": {"Name": f"zlayer.{key}", "UID": "0", "GID": "0", "Mode": 0o444},
             }
             for key in keys
         ]
@@ -302,6 +324,7 @@ def service_spec(
             **own_labels,
             **identity,
             CONFIG: canonical_json(config),
+            PLACEMENT: canonical_json(dict(service.placement)),
             REVISION: revision,
             DEPENDS: ",".join(d.service for d in service.depends),
         },
@@ -337,11 +360,6 @@ def limits(service: DesiredService) -> Limits:
     config = service.config
     errors: list[str] = []
     warnings: list[str] = []
-    if service.is_definition:
-        errors.append(
-            f"{subject}: rtype {service.rtype} is not run on the swarm runtime yet "
-            "(replicated-job services are planned); run it on the docker runtime"
-        )
     mode = service.network_mode
     if not service.wants_network:
         errors.append(f"{subject}: network_mode {mode} is not available to Swarm services")
@@ -397,3 +415,41 @@ def limits(service: DesiredService) -> Limits:
     for key in sorted(set(config) - HANDLED):
         warnings.append(f"{subject}: {key} not applied on the swarm runtime")
     return Limits(tuple(errors), tuple(warnings))
+
+
+def run_spec(
+    service: DesiredService, run: str, revision: str, *, secrets: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The ``replicated-job`` service of run ``run`` of a job or cron service: one task
+    to completion, never restarted, no ports (a run serves nothing), kept after it
+    ends (for its status and logs) until the run is removed."""
+    spec = service_spec(service, revision, 0, secrets=secrets)
+    spec["Name"] = run_service_name(service.deployment, service.name, run)
+    spec["Labels"][RUN] = run
+    spec["TaskTemplate"]["ContainerSpec"]["Labels"][RUN] = run
+    spec["TaskTemplate"]["RestartPolicy"] = {"Condition": "none"}
+    spec["Mode"] = {"ReplicatedJob": {"MaxConcurrent": 1, "TotalCompletions": 1}}
+    spec["EndpointSpec"] = {"Mode": ENDPOINT_MODE}
+    for key in ("UpdateConfig", "RollbackConfig"):
+        spec.pop(key)
+    return spec
+
+
+def definition_spec(service: DesiredService, revision: str) -> dict[str, Any]:
+    """The Swarm config that records a job or cron definition: its labels are what
+    observation reads (its data, the redacted config, is for people)."""
+    import base64
+
+    config = canonical_json(service.config)
+    return {
+        "Name": definition_name(service),
+        "Labels": {
+            DEPLOYMENT: service.deployment,
+            SERVICE: service.name,
+            FINGERPRINT: service.fingerprint,
+            CONFIG: config,
+            REVISION: revision,
+            DEFINITION: service.rtype,
+        },
+        "Data": base64.b64encode(config.encode()).decode(),
+    }

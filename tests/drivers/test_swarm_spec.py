@@ -1,0 +1,110 @@
+"""The Swarm ``ServiceSpec`` a compiled service becomes, and what the swarm runtime
+refuses or warns about (pure: no engine; the real swarm is tests/swarm)."""
+
+from __future__ import annotations
+
+import json
+
+from reconciler.drivers.swarm import spec as sw
+from tests.docker_support import compile_services
+
+WEB = """
+web:
+  image: {name: "nginx:1.27"}
+  command: {entrypoint: [/srv/run], args: [--port, "8080"]}
+  env: {MODE: prod, TOKEN: "$S:token"}
+  scale: {mode: fixed, replicas: 3}
+  resources: {cpu: 0.5, memory: 256Mi}
+  node_selector: {labels: {zone: b}, prefer_labels: {rack: r1}}
+  endpoints:
+    - {name: http, protocol: http, port: 80, target_port: 8080, expose: public}
+    - {name: admin, protocol: tcp, port: 9000, expose: internal}
+  health: {check: {type: command, command: "test -f /ok"}, interval: 2s, start_grace: 3s}
+"""
+CANARY = "s3cr3t-canary-value"
+
+
+def web(text: str = WEB) -> sw.DesiredService:
+    return compile_services("demo", text, secrets={"token": CANARY})["web"]
+
+
+def test_the_spec_carries_identity_labels_and_the_service_itself() -> None:
+    service = web()
+    spec = sw.service_spec(service, "rev-9", 3, secrets={"TOKEN": "sid-1"})
+    assert spec["Name"] == "demo_web"
+    labels = spec["Labels"]
+    assert (labels[sw.DEPLOYMENT], labels[sw.SERVICE], labels[sw.REVISION]) == (
+        "demo", "web", "rev-9"
+    )  # fmt: skip
+    assert labels[sw.FINGERPRINT] == service.fingerprint
+    assert json.loads(labels[sw.PLACEMENT]) == {
+        "node_selector": {"labels": {"zone": "b"}, "prefer_labels": {"rack": "r1"}}
+    }
+    task = spec["TaskTemplate"]
+    container = task["ContainerSpec"]
+    assert container["Image"] == "nginx:1.27"
+    assert container["Labels"][sw.FINGERPRINT] == service.fingerprint  # each task says
+    assert spec["Mode"] == {"Replicated": {"Replicas": 3}}
+    assert task["Resources"]["Limits"] == {"NanoCPUs": 500_000_000, "MemoryBytes": 256 * 2**20}
+    assert task["Placement"]["Constraints"] == ["node.labels.zone==b"]
+    assert task["Placement"]["Preferences"] == [
+        {"Spread": {"SpreadDescriptor": "node.labels.rack"}}
+    ]
+    assert task["Networks"] == [{"Target": "zlayer-demo", "Aliases": ["web"]}]
+    assert container["Healthcheck"]["Test"] == ["CMD-SHELL", "test -f /ok"]
+    assert container["Healthcheck"]["Interval"] == 2_000_000_000
+    # Only the public endpoint is published, on the nodes themselves (no IPVS needed).
+    assert spec["EndpointSpec"] == {
+        "Mode": "dnsrr",
+        "Ports": [
+            {"Protocol": "tcp", "TargetPort": 8080, "PublishedPort": 80, "PublishMode": "host"}
+        ],
+    }
+    assert spec["UpdateConfig"]["FailureAction"] == "rollback"
+    assert spec["UpdateConfig"]["Order"] == "stop-first"  # a host port cannot be shared
+
+
+def test_a_secret_is_never_in_the_spec_and_reaches_the_process_through_a_file() -> None:
+    service = web()
+    spec = sw.service_spec(service, "rev-1", 3, secrets={"TOKEN": "sid-1"})
+    assert CANARY not in json.dumps(spec)
+    container = spec["TaskTemplate"]["ContainerSpec"]
+    assert container["Env"] == ["MODE=prod"]
+    (secret,) = container["Secrets"]
+    assert secret["SecretID"] == "sid-1"
+    assert secret["File"]["Name"] == "zlayer.TOKEN"
+    assert secret["SecretName"] == sw.secret_name(service, "TOKEN", service.config["env"]["TOKEN"])
+    # The wrapper exports /run/secrets/zlayer.* and execs the spec's own command.
+    assert container["Command"][:2] == ["/bin/sh", "-c"]
+    assert container["Command"][3:] == ["sh", "/srv/run"]
+    assert container["Args"] == ["--port", "8080"]
+    assert sw.SECRETS_PREFIX in container["Command"][2]
+
+
+def test_a_new_secret_value_is_a_new_secret_name() -> None:
+    one = compile_services("demo", WEB, secrets={"token": "a"})["web"]
+    two = compile_services("demo", WEB, secrets={"token": "b"})["web"]
+    names = {sw.secret_name(s, "TOKEN", s.config["env"]["TOKEN"]) for s in (one, two)}
+    assert len(names) == 2 and all(n != "a" and n != "b" for n in names)
+
+
+def test_what_the_swarm_cannot_do_is_an_error_or_a_warning() -> None:
+    text = WEB.replace('  command: {entrypoint: [/srv/run], args: [--port, "8080"]}\n', "")
+    text += "  network_mode: host\n  ulimits: {nofile: {soft: 10, hard: 10}}\n"
+    limits = sw.limits(web(text))
+    assert any("set command.entrypoint" in e for e in limits.errors), limits.errors
+    assert any("network_mode host" in e for e in limits.errors), limits.errors
+    assert "demo/web: ulimits not applied on the swarm runtime" in limits.warnings
+    assert not sw.limits(web()).errors
+
+
+def test_a_run_is_a_replicated_job_that_is_never_restarted() -> None:
+    job = compile_services("demo", 'report:\n  rtype: job\n  image: {name: "busybox"}\n')["report"]
+    spec = sw.run_spec(job, "r7", "rev-1")
+    assert spec["Name"] == "demo_report_run_r7"
+    assert spec["Mode"] == {"ReplicatedJob": {"MaxConcurrent": 1, "TotalCompletions": 1}}
+    assert spec["TaskTemplate"]["RestartPolicy"] == {"Condition": "none"}
+    assert spec["Labels"][sw.RUN] == "r7" and "UpdateConfig" not in spec
+    definition = sw.definition_spec(job, "rev-1")
+    assert definition["Labels"][sw.DEFINITION] == "job"
+    assert definition["Name"].startswith("demo_report_def_")
