@@ -85,12 +85,18 @@ def engine_request(
     path: str,
     params: Mapping[str, str] | None = None,
     timeout: float = 30.0,
+    body: Any = None,
 ) -> tuple[int, Any]:
-    """``(status, body)`` of one Engine API call; JSON bodies are decoded."""
+    """``(status, body)`` of one Engine API call (``body``, when given, sent as JSON);
+    JSON answers are decoded."""
     query = "?" + urllib.parse.urlencode(params) if params else ""
     conn = _connection(url, timeout)
     try:
-        conn.request(method, path + query, headers={"Host": "docker"})
+        if body is None:
+            conn.request(method, path + query, headers={"Host": "docker"})
+        else:
+            headers = {"Host": "docker", "Content-Type": "application/json"}
+            conn.request(method, path + query, body=json.dumps(body).encode(), headers=headers)
         response = conn.getresponse()
         data = response.read()
         if "json" in response.getheader("Content-Type", "") and data:

@@ -78,7 +78,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -87,7 +86,6 @@ from typing import Any
 
 import pytest
 
-from reconciler.unixhttp import UnixHTTPConnection
 from tests.docker_support import engine_request, remove_deployment
 from tests.support import needs_root, unavailable, wait_for
 
@@ -165,22 +163,9 @@ def engine_post(
     params: Mapping[str, str] | None = None,
     timeout: float = 60.0,
 ) -> tuple[int, Any]:
-    """``(status, body)`` of one POST with a JSON body to the engine at ``unix://`` ``url``;
-    JSON answers are decoded. (``tests.docker_support.engine_request`` does the calls
-    without a body.)"""
-    query = "?" + urllib.parse.urlencode(params) if params else ""
-    conn = UnixHTTPConnection(url.removeprefix("unix://"), timeout)
-    try:
-        data = b"" if body is None else json.dumps(body).encode()
-        headers = {"Host": "docker", "Content-Type": "application/json"}
-        conn.request("POST", path + query, body=data, headers=headers)
-        response = conn.getresponse()
-        raw = response.read()
-        if "json" in response.getheader("Content-Type", "") and raw:
-            return response.status, json.loads(raw)
-        return response.status, raw.decode(errors="replace")
-    finally:
-        conn.close()
+    """``(status, body)`` of one POST with a JSON body to the engine at ``unix://`` ``url``
+    (:func:`tests.docker_support.engine_request`); JSON answers are decoded."""
+    return engine_request(url, "POST", path, params, timeout, body={} if body is None else body)
 
 
 def _answers(url: str) -> bool:

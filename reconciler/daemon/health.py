@@ -69,7 +69,10 @@ class HealthMonitor:
         self.desired = desired
         now = self.clock()
         seen: dict[WorkloadId, _Watch] = {}
-        for workload in observed.workloads:
+        # A clustered engine runs each task's check itself (and restarts what fails
+        # it); zlayer cannot reach a task's address from here.
+        workloads = () if observed.services_managed else observed.workloads
+        for workload in workloads:
             if workload.replica is None or workload.status != "running":
                 continue
             service = desired.services.get((workload.deployment, workload.service))

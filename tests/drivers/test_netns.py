@@ -547,13 +547,15 @@ def test_write_hosts_rewrites_in_place(deployment: Deployment) -> None:
     new = "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n10.213.200.9 svc-a\n"
 
     # ``held`` pins the inode like a workload's bind mount does (and keeps its number
-    # from being reused): it must see the new content
+    # from being reused): it must see the new content. A shorter text is padded with a
+    # comment line to the old length (never an empty file for a reader meanwhile).
     with open(path) as held:
         assert addresses.write_hosts_file(ns, [("10.213.200.9", ["svc-a"])]) == path
         after = os.stat(path)
         assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)
-        assert held.read() == new
-    assert path.read_text() == new
+        seen = held.read()
+    assert seen.startswith(new) and set(seen[len(new) :]) <= {"#", "\n"}, seen
+    assert path.read_text() == seen
     with pytest.raises(ValueError):
         addresses.write_hosts_file(ns, [("not-an-address", ["x"])])
     with pytest.raises(ValueError):
