@@ -17,7 +17,11 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.slow
 
 PROBES = [
-    ("reconciler/daemon/loop.py", "import aiodocker", "Only the Docker driver imports aiodocker"),
+    (
+        "reconciler/daemon/loop.py",
+        "import aiodocker",
+        "Only the Docker and swarm drivers import aiodocker",
+    ),
     ("reconciler/plan/planner.py", "import socket, time", "Pure core: no I/O"),
     ("reconciler/spec/models.py", "import os", "Pure core: no I/O"),
     ("reconciler/desired.py", "import asyncio", "Pure core: no I/O"),
@@ -36,6 +40,12 @@ PROBES = [
         "import reconciler.drivers.process",
         "Drivers are independent",
     ),
+    (
+        "reconciler/drivers/swarm/spec.py",
+        "import reconciler.drivers.docker.labels",
+        "Drivers are independent",
+    ),
+    ("reconciler/drivers/swarm/spec.py", "import aiodocker", "Only the Docker and swarm"),
 ]
 
 
