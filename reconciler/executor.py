@@ -306,7 +306,7 @@ class Executor:
                 action, lambda: driver.deploy(service, self.desired.revision, replicas, version)
             )
         except EngineRolledBack as error:
-            raise RolledBack(f"{target}: rolled back by the engine: {error}") from error
+            raise RolledBack(str(error)) from error
         noun = "replica" if replicas == 1 else "replicas"
         return f"{target} {_PAST.get(action.kind, 'updated')}: {replicas} {noun} running"
 

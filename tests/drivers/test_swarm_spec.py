@@ -108,3 +108,33 @@ def test_a_run_is_a_replicated_job_that_is_never_restarted() -> None:
     definition = sw.definition_spec(job, "rev-1")
     assert definition["Labels"][sw.DEFINITION] == "job"
     assert definition["Name"].startswith("demo_report_def_")
+
+
+def test_tasks_become_replicas_by_slot_wanting_the_running_one() -> None:
+    """The engine's task list as replicas: per slot the task it wants running (a task on
+    a node that went down still says running, but is wanted gone); a slot scaled away
+    is no replica any more; a failed slot within the count shows as exited."""
+    from reconciler.drivers.swarm.driver import _task_workloads
+    from reconciler.observed import ClusterService
+
+    api = ClusterService(deployment="demo", service="api", fingerprint="f", replicas=2)
+
+    def task(slot: int, desired: str, state: str, node: str, at: str, code: int = 0) -> dict:
+        return {
+            "ID": f"t{slot}{node}", "ServiceID": "s1", "Slot": slot, "NodeID": node,
+            "DesiredState": desired, "UpdatedAt": at,
+            "Status": {"State": state, "ContainerStatus": {"ExitCode": code}},
+            "Spec": {"ContainerSpec": {"Labels": {sw.FINGERPRINT: "f"}}},
+        }  # fmt: skip
+
+    tasks = [
+        task(1, "shutdown", "running", "n-down", "2026-01-01T00:00:01Z"),  # its node is gone
+        task(1, "running", "running", "n2", "2026-01-01T00:00:00Z"),
+        task(2, "shutdown", "failed", "n3", "2026-01-01T00:00:02Z", code=3),
+        task(3, "shutdown", "shutdown", "n3", "2026-01-01T00:00:03Z"),  # scaled 3 → 2
+    ]
+    found = _task_workloads(tasks, {"s1": api}, {"n2": "node-2", "n3": "node-3"}, {})
+    assert [(w.replica, w.status, w.exit_code, w.node) for w in found] == [
+        (1, "running", None, "node-2"),
+        (2, "exited", 3, "node-3"),
+    ]

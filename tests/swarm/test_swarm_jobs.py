@@ -64,7 +64,9 @@ async def test_a_job_is_registered_run_to_completion_and_removed(
         assert await finished(driver, run) == 3
         assert [r.id for r in await driver.job_runs([swarm_deployment])] == [run]
         lines = [line async for line in driver.job_logs(run)]
-        assert any(line.endswith("ran nightly") for line in lines), lines
+        assert any(
+            line.endswith("| ran nightly") and line.startswith("zl-node-") for line in lines
+        ), lines
         # A run is not a workload: observing sees the definition only.
         again = await driver.observe([swarm_deployment])
         assert [str(w.id) for w in again.workloads] == [f"{swarm_deployment}/report"]

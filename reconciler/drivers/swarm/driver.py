@@ -302,7 +302,10 @@ class SwarmDriver:
             if state in ("rollback_started", "rollback_completed", "rollback_paused", "paused"):
                 message = update.get("Message") or f"update {state}"
                 if state != "rollback_started":
-                    raise EngineRolledBack(f"{subject}: {message}")
+                    failed = await self._failed_task(name, service.fingerprint, subject)
+                    if failed:
+                        message += f" (a task of the update: {failed})"
+                    raise EngineRolledBack(f"{subject}: rolled back by the engine: {message}")
             elif state in (None, "completed"):
                 tasks = await self._list(
                     "tasks", {"service": [name], "desired-state": ["running"]}, subject
@@ -327,6 +330,22 @@ class SwarmDriver:
                     f"{state or 'none'}{'; a task: ' + why if why else ''})"
                 )
             await asyncio.sleep(self.poll)
+
+    async def _failed_task(self, name: str, fingerprint: str, subject: str) -> str | None:
+        """Why the newest failed task of the spec ``fingerprint`` failed (Swarm's own
+        message for a rollback only says that it happened)."""
+        tasks = await self._list("tasks", {"service": [name]}, subject)
+        failed = [
+            t for t in tasks
+            if t.get("Status", {}).get("State") in ("failed", "rejected")
+            and (t.get("Spec", {}).get("ContainerSpec", {}).get("Labels") or {})
+            .get(sw.FINGERPRINT) == fingerprint
+        ]  # fmt: skip
+        if not failed:
+            return None
+        newest = max(failed, key=lambda t: str(t.get("UpdatedAt", "")))
+        status = newest["Status"]
+        return str(status.get("Err") or status.get("Message") or status.get("State"))
 
     async def _secrets(self, service: DesiredService, subject: str) -> dict[str, str]:
         """Each secret env value as a Swarm secret (made once; a value never changes in
@@ -458,23 +477,42 @@ class SwarmDriver:
     async def logs(
         self, target: WorkloadId, *, follow: bool = False, tail: int | None = None
     ) -> AsyncGenerator[str, None]:
-        """The service's output through the manager, each line prefixed by the engine
-        with its task (``<service>.<slot>.<task id>@<node>``); a replica's own lines
-        are those of its task slot."""
+        """The service's output through the manager, every line prefixed with its task's
+        slot and node (``2@zl-node-3 | …``); a replica's own lines are its slot's."""
         name = sw.service_name(target.deployment, target.service)
-        slot = f".{target.replica}." if target.replica is not None else ""
-        async for line in self._service_logs(name, str(target), slot, follow, tail):
+        async for line in self._service_logs(name, str(target), target.replica, follow, tail):
             yield line
 
     async def _service_logs(
-        self, name: str, subject: str, slot: str, follow: bool, tail: int | None
+        self, name: str, subject: str, slot: int | None, follow: bool, tail: int | None
     ) -> AsyncGenerator[str, None]:
         docker = self._docker
         if docker is None:
             raise PermanentDriverError(f"{subject}: the swarm driver is not open")
+        tasks, nodes = await asyncio.gather(
+            self._list("tasks", {"service": [name]}, subject), self._list("nodes", {}, subject)
+        )
+        slots = {str(t["ID"]): t.get("Slot") for t in tasks}
+        hostnames = {
+            str(n["ID"]): str(n.get("Description", {}).get("Hostname") or n["ID"][:12])
+            for n in nodes
+        }
 
-        def mine(line: str) -> bool:
-            return not slot or slot in line.split(" ", 1)[0]
+        def shown(line: str) -> str | None:
+            """``<slot>@<node> | message`` from the engine's ``details`` prefix (the
+            task's and node's IDs); None for another slot's line."""
+            details, _, message = line.rstrip("\n").partition(" ")
+            attributes = dict(
+                item.partition("=")[::2] for item in details.split(",") if "=" in item
+            )
+            task = attributes.get("com.docker.swarm.task.id", "")
+            node = attributes.get("com.docker.swarm.node.id", "")
+            own = slots.get(task)
+            if slot is not None and own != slot:
+                return None
+            host = hostnames.get(node, node[:12] or "?")
+            where = f"{own}@{host}" if own else host  # a job's task has no slot
+            return f"{where} | {message}"
 
         try:
             found: Any = docker.services.logs(
@@ -482,13 +520,15 @@ class SwarmDriver:
                 tail="all" if tail is None else str(tail),
             )  # fmt: skip
             if not follow:  # aiodocker returns the list's coroutine then
-                for line in str(await found).splitlines():
-                    if mine(line):
-                        yield line
+                for chunk in await found:
+                    for line in str(chunk).splitlines():
+                        if (text := shown(line)) is not None:
+                            yield text
                 return
-            async for line in found:
-                if mine(line):
-                    yield str(line).rstrip("\n")
+            async for chunk in found:
+                for line in str(chunk).splitlines():
+                    if (text := shown(line)) is not None:
+                        yield text
         except DockerError as error:
             raise _error(error, subject, "logs") from error
 
@@ -584,7 +624,7 @@ class SwarmDriver:
         self, run: RunId, *, follow: bool = False, tail: int | None = None
     ) -> AsyncGenerator[str, None]:
         name = sw.run_service_name(run.deployment, run.service, run.run)
-        async for line in self._service_logs(name, str(run), "", follow, tail):
+        async for line in self._service_logs(name, str(run), None, follow, tail):
             yield line
 
     async def remove_job(self, run: RunId) -> None:
@@ -675,6 +715,10 @@ def _task_workloads(
         slots[key] = task
     out = []
     for key, task in sorted(slots.items()):
+        owner = next(c for c in services.values() if c.id == key._replace(replica=None))
+        beyond = owner.replicas is not None and (key.replica or 0) > owner.replicas
+        if task.get("DesiredState") != "running" and beyond:
+            continue  # a slot scaled away: its task is going, it is no replica any more
         status = task.get("Status") or {}
         state = _TASK_STATUS.get(str(status.get("State")), "created")
         container = status.get("ContainerStatus") or {}
