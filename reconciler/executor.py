@@ -199,7 +199,7 @@ class Executor:
                 warning = await self._condition(action, condition)
                 if warning:
                     warnings.append(warning)
-            if slots is None:
+            if slots is None or self._hands_over(action):
                 message = await self._perform(action, warnings)
             else:
                 async with slots:
@@ -282,6 +282,12 @@ class Executor:
 
     def _service(self, target: WorkloadId) -> DesiredService:
         return self.desired.services[(target.deployment, target.service)]
+
+    def _hands_over(self, action: Action) -> bool:
+        """The action gives a service to a clustered engine, which does the work on its
+        nodes: it takes no slot of the concurrency limit (meant for this host's engine),
+        or 20 services would start four at a time, each waiting for its tasks."""
+        return action.kind in ("create", "replace", "scale") and self._clustered(action.target)
 
     def _clustered(self, target: WorkloadId) -> bool:
         """A service a clustered engine runs as a whole (not a definition)."""
