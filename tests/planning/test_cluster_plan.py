@@ -4,7 +4,14 @@ gate dependents. Pure planning against hand-made observed states."""
 
 from __future__ import annotations
 
-from reconciler.desired import DesiredState
+import asyncio
+import dataclasses
+from collections.abc import Collection
+
+from reconciler.desired import CompileInputs, DesiredService, DesiredState
+from reconciler.drivers.fake import FakeDriver
+from reconciler.errors import EngineRolledBack
+from reconciler.executor import ExecutorSettings, execute
 from reconciler.fingerprint import canonical_json
 from reconciler.observed import ClusterService, ObservedState, Workload
 from reconciler.plan.planner import plan_changes
@@ -158,3 +165,56 @@ def test_a_placement_change_alone_is_a_rolling_replace() -> None:
     assert [(c.path, c.kind) for c in action.changes] == [("node_selector", "changed")]
     same = running(desired, "db", placement={"node_selector": {"labels": {"zone": "b"}}})
     assert plan_changes(desired, cluster(same, running(desired, "api"), desired=desired)).empty
+
+
+class ClusterFake(FakeDriver):
+    """The in-memory runtime as a clustered engine: ``deploy`` records the services it is
+    given and how many run at once; ``rolls_back`` names services whose update the
+    "engine" rolls back."""
+
+    def __init__(self, rolls_back: frozenset[str] = frozenset()) -> None:
+        super().__init__()
+        self.rolls_back = rolls_back
+        self.deployed: dict[str, tuple[int, int | None]] = {}
+        self.running = self.most = 0
+
+    async def observe(self, deployments: Collection[str] | None = None) -> ObservedState:
+        state = await super().observe(deployments)
+        return dataclasses.replace(state, services_managed=True)
+
+    async def deploy(
+        self, service: DesiredService, revision: str, replicas: int, version: int | None
+    ) -> None:
+        self.running += 1
+        self.most = max(self.most, self.running)
+        try:
+            await asyncio.sleep(0.05)  # the engine placing and starting tasks
+            if service.name in self.rolls_back:
+                raise EngineRolledBack(f"demo/{service.name}: rolled back by the engine: boom")
+            self.deployed[service.name] = (replicas, version)
+        finally:
+            self.running -= 1
+
+
+async def test_services_handed_to_the_engine_take_no_slot_and_a_rollback_is_its_outcome() -> None:
+    body = "services:\n" + "".join(
+        f"  s{i}:\n    image: {{name: nginx}}\n    scale: {{mode: fixed, replicas: 2}}\n"
+        for i in range(8)
+    )
+    desired = desired_from(body)
+    old = desired_from(body.replace("name: nginx", "name: nginx-old"))
+    observed = cluster(*(running(old, f"s{i}") for i in range(8)), desired=old)
+    plan = plan_changes(desired, observed)
+    assert [a.kind for a in plan.actions] == ["replace"] * 8
+    driver = ClusterFake(rolls_back=frozenset({"s3"}))
+    report = await execute(
+        plan, driver, desired, observed, inputs=CompileInputs(),
+        settings=ExecutorSettings(concurrency=2, poll=0.01),
+    )  # fmt: skip
+    outcomes = {o.action: (o.status, o.message) for o in report.outcomes}
+    assert outcomes["replace:demo/s3"] == (
+        "rolled_back", "demo/s3: rolled back by the engine: boom"
+    )  # fmt: skip
+    assert outcomes["replace:demo/s0"] == ("succeeded", "demo/s0 updated: 2 replicas running")
+    assert driver.deployed["s0"] == (2, 7)  # the count and the version index observed
+    assert driver.most == 8, driver.most  # all at once, whatever the concurrency limit
