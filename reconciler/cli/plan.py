@@ -116,7 +116,8 @@ def _check_sources(snapshot: str | None, ref: str | None, runtime: str | None) -
 @click.option(
     "--runtime",
     type=click.Choice(["auto", *sorted(RUNTIMES)]),
-    help="Observe this runtime (read-only); auto: docker when an engine answers, else process.",
+    help="Observe this runtime (read-only); auto: swarm when the engine is a swarm manager, "
+    "docker when it answers, else process.",
 )
 @click.option(
     "--target",

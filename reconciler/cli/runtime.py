@@ -16,8 +16,9 @@ RUNTIME_OPTION = click.option(
     "--runtime",
     type=click.Choice(RUNTIME_CHOICES),
     default=None,
-    help="docker (DOCKER_HOST or the default socket), process (host processes), or auto: "
-    "docker when an engine answers, else process [default: $ZLAYER_RUNTIME, the config "
+    help="docker (DOCKER_HOST or the default socket), swarm (the swarm whose manager "
+    "answers there), process (host processes), or auto: swarm when the engine is a swarm "
+    "manager, docker when it answers, else process [default: $ZLAYER_RUNTIME, the config "
     "file's runtime, else auto].",
 )
 STATE_DIR_OPTION = click.option(

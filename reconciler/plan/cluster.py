@@ -34,7 +34,7 @@ def update_order(service: DesiredService) -> str:
     if service.placement.get("node_mode") in ("dedicated", "exclusive"):
         return "stop-first"
     for endpoint in service.config.get("endpoints", ()):
-        if endpoint.get("expose", "public") == "public":
+        if endpoint.get("expose", "internal") == "public":  # ZLayer's default: internal
             return "stop-first"
     return "start-first"
 

@@ -108,7 +108,7 @@ def test_a_changed_config_is_one_rolling_replace_that_says_what_changed() -> Non
 
 
 def test_a_service_with_a_public_port_rolls_stop_first() -> None:
-    text = TIERS + "    endpoints: [{name: http, protocol: http, port: 8080}]\n"
+    text = TIERS + "    endpoints: [{name: http, protocol: http, port: 8080, expose: public}]\n"
     desired = desired_from(text)
     old = desired_from(text.replace("image: {name: api}", "image: {name: api-old}"))
     plan = plan_changes(desired, cluster(running(desired, "db"), running(old, "api"), desired=old))

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,10 @@ from tests.docker_support import engine_request
 from tests.support import wait_for
 from tests.swarm_support import (
     Swarm,
+    docker,
     engine_post,
     fetch,
+    remove_swarm_deployment,
     service_tasks,
     stop_node,
     wait_node_status,
@@ -79,6 +82,12 @@ services:
     endpoints: [{{name: http, protocol: http, port: 8080, expose: public}}]
     health: {{check: {{type: command, command: "true"}}, interval: 1s, start_grace: 1s}}
 """
+
+
+def moment(stamp: str) -> datetime:
+    """An engine timestamp (RFC 3339, nanoseconds of varying length) as a datetime."""
+    whole, _, fraction = stamp.rstrip("Z").partition(".")
+    return datetime.fromisoformat(f"{whole}.{(fraction + '000000')[:6]}+00:00")
 
 
 def spec_file(tmp: Path, text: str) -> Path:
@@ -197,8 +206,17 @@ services:
         lambda: fetch(swarm, f"http://{node.address}:8080/").strip() == canary,
         "the secret in the process's environment", 60,
     )  # fmt: skip
-    status = zlayer(swarm, tmp_path, "observe")
-    assert canary not in status.stdout + status.stderr
+    for command in (["observe", "--runtime", "swarm"], ["status", "--format", "json"]):
+        shown = zlayer(swarm, tmp_path, *command)
+        assert shown.returncode == 0, shown.stderr
+        assert canary not in shown.stdout + shown.stderr
+    # destroy takes the service, its secret and the deployment's network.
+    gone = zlayer(swarm, tmp_path, "destroy", swarm_deployment, "--auto-approve")
+    assert gone.returncode == 0, gone.stdout + gone.stderr
+    label = json.dumps({"label": [f"zlayer.deployment={swarm_deployment}"]})
+    for kind in ("services", "secrets", "networks"):
+        _, left = engine_request(swarm.url, "GET", f"/{kind}", {"filters": label})
+        assert left == [], (kind, left)
 
 
 @pytest.mark.slow
@@ -260,3 +278,50 @@ services:
     assert len(running) == 3 and worker.name not in {w["node"] for w in running}, running
     plan = zlayer(swarm, tmp_path, "plan", "--runtime", "swarm", str(path), "--detailed-exitcode")
     assert plan.returncode == 0 and "No changes." in plan.stdout, plan.stdout + plan.stderr
+
+
+@pytest.mark.slow
+def test_an_image_change_rolls_start_first(
+    swarm: Swarm, swarm_deployment: str, tmp_path: Path
+) -> None:
+    """A service whose tasks can share a node (no port on the node itself) is updated
+    start-first: in every slot the new task ran before the old one was told to stop."""
+    second = "zlayer-test/busybox:second"
+    for node in swarm.nodes:
+        docker(node, "tag", IMAGE, second)
+    try:
+        text = f"""\
+version: v1
+deployment: {swarm_deployment}
+services:
+  api:
+    image: {{name: "{IMAGE}"}}
+    command: {{entrypoint: [sh, -c, '{HTTPD}']}}
+    env: {{SVC: api, V: "1"}}
+    stop_grace_period: 1s
+    scale: {{mode: fixed, replicas: 2}}
+    endpoints: [{{name: http, protocol: http, port: 8080, expose: internal}}]
+    health: {{check: {{type: command, command: "true"}}, interval: 1s, start_grace: 1s}}
+"""
+        path = spec_file(tmp_path, text)
+        assert zlayer(swarm, tmp_path, "apply", str(path), "--auto-approve").returncode == 0
+        path.write_text(text.replace(f'name: "{IMAGE}"', f'name: "{second}"'))
+        plan = zlayer(swarm, tmp_path, "plan", "--runtime", "swarm", str(path))
+        assert "(rolling, start-first)" in plan.stdout, plan.stdout
+        run = zlayer(swarm, tmp_path, "apply", str(path), "--auto-approve")
+        assert run.returncode == 0, run.stdout + run.stderr
+        tasks = service_tasks(swarm, f"{swarm_deployment}_api", state=None)
+        for slot in (1, 2):
+            mine = [t for t in tasks if t["Slot"] == slot]
+            new = [t for t in mine if t["Spec"]["ContainerSpec"]["Image"] == second]
+            old = [t for t in mine if t["Spec"]["ContainerSpec"]["Image"] == IMAGE]
+            assert len(new) == 1 and len(old) == 1, mine
+            started = new[0]["Status"]["Timestamp"]  # when it reached its state: running
+            assert new[0]["Status"]["State"] == "running", new[0]["Status"]
+            assert old[0]["DesiredState"] == "shutdown"
+            # start-first: the old task was told to stop only after the new one ran.
+            assert moment(old[0]["UpdatedAt"]) >= moment(started), (old[0]["UpdatedAt"], started)
+    finally:
+        remove_swarm_deployment(swarm, swarm_deployment)
+        for node in swarm.nodes:
+            docker(node, "rmi", second, check=False)
