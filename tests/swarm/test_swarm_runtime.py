@@ -84,6 +84,23 @@ services:
 """
 
 
+def one_service(deployment: str, *, replicas: int, extra: str = "") -> str:
+    """A spec with one httpd service ``api`` (engine health check, quick stop), with
+    ``extra`` lines (indented as its fields) before its health check."""
+    return f"""\
+version: v1
+deployment: {deployment}
+services:
+  api:
+    image: {{name: "{IMAGE}"}}
+    command: {{entrypoint: [sh, -c, '{HTTPD}']}}
+    env: {{SVC: api, V: "1"}}
+    stop_grace_period: 1s
+    scale: {{mode: fixed, replicas: {replicas}}}
+{extra}    health: {{check: {{type: command, command: "true"}}, interval: 1s, start_grace: 1s}}
+"""
+
+
 def moment(stamp: str) -> datetime:
     """An engine timestamp (RFC 3339, nanoseconds of varying length) as a datetime."""
     whole, _, fraction = stamp.rstrip("Z").partition(".")
@@ -243,18 +260,7 @@ def test_a_stopped_worker_is_the_engines_to_fail_over_and_the_plan_stays_converg
 ) -> None:
     """Swarm moves the tasks of a node that went down; zlayer shows where they run now
     and plans nothing: rescheduling is not drift."""
-    text = f"""\
-version: v1
-deployment: {swarm_deployment}
-services:
-  api:
-    image: {{name: "{IMAGE}"}}
-    command: {{entrypoint: [sh, -c, '{HTTPD}']}}
-    env: {{SVC: api, V: "1"}}
-    stop_grace_period: 1s
-    scale: {{mode: fixed, replicas: 3}}
-    health: {{check: {{type: command, command: "true"}}, interval: 1s, start_grace: 1s}}
-"""
+    text = one_service(swarm_deployment, replicas=3)
     path = spec_file(tmp_path, text)
     run = zlayer(swarm, tmp_path, "apply", str(path), "--auto-approve")
     assert run.returncode == 0, run.stdout + run.stderr
@@ -290,19 +296,11 @@ def test_an_image_change_rolls_start_first(
     for node in swarm.nodes:
         docker(node, "tag", IMAGE, second)
     try:
-        text = f"""\
-version: v1
-deployment: {swarm_deployment}
-services:
-  api:
-    image: {{name: "{IMAGE}"}}
-    command: {{entrypoint: [sh, -c, '{HTTPD}']}}
-    env: {{SVC: api, V: "1"}}
-    stop_grace_period: 1s
-    scale: {{mode: fixed, replicas: 2}}
-    endpoints: [{{name: http, protocol: http, port: 8080, expose: internal}}]
-    health: {{check: {{type: command, command: "true"}}, interval: 1s, start_grace: 1s}}
-"""
+        text = one_service(
+            swarm_deployment,
+            replicas=2,
+            extra="    endpoints: [{name: http, protocol: http, port: 8080, expose: internal}]\n",
+        )
         path = spec_file(tmp_path, text)
         assert zlayer(swarm, tmp_path, "apply", str(path), "--auto-approve").returncode == 0
         path.write_text(text.replace(f'name: "{IMAGE}"', f'name: "{second}"'))

@@ -180,10 +180,7 @@ class SwarmDriver:
             self._list("configs", {"label": label}, "swarm"),
         )
         services = [s for s in services if sw.RUN not in _labels(s)]  # runs are not workloads
-        hostnames = {
-            str(n["ID"]): str(n.get("Description", {}).get("Hostname") or n["ID"][:12])
-            for n in nodes
-        }
+        hostnames = _hostnames(nodes)
         clustered: list[ClusterService] = []
         configs: dict[str, dict[str, Any]] = {}
         by_id: dict[str, ClusterService] = {}
@@ -493,10 +490,7 @@ class SwarmDriver:
             self._list("tasks", {"service": [name]}, subject), self._list("nodes", {}, subject)
         )
         slots = {str(t["ID"]): t.get("Slot") for t in tasks}
-        hostnames = {
-            str(n["ID"]): str(n.get("Description", {}).get("Hostname") or n["ID"][:12])
-            for n in nodes
-        }
+        hostnames = _hostnames(nodes)
 
         def shown(line: str) -> str | None:
             """``<slot>@<node> | message`` from the engine's ``details`` prefix (the
@@ -647,6 +641,13 @@ def _b64(text: str) -> str:
     import base64
 
     return base64.b64encode(text.encode()).decode()
+
+
+def _hostnames(nodes: list[Any]) -> dict[str, str]:
+    """Node ID → its host name (the ID's start when the node reports none)."""
+    return {
+        str(n["ID"]): str(n.get("Description", {}).get("Hostname") or n["ID"][:12]) for n in nodes
+    }
 
 
 def _definition(config: Mapping[str, Any], wanted: set[str] | None) -> Workload | None:
