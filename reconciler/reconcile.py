@@ -42,8 +42,9 @@ from reconciler.desired import (
     as_running,
     compile_specs,
     content_revision,
+    routed_endpoints,
 )
-from reconciler.drivers.base import Driver
+from reconciler.drivers.base import Driver, ProxyingCluster
 from reconciler.errors import InvalidSpecs, UnsupportedSpecs, ZlayerError
 from reconciler.executor import DEFAULT_CONCURRENCY, Event, ExecutorSettings, Report, execute
 from reconciler.lock import ApplyLock
@@ -55,6 +56,7 @@ from reconciler.removals import Record, Removals
 from reconciler.route_table import planned_addresses, route_table, routes_of
 from reconciler.routing.control import RouteSync
 from reconciler.routing.host import HostRoutes, drain_grace, routing_warnings
+from reconciler.routing.swarm import ClusterRoutes
 from reconciler.runtimes import open_runtime
 from reconciler.scale_counts import ScaleCounts
 from reconciler.settings import Settings, default_state_dir
@@ -182,10 +184,49 @@ def check_runtime(driver: Driver, desired: DesiredState) -> tuple[DesiredState, 
         where = f"{service.file}: {subject}" if service.file else subject
         errors += [f"{where}: {message}" for message in found]
         services[key] = dataclasses.replace(service, warnings=service.warnings + warnings)
-    if driver.routable:
+    if driver.routable or _proxied(driver):
         table = route_table(desired.services.values(), planned_addresses(driver.internal_routable))
         errors += list(table.problems)
+    if _proxied(driver):
+        errors += shared_ports(desired)
     return dataclasses.replace(desired, services=services), errors
+
+
+def _proxied(driver: Driver) -> bool:
+    return isinstance(driver, ProxyingCluster) and driver.proxied
+
+
+def shared_ports(desired: DesiredState) -> list[str]:
+    """Public ports two deployments ask for, on a cluster where each deployment's
+    proxy publishes its ports on every node (one host can share a port among
+    deployments by host and path; two proxies cannot)."""
+    users: dict[int, set[str]] = {}
+    for service in desired.services.values():
+        for endpoint in routed_endpoints(service.config):
+            users.setdefault(int(endpoint["port"]), set()).add(service.deployment)
+    return [
+        f"port {port}: deployments {', '.join(sorted(names))} all route it, and each "
+        "deployment's proxy owns its ports on every node of the swarm"
+        for port, names in sorted(users.items())
+        if len(names) > 1
+    ]
+
+
+Routes = HostRoutes | ClusterRoutes
+"""What keeps a runtime's routes: the host's managed proxy, or a cluster's own."""
+
+
+def routing_for(driver: Driver, routes: Routes | None) -> Routes | None:
+    """Who keeps ``driver``'s routes: a cluster with proxies of its own keeps them
+    (``routes`` is the host's proxy, which has nothing to do there), else the host's
+    managed proxy where the runtime routes through it."""
+    if isinstance(routes, ClusterRoutes):
+        return routes
+    if isinstance(driver, ProxyingCluster) and driver.proxied:
+        return ClusterRoutes(driver)
+    if routes is None or not driver.routable:
+        return None
+    return routes
 
 
 def with_runtime_warnings(
@@ -317,7 +358,7 @@ def removals(settings: Settings | None) -> Removals:
 
 async def observe_host(
     driver: Driver,
-    routes: HostRoutes | None,
+    routes: Routes | None,
     deployments: Sequence[str] | None = None,
     desired: DesiredState | None = None,
     removals: Removals | None = None,
@@ -332,9 +373,10 @@ async def observe_host(
         observed = await driver.image_drift(list(desired.services.values()), observed)
     if removals is not None:
         observed = removals.merged(observed, deployments)
-    if routes is None or not driver.routable:
+    keeper = routing_for(driver, routes)
+    if keeper is None:
         return observed
-    return await routes.observe(observed, deployments, driver.internal_routable)
+    return await keeper.observe(observed, deployments, driver.internal_routable)
 
 
 def observe_runtime(name: str, settings: Settings | None = None) -> ObservedState:
@@ -538,7 +580,7 @@ async def run_pass(
     concurrency: int | None = DEFAULT_CONCURRENCY,
     on_event: Callable[[Event], None] = lambda _event: None,
     observe_after: bool = False,
-    routes: HostRoutes | None = None,
+    routes: Routes | None = None,
     removals: Removals | None = None,
 ) -> Pass:
     """Observe (``scope``: one deployment, else all), plan, let ``review`` see the plan
@@ -550,7 +592,8 @@ async def run_pass(
     removes on exit are recorded before it runs (see :mod:`reconciler.removals`)."""
     if not lock.held:
         raise ZlayerError(f"{lock.path}: a plan is executed only with the apply lock held")
-    if routes is not None and isinstance(inputs.secret, SecretsDir):
+    routes = routing_for(driver, routes)
+    if isinstance(routes, HostRoutes) and isinstance(inputs.secret, SecretsDir):
         routes.secrets = inputs.secret.path  # the certificates of https endpoints
     observed = await observe_host(driver, routes, [scope] if scope else None, desired, removals)
     plan = make_plan(desired, observed)
@@ -567,7 +610,7 @@ async def run_pass(
         synced = await _sync_routes(routes, driver, desired, observed, deployments)
         return Pass(observed, plan, None, routes=synced, route_syncs=(synced,) if synced else ())
     first = len(routes.synced) if routes is not None else 0
-    routing = routes if routes is not None and driver.routable else None
+    routing = routes if isinstance(routes, HostRoutes) else None  # replica by replica
     report = await execute(
         plan,
         driver,
@@ -582,14 +625,14 @@ async def run_pass(
                 else None
             ),
             admit=functools.partial(routing.admit, driver, desired) if routing else None,
-            route=functools.partial(routing.route, driver, desired) if routing else None,
+            route=functools.partial(routes.route, driver, desired) if routes else None,
             in_rotation=functools.partial(routing.in_rotation, driver, desired)
             if routing
             else None,
         ),
         on_event=on_event,
     )
-    wants_after = observe_after or (routes is not None and driver.routable)
+    wants_after = observe_after or routes is not None
     after = await driver.observe([scope] if scope else None) if wants_after else None
     synced = None
     if after is not None:
@@ -646,12 +689,13 @@ def _record_removals(
 
 
 async def _sync_routes(
-    routes: HostRoutes | None,
+    routes: Routes | None,
     driver: Driver,
     desired: DesiredState,
     observed: ObservedState,
     deployments: Sequence[str],
 ) -> RouteSync | None:
-    if routes is None or not driver.routable:
+    keeper = routing_for(driver, routes)
+    if keeper is None:
         return None
-    return await routes.sync(driver, desired, observed, deployments)
+    return await keeper.sync(driver, desired, observed, deployments)

@@ -390,6 +390,18 @@ def _conflicts(port: str, entries: list[tuple[Rule, Backend]]) -> list[str]:
 
 
 @dataclass(frozen=True, slots=True)
+class Discovery:
+    """Servers found in DNS rather than listed: a proxy inside a cluster, where a
+    name (``names``: a backend's DNS name and how many servers it may have at most)
+    resolves to the addresses of the service's running tasks, asked of
+    ``nameserver`` (``HOST:PORT``) every couple of seconds. Scaling the service
+    then needs no new configuration."""
+
+    nameserver: str
+    names: Callable[[Backend], tuple[str, int]]
+
+
+@dataclass(frozen=True, slots=True)
 class Member:
     """A replica in a backend: where HAProxy reaches it."""
 
@@ -442,15 +454,17 @@ def render(
     members: Mapping[str, Iterable[Member]],
     *,
     bind_address: str,
-    admin_socket: str,
-    pidfile: str,
+    admin_socket: str | None,
+    pidfile: str | None,
     certificates: Mapping[str, tuple[str, str]] | None = None,
+    discovery: Discovery | None = None,
 ) -> str:
     """HAProxy's configuration for ``table``, with ``members`` (backend name →
     replicas) as its servers, so that a reload keeps the rotation as it was.
     ``certificates``: each https backend's certificate file and a digest of its
     content (written as a comment, so a renewed certificate changes the
-    configuration and HAProxy reloads to load it)."""
+    configuration and HAProxy reloads to load it). With ``discovery`` the servers are
+    not listed but found in DNS (a proxy inside a cluster, :class:`Discovery`)."""
     certificates = certificates or {}
     bind = "*" if bind_address in ("0.0.0.0", "") else bind_address
     bind = f"[{bind}]" if ":" in bind else bind
@@ -458,8 +472,12 @@ def render(
         "# Written by zlayer: do not edit; the next apply rewrites it.",
         "global",
         "    master-worker",
-        f"    pidfile {pidfile}",
-        f"    stats socket {admin_socket} mode 600 level admin expose-fd listeners",
+    ]
+    if pidfile is not None:
+        lines.append(f"    pidfile {pidfile}")
+    if admin_socket is not None:
+        lines.append(f"    stats socket {admin_socket} mode 600 level admin expose-fd listeners")
+    lines += [
         "    stats timeout 30s",
         "",
         "defaults",
@@ -472,6 +490,22 @@ def render(
         "    option redispatch",
         "    default-server init-addr none",
     ]
+    if discovery is not None:
+        lines += [
+            "",
+            "resolvers cluster",
+            f"    nameserver dns {discovery.nameserver}",
+            "    accepted_payload_size 8192",
+            "    resolve_retries 3",
+            "    timeout resolve 1s",
+            "    timeout retry 1s",
+            "    hold valid 2s",
+            "    hold obsolete 2s",
+            "    hold nx 2s",
+            "    hold refused 2s",
+            "    hold timeout 2s",
+            "    hold other 2s",
+        ]
     for frontend in table.frontends:
         lines += ["", f"frontend {frontend.name}", f"    mode {frontend.mode}"]
         if frontend.address is not None:
@@ -517,6 +551,14 @@ def render(
             lines.append(f"    http-check expect status {backend.check.expect_status}")
         if backend.check.kind != "none":
             lines.append(f"    timeout check {_ms(backend.check.timeout)}")
+        if discovery is not None:
+            name, slots = discovery.names(backend)
+            options = server_options(backend)
+            lines.append(
+                f"    server-template task 1-{slots} {name}:{backend.target_port} {options} "
+                "resolvers cluster resolve-prefer ipv4 init-addr none"
+            )
+            continue
         for member in sorted(members.get(backend.name, ()), key=lambda m: m.replica):
             options = server_options(backend)
             lines.append(f"    server {member.server} {member.endpoint} {options}".rstrip())

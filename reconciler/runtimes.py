@@ -32,7 +32,7 @@ def _docker(settings: Settings) -> Driver:
 def _swarm(settings: Settings) -> Driver:
     from reconciler.drivers.swarm import SwarmDriver  # aiodocker only when asked for
 
-    return SwarmDriver()
+    return SwarmDriver(proxy_image=settings.swarm_proxy_image)
 
 
 def _process(settings: Settings) -> Driver:

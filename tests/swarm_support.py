@@ -136,6 +136,9 @@ NODES = 3
 ZONES = ("a", "b", "c")
 IMAGE = "zlayer-test/busybox:latest"
 """The test image, imported into every node (busybox-static: sh, httpd, nslookup, wget)."""
+PROXY_IMAGE = "zlayer-test/haproxy:latest"
+"""The host's HAProxy, imported into every node: the deployments' proxy (``[swarm]
+proxy_image``, :func:`zlayer_env`)."""
 LABEL = "zlayer.deployment"
 """The label :func:`remove_swarm_deployment` removes by (the Docker tests' label too)."""
 
@@ -513,13 +516,14 @@ def _make_network(suffix: str, count: int) -> tuple[str, str]:
 
 
 def _import_image(engines: Sequence[_Engine]) -> None:
-    """``contrib/docker/import-busybox`` into every node, in parallel: there is no registry."""
-    script = str(REPO / "contrib" / "docker" / "import-busybox")
+    """``contrib/docker/import-busybox`` and ``import-haproxy`` (the deployments'
+    proxy, :data:`PROXY_IMAGE`) into every node, in parallel: there is no registry."""
+    images = [("import-busybox", IMAGE), ("import-haproxy", PROXY_IMAGE)]
     runs = [
         (
             engine,
             subprocess.Popen(
-                [script, IMAGE],
+                [str(REPO / "contrib" / "docker" / script), tag],
                 env={**os.environ, "DOCKER_HOST": engine.socket},
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
@@ -527,6 +531,7 @@ def _import_image(engines: Sequence[_Engine]) -> None:
             ),
         )
         for engine in engines
+        for script, tag in images
     ]
     failures = []
     for engine, run in runs:
@@ -534,7 +539,7 @@ def _import_image(engines: Sequence[_Engine]) -> None:
         if run.returncode != 0:
             failures.append(f"{engine.hostname}: {output.strip()}")
     if failures:
-        raise RuntimeError("import-busybox failed: " + "; ".join(failures))
+        raise RuntimeError("importing the images failed: " + "; ".join(failures))
 
 
 def _form_swarm(engines: Sequence[_Engine]) -> None:
@@ -913,6 +918,35 @@ def fetch(swarm: Swarm, url: str, timeout: float = 5) -> str:
     return run.stdout
 
 
+_FETCH_ALL = """
+import json, sys, urllib.request
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never a proxy
+out = {}
+for url in json.loads(sys.argv[1]):
+    bodies = out.setdefault(url, [])
+    for _ in range(int(sys.argv[2])):
+        try:
+            with opener.open(url, timeout=float(sys.argv[3])) as response:
+                bodies.append(response.read().decode().strip())
+        except OSError as error:
+            bodies.append(f"error: {error}")
+print(json.dumps(out))
+"""
+
+
+def fetch_all(
+    swarm: Swarm, urls: Sequence[str], count: int, timeout: float = 5
+) -> dict[str, list[str]]:
+    """``count`` GETs of each of ``urls`` from the client namespace, in one process:
+    each URL's bodies (stripped; ``error: …`` for a request that failed)."""
+    argv = [sys.executable, "-c", _FETCH_ALL, json.dumps(list(urls)), str(count), str(timeout)]
+    run = in_client(swarm, *argv, timeout=len(urls) * count * timeout + 30)
+    if run.returncode != 0:
+        raise FetchFailed(f"GET {urls}: {run.stderr.strip()[-300:]}")
+    found: dict[str, list[str]] = json.loads(run.stdout)
+    return found
+
+
 def try_fetch(swarm: Swarm, url: str, timeout: float = 5) -> str | None:
     """:func:`fetch`, ``None`` when it fails (for :func:`tests.support.wait_for`)."""
     try:
@@ -988,7 +1022,11 @@ def remove_swarm_deployment(swarm: Swarm, deployment: str, timeout: float = 60) 
 
 
 def _missing_tools() -> list[str]:
-    return [t for t in ("dockerd", "docker", "nsenter", "unshare", "ip") if not shutil.which(t)]
+    return [
+        t
+        for t in ("dockerd", "docker", "nsenter", "unshare", "ip", "haproxy")
+        if not shutil.which(t)
+    ]
 
 
 @pytest.fixture(scope="session")

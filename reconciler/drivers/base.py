@@ -15,6 +15,7 @@ from typing import Any, Protocol, Self, runtime_checkable
 
 from reconciler.desired import ROUTING_ONLY, DesiredService, routed_endpoints
 from reconciler.observed import ObservedState, RunId, RunState, Workload, WorkloadId
+from reconciler.route_table import RoutedService
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,4 +216,30 @@ class ClusterDriver(Driver, Protocol):
         the engine reports the update done and the tasks running. Raises
         :class:`reconciler.errors.EngineRolledBack` when the engine rolled it back,
         :class:`reconciler.errors.Conflict` when the version is stale."""
+        ...
+
+
+@runtime_checkable
+class ProxyingCluster(ClusterDriver, Protocol):
+    """A :class:`ClusterDriver` that serves public endpoints through a proxy of its
+    own per deployment, running on every node (Docker Swarm with ``[swarm]
+    proxy_image``): the plan's routes are its proxies' (:mod:`reconciler.routing.swarm`)."""
+
+    @property
+    def proxied(self) -> bool:
+        """It does (a proxy is configured); otherwise it routes nothing."""
+        ...
+
+    async def observe_routes(
+        self, observed: ObservedState, deployments: Collection[str] | None = None
+    ) -> ObservedState:
+        """``observed`` with the routes its proxies serve (of ``deployments``, else all)
+        and whether each proxy runs."""
+        ...
+
+    async def sync_proxy(
+        self, deployment: str, routed: Collection[RoutedService]
+    ) -> tuple[str, tuple[str, ...]]:
+        """Make ``deployment``'s proxy serve ``routed`` (none: remove it): (``started``,
+        ``updated``, ``unchanged`` or ``stopped``; what changed, in words)."""
         ...

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from reconciler.desired import DesiredService
+from reconciler.desired import DesiredService, routed_endpoints
 from reconciler.fingerprint import canonical_json
 from reconciler.observed import ClusterService
 from reconciler.plan.model import Action, ActionKind, Change, ChangeKind, Condition, Note
@@ -25,16 +25,19 @@ Explain = Callable[
 ]
 
 
-def update_order(service: DesiredService) -> str:
+def update_order(service: DesiredService, proxied: bool = False) -> str:
     """``start-first`` (the new task runs before the old one stops) unless two tasks of
     the service cannot share a node: a port published on the node itself (host mode)
     would collide, and ``node_mode`` dedicated or exclusive allows one task per node
     (a start-first update would then wait forever for a node to put the new one on).
-    Those roll ``stop-first``."""
+    Those roll ``stop-first``. ``proxied``: the cluster's proxy serves the routed
+    public endpoints, so only the others (udp) publish a port of the task's own."""
     if service.placement.get("node_mode") in ("dedicated", "exclusive"):
         return "stop-first"
+    served = routed_endpoints(service.config) if proxied else []
     for endpoint in service.config.get("endpoints", ()):
-        if endpoint.get("expose", "internal") == "public":  # ZLayer's default: internal
+        # ZLayer's default exposure: internal
+        if endpoint.get("expose", "internal") == "public" and endpoint not in served:
             return "stop-first"
     return "start-first"
 
@@ -55,11 +58,14 @@ def plan_cluster_service(
     effective: Effective,
     changes_of: Explain,
     reason_of: Callable[[tuple[Change, ...] | None], str],
+    proxied: bool = False,
 ) -> list[Action]:
     """The one action (or none) that makes the engine's service match ``service``.
 
     ``effective``, ``changes_of`` and ``reason_of`` are the planner's own comparisons
-    (offline secrets, explained changes), passed in so both paths say the same."""
+    (offline secrets, explained changes), passed in so both paths say the same.
+    ``proxied``: the cluster's proxy serves public endpoints (:func:`update_order`)."""
+    order = update_order(service, proxied)
     target = service.workload_id(None)
     conditions = tuple(
         Condition(d.service, d.condition, d.timeout, d.on_timeout) for d in service.depends
@@ -70,7 +76,7 @@ def plan_cluster_service(
             Note(str(target), f"scale mode manual: the engine's replica count ({want}) is kept")
         )
     if current is None:
-        reason = f"new service, replicas 0 → {want} (rolling updates {update_order(service)})"
+        reason = f"new service, replicas 0 → {want} (rolling updates {order})"
         return [_action("create", target, reason, (), conditions)]
     recorded = configs.get(current.fingerprint)
     config, digest = effective(service, recorded)
@@ -83,7 +89,7 @@ def plan_cluster_service(
         listed = (changes or ()) + moved + ((count,) if count else ())
         said = [reason_of(changes)] if digest != current.fingerprint else []
         said += [f"{c.path}: {_shown(c.before)} → {_shown(c.after)}" for c in moved]
-        reason = f"{'; '.join(said)} (rolling, {update_order(service)})"
+        reason = f"{'; '.join(said)} (rolling, {order})"
         if count is not None:
             reason += f"; replicas {current.replicas} → {want}"
         if rolled_back(current):

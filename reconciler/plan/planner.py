@@ -88,6 +88,7 @@ def plan_changes(
             actions += plan_cluster_service(
                 service, current, observed.configs, notes,
                 effective=_effective, changes_of=_changes, reason_of=_reason,
+                proxied=observed.routes_managed,
             )  # fmt: skip
         else:
             actions += _plan_service(service, found, removed.get(key, {}), observed.configs, notes)
@@ -536,6 +537,8 @@ def _plan_routes(
             out.append(_route_action("reroute", route, reason, changes))
         elif not observed.proxy_running:
             out.append(_route_action("reroute", route, "the managed proxy is not running"))
+        elif observed.services_managed:
+            continue  # the cluster's proxy finds the tasks in DNS: no server is zlayer's
         elif drift := _server_drift(have, by_service.get(key[:2], [])):
             out.append(_route_action("reroute", route, drift))
     for key, route in sorted(found.items()):

@@ -13,6 +13,10 @@ The file is TOML: ``--config FILE``, else ``$ZLAYER_CONFIG``, else
     [docker]
     publish_address = "0.0.0.0"       # public endpoints ($ZLAYER_PUBLISH_ADDRESS)
 
+    [swarm]
+    proxy_image = "haproxy:lts"       # each deployment's proxy ($ZLAYER_SWARM_PROXY_IMAGE);
+                                      # "": none, public ports only where tasks run
+
     [daemon]                          # zlayer daemon; its options override these
     source = "dir"                    # dir | git
     path = "/etc/zlayer/specs"        # dir: the spec directory (or file)
@@ -60,6 +64,8 @@ from reconciler.backoff import BackoffPolicy
 from reconciler.errors import ConfigError
 
 DEFAULT_CONFIG = Path("/etc/zlayer/config.toml")
+DEFAULT_PROXY_IMAGE = "haproxy:lts"
+"""HAProxy's official image: what a swarm's nodes pull for each deployment's proxy."""
 RUNTIME_CHOICES = ("auto", "docker", "process", "swarm")
 DEFAULT_POOL = "10.213.0.0/16"
 
@@ -104,6 +110,9 @@ class Settings:
     network_pool: str = DEFAULT_POOL
     """The process runtime's address pool; each deployment gets the lowest free /24."""
     publish_address: str = "0.0.0.0"
+    swarm_proxy_image: str = DEFAULT_PROXY_IMAGE
+    """``[swarm] proxy_image``: HAProxy's image for each deployment's proxy on a swarm
+    (the official image's name by default); empty: no proxy."""
     """The host address the docker runtime publishes public endpoints on."""
     source: str = "defaults"
     """Where the settings came from, for messages."""
@@ -118,6 +127,7 @@ ENV_OVERRIDES: dict[tuple[str, ...], str] = {
     ("runtime",): "ZLAYER_RUNTIME",
     ("state_dir",): "ZLAYER_STATE_DIR",
     ("docker", "publish_address"): "ZLAYER_PUBLISH_ADDRESS",
+    ("swarm", "proxy_image"): "ZLAYER_SWARM_PROXY_IMAGE",
 }
 """The keys an environment variable overrides (when it is set and not empty)."""
 _DEFAULT_WHEN_EMPTY: tuple[tuple[str, ...], ...] = (
@@ -182,6 +192,7 @@ def _from_env_alone(data: dict[str, Any], where: str) -> Settings | None:
         runtime=runtime,
         state_dir=Path(state_dir) if state_dir else None,
         publish_address=docker.get("publish_address", "0.0.0.0"),
+        swarm_proxy_image=(data.get("swarm") or {}).get("proxy_image", DEFAULT_PROXY_IMAGE),
         source=where,
     )
 

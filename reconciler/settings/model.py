@@ -30,6 +30,7 @@ from reconciler.durations import parse_duration
 from reconciler.errors import ConfigError, ZlayerError
 from reconciler.settings import (
     DEFAULT_POOL,
+    DEFAULT_PROXY_IMAGE,
     ENV_OVERRIDES,
     RUNTIME_CHOICES,
     DaemonSettings,
@@ -131,6 +132,12 @@ class _Docker(_Strict):
     publish_address: str = "0.0.0.0"
 
 
+class _Swarm(_Strict):
+    """``[swarm]``."""
+
+    proxy_image: str = DEFAULT_PROXY_IMAGE
+
+
 class _Backoff(_Strict):
     """``[backoff]``: checked further by :class:`BackoffPolicy`."""
 
@@ -155,6 +162,7 @@ class _ConfigFile(_Strict):
     state_dir: _Path | None = None
     process: _Process = Field(default_factory=_Process)
     docker: _Docker = Field(default_factory=_Docker)
+    swarm: _Swarm = Field(default_factory=_Swarm)
     daemon: _Daemon = Field(default_factory=_Daemon)
     backoff: _Backoff = Field(default_factory=_Backoff)
     autoscale: _Autoscale = Field(default_factory=_Autoscale)
@@ -178,6 +186,7 @@ def checked(data: dict[str, Any], where: str, overridden: set[tuple[str, ...]]) 
         state_dir=config.state_dir,
         network_pool=config.process.network_pool,
         publish_address=config.docker.publish_address,
+        swarm_proxy_image=config.swarm.proxy_image,
         source=where,
         daemon=DaemonSettings(**config.daemon.model_dump()),
         backoff=backoff,

@@ -15,7 +15,7 @@ import pytest
 from tests.daemon_support import Daemon
 from tests.docker_support import engine_request
 from tests.support import wait_for
-from tests.swarm_support import IMAGE, Swarm, service_tasks
+from tests.swarm_support import IMAGE, PROXY_IMAGE, Swarm, service_tasks
 
 pytest_plugins = ["tests.swarm_support"]
 
@@ -54,6 +54,7 @@ def test_the_daemon_keeps_swarm_services_converged(
     tmp_path: Path, swarm: Swarm, swarm_deployment: str
 ) -> None:
     env = {**os.environ, "NO_COLOR": "1", "DOCKER_HOST": swarm.url}
+    env["ZLAYER_SWARM_PROXY_IMAGE"] = PROXY_IMAGE
     env.pop("ZLAYER_STATE_DIR", None)
     daemon = Daemon(tmp_path, "swarm", env)
     name = f"{swarm_deployment}_web"

@@ -15,10 +15,12 @@ import pytest
 from tests.docker_support import engine_request
 from tests.support import wait_for
 from tests.swarm_support import (
+    PROXY_IMAGE,
     Swarm,
     docker,
     engine_post,
     fetch,
+    fetch_all,
     remove_swarm_deployment,
     service_tasks,
     stop_node,
@@ -34,11 +36,20 @@ HTTPD = 'mkdir -p /w && echo "$SVC $(hostname) $V" > /w/index.html && exec httpd
 SERVE_TOKEN = 'mkdir -p /w && echo "$TOKEN" > /w/index.html && exec httpd -f -p 8080 -h /w'
 
 
-def zlayer(swarm: Swarm, tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def zlayer(
+    swarm: Swarm, tmp: Path, *args: str, proxy: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """``zlayer ARGS`` against the swarm; ``proxy``: each deployment's proxy runs
+    the imported HAProxy, else (a config file saying ``proxy_image = ""``) none."""
     env = {
         **os.environ, "DOCKER_HOST": swarm.url, "ZLAYER_STATE_DIR": str(tmp / "state"),
-        "ZLAYER_RUNTIME": "swarm", "NO_COLOR": "1",
+        "ZLAYER_RUNTIME": "swarm", "NO_COLOR": "1", "ZLAYER_SWARM_PROXY_IMAGE": PROXY_IMAGE,
     }  # fmt: skip
+    if not proxy:
+        config = tmp / "no-proxy.toml"
+        config.write_text('[swarm]\nproxy_image = ""\n')
+        env["ZLAYER_CONFIG"] = str(config)
+        del env["ZLAYER_SWARM_PROXY_IMAGE"]
     return subprocess.run(
         [sys.executable, "-m", "reconciler", *args],
         capture_output=True, text=True, timeout=300, env=env,
@@ -323,3 +334,120 @@ def test_an_image_change_rolls_start_first(
         remove_swarm_deployment(swarm, swarm_deployment)
         for node in swarm.nodes:
             docker(node, "rmi", second, check=False)
+
+
+def routed_pair(deployment: str, *, web_replicas: int) -> str:
+    """``web`` (pinned to the node labelled zone=a) on :8080, and ``api`` (one task) on
+    the same port under ``/api/``: two services behind the deployment's proxy."""
+    api = (
+        'mkdir -p /w/api && echo "api $(hostname)" > /w/api/index.html '
+        "&& exec httpd -f -p 8080 -h /w"
+    )
+    return f"""\
+version: v1
+deployment: {deployment}
+services:
+  web:
+    image: {{name: "{IMAGE}"}}
+    command: {{entrypoint: [sh, -c, '{HTTPD}']}}
+    env: {{SVC: web, V: "1"}}
+    stop_grace_period: 1s
+    scale: {{mode: fixed, replicas: {web_replicas}}}
+    node_selector: {{labels: {{zone: a}}}}
+    endpoints: [{{name: http, protocol: http, port: 8080, expose: public}}]
+    health: {{check: {{type: command, command: "true"}}, interval: 1s, start_grace: 1s}}
+  api:
+    image: {{name: "{IMAGE}"}}
+    command: {{entrypoint: [sh, -c, '{api}']}}
+    stop_grace_period: 1s
+    scale: {{mode: fixed, replicas: 1}}
+    endpoints: [{{name: http, protocol: http, port: 8080, path: /api/, expose: public}}]
+    health: {{check: {{type: command, command: "true"}}, interval: 1s, start_grace: 1s}}
+"""
+
+
+def task_hostnames(swarm: Swarm, service: str) -> set[str]:
+    """The hostnames of ``service``'s running tasks (a container's is its short ID)."""
+    return {
+        t["Status"]["ContainerStatus"]["ContainerID"][:12]
+        for t in service_tasks(swarm, service)
+        if t["DesiredState"] == "running"
+    }
+
+
+def served_by(swarm: Swarm, path: str, count: int) -> dict[str, set[str]]:
+    """Each node's name → the hostnames that answered ``count`` GETs of ``path`` on
+    its address (an error as ``error: …``)."""
+    urls = {node.name: f"http://{node.address}:8080{path}" for node in swarm.nodes}
+    bodies = fetch_all(swarm, list(urls.values()), count, timeout=3)
+    return {
+        name: {b.split()[1] if not b.startswith("error") and len(b.split()) > 1 else b
+               for b in bodies[url]}
+        for name, url in urls.items()
+    }  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_public_endpoint_answers_on_every_node_from_every_replica(
+    swarm: Swarm, swarm_deployment: str, tmp_path: Path
+) -> None:
+    path = spec_file(tmp_path, routed_pair(swarm_deployment, web_replicas=2))
+    plan = zlayer(swarm, tmp_path, "plan", "--runtime", "swarm", str(path))
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    assert "new route: http :8080 → 2 replicas" in plan.stdout, plan.stdout
+    assert "new route: http :8080 path /api/ → 1 replica" in plan.stdout, plan.stdout
+    # Behind the proxy the tasks publish no port of their own: they roll start-first.
+    assert "replicas 0 → 2 (rolling updates start-first)" in plan.stdout, plan.stdout
+    run = zlayer(swarm, tmp_path, "apply", str(path), "--auto-approve")
+    assert run.returncode == 0, run.stdout + run.stderr
+    web = f"{swarm_deployment}_web"
+    zone_a = next(n.name for n in swarm.nodes if n.labels["zone"] == "a")
+    assert nodes_of(swarm, swarm_deployment, "web") == [zone_a, zone_a]
+    _, proxy = engine_request(swarm.url, "GET", f"/services/{swarm_deployment}_zlayer-proxy")
+    assert "Global" in proxy["Spec"]["Mode"], proxy["Spec"]["Mode"]
+    _, task_spec = engine_request(swarm.url, "GET", f"/services/{web}")
+    assert task_spec["Spec"]["EndpointSpec"].get("Ports") in (None, []), task_spec["Spec"]
+
+    # Every node answers, also the two without a web task, from both web replicas;
+    # /api/ goes to api from every node.
+    replicas = task_hostnames(swarm, web)
+    assert len(replicas) == 2, replicas
+    everywhere = {node.name: replicas for node in swarm.nodes}
+    assert wait_for(
+        lambda: served_by(swarm, "/", 8) == everywhere,
+        lambda: f"both web replicas on every node: {served_by(swarm, '/', 8)}",
+        90,
+    )
+    api = task_hostnames(swarm, f"{swarm_deployment}_api")
+    assert served_by(swarm, "/api/", 2) == {node.name: api for node in swarm.nodes}
+
+    again = zlayer(swarm, tmp_path, "plan", "--runtime", "swarm", str(path), "--detailed-exitcode")
+    assert again.returncode == 0 and "No changes." in again.stdout, again.stdout + again.stderr
+
+    # A third replica: a scale of web, the proxy left as it is (it finds the new task in
+    # DNS), and the new replica served from every node.
+    version = proxy["Version"]["Index"]
+    spec_file(tmp_path, routed_pair(swarm_deployment, web_replicas=3))
+    scaled = zlayer(swarm, tmp_path, "apply", str(path), "--auto-approve")
+    assert scaled.returncode == 0, scaled.stdout + scaled.stderr
+    assert "replicas 2 → 3" in scaled.stdout and "route" not in scaled.stdout, scaled.stdout
+    _, proxy = engine_request(swarm.url, "GET", f"/services/{swarm_deployment}_zlayer-proxy")
+    assert proxy["Version"]["Index"] == version
+    replicas = task_hostnames(swarm, web)
+    assert len(replicas) == 3, replicas
+    everywhere = {node.name: replicas for node in swarm.nodes}
+    assert wait_for(
+        lambda: served_by(swarm, "/", 12) == everywhere,
+        lambda: f"three web replicas on every node: {served_by(swarm, '/', 12)}",
+        90,
+    )
+
+    # The endpoints leave the specs: the proxy goes, and the plan says so first.
+    private = routed_pair(swarm_deployment, web_replicas=3).replace(", expose: public", "")
+    spec_file(tmp_path, private)
+    planned = zlayer(swarm, tmp_path, "plan", "--runtime", "swarm", str(path))
+    assert planned.stdout.count("endpoint no longer routed by the specs") == 2, planned.stdout
+    done = zlayer(swarm, tmp_path, "apply", str(path), "--auto-approve")
+    assert done.returncode == 0, done.stdout + done.stderr
+    status, _ = engine_request(swarm.url, "GET", f"/services/{swarm_deployment}_zlayer-proxy")
+    assert status == 404

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -35,6 +37,7 @@ from reconciler.errors import (
     PermanentDriverError,
     TemporaryDriverError,
 )
+from reconciler.fingerprint import canonical_json
 from reconciler.observed import (
     ClusterService,
     Health,
@@ -46,6 +49,7 @@ from reconciler.observed import (
     Workload,
     WorkloadId,
 )
+from reconciler.route_table import Backend, Discovery, RoutedService, render, routes_of, table_of
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +107,13 @@ class SwarmDriver:
     routable = False
     internal_routable = False
 
-    def __init__(self, url: str | None = None, *, poll: float = 0.5) -> None:
+    def __init__(self, url: str | None = None, *, poll: float = 0.5, proxy_image: str = "") -> None:
         self.url = url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
         self.poll = poll
+        self.proxy_image = proxy_image
+        """HAProxy's image for each deployment's proxy; empty: no proxy, a public
+        endpoint is a port published by its own tasks on their nodes only."""
+        self._proxy_locks: dict[str, asyncio.Lock] = {}
         self._docker: aiodocker.Docker | None = None
 
     async def __aenter__(self) -> Self:
@@ -253,7 +261,12 @@ class SwarmDriver:
         )
 
     def limits(self, service: DesiredService) -> Limits:
-        return sw.limits(service)
+        return sw.limits(service, self.proxied)
+
+    @property
+    def proxied(self) -> bool:
+        """Public endpoints are served by each deployment's proxy, on every node."""
+        return bool(self.proxy_image)
 
     async def image_drift(
         self, services: Collection[DesiredService], observed: ObservedState
@@ -270,7 +283,7 @@ class SwarmDriver:
     ) -> None:
         subject = f"{service.deployment}/{service.name}"
         secrets = await self._secrets(service, subject)
-        body = sw.service_spec(service, revision, replicas, secrets=secrets)
+        body = sw.service_spec(service, revision, replicas, secrets=secrets, proxied=self.proxied)
         name = sw.service_name(service.deployment, service.name)
         if version is None:
             await self._query(
@@ -440,7 +453,9 @@ class SwarmDriver:
 
     async def remove_network(self, deployment: str) -> None:
         """Remove the deployment's overlay network once no task uses it: the engine
-        refuses while the tasks of a service just removed are still shutting down."""
+        refuses while the tasks of a service just removed are still shutting down. The
+        deployment's proxy, on that network, leaves first."""
+        await self._remove_proxy(deployment)
         name = sw.network_name(deployment)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + REMOVE_TIMEOUT
@@ -635,6 +650,197 @@ class SwarmDriver:
             await asyncio.sleep(3600)
             if False:  # pragma: no cover - makes this an async generator
                 yield WorkloadId("", "", None)
+
+    # --- the deployments' proxies -----------------------------------------------------
+
+    async def _proxies(self, deployments: Collection[str] | None) -> list[Any]:
+        found = await self._list("services", {"label": [sw.PROXY]}, "swarm")
+        return [
+            p
+            for p in found
+            if _labels(p).get(sw.DEPLOYMENT)
+            and (deployments is None or _labels(p)[sw.DEPLOYMENT] in deployments)
+            and p.get("Spec", {}).get("Name") == sw.proxy_name(_labels(p)[sw.DEPLOYMENT])
+        ]
+
+    async def observe_routes(
+        self, observed: ObservedState, deployments: Collection[str] | None = None
+    ) -> ObservedState:
+        """``observed`` with the routes each deployment's proxy was made for (its
+        labels) and whether every proxy has a task running. HAProxy finds the tasks
+        in DNS itself, so a route lists no servers."""
+        if not self.proxied:
+            return observed
+        wanted = None if deployments is None else set(deployments)
+        proxies = await self._proxies(wanted)
+        routed: list[RoutedService] = []
+        running = True
+        for proxy in proxies:
+            with contextlib.suppress(ValueError, KeyError, TypeError):  # planned anew
+                listed = json.loads(_labels(proxy).get(sw.ROUTES, "[]"))
+                routed += [RoutedService.from_dict(entry) for entry in listed]
+            tasks = await self._list(
+                "tasks", {"service": [str(proxy["ID"])], "desired-state": ["running"]}, "swarm"
+            )
+            running = running and any(t.get("Status", {}).get("State") == "running" for t in tasks)
+        return dataclasses.replace(
+            observed,
+            routes_managed=True,
+            proxy_running=running,
+            routes=tuple(routes_of(table_of(routed))),
+        )
+
+    async def sync_proxy(
+        self, deployment: str, routed: Collection[RoutedService]
+    ) -> tuple[str, tuple[str, ...]]:
+        # The route actions of one deployment's services run at once: one sync at a time.
+        async with self._proxy_locks.setdefault(deployment, asyncio.Lock()):
+            return await self._sync_proxy(deployment, routed)
+
+    async def _sync_proxy(
+        self, deployment: str, routed: Collection[RoutedService]
+    ) -> tuple[str, tuple[str, ...]]:
+        subject = f"{deployment}/{sw.PROXY_SERVICE}"
+        table = table_of(routed)
+        if table.problems:
+            raise PermanentDriverError(f"{deployment}: the routes conflict: " + "; ".join(
+                table.problems))  # fmt: skip
+        found = await self._proxies({deployment})
+        current = found[0] if found else None
+        if table.empty:
+            if current is None:
+                return "unchanged", ()
+            await self._remove_proxy(deployment)
+            return "stopped", (f"{deployment}: no public endpoint left, its proxy removed",)
+        text = render(
+            table, {}, bind_address="0.0.0.0", admin_socket=None, pidfile=None,
+            discovery=Discovery(sw.NAMESERVER, _discovered),
+        )  # fmt: skip
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        # What observation reports as routes; replica counts are no part of a route
+        # (a scale needs no new configuration: its tasks are found in DNS).
+        listed = canonical_json(
+            [
+                dataclasses.asdict(dataclasses.replace(r, replicas=None))
+                for r in sorted(routed, key=_key)
+            ]
+        )
+        ports = [f.port for f in table.frontends]
+        said = ", ".join(f":{p}" for p in sorted(set(ports)))
+        labels = _labels(current) if current is not None else {}
+        same = (labels.get(sw.PROXY), labels.get(sw.ROUTES)) == (digest, listed)
+        if current is not None and same:
+            return "unchanged", ()  # its tasks are the engine's to keep running
+        await self.create_network(deployment)
+        config = await self._proxy_config(deployment, digest, text, subject)
+        body = sw.proxy_spec(deployment, self.proxy_image, config, digest, listed, ports)
+        if current is None:
+            made = await self._query(
+                "services/create", method="POST", body=body, subject=subject, action="create"
+            )
+            service_id, outcome = str(made["ID"]), "started"
+        else:
+            version = str(current.get("Version", {}).get("Index", 0))
+            await self._query(
+                f"services/{current['ID']}/update", method="POST", body=body,
+                params={"version": version}, subject=subject, action="update",
+            )  # fmt: skip
+            service_id, outcome = str(current["ID"]), "updated"
+        await self._proxy_converged(service_id, subject)
+        await self._prune_proxy_configs(deployment, keep=config[1])
+        return outcome, (f"{deployment}: its proxy serves {said} on every node",)
+
+    async def _proxy_config(
+        self, deployment: str, digest: str, text: str, subject: str
+    ) -> tuple[str, str]:
+        name = sw.proxy_config_name(deployment, digest)
+        for config in await self._list("configs", {"name": [name]}, subject):
+            if config.get("Spec", {}).get("Name") == name:
+                return str(config["ID"]), name
+        made = await self._query(
+            "configs/create", method="POST", body=sw.proxy_config_spec(deployment, digest, text),
+            subject=subject, action="create its configuration",
+        )  # fmt: skip
+        return str(made["ID"]), name
+
+    async def _proxy_converged(self, service_id: str, subject: str) -> None:
+        """Until the proxy's update is done and a task of it runs on every node that
+        should run one (the engine's count of a global service's tasks)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DEPLOY_TIMEOUT
+        while True:
+            listed = await self._query(
+                "services", subject=subject, action="inspect",
+                params={"filters": json.dumps({"id": [service_id]}), "status": "true"},
+            )  # fmt: skip
+            info = next((s for s in listed or () if s.get("ID") == service_id), None)
+            if info is None:
+                raise NotFound(f"{subject}: the proxy service is gone")
+            update = info.get("UpdateStatus") or {}
+            state = update.get("State")
+            if state in ("rollback_started", "rollback_completed", "rollback_paused", "paused"):
+                message = update.get("Message") or f"update {state}"
+                raise EngineRolledBack(f"{subject}: the engine rolled the proxy back: {message}")
+            status = info.get("ServiceStatus") or {}
+            wanted, running = status.get("DesiredTasks", 0), status.get("RunningTasks", 0)
+            if state in (None, "completed") and wanted and running >= wanted:
+                return
+            digest = _labels(info).get(sw.PROXY)
+            if failure := await self._proxy_failure(service_id, digest, subject):
+                raise PermanentDriverError(f"{subject}: {failure}")
+            if loop.time() >= deadline:
+                raise TemporaryDriverError(
+                    f"{subject}: {running} of {wanted} proxy tasks running after "
+                    f"{DEPLOY_TIMEOUT:g}s (update {state or 'none'})",
+                    delay=5.0,
+                )
+            await asyncio.sleep(self.poll)
+
+    async def _proxy_failure(self, service_id: str, digest: str | None, subject: str) -> str | None:
+        """Why a task of the proxy's current configuration failed, if one did: the
+        engine would try again for ever (an image no node has, a port in use)."""
+        tasks = await self._list("tasks", {"service": [service_id]}, subject)
+        for task in sorted(tasks, key=lambda t: str(t.get("CreatedAt", ""))):
+            labels = task.get("Spec", {}).get("ContainerSpec", {}).get("Labels") or {}
+            status = task.get("Status") or {}
+            if labels.get(sw.PROXY) != digest or status.get("State") not in ("failed", "rejected"):
+                continue
+            why = status.get("Err") or status.get("Message")
+            return f"a proxy task failed on node {task.get('NodeID', '?')}: {why}"
+        return None
+
+    async def _prune_proxy_configs(self, deployment: str, keep: str | None) -> None:
+        """The configurations no proxy task uses any more (the engine refuses the
+        others: they go next time)."""
+        configs = await self._list("configs", {"label": [sw.PROXY]}, deployment)
+        for config in configs:
+            name = config.get("Spec", {}).get("Name")
+            if _labels(config).get(sw.DEPLOYMENT) != deployment or name == keep:
+                continue
+            with contextlib.suppress(NotFound, PermanentDriverError):  # still in use
+                await self._query(
+                    f"configs/{config['ID']}", method="DELETE", subject=deployment,
+                    action="remove an old proxy configuration",
+                )  # fmt: skip
+
+    async def _remove_proxy(self, deployment: str) -> None:
+        subject = f"{deployment}/{sw.PROXY_SERVICE}"
+        for proxy in await self._proxies({deployment}):
+            with contextlib.suppress(NotFound):
+                await self._query(
+                    f"services/{proxy['ID']}", method="DELETE", subject=subject, action="remove"
+                )
+            await self._wait_gone(deployment, str(proxy["ID"]), subject)
+        await self._prune_proxy_configs(deployment, keep=None)
+
+
+def _discovered(backend: Backend) -> tuple[str, int]:
+    """Where the proxy finds a backend's servers: its service's running tasks."""
+    return sw.discovery_name(backend.deployment, backend.service), sw.server_slots(backend.replicas)
+
+
+def _key(routed: RoutedService) -> tuple[str, str]:
+    return routed.key
 
 
 def _b64(text: str) -> str:

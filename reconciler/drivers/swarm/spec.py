@@ -23,13 +23,14 @@ maps what it accepts. Config values arrive with their defaults left out (see
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import math
 import shlex
 from collections.abc import Mapping
 from typing import Any
 
-from reconciler.desired import DesiredService
+from reconciler.desired import DesiredService, routed_endpoints
 from reconciler.drivers.base import Limits
 from reconciler.durations import parse_duration
 from reconciler.fingerprint import canonical_json
@@ -235,12 +236,14 @@ def _restart(service: DesiredService) -> dict[str, Any]:
     return out
 
 
-def _ports(config: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _ports(config: Mapping[str, Any], proxied: bool) -> list[dict[str, Any]]:
     """Public endpoints as ports published on every node that runs a task (``host``
-    mode: the ingress routing mesh needs IPVS)."""
+    mode: the ingress routing mesh needs IPVS), but those the deployment's proxy
+    serves (``proxied``: on every node, :func:`proxy_spec`)."""
     ports = []
+    served = routed_endpoints(config) if proxied else []
     for endpoint in config.get("endpoints", ()):
-        if endpoint.get("expose", "internal") != "public":
+        if endpoint.get("expose", "internal") != "public" or endpoint in served:
             continue
         port = int(endpoint["port"])
         ports.append(
@@ -266,9 +269,12 @@ def service_spec(
     replicas: int,
     *,
     secrets: Mapping[str, str] | None = None,
+    proxied: bool = False,
 ) -> dict[str, Any]:
     """The ``ServiceSpec`` for ``service`` with ``replicas`` tasks. ``secrets``: env key
-    → the Swarm secret ID carrying its value (made by the driver first)."""
+    → the Swarm secret ID carrying its value (made by the driver first). ``proxied``:
+    the deployment's proxy serves its public endpoints, so it publishes no port of
+    theirs itself."""
     config = service.config
     deployment = service.deployment
     keys = secret_keys(service)
@@ -316,7 +322,7 @@ def service_spec(
             }
             for key in keys
         ]
-    order = update_order(service)
+    order = update_order(service, proxied)
     monitor = _ns(monitor_seconds(service.policy.health))
     spec: dict[str, Any] = {
         "Name": service_name(deployment, service.name),
@@ -349,18 +355,21 @@ def service_spec(
             "FailureAction": "pause",
             "Monitor": monitor,
         },
-        "EndpointSpec": {"Mode": ENDPOINT_MODE, "Ports": _ports(config)},
+        "EndpointSpec": {"Mode": ENDPOINT_MODE, "Ports": _ports(config, proxied)},
     }
     return spec
 
 
-def limits(service: DesiredService) -> Limits:
-    """What the swarm runtime refuses (errors) or does not apply (warnings), per field."""
+def limits(service: DesiredService, proxied: bool = False) -> Limits:
+    """What the swarm runtime refuses (errors) or does not apply (warnings), per field;
+    ``proxied``: public endpoints are served by the deployment's proxy."""
     subject = f"{service.deployment}/{service.name}"
     config = service.config
     errors: list[str] = []
     warnings: list[str] = []
     mode = service.network_mode
+    if service.name == PROXY_SERVICE:
+        errors.append(f"{subject}: the name {PROXY_SERVICE} is the deployment's proxy's")
     if not service.wants_network:
         errors.append(f"{subject}: network_mode {mode} is not available to Swarm services")
     keys = secret_keys(service)
@@ -390,13 +399,32 @@ def limits(service: DesiredService) -> Limits:
         )
     elif policy.kind == "command":
         warnings.append(f"{subject}: health command runs inside the task, not on the host")
+    served = routed_endpoints(config) if proxied else []
     for endpoint in config.get("endpoints", ()):
+        name = endpoint.get("name")
+        if endpoint in served and endpoint.get("protocol") == "https":
+            errors.append(
+                f"{subject}: endpoint {name}: https is not served by the swarm's proxy yet "
+                "(its certificate would have to reach every node): use tcp to pass TLS "
+                "through to the tasks"
+            )
         for key in ("host", "path", "stream", "tunnel", "target_role"):
-            if key in endpoint:
-                warnings.append(
-                    f"{subject}: endpoint {endpoint.get('name')}: {key} not applied on the "
-                    "swarm runtime (no managed proxy there yet)"
+            if key in endpoint and (endpoint not in served or key not in ("host", "path")):
+                routing = key in ("host", "path") and not proxied
+                why = (
+                    "no proxy on this swarm: [swarm] proxy_image is empty"
+                    if routing
+                    else ("not routed by zlayer")
                 )
+                warnings.append(
+                    f"{subject}: endpoint {name}: {key} not applied on the swarm runtime ({why})"
+                )
+    if not proxied:
+        warnings += [
+            f"{subject}: endpoint {e.get('name')}: served only on the nodes that run a task "
+            "of it (a host-mode port; no proxy on this swarm: [swarm] proxy_image is empty)"
+            for e in routed_endpoints(config)
+        ]
     placed = service.placement
     if placed.get("affinity") not in (None, "spread"):
         warnings.append(f"{subject}: affinity {placed.get('affinity')} not applied (Swarm spreads)")
@@ -438,8 +466,6 @@ def run_spec(
 def definition_spec(service: DesiredService, revision: str) -> dict[str, Any]:
     """The Swarm config that records a job or cron definition: its labels are what
     observation reads (its data, the redacted config, is for people)."""
-    import base64
-
     config = canonical_json(service.config)
     return {
         "Name": definition_name(service),
@@ -452,4 +478,102 @@ def definition_spec(service: DesiredService, revision: str) -> dict[str, Any]:
             DEFINITION: service.rtype,
         },
         "Data": base64.b64encode(config.encode()).decode(),
+    }
+
+
+# --- the deployment's proxy ------------------------------------------------------------
+
+PROXY = "zlayer.proxy"
+"""On a deployment's proxy service and its Swarm configs: the digest of the HAProxy
+configuration it runs (the service has no ``zlayer.service`` label: it is no service
+of the specs, and observation of services leaves it out)."""
+ROUTES = "zlayer.routes"
+"""On the proxy service: the routed services (JSON) its configuration was made from,
+the routes observation reports."""
+PROXY_SERVICE = "zlayer-proxy"
+"""The proxy's service name in its deployment (a spec service may not take it)."""
+PROXY_CONFIG_PATH = "/usr/local/etc/haproxy/haproxy.cfg"
+"""Where the configuration is mounted: where HAProxy's official image looks."""
+NAMESERVER = "127.0.0.11:53"
+"""The engine's DNS inside every task: ``tasks.<service>`` lists the running tasks."""
+
+
+def proxy_name(deployment: str) -> str:
+    return service_name(deployment, PROXY_SERVICE)
+
+
+def proxy_config_name(deployment: str, digest: str) -> str:
+    """A Swarm config is immutable: each configuration is a config of its own."""
+    return f"zlayer-proxy.{deployment}.{digest[:16]}"
+
+
+def discovery_name(deployment: str, service: str) -> str:
+    return f"tasks.{service_name(deployment, service)}"
+
+
+def server_slots(replicas: int | None) -> int:
+    """How many servers a backend may find in DNS: room for twice the replicas (an
+    update rolling start-first runs one more), at least 10, so a scale within that
+    needs no new configuration."""
+    return max(10, 2 * (replicas or 0))
+
+
+def proxy_spec(
+    deployment: str,
+    image: str,
+    config: tuple[str, str],
+    digest: str,
+    routes: str,
+    ports: list[int],
+) -> dict[str, Any]:
+    """The ``ServiceSpec`` of ``deployment``'s proxy: HAProxy in ``image`` as a global
+    service (one task per node) on the deployment's network, publishing ``ports`` on
+    every node (``host`` mode), with ``config`` (Swarm config ID, name) as its
+    configuration. It rolls ``stop-first`` (a node's port is held by one task), one
+    node at a time."""
+    config_id, config_name = config
+    monitor = _ns(5)
+    labels = {DEPLOYMENT: deployment, PROXY: digest}
+    return {
+        "Name": proxy_name(deployment),
+        "Labels": {**labels, ROUTES: routes},
+        "TaskTemplate": {
+            "ContainerSpec": {
+                "Image": image,
+                "Labels": labels,
+                "Command": ["haproxy", "-W", "-db", "-f", PROXY_CONFIG_PATH],
+                "User": "root",  # to bind ports below 1024 (the official image's is not)
+                "StopGracePeriod": _ns(5),
+                "Configs": [
+                    {
+                        "ConfigID": config_id,
+                        "ConfigName": config_name,
+                        "File": {"Name": PROXY_CONFIG_PATH, "UID": "0", "GID": "0", "Mode": 0o444},
+                    }
+                ],
+            },
+            "RestartPolicy": {"Condition": "any", "Delay": _ns(1)},
+            "Networks": [{"Target": network_name(deployment)}],
+        },
+        "Mode": {"Global": {}},
+        "UpdateConfig": {
+            "Parallelism": 1, "Order": "stop-first", "FailureAction": "rollback",
+            "Monitor": monitor,
+        },
+        "RollbackConfig": {"Parallelism": 1, "Order": "stop-first", "Monitor": monitor},
+        "EndpointSpec": {
+            "Mode": ENDPOINT_MODE,
+            "Ports": [
+                {"Protocol": "tcp", "TargetPort": p, "PublishedPort": p, "PublishMode": "host"}
+                for p in sorted(set(ports))
+            ],
+        },
+    }  # fmt: skip
+
+
+def proxy_config_spec(deployment: str, digest: str, text: str) -> dict[str, Any]:
+    return {
+        "Name": proxy_config_name(deployment, digest),
+        "Labels": {DEPLOYMENT: deployment, PROXY: digest},
+        "Data": base64.b64encode(text.encode()).decode(),
     }
