@@ -138,3 +138,52 @@ def test_tasks_become_replicas_by_slot_wanting_the_running_one() -> None:
         (1, "running", None, "node-2"),
         (2, "exited", 3, "node-3"),
     ]
+
+
+def test_behind_the_proxy_a_task_publishes_only_what_the_proxy_cannot_serve() -> None:
+    admin = "    - {name: admin, protocol: tcp, port: 9000, expose: internal}\n"
+    text = WEB.replace(admin, admin + "    - {name: dns, protocol: udp, port: 53, expose: public}\n")
+    service = web(text)
+    alone = sw.service_spec(service, "r", 3, proxied=False)
+    assert [p["PublishedPort"] for p in alone["EndpointSpec"]["Ports"]] == [80, 53]
+    assert alone["UpdateConfig"]["Order"] == "stop-first"
+    proxied = sw.service_spec(service, "r", 3, proxied=True)
+    assert proxied["EndpointSpec"]["Ports"] == [
+        {"Protocol": "udp", "TargetPort": 53, "PublishedPort": 53, "PublishMode": "host"}
+    ]
+    assert proxied["UpdateConfig"]["Order"] == "stop-first"  # udp still holds a node port
+    only_http = sw.service_spec(web(), "r", 3, proxied=True)
+    assert only_http["EndpointSpec"]["Ports"] == []
+    assert only_http["UpdateConfig"]["Order"] == "start-first"
+
+
+def test_what_the_proxy_serves_is_no_warning_and_https_is_refused() -> None:
+    routed = WEB.replace("expose: public}", "expose: public, host: a.example.test}")
+    without = sw.limits(web(routed), proxied=False)
+    assert any("host not applied" in w and "proxy_image is empty" in w for w in without.warnings)
+    assert any("served only on the nodes that run a task" in w for w in without.warnings)
+    behind = sw.limits(web(routed), proxied=True)
+    assert not [w for w in behind.warnings if "endpoint http" in w], behind.warnings
+    https = WEB.replace("protocol: http, port: 80", "protocol: https, port: 443")
+    pem = {"token": CANARY, "tls.demo.web.http.pem": "certificate and key"}
+    tls = compile_services("demo", https, secrets=pem)["web"]
+    assert any("https is not served" in e for e in sw.limits(tls, proxied=True).errors)
+    named = compile_services("demo", WEB.replace("web:", "zlayer-proxy:", 1),
+                             secrets={"token": CANARY})["zlayer-proxy"]  # fmt: skip
+    assert any("is the deployment's proxy's" in e for e in sw.limits(named).errors)
+
+
+def test_the_proxy_is_a_global_service_publishing_its_ports_on_every_node() -> None:
+    spec = sw.proxy_spec("demo", "haproxy:lts", ("cid", "cname"), "d" * 64, "[]", [80, 8080, 80])
+    assert spec["Name"] == "demo_zlayer-proxy"
+    assert spec["Mode"] == {"Global": {}}
+    assert spec["Labels"] == {sw.DEPLOYMENT: "demo", sw.PROXY: "d" * 64, sw.ROUTES: "[]"}
+    assert sw.SERVICE not in spec["Labels"]  # no service of the specs: never pruned as one
+    assert [(p["PublishedPort"], p["PublishMode"]) for p in spec["EndpointSpec"]["Ports"]] == [
+        (80, "host"), (8080, "host")
+    ]  # fmt: skip
+    assert spec["UpdateConfig"]["Order"] == "stop-first"
+    container = spec["TaskTemplate"]["ContainerSpec"]
+    assert container["Configs"][0]["File"]["Name"] == sw.PROXY_CONFIG_PATH
+    assert container["Configs"][0]["ConfigID"] == "cid"
+    assert spec["TaskTemplate"]["Networks"] == [{"Target": "zlayer-demo"}]

@@ -8,14 +8,18 @@ import asyncio
 import dataclasses
 from collections.abc import Collection
 
-from reconciler.desired import CompileInputs, DesiredService, DesiredState
+from reconciler.desired import CompileInputs, DesiredService, DesiredState, compile_specs
 from reconciler.drivers.fake import FakeDriver
+from reconciler.drivers.swarm import SwarmDriver
 from reconciler.errors import EngineRolledBack
 from reconciler.executor import ExecutorSettings, execute
 from reconciler.fingerprint import canonical_json
 from reconciler.observed import ClusterService, ObservedState, Workload
 from reconciler.plan.planner import plan_changes
-from tests.planning.test_executor import desired_from
+from reconciler.reconcile import check_runtime
+from reconciler.route_table import route_table, routes_of
+from tests.conftest import load_ok, spec_text
+from tests.planning.test_executor import INPUTS, desired_from
 
 TIERS = """
 services:
@@ -113,6 +117,45 @@ def test_a_service_with_a_public_port_rolls_stop_first() -> None:
     old = desired_from(text.replace("image: {name: api}", "image: {name: api-old}"))
     plan = plan_changes(desired, cluster(running(desired, "db"), running(old, "api"), desired=old))
     assert plan.action("replace:demo/api").reason.endswith("(rolling, stop-first)")
+
+
+def test_behind_the_clusters_proxy_a_public_port_rolls_start_first_and_is_a_route() -> None:
+    text = TIERS + "    endpoints: [{name: http, protocol: http, port: 8080, expose: public}]\n"
+    desired = desired_from(text)
+    old = desired_from(text.replace("image: {name: api}", "image: {name: api-old}"))
+    observed = cluster(running(desired, "db"), running(old, "api"), desired=old)
+    proxied = dataclasses.replace(observed, routes_managed=True, proxy_running=True)
+    plan = plan_changes(desired, proxied)
+    assert plan.action("replace:demo/api").reason.endswith("(rolling, start-first)")
+    route = plan.action("route:demo/api:http")
+    assert route.reason == "new route: http :8080 → 3 replicas"
+    # Routed and converged: the proxy finds the tasks in DNS, so no server is missing.
+    table = route_table(desired.services.values())
+    served = dataclasses.replace(
+        cluster(running(desired, "db"), running(desired, "api"), desired=desired),
+        routes_managed=True, proxy_running=True, routes=tuple(routes_of(table)),
+    )  # fmt: skip
+    assert plan_changes(desired, served).empty
+    stopped = dataclasses.replace(served, proxy_running=False)
+    assert [a.reason for a in plan_changes(desired, stopped).actions] == [
+        "the managed proxy is not running"
+    ]
+
+
+def test_two_deployments_cannot_share_a_public_port_behind_the_swarms_proxies() -> None:
+    routed = "    endpoints: [{name: h, protocol: http, port: 80, expose: public, host: %s}]\n"
+    one = spec_text(TIERS + routed % "a.test")
+    other = spec_text(TIERS + routed % "b.test").replace("deployment: demo", "deployment: shop")
+    assert "deployment: shop" in other
+    both, problems = compile_specs([load_ok(one), load_ok(other)], "r1", INPUTS)
+    assert both is not None, problems
+    _, errors = check_runtime(SwarmDriver(proxy_image="haproxy:test"), both)
+    assert errors == [
+        "port 80: deployments demo, shop all route it, and each deployment's proxy owns "
+        "its ports on every node of the swarm"
+    ]
+    _, alone = check_runtime(SwarmDriver(proxy_image=""), both)
+    assert alone == []  # without proxies each task publishes its own port on its node
 
 
 def test_a_service_that_left_the_specs_is_pruned_as_a_whole() -> None:

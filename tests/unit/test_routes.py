@@ -9,6 +9,7 @@ from reconciler.observed import WorkloadId
 from reconciler.policy import HealthPolicy, ServicePolicy
 from reconciler.route_table import (
     NO_ROUTE,
+    Discovery,
     Member,
     backend_name,
     render,
@@ -108,6 +109,28 @@ def test_conflicts_name_both_services() -> None:
     assert same.problems and "both route any host path /x" in same.problems[0]
     fine = route_table([service("a", public(80, path="/x")), service("b", public(80, path="/y"))])
     assert fine.problems == ()
+
+
+def test_render_with_discovery_finds_servers_in_dns_and_lists_none() -> None:
+    table = route_table([service("api", public(80, path="/api"))])
+    seen = []
+
+    def names(backend: Any) -> tuple[str, int]:
+        seen.append(backend.name)
+        return f"tasks.{backend.deployment}_{backend.service}", 12
+
+    member = Member(1, "10.0.0.5", 8080)
+    text = render(
+        table, {"demo.api.web": [member]}, bind_address="0.0.0.0", admin_socket=None,
+        pidfile=None, discovery=Discovery("127.0.0.11:53", names),
+    )  # fmt: skip
+    assert seen == ["demo.api.web"]
+    assert "resolvers cluster\n    nameserver dns 127.0.0.11:53\n" in text
+    assert "server-template task 1-12 tasks.demo_api:80 check" in text
+    assert "resolvers cluster resolve-prefer ipv4 init-addr none" in text
+    assert "10.0.0.5" not in text  # no listed server beside the template
+    assert "stats socket" not in text and "pidfile" not in text
+    assert "bind *:80" in text
 
 
 def test_backend_names_are_haproxy_names_and_never_collide() -> None:

@@ -29,7 +29,7 @@ BACKOFF = ("initial", "factor", "cap", "reset_after", "jitter", "give_up_after")
 DURATIONS = {"daemon": ("interval", "resync"), "backoff": ("initial", "cap", "reset_after")}
 """Keys that also take a duration string (``30s``), as ZLayer writes durations."""
 NOT_A_DURATION = "must be a duration (like 30s or 5m) or a number of seconds, not"
-TOP_LEVEL = "autoscale, backoff, daemon, docker, process, runtime, state_dir"
+TOP_LEVEL = "autoscale, backoff, daemon, docker, process, runtime, state_dir, swarm"
 
 
 @pytest.fixture(autouse=True)
@@ -166,6 +166,7 @@ def test_a_runtime_not_known_says_where_it_came_from(
         ("network_pool = '10.1.0.0/16'", f"unknown key 'network_pool' (known: {TOP_LEVEL})"),
         ("[process]\npool = '10.1.0.0/16'", "unknown key process.pool (known: network_pool)"),
         ("[docker]\npublish = '::'", "unknown key docker.publish (known: publish_address)"),
+        ("[swarm]\nproxy = 'x'", "unknown key swarm.proxy (known: proxy_image)"),
         (
             "[daemon]\nfoo = 1",
             "unknown key daemon.foo (known: allow_rewrite, branch, interval, journal_retention, "
@@ -423,3 +424,15 @@ def test_the_autoscale_interval_takes_a_duration_and_refuses_less_than_100ms(
         config, "[autoscale]\ninterval = 0.01\n"
     )
     assert "autoscale.interval" in refused(config, '[autoscale]\ninterval = "soon"\n')
+
+
+def test_the_swarms_proxy_image_comes_from_the_file_or_the_environment(
+    config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ZLAYER_SWARM_PROXY_IMAGE", raising=False)
+    assert load_settings(None).swarm_proxy_image == "haproxy:lts"
+    config.write_text('[swarm]\nproxy_image = ""\n')
+    assert load_settings(config).swarm_proxy_image == ""  # no proxy: said in the file
+    monkeypatch.setenv("ZLAYER_SWARM_PROXY_IMAGE", "local/haproxy:2")
+    assert load_settings(config).swarm_proxy_image == "local/haproxy:2"
+    assert load_settings(None).swarm_proxy_image == "local/haproxy:2"
