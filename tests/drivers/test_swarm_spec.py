@@ -142,7 +142,8 @@ def test_tasks_become_replicas_by_slot_wanting_the_running_one() -> None:
 
 def test_behind_the_proxy_a_task_publishes_only_what_the_proxy_cannot_serve() -> None:
     admin = "    - {name: admin, protocol: tcp, port: 9000, expose: internal}\n"
-    text = WEB.replace(admin, admin + "    - {name: dns, protocol: udp, port: 53, expose: public}\n")
+    udp = "    - {name: dns, protocol: udp, port: 53, expose: public}\n"
+    text = WEB.replace(admin, admin + udp)
     service = web(text)
     alone = sw.service_spec(service, "r", 3, proxied=False)
     assert [p["PublishedPort"] for p in alone["EndpointSpec"]["Ports"]] == [80, 53]
