@@ -183,7 +183,11 @@ def check_runtime(driver: Driver, desired: DesiredState) -> tuple[DesiredState, 
         subject = f"{key[0]}/{key[1]}"
         where = f"{service.file}: {subject}" if service.file else subject
         errors += [f"{where}: {message}" for message in found]
-        services[key] = dataclasses.replace(service, warnings=service.warnings + warnings)
+        services[key] = dataclasses.replace(
+            service,
+            warnings=service.warnings + warnings,
+            notes=service.notes + driver.limits(service).notes,
+        )
     if driver.routable or _proxied(driver):
         table = route_table(desired.services.values(), planned_addresses(driver.internal_routable))
         errors += list(table.problems)

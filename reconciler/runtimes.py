@@ -32,7 +32,9 @@ def _docker(settings: Settings) -> Driver:
 def _swarm(settings: Settings) -> Driver:
     from reconciler.drivers.swarm import SwarmDriver  # aiodocker only when asked for
 
-    return SwarmDriver(proxy_image=settings.swarm_proxy_image)
+    return SwarmDriver(
+        proxy_image=settings.swarm_proxy_image, endpoint_mode=settings.swarm_endpoint_mode
+    )
 
 
 def _process(settings: Settings) -> Driver:

@@ -37,6 +37,9 @@ class Limits:
 
     errors: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    """What the runtime chose for the service where the spec leaves it open (plan
+    notes, never a reason to fail)."""
 
 
 PROXY_ENDPOINT_FIELDS = ("path", "host", "stream", "tunnel", "target_role")

@@ -16,6 +16,7 @@ The file is TOML: ``--config FILE``, else ``$ZLAYER_CONFIG``, else
     [swarm]
     proxy_image = "haproxy:lts"       # each deployment's proxy ($ZLAYER_SWARM_PROXY_IMAGE);
                                       # "": none, public ports only where tasks run
+    endpoint_mode = "auto"            # auto | vip | dnsrr: how service names resolve
 
     [daemon]                          # zlayer daemon; its options override these
     source = "dir"                    # dir | git
@@ -113,6 +114,9 @@ class Settings:
     swarm_proxy_image: str = DEFAULT_PROXY_IMAGE
     """``[swarm] proxy_image``: HAProxy's image for each deployment's proxy on a swarm
     (the official image's name by default); empty: no proxy."""
+    swarm_endpoint_mode: str = "auto"
+    """``[swarm] endpoint_mode``: ``vip``, ``dnsrr``, or ``auto`` (``vip`` where this
+    host's kernel has IPVS and the engine is on this host)."""
     """The host address the docker runtime publishes public endpoints on."""
     source: str = "defaults"
     """Where the settings came from, for messages."""

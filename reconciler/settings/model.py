@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 from pathlib import Path
-from typing import Annotated, Any, get_type_hints
+from typing import Annotated, Any, Literal, get_type_hints
 
 from pydantic import (
     AfterValidator,
@@ -136,6 +136,7 @@ class _Swarm(_Strict):
     """``[swarm]``."""
 
     proxy_image: str = DEFAULT_PROXY_IMAGE
+    endpoint_mode: Literal["auto", "vip", "dnsrr"] = "auto"
 
 
 class _Backoff(_Strict):
@@ -187,6 +188,7 @@ def checked(data: dict[str, Any], where: str, overridden: set[tuple[str, ...]]) 
         network_pool=config.process.network_pool,
         publish_address=config.docker.publish_address,
         swarm_proxy_image=config.swarm.proxy_image,
+        swarm_endpoint_mode=config.swarm.endpoint_mode,
         source=where,
         daemon=DaemonSettings(**config.daemon.model_dump()),
         backoff=backoff,

@@ -4,8 +4,11 @@ refuses or warns about (pure: no engine; the real swarm is tests/swarm)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+from reconciler.drivers.swarm import SwarmDriver
 from reconciler.drivers.swarm import spec as sw
+from reconciler.drivers.swarm.driver import _detected, ipvs_available
 from tests.docker_support import compile_services
 
 WEB = """
@@ -188,3 +191,29 @@ def test_the_proxy_is_a_global_service_publishing_its_ports_on_every_node() -> N
     assert container["Configs"][0]["File"]["Name"] == sw.PROXY_CONFIG_PATH
     assert container["Configs"][0]["ConfigID"] == "cid"
     assert spec["TaskTemplate"]["Networks"] == [{"Target": "zlayer-demo"}]
+
+
+def test_how_a_name_resolves_is_a_note_and_the_services_endpoint_mode(tmp_path: Path) -> None:
+    service = web()
+    assert sw.limits(service).notes == (
+        "internal endpoints admin: web resolves to each task's own address "
+        "(endpoint_mode dnsrr: no IPVS for a virtual IP)",
+    )
+    assert "virtual IP, balanced over its tasks by IPVS" in sw.limits(service, True, "vip").notes[0]
+    assert sw.service_spec(service, "r", 3, endpoint_mode="vip")["EndpointSpec"]["Mode"] == "vip"
+    public_only = WEB.replace(
+        "    - {name: admin, protocol: tcp, port: 9000, expose: internal}\n", ""
+    )
+    assert sw.limits(web(public_only)).notes == ()
+
+
+def test_ipvs_is_detected_on_this_host_only(tmp_path: Path) -> None:
+    assert not ipvs_available(tmp_path)
+    assert _detected("unix:///run/docker.sock", tmp_path) == "dnsrr"
+    (tmp_path / "proc" / "net").mkdir(parents=True)
+    (tmp_path / "proc" / "net" / "ip_vs").write_text("IP Virtual Server version 1.2.1\n")
+    assert ipvs_available(tmp_path)
+    assert _detected("unix:///run/docker.sock", tmp_path) == "vip"
+    assert _detected("tcp://10.0.0.1:2376", tmp_path) == "dnsrr"  # another host's kernel
+    assert SwarmDriver("tcp://10.0.0.1:2376", endpoint_mode="vip").endpoint_mode == "vip"
+    assert SwarmDriver("tcp://10.0.0.1:2376").endpoint_mode == "dnsrr"

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from reconciler.daemon.journal import Journal
 from tests.daemon_support import Daemon
 from tests.docker_support import engine_request
 from tests.support import wait_for
@@ -88,6 +89,83 @@ def test_the_daemon_keeps_swarm_services_converged(
 
         assert daemon.terminate() == 0
         assert len(service_tasks(swarm, name)) == 3, "SIGTERM must leave the service running"
+    finally:
+        daemon.close()
+        print(daemon.output()[-4000:])
+
+
+def write_text(directory: Path, deployment: str, body: dict[str, Any]) -> None:
+    text = json.dumps({"version": "v1", "deployment": deployment, "services": body})
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "app.yaml.tmp").write_text(text)
+    (directory / "app.yaml.tmp").rename(directory / "app.yaml")
+
+
+def checked_web(version: str, check: str) -> dict[str, Any]:
+    return {
+        "image": {"name": IMAGE},
+        "command": {"entrypoint": ["sh", "-c", "exec sleep 3600"]},
+        "env": {"V": version},
+        "stop_grace_period": "1s",
+        "scale": {"mode": "fixed", "replicas": 2},
+        "health": {
+            "check": {"type": "command", "command": check},
+            "interval": "1s", "start_grace": "1s", "retries": 1,
+        },
+    }  # fmt: skip
+
+
+@pytest.mark.slow
+def test_the_daemon_runs_cron_on_the_swarm_and_keeps_the_last_good_revision_when_rolled_back(
+    tmp_path: Path, swarm: Swarm, swarm_deployment: str
+) -> None:
+    env = {**os.environ, "NO_COLOR": "1", "DOCKER_HOST": swarm.url}
+    env["ZLAYER_SWARM_PROXY_IMAGE"] = PROXY_IMAGE
+    env.pop("ZLAYER_STATE_DIR", None)
+    daemon = Daemon(tmp_path, "swarm", env)
+    name = f"{swarm_deployment}_web"
+    tick = {
+        "rtype": "cron",
+        "schedule": "*/2 * * * * *",
+        "image": {"name": IMAGE},
+        "command": {"entrypoint": ["sh", "-c", "echo tick on the swarm"]},
+    }
+    try:
+        specs = tmp_path / "specs"
+        write_text(specs, swarm_deployment, {"web": checked_web("1", "true"), "tick": tick})
+        daemon.configure(f'path = "{specs}"\nresync = 1')
+        daemon.start()
+
+        def runs() -> list[Any]:
+            journal = Journal.in_state_dir(daemon.state)
+            try:
+                return journal.runs(limit=100, service="tick")
+            finally:
+                journal.close()
+
+        # Cron: each tick a replicated-job service on a node, its output in the journal.
+        wait_for(lambda: len([r for r in runs() if r.status == "succeeded"]) >= 2,
+                 lambda: f"two cron runs on the swarm: {runs()}", 120)  # fmt: skip
+        done = [r for r in runs() if r.status == "succeeded"]
+        assert all("tick on the swarm" in r.log_tail for r in done), done
+        wait_for(lambda: len(service_tasks(swarm, name)) == 2, "web's two tasks running", 90)
+
+        # A revision whose health check fails: Swarm rolls the update back, the daemon
+        # marks the revision bad, keeps the last good, and does not try it again.
+        reconciled = len(daemon.reconciles())
+        write_text(specs, swarm_deployment, {"web": checked_web("2", "false"), "tick": tick})
+        wait_for(
+            lambda: any(r["outcome"] == "rolled-back" for r in daemon.reconciles()[reconciled:]),
+            lambda: f"the rolled-back reconcile: {daemon.reconciles()[reconciled:]}", 120,
+        )  # fmt: skip
+        bad = [e for e in daemon.events() if e["kind"] == "revision-bad"]
+        assert bad and "rolled back" in bad[-1]["message"], bad
+        _, service = engine_request(swarm.url, "GET", f"/services/{name}")
+        assert "V=1" in service["Spec"]["TaskTemplate"]["ContainerSpec"]["Env"]
+        settled = spec_version(swarm, name)
+        daemon.wait_reconciles(len(daemon.reconciles()) + 2)
+        assert spec_version(swarm, name) == settled, "the bad revision was tried again"
+        assert len(service_tasks(swarm, name)) == 2
     finally:
         daemon.close()
         print(daemon.output()[-4000:])

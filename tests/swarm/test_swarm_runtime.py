@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.drivers.swarm.driver import ipvs_available
 from tests.docker_support import engine_request
 from tests.support import wait_for
 from tests.swarm_support import (
@@ -354,7 +355,9 @@ services:
     stop_grace_period: 1s
     scale: {{mode: fixed, replicas: {web_replicas}}}
     node_selector: {{labels: {{zone: a}}}}
-    endpoints: [{{name: http, protocol: http, port: 8080, expose: public}}]
+    endpoints:
+      - {{name: http, protocol: http, port: 8080, expose: public}}
+      - {{name: peer, protocol: tcp, port: 8080, expose: internal}}
     health: {{check: {{type: command, command: "true"}}, interval: 1s, start_grace: 1s}}
   api:
     image: {{name: "{IMAGE}"}}
@@ -396,6 +399,9 @@ def test_a_public_endpoint_answers_on_every_node_from_every_replica(
     assert plan.returncode == 0, plan.stdout + plan.stderr
     assert "new route: http :8080 → 2 replicas" in plan.stdout, plan.stdout
     assert "new route: http :8080 path /api/ → 1 replica" in plan.stdout, plan.stdout
+    # The plan says how web's name resolves inside the swarm (no IPVS here: dnsrr).
+    mode = "vip" if ipvs_available() else "dnsrr"
+    assert f"(endpoint_mode {mode}" in plan.stdout and "web resolves to" in plan.stdout
     # Behind the proxy the tasks publish no port of their own: they roll start-first.
     assert "replicas 0 → 2 (rolling updates start-first)" in plan.stdout, plan.stdout
     run = zlayer(swarm, tmp_path, "apply", str(path), "--auto-approve")

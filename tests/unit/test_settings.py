@@ -166,7 +166,7 @@ def test_a_runtime_not_known_says_where_it_came_from(
         ("network_pool = '10.1.0.0/16'", f"unknown key 'network_pool' (known: {TOP_LEVEL})"),
         ("[process]\npool = '10.1.0.0/16'", "unknown key process.pool (known: network_pool)"),
         ("[docker]\npublish = '::'", "unknown key docker.publish (known: publish_address)"),
-        ("[swarm]\nproxy = 'x'", "unknown key swarm.proxy (known: proxy_image)"),
+        ("[swarm]\nproxy = 'x'", "unknown key swarm.proxy (known: endpoint_mode, proxy_image)"),
         (
             "[daemon]\nfoo = 1",
             "unknown key daemon.foo (known: allow_rewrite, branch, interval, journal_retention, "
@@ -436,3 +436,11 @@ def test_the_swarms_proxy_image_comes_from_the_file_or_the_environment(
     monkeypatch.setenv("ZLAYER_SWARM_PROXY_IMAGE", "local/haproxy:2")
     assert load_settings(config).swarm_proxy_image == "local/haproxy:2"
     assert load_settings(None).swarm_proxy_image == "local/haproxy:2"
+
+
+def test_the_swarms_endpoint_mode_is_one_of_three(config: Path) -> None:
+    config.write_text('[swarm]\nendpoint_mode = "vip"\n')
+    assert load_settings(config).swarm_endpoint_mode == "vip"
+    assert refused(config, '[swarm]\nendpoint_mode = "ipvs"\n').endswith(
+        "swarm.endpoint_mode: Input should be 'auto', 'vip' or 'dnsrr'"
+    )

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 from collections.abc import AsyncGenerator, Collection, Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import Any, NoReturn, Self
 
@@ -107,9 +108,21 @@ class SwarmDriver:
     routable = False
     internal_routable = False
 
-    def __init__(self, url: str | None = None, *, poll: float = 0.5, proxy_image: str = "") -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        poll: float = 0.5,
+        proxy_image: str = "",
+        endpoint_mode: str = "auto",
+    ) -> None:
         self.url = url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
         self.poll = poll
+        self.endpoint_mode = (
+            endpoint_mode if endpoint_mode in sw.ENDPOINT_MODES else _detected(self.url)
+        )
+        """How service names resolve on the overlay: ``vip`` where the kernel has
+        IPVS (``auto`` looks on this host when the engine is on it), else ``dnsrr``."""
         self.proxy_image = proxy_image
         """HAProxy's image for each deployment's proxy; empty: no proxy, a public
         endpoint is a port published by its own tasks on their nodes only."""
@@ -261,7 +274,7 @@ class SwarmDriver:
         )
 
     def limits(self, service: DesiredService) -> Limits:
-        return sw.limits(service, self.proxied)
+        return sw.limits(service, self.proxied, self.endpoint_mode)
 
     @property
     def proxied(self) -> bool:
@@ -283,7 +296,10 @@ class SwarmDriver:
     ) -> None:
         subject = f"{service.deployment}/{service.name}"
         secrets = await self._secrets(service, subject)
-        body = sw.service_spec(service, revision, replicas, secrets=secrets, proxied=self.proxied)
+        body = sw.service_spec(
+            service, revision, replicas, secrets=secrets, proxied=self.proxied,
+            endpoint_mode=self.endpoint_mode,
+        )  # fmt: skip
         name = sw.service_name(service.deployment, service.name)
         if version is None:
             await self._query(
@@ -832,6 +848,25 @@ class SwarmDriver:
                 )
             await self._wait_gone(deployment, str(proxy["ID"]), subject)
         await self._prune_proxy_configs(deployment, keep=None)
+
+
+IPVS_MARKERS = ("proc/net/ip_vs", "sys/module/ip_vs")
+"""Present when the kernel has IPVS loaded (Docker loads it itself where it can)."""
+
+
+def ipvs_available(root: Path = Path("/")) -> bool:
+    """This host's kernel has IPVS (``root``: where ``/proc`` and ``/sys`` are), or
+    its module is installed for the engine to load."""
+    if any((root / marker).exists() for marker in IPVS_MARKERS):
+        return True
+    modules = root / "lib" / "modules" / os.uname().release
+    return modules.is_dir() and any(modules.rglob("ip_vs.ko*"))
+
+
+def _detected(url: str, root: Path = Path("/")) -> str:
+    """``vip`` when the engine runs on this host (a unix socket) and the kernel has
+    IPVS; ``dnsrr`` otherwise (a remote engine's kernel is not known here)."""
+    return "vip" if url.startswith("unix://") and ipvs_available(root) else "dnsrr"
 
 
 def _discovered(backend: Backend) -> tuple[str, int]:

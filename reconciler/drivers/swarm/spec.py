@@ -9,7 +9,8 @@ documents the scheme), so that observing a swarm needs no state of zlayer's own:
   and ``zlayer.depends``; its containers carry the deployment, service and fingerprint
   too, so every task says which spec it was made from;
 * one attachable overlay network ``zlayer-<deployment>`` per deployment, on which a
-  service's name resolves to its tasks (``endpoint_mode: dnsrr``, :data:`ENDPOINT_MODE`);
+  service's name resolves to its tasks (``endpoint_mode: dnsrr``, :data:`ENDPOINT_MODE`)
+  or, where the kernel has IPVS, to one virtual IP (``vip``);
 * sensitive env values as Swarm secrets ``<deployment>_<service>_<KEY>_<hash>``, never
   in the spec: the engine mounts each as a file :data:`SECRETS_PREFIX` ``<KEY>``, and the
   container's command is wrapped by ``/bin/sh`` exporting them before it ``exec``s
@@ -59,8 +60,11 @@ SECRETS_PREFIX = "/run/secrets/zlayer."
 secret's file, flat, under ``/run/secrets``); readable inside the task only."""
 ENDPOINT_MODE = "dnsrr"
 """Service names resolve to the tasks' own addresses: a VIP needs IPVS in the kernel,
-which many hosts (and the test machines) lack, and the managed proxy is the place for
-balancing anyway."""
+which many hosts (and the test machines) lack, and the deployment's proxy is the place
+for balancing public traffic anyway. Where IPVS exists a service may get ``vip``
+instead (:func:`service_spec`'s ``endpoint_mode``); the proxy and the job runs always
+use this one."""
+ENDPOINT_MODES = ("dnsrr", "vip")
 
 HANDLED = frozenset(
     {
@@ -270,11 +274,13 @@ def service_spec(
     *,
     secrets: Mapping[str, str] | None = None,
     proxied: bool = False,
+    endpoint_mode: str = ENDPOINT_MODE,
 ) -> dict[str, Any]:
     """The ``ServiceSpec`` for ``service`` with ``replicas`` tasks. ``secrets``: env key
     → the Swarm secret ID carrying its value (made by the driver first). ``proxied``:
     the deployment's proxy serves its public endpoints, so it publishes no port of
-    theirs itself."""
+    theirs itself. ``endpoint_mode``: how its name resolves on the overlay
+    (:data:`ENDPOINT_MODES`)."""
     config = service.config
     deployment = service.deployment
     keys = secret_keys(service)
@@ -355,14 +361,17 @@ def service_spec(
             "FailureAction": "pause",
             "Monitor": monitor,
         },
-        "EndpointSpec": {"Mode": ENDPOINT_MODE, "Ports": _ports(config, proxied)},
+        "EndpointSpec": {"Mode": endpoint_mode, "Ports": _ports(config, proxied)},
     }
     return spec
 
 
-def limits(service: DesiredService, proxied: bool = False) -> Limits:
-    """What the swarm runtime refuses (errors) or does not apply (warnings), per field;
-    ``proxied``: public endpoints are served by the deployment's proxy."""
+def limits(
+    service: DesiredService, proxied: bool = False, endpoint_mode: str = ENDPOINT_MODE
+) -> Limits:
+    """What the swarm runtime refuses (errors) or does not apply (warnings), per field,
+    and what it chose (notes: how the service's name resolves); ``proxied``: public
+    endpoints are served by the deployment's proxy."""
     subject = f"{service.deployment}/{service.name}"
     config = service.config
     errors: list[str] = []
@@ -442,7 +451,23 @@ def limits(service: DesiredService, proxied: bool = False) -> Limits:
         warnings.append(f"{subject}: lifecycle.delete_on_exit not applied (Swarm keeps tasks)")
     for key in sorted(set(config) - HANDLED):
         warnings.append(f"{subject}: {key} not applied on the swarm runtime")
-    return Limits(tuple(errors), tuple(warnings))
+    return Limits(tuple(errors), tuple(warnings), _resolution(service, endpoint_mode))
+
+
+def _resolution(service: DesiredService, endpoint_mode: str) -> tuple[str, ...]:
+    """How the name of a service with internal endpoints resolves on the overlay."""
+    internal = [
+        str(e.get("name"))
+        for e in service.config.get("endpoints", ())
+        if e.get("expose", "internal") == "internal"
+    ]
+    if not internal:
+        return ()
+    if endpoint_mode == "vip":
+        how = "one virtual IP, balanced over its tasks by IPVS (endpoint_mode vip)"
+    else:
+        how = "each task's own address (endpoint_mode dnsrr: no IPVS for a virtual IP)"
+    return (f"internal endpoints {', '.join(internal)}: {service.name} resolves to {how}",)
 
 
 def run_spec(
