@@ -145,6 +145,14 @@ class Daemon:
         finally:
             journal.close()
 
+    def runs(self, service: str) -> list[Any]:
+        """The journal's runs of the job or cron service ``service`` (newest first)."""
+        journal = Journal.in_state_dir(self.state)
+        try:
+            return journal.runs(limit=100, service=service)
+        finally:
+            journal.close()
+
     def wait_reconciles(self, count: int, timeout: float = 60) -> list[dict[str, Any]]:
         """Until at least ``count`` reconciles have finished."""
         return wait_for(

@@ -22,9 +22,10 @@ from reconciler.cli.escape import visible, visible_line
 from reconciler.cli.runtime import RUNTIME_OPTION, STATE_DIR_OPTION, pick_runtime, settings_for
 from reconciler.daemon.journal import Crash, Journal
 from reconciler.desired import DesiredState
-from reconciler.drivers.base import Driver
+from reconciler.drivers.base import Driver, ProxyingCluster
 from reconciler.errors import NoDaemon, ProxyError, ZlayerError
 from reconciler.observed import ClusterService, ObservedState, Workload, WorkloadId
+from reconciler.plan.planner import route_text
 from reconciler.removals import Removals
 from reconciler.routing.host import HostRoutes, RouteStat
 from reconciler.runtimes import open_runtime
@@ -97,6 +98,8 @@ def status(
         async with open_runtime(runtime, settings) as driver:
             state = await driver.observe(deployments or None)
             state = Removals(state_dir).merged(state, deployments or None)
+            if isinstance(driver, ProxyingCluster) and driver.proxied:
+                state = await driver.observe_routes(state, deployments or None)
             if state.services_managed:  # a cluster's list of tasks is complete already
                 workloads = list(state.workloads)
             else:
@@ -145,7 +148,7 @@ def status(
         ) + ((w.node or "-",) if placed else ())
         rows.append(tuple(visible(cell) for cell in row))
     _table(rows)
-    for line in _cluster_lines(state, workloads):
+    for line in _cluster_lines(state, workloads) + _cluster_routes(state):
         click.echo(visible_line(line))
     shown = {str(w.id) for w in workloads}
     for target, crash in sorted(crashes.items()):
@@ -188,6 +191,20 @@ def _cluster_lines(state: ObservedState, workloads: list[Workload]) -> list[str]
             out.append(f"{c.id}: last update {c.update_state.replace('_', ' ')}: {message}")
         elif c.update_state in ("updating", "rollback_started"):
             out.append(f"{c.id}: {c.update_state.replace('_', ' ')}")
+    return out
+
+
+def _cluster_routes(state: ObservedState) -> list[str]:
+    """For a cluster whose deployments have proxies of their own: what each serves,
+    and whether they run."""
+    if not (state.services_managed and state.routes_managed):
+        return []
+    out = [
+        f"{r.deployment}: {route_text(r)} → {r.service}, on every node (its proxy)"
+        for r in sorted(state.routes, key=lambda r: (r.deployment, r.port, r.service))
+    ]
+    if state.routes and not state.proxy_running:
+        out.append("a deployment's proxy has no task running: its ports do not answer")
     return out
 
 

@@ -359,18 +359,17 @@ def test_cron_runs_never_overlap_and_jobs_run_through_the_daemon(daemon_host: Da
     daemon_host.configure(f'path = "{specs}"\nresync = 30')
     daemon_host.start()
 
-    def runs() -> list[Any]:
-        journal = Journal.in_state_dir(daemon_host.state)
-        try:
-            return journal.runs(limit=100, service="tick")
-        finally:
-            journal.close()
-
-    wait_for(lambda: len([r for r in runs() if r.status == "succeeded"]) >= 2, "two runs", 40)
-    done = sorted((r for r in runs() if r.status == "succeeded"), key=lambda r: r.started)
+    wait_for(
+        lambda: len([r for r in daemon_host.runs("tick") if r.status == "succeeded"]) >= 2,
+        "two runs",
+        40,
+    )
+    done = sorted(
+        (r for r in daemon_host.runs("tick") if r.status == "succeeded"), key=lambda r: r.started
+    )
     for earlier, later in itertools.pairwise(done):
         assert later.started >= earlier.finished, "cron runs overlapped"
-    skipped = [r for r in runs() if r.status == "skipped"]
+    skipped = [r for r in daemon_host.runs("tick") if r.status == "skipped"]
     assert skipped and "still running" in skipped[0].note
     assert "tick" in done[0].log_tail
 

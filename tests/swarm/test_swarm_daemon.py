@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from reconciler.daemon.journal import Journal
 from tests.daemon_support import Daemon
 from tests.docker_support import engine_request
 from tests.support import wait_for
@@ -36,10 +35,24 @@ def write_specs(directory: Path, deployment: str, replicas: int, job: bool = Fal
             "image": {"name": IMAGE},
             "command": {"entrypoint": ["sh", "-c", "echo hi from the swarm; exit 4"]},
         }
+    write_text(directory, deployment, services)
+
+
+def write_text(directory: Path, deployment: str, services: dict[str, Any]) -> None:
+    """The spec of ``services``, written so the daemon never reads half of it."""
     text = json.dumps({"version": "v1", "deployment": deployment, "services": services})
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "app.yaml.tmp").write_text(text)
     (directory / "app.yaml.tmp").rename(directory / "app.yaml")
+
+
+def swarm_daemon(tmp_path: Path, swarm: Swarm) -> Daemon:
+    """A daemon on the swarm runtime against ``swarm``'s manager, its proxies on the
+    imported HAProxy."""
+    env = {**os.environ, "NO_COLOR": "1", "DOCKER_HOST": swarm.url}
+    env["ZLAYER_SWARM_PROXY_IMAGE"] = PROXY_IMAGE
+    env.pop("ZLAYER_STATE_DIR", None)
+    return Daemon(tmp_path, "swarm", env)
 
 
 def spec_version(swarm: Swarm, name: str) -> tuple[int, int] | None:
@@ -54,10 +67,7 @@ def spec_version(swarm: Swarm, name: str) -> tuple[int, int] | None:
 def test_the_daemon_keeps_swarm_services_converged(
     tmp_path: Path, swarm: Swarm, swarm_deployment: str
 ) -> None:
-    env = {**os.environ, "NO_COLOR": "1", "DOCKER_HOST": swarm.url}
-    env["ZLAYER_SWARM_PROXY_IMAGE"] = PROXY_IMAGE
-    env.pop("ZLAYER_STATE_DIR", None)
-    daemon = Daemon(tmp_path, "swarm", env)
+    daemon = swarm_daemon(tmp_path, swarm)
     name = f"{swarm_deployment}_web"
     try:
         specs = tmp_path / "specs"
@@ -94,13 +104,6 @@ def test_the_daemon_keeps_swarm_services_converged(
         print(daemon.output()[-4000:])
 
 
-def write_text(directory: Path, deployment: str, body: dict[str, Any]) -> None:
-    text = json.dumps({"version": "v1", "deployment": deployment, "services": body})
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "app.yaml.tmp").write_text(text)
-    (directory / "app.yaml.tmp").rename(directory / "app.yaml")
-
-
 def checked_web(version: str, check: str) -> dict[str, Any]:
     return {
         "image": {"name": IMAGE},
@@ -119,10 +122,7 @@ def checked_web(version: str, check: str) -> dict[str, Any]:
 def test_the_daemon_runs_cron_on_the_swarm_and_keeps_the_last_good_revision_when_rolled_back(
     tmp_path: Path, swarm: Swarm, swarm_deployment: str
 ) -> None:
-    env = {**os.environ, "NO_COLOR": "1", "DOCKER_HOST": swarm.url}
-    env["ZLAYER_SWARM_PROXY_IMAGE"] = PROXY_IMAGE
-    env.pop("ZLAYER_STATE_DIR", None)
-    daemon = Daemon(tmp_path, "swarm", env)
+    daemon = swarm_daemon(tmp_path, swarm)
     name = f"{swarm_deployment}_web"
     tick = {
         "rtype": "cron",
@@ -136,17 +136,13 @@ def test_the_daemon_runs_cron_on_the_swarm_and_keeps_the_last_good_revision_when
         daemon.configure(f'path = "{specs}"\nresync = 1')
         daemon.start()
 
-        def runs() -> list[Any]:
-            journal = Journal.in_state_dir(daemon.state)
-            try:
-                return journal.runs(limit=100, service="tick")
-            finally:
-                journal.close()
-
         # Cron: each tick a replicated-job service on a node, its output in the journal.
-        wait_for(lambda: len([r for r in runs() if r.status == "succeeded"]) >= 2,
-                 lambda: f"two cron runs on the swarm: {runs()}", 120)  # fmt: skip
-        done = [r for r in runs() if r.status == "succeeded"]
+        def succeeded() -> list[Any]:
+            return [r for r in daemon.runs("tick") if r.status == "succeeded"]
+
+        wait_for(lambda: len(succeeded()) >= 2,
+                 lambda: f"two cron runs on the swarm: {daemon.runs('tick')}", 120)  # fmt: skip
+        done = succeeded()
         assert all("tick on the swarm" in r.log_tail for r in done), done
         wait_for(lambda: len(service_tasks(swarm, name)) == 2, "web's two tasks running", 90)
 

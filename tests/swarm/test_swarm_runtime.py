@@ -429,6 +429,14 @@ def test_a_public_endpoint_answers_on_every_node_from_every_replica(
 
     again = zlayer(swarm, tmp_path, "plan", "--runtime", "swarm", str(path), "--detailed-exitcode")
     assert again.returncode == 0 and "No changes." in again.stdout, again.stdout + again.stderr
+    status = zlayer(swarm, tmp_path, "status")
+    assert status.returncode == 0, status.stderr
+    for line in (
+        f"{swarm_deployment}: http :8080 → web, on every node (its proxy)",
+        f"{swarm_deployment}: http :8080 path /api/ → api, on every node (its proxy)",
+    ):
+        assert line in status.stdout, status.stdout
+    assert "has no task running" not in status.stdout
 
     # A third replica: a scale of web, the proxy left as it is (it finds the new task in
     # DNS), and the new replica served from every node.
