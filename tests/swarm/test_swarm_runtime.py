@@ -3,6 +3,7 @@ CLI plans and applies services as a whole, the engine places and rolls them."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -140,17 +141,24 @@ def nodes_of(swarm: Swarm, deployment: str, service: str) -> list[str]:
 def test_a_three_tier_deployment_applies_in_order_and_spreads(
     swarm: Swarm, swarm_deployment: str, tmp_path: Path
 ) -> None:
+    # Without a proxy (proxy_image ""): web's tasks publish its port on their nodes.
     path = spec_file(tmp_path, three_tier(swarm_deployment))
-    plan = zlayer(swarm, tmp_path, "plan", "--runtime", "swarm", str(path))
+    plan = zlayer(swarm, tmp_path, "plan", "--runtime", "swarm", str(path), proxy=False)
     assert plan.returncode == 0, plan.stdout + plan.stderr
+    assert "endpoint http: served only on the nodes that run a task of it" in plan.stdout
+    assert "route " not in plan.stdout, plan.stdout
     for line in (
         f"create     {swarm_deployment}/db  new service, replicas 0 → 1 (rolling updates "
         "start-first)",
         f"{swarm_deployment}/web  new service, replicas 0 → 3 (rolling updates stop-first)",
     ):
         assert line in plan.stdout, plan.stdout
-    run = zlayer(swarm, tmp_path, "apply", str(path), "--auto-approve")
+    run = zlayer(swarm, tmp_path, "apply", str(path), "--auto-approve", proxy=False)
     assert run.returncode == 0, run.stdout + run.stderr
+    _, web = engine_request(swarm.url, "GET", f"/services/{swarm_deployment}_web")
+    assert [p["PublishMode"] for p in web["Spec"]["EndpointSpec"]["Ports"]] == ["host"]
+    status, _ = engine_request(swarm.url, "GET", f"/services/{swarm_deployment}_zlayer-proxy")
+    assert status == 404
     # db is pinned to the node labelled zone=b; api and web run one task per node.
     zone_b = next(n.name for n in swarm.nodes if n.labels["zone"] == "b")
     assert nodes_of(swarm, swarm_deployment, "db") == [zone_b]
@@ -166,7 +174,10 @@ def test_a_three_tier_deployment_applies_in_order_and_spreads(
         for s in ("db", "api", "web")
     }
     assert first["db"] < first["api"] < first["web"], first
-    again = zlayer(swarm, tmp_path, "plan", "--runtime", "swarm", str(path), "--detailed-exitcode")
+    again = zlayer(
+        swarm, tmp_path, "plan", "--runtime", "swarm", str(path), "--detailed-exitcode",
+        proxy=False,
+    )  # fmt: skip
     assert again.returncode == 0 and "No changes." in again.stdout, again.stdout + again.stderr
 
 
@@ -230,6 +241,13 @@ services:
     assert canary not in run.stdout + run.stderr
     _, service = engine_request(swarm.url, "GET", f"/services/{swarm_deployment}_app")
     assert canary not in json.dumps(service)
+    # Nor in the proxy serving it: its service, labels, and configuration.
+    _, proxy = engine_request(swarm.url, "GET", f"/services/{swarm_deployment}_zlayer-proxy")
+    assert proxy["Spec"]["Mode"] == {"Global": {}} and canary not in json.dumps(proxy)
+    (mounted,) = proxy["Spec"]["TaskTemplate"]["ContainerSpec"]["Configs"]
+    _, config = engine_request(swarm.url, "GET", f"/configs/{mounted['ConfigID']}")
+    assert "backend " in base64.b64decode(config["Spec"]["Data"]).decode()
+    assert canary not in base64.b64decode(config["Spec"]["Data"]).decode()
     node = swarm.node(service_tasks(swarm, f"{swarm_deployment}_app")[0]["NodeID"])
     assert wait_for(
         lambda: fetch(swarm, f"http://{node.address}:8080/").strip() == canary,
@@ -239,11 +257,12 @@ services:
         shown = zlayer(swarm, tmp_path, *command)
         assert shown.returncode == 0, shown.stderr
         assert canary not in shown.stdout + shown.stderr
-    # destroy takes the service, its secret and the deployment's network.
+    # destroy takes the service, its secret, the proxy with its configuration, and the
+    # deployment's network.
     gone = zlayer(swarm, tmp_path, "destroy", swarm_deployment, "--auto-approve")
     assert gone.returncode == 0, gone.stdout + gone.stderr
     label = json.dumps({"label": [f"zlayer.deployment={swarm_deployment}"]})
-    for kind in ("services", "secrets", "networks"):
+    for kind in ("services", "secrets", "networks", "configs"):
         _, left = engine_request(swarm.url, "GET", f"/{kind}", {"filters": label})
         assert left == [], (kind, left)
 
