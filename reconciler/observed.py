@@ -128,6 +128,9 @@ class Workload:
     stopped_by_reboot: bool = False
     """The replica stopped because the host went down (it ended before this boot):
     started again, neither a crash nor ``completed``."""
+    oom_killed: bool = False
+    """It ended because the kernel's OOM killer ended it, at its memory limit
+    (``resources.memory``): shown as ``oom-killed``, not as a bare status 137."""
     outdated: str | None = None
     """Why the runtime would make this replica differently now (it was made by an older
     zlayer, before its public ports went through the managed proxy, …): the plan
@@ -164,7 +167,19 @@ class Workload:
             return "completed"
         if self.stopped_by_reboot:
             return "stopped by reboot"
+        if self.oom_killed and self.status in ("exited", "dead"):
+            return "oom-killed"
         return self.status if self.exit_code is None else f"{self.status} ({self.exit_code})"
+
+    @property
+    def ended(self) -> str:
+        """How a replica that is not running ended, in words: ``exited with status 3``,
+        ``oom-killed (at its memory limit, status 137)``, or its status."""
+        code = self.exit_code
+        if self.oom_killed:
+            status = f", status {code}" if code is not None else ""
+            return f"oom-killed (at its memory limit{status})"
+        return f"exited with status {code}" if code is not None else self.status
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

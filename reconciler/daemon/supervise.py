@@ -62,8 +62,7 @@ class Supervisor:
         if workload.replica is None or workload.completed or workload.stopped_by_reboot:
             return None  # finished, or stopped with the host: no crash
         if workload.status in ("exited", "dead"):
-            code = workload.exit_code
-            return f"exited with status {code}" if code is not None else workload.status
+            return workload.ended
         if health_problem is not None and workload.status == "running":
             return health_problem
         return None

@@ -377,8 +377,7 @@ def _existing(
 
 
 def _exited(workload: Workload) -> str:
-    code = workload.exit_code
-    return f"exited with status {code}" if code is not None else workload.status
+    return workload.ended
 
 
 def _effective(

@@ -316,3 +316,22 @@ def test_restart_policy_steers_what_the_daemon_restarts(journal: Journal) -> Non
     gave_up = journal.events(1, target="demo/capped/1")[0]["message"]
     assert "gave up after 2 restarts in a row (restart_policy.max_attempts)" in gave_up
     assert journal.crash("demo/never/1") is None
+
+
+def test_an_oom_killed_replica_is_a_crash_that_says_so(journal: Journal) -> None:
+    """Killed by the OOM killer: a crash (backoff), recorded with the reason, not a bare
+    status 137."""
+    supervisor = Supervisor(journal, BackoffPolicy(jitter=0), clock=Clock())
+    desired = _desired()
+    observed = _observed(desired, {"db": ("running", None, "a"), "web": ("exited", 137, "b")})
+    web = next(w for w in observed.workloads if w.service == "web")
+    oom = dataclasses.replace(web, oom_killed=True)
+    assert supervisor.crash_of(web, None) == "exited with status 137"
+    assert supervisor.crash_of(oom, None) == "oom-killed (at its memory limit, status 137)"
+    observed = dataclasses.replace(
+        observed, workloads=tuple(oom if w.id == web.id else w for w in observed.workloads)
+    )
+    result = supervisor.supervise(plan_changes(desired, observed), desired, observed, {})
+    assert journal.crash("demo/web/1") is not None and "demo/web/1" in result.held
+    (event,) = [e for e in journal.events(10, target="demo/web/1") if e["kind"] == "crashed"]
+    assert event["message"].startswith("oom-killed (at its memory limit, status 137); restart 1")

@@ -74,6 +74,8 @@ def workload_from_inspect(
         health,
         info.get("Id"),
     )
+    if workload is not None and exit_code is not None and state.get("OOMKilled"):
+        workload = dataclasses.replace(workload, oom_killed=True)
     began = _epoch(started)
     if workload is None or booted_at is None or began is None or exit_code is None:
         return workload

@@ -506,10 +506,10 @@ def _new_record(
 
 
 def _workload(where: Path, record: Record, inventory: Any) -> Workload:
-    code, started, problem, rebooted = None, None, None, False
+    code, started, problem, rebooted, oom = None, None, None, False, False
     state: Status = "registered"
     if record.replica is not None:
-        state, code, started, rebooted = status.state(where, record)
+        state, code, started, rebooted, oom = status.state(where, record)
         if state == "running" and inventory is not None:
             problem = status.drift(record, inventory)
     return Workload(
@@ -525,4 +525,5 @@ def _workload(where: Path, record: Record, inventory: Any) -> Workload:
         runtime_id=str(where),
         problem=problem,
         stopped_by_reboot=rebooted,
+        oom_killed=oom,
     )

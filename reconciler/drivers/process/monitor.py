@@ -340,6 +340,8 @@ class _Monitor:
         self.stop_requested = False
         self.finished = False  # exit.json is written
         self.log_broken = False
+        self.oom_kills: int | None = None
+        """The memory group's OOM kills before this launch (None: not counted)."""
 
     def run(self) -> None:
         output_read, output_write = os.pipe()  # close-on-exec, like all fds Python makes
@@ -352,6 +354,7 @@ class _Monitor:
         signal.signal(signal.SIGCHLD, _ignore)
         signal.signal(signal.SIGTERM, self._on_sigterm)
 
+        self.oom_kills = _oom_kills(self.spec.get("cgroup"))  # the groups' count so far
         self.pid = pid = os.fork()
         if pid == 0:
             _child(self.spec, output_write, status_write)
@@ -449,6 +452,10 @@ class _Monitor:
                 _note(self.dir, f"{host.now_iso()} output.log: {exc}; output is dropped\n")
 
     def _record_exit(self, code: int | None, signum: int | None, error: str | None) -> None:
+        # Killed (SIGKILL) while the memory group counted an OOM kill more than at the
+        # launch: the kernel's OOM killer ended it, at its memory limit.
+        after = _oom_kills(self.spec.get("cgroup")) if signum == signal.SIGKILL else None
+        before = self.oom_kills
         records.write_exited(
             self.dir,
             Exited(
@@ -457,6 +464,7 @@ class _Monitor:
                 signal=signum,
                 error=error,
                 finished_at=host.now_iso(),
+                oom_killed=after is not None and before is not None and after > before,
             ),
         )
         self.finished = True
@@ -523,6 +531,23 @@ def _detached(spec: dict[str, Any]) -> NoReturn:
         monitor.failed()
     finally:
         os._exit(code)
+
+
+def _oom_kills(groups: Any) -> int | None:
+    """How many processes the kernel's OOM killer has ended in the replica's memory
+    group so far (``oom_kill`` in cgroup v2's ``memory.events``, or in v1's
+    ``memory.oom_control``); None without a memory group that counts them."""
+    for group in groups if isinstance(groups, list) else [groups] if groups else []:
+        for name in ("memory.events", "memory.oom_control"):
+            try:
+                text = Path(str(group), name).read_text()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill" and value.strip().isdigit():
+                    return int(value)
+    return None
 
 
 def main() -> int:

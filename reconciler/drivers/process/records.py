@@ -250,6 +250,8 @@ class Exited(NamedTuple):
     signal: int | None = None
     error: str | None = None
     finished_at: str | None = None
+    oom_killed: bool = False
+    """The kernel's OOM killer ended it (its memory group counted a kill)."""
 
     def to_json(self) -> dict[str, Any]:
         return self._asdict()  # every field, in the file's order
@@ -263,6 +265,7 @@ class Exited(NamedTuple):
             signal=_number(fields, "signal"),
             error=_text(fields, "error"),
             finished_at=_text(fields, "finished_at"),
+            oom_killed=fields.get("oom_killed") is True,
         )
 
     @property

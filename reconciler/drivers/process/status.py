@@ -23,6 +23,8 @@ class State(NamedTuple):
     rebooted: bool = False
     """Dead because the host went down: its launch was on an earlier boot and it had
     not exited before."""
+    oom_killed: bool = False
+    """Exited because the kernel's OOM killer ended it."""
 
 
 def current_started(where: Path, record: Record) -> Started | None:
@@ -49,7 +51,7 @@ def state(where: Path, record: Record) -> State:
     started_at = started.started_at if started else None
     exited = current_exited(where, record)
     if exited is not None:
-        return State("exited", exited.code, started_at)
+        return State("exited", exited.code, started_at, oom_killed=exited.oom_killed)
     if started is not None and started.monitor_alive():
         return State("exited", None, started_at)  # ended a moment ago; the monitor records it
     earlier = records.read_started(where)
@@ -59,7 +61,7 @@ def state(where: Path, record: Record) -> State:
 
 
 def run_state(run: RunId, where: Path, record: Record) -> RunState:
-    status, code, started, _ = state(where, record)
+    status, code, started, *_ = state(where, record)
     finished = None
     if status in ("exited", "dead"):
         exited = current_exited(where, record)
