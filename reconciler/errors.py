@@ -154,3 +154,8 @@ class Conflict(PermanentDriverError):
 class EngineRolledBack(PermanentDriverError):
     """A clustered engine (Docker Swarm) found an update failing and rolled the service
     back to its previous spec itself; the message is the engine's."""
+
+
+class JournalDamaged(ZlayerError):
+    """The daemon's journal file is not a database SQLite can read (its owner, the
+    daemon, moves it aside; a reader says so)."""

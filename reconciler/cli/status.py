@@ -23,7 +23,7 @@ from reconciler.cli.runtime import RUNTIME_OPTION, STATE_DIR_OPTION, pick_runtim
 from reconciler.daemon.journal import Crash, Journal
 from reconciler.desired import DesiredState
 from reconciler.drivers.base import Driver, ProxyingCluster
-from reconciler.errors import NoDaemon, ProxyError, ZlayerError
+from reconciler.errors import JournalDamaged, NoDaemon, ProxyError, ZlayerError
 from reconciler.observed import ClusterService, ObservedState, Workload, WorkloadId
 from reconciler.plan.planner import route_text
 from reconciler.removals import Removals
@@ -385,7 +385,11 @@ def _from_journal(settings: Settings, read: Callable[[Journal], Any], none: Any)
     state_dir = settings.state_dir or default_state_dir()
     if not Journal.exists(state_dir):
         return none
-    journal = Journal.in_state_dir(state_dir)
+    try:
+        journal = Journal.in_state_dir(state_dir)
+    except JournalDamaged as exc:
+        click.echo(visible_line(f"warning: {exc}"), err=True)  # the runtime's view still shows
+        return none
     try:
         return read(journal)
     finally:

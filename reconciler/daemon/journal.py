@@ -19,6 +19,7 @@ and marks stay as long as their workload or revision matters.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -28,7 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.backoff import describe_wait
+from reconciler.errors import JournalDamaged
 from reconciler.redact import Scrubber, scrub_data
+
+log = logging.getLogger(__name__)
 
 JOURNAL_FILE = "journal.db"
 MAX_ROWS = 20_000
@@ -159,27 +163,75 @@ def _iso(at: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
 
 
+def _move_aside(path: Path) -> Path:
+    """``journal.db`` (and its WAL files) renamed ``journal.db.damaged-<UTC time>``."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = path.with_name(f"{path.name}.damaged-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.damaged-{stamp}-{n}")
+    for suffix in ("-wal", "-shm"):
+        extra = path.with_name(path.name + suffix)
+        if extra.exists():
+            extra.rename(target.with_name(target.name + suffix))
+    path.rename(target)
+    return target
+
+
 class Journal:
     """The journal at ``path``; one connection, used from one thread."""
 
-    def __init__(self, path: Path, *, retention_days: float = 14.0) -> None:
+    def __init__(self, path: Path, *, retention_days: float = 14.0, recover: bool = False) -> None:
+        """Open (or make) the journal at ``path``. A damaged one (not a database, or
+        failing SQLite's quick check) is :class:`JournalDamaged`; with ``recover`` (the
+        daemon, its owner) it is moved aside instead, kept for inspection under a name
+        :attr:`moved_aside` gives, and a new one is started."""
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = path
         self.retention = retention_days * 86400
-        self._db = sqlite3.connect(path, timeout=10.0, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=10000")
-        self._db.executescript(_SCHEMA)
+        self.moved_aside: Path | None = None
+        try:
+            self._db = self._open(path)
+        except sqlite3.DatabaseError as exc:
+            if not recover:
+                raise JournalDamaged(
+                    f"{path}: the journal is damaged ({exc}); the daemon moves it aside "
+                    "and starts a new one when it starts"
+                ) from exc
+            self.moved_aside = _move_aside(path)
+            log.warning(
+                "%s: the journal was damaged (%s); moved aside to %s, a new one started",
+                path, exc, self.moved_aside,
+            )  # fmt: skip
+            self._db = self._open(path)
         path.chmod(0o600)
         self.scrub: Scrubber = Scrubber()
         """Cuts the clear values of the specs being applied out of every text row
         (the daemon sets it for each desired state it applies)."""
 
+    @staticmethod
+    def _open(path: Path) -> sqlite3.Connection:
+        db = sqlite3.connect(path, timeout=10.0, isolation_level=None)
+        try:
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA busy_timeout=10000")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            checked = db.execute("PRAGMA quick_check").fetchone()[0]
+            if checked != "ok":
+                raise sqlite3.DatabaseError(f"quick check: {checked}")
+            db.executescript(_SCHEMA)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
     @classmethod
-    def in_state_dir(cls, state_dir: Path, retention_days: float = 14.0) -> Journal:
-        return cls(state_dir / JOURNAL_FILE, retention_days=retention_days)
+    def in_state_dir(
+        cls, state_dir: Path, retention_days: float = 14.0, *, recover: bool = False
+    ) -> Journal:
+        return cls(state_dir / JOURNAL_FILE, retention_days=retention_days, recover=recover)
 
     @staticmethod
     def exists(state_dir: Path) -> bool:

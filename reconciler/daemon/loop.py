@@ -112,7 +112,17 @@ class Daemon:
         self.clock = clock
         self.rng = rng
         self.started_at = clock()
-        self.journal = Journal.in_state_dir(state_dir, settings.daemon.journal_retention)
+        self.journal = Journal.in_state_dir(
+            state_dir, settings.daemon.journal_retention, recover=True
+        )
+        if self.journal.moved_aside is not None:
+            self.journal.event(
+                "daemon", "journal-recovered",
+                f"the journal was damaged: moved aside to {self.journal.moved_aside.name}, "
+                "a new one started (history, crash counters and the last good revision "
+                "start over; the workloads are observed from the runtime)",
+                clock(),
+            )  # fmt: skip
         self.supervisor = Supervisor(self.journal, settings.backoff, clock=clock, rng=rng)
         self.cron = Cron(self.journal, clock)
         self.autoscaler = Autoscaler(self.journal, clock, settings.autoscale_interval)

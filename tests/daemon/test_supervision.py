@@ -15,7 +15,7 @@ from reconciler.daemon.cron import Cron
 from reconciler.daemon.journal import MAX_ROWS, Journal
 from reconciler.daemon.supervise import Supervisor
 from reconciler.desired import CompileInputs, DesiredState, compile_specs
-from reconciler.errors import ZlayerError
+from reconciler.errors import JournalDamaged, ZlayerError
 from reconciler.observed import ObservedState, Workload
 from reconciler.plan.planner import plan_changes
 from tests.conftest import load_ok, spec_text
@@ -335,3 +335,34 @@ def test_an_oom_killed_replica_is_a_crash_that_says_so(journal: Journal) -> None
     assert journal.crash("demo/web/1") is not None and "demo/web/1" in result.held
     (event,) = [e for e in journal.events(10, target="demo/web/1") if e["kind"] == "crashed"]
     assert event["message"].startswith("oom-killed (at its memory limit, status 137); restart 1")
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [b"not a database at all\n" * 100, b"SQLite format 3\x00" + b"\xff" * 4000],
+    ids=["garbage", "torn-header"],
+)
+def test_a_damaged_journal_is_refused_to_readers_and_moved_aside_by_its_owner(
+    tmp_path: Path, damage: bytes
+) -> None:
+    journal = Journal(tmp_path / "journal.db")
+    journal.event("t", "kind", "before the damage", 1.0)
+    journal.close()
+    for extra in ("journal.db-wal", "journal.db-shm"):
+        (tmp_path / extra).unlink(missing_ok=True)
+    (tmp_path / "journal.db").write_bytes(damage)
+    with pytest.raises(JournalDamaged, match="the daemon moves it aside"):
+        Journal(tmp_path / "journal.db")
+    assert (tmp_path / "journal.db").read_bytes() == damage  # a reader changes nothing
+    owner = Journal(tmp_path / "journal.db", recover=True)
+    try:
+        assert owner.moved_aside is not None and owner.moved_aside.read_bytes() == damage
+        assert owner.moved_aside.name.startswith("journal.db.damaged-")
+        assert owner.events(10) == []  # a new journal
+        owner.event("t", "kind", "after", 2.0)
+        assert [e["message"] for e in owner.events(10)] == ["after"]
+    finally:
+        owner.close()
+    again = Journal(tmp_path / "journal.db", recover=True)  # sound now: nothing moved
+    assert again.moved_aside is None
+    again.close()

@@ -20,6 +20,7 @@ import asyncio
 import collections
 import contextlib
 import ipaddress
+import logging
 import os
 import uuid
 from collections.abc import AsyncGenerator, Collection
@@ -52,6 +53,8 @@ LOG_MAX_BYTES = 10 * 1024 * 1024
 LOG_KEEP = 3
 EXIT_POLL = 1.0
 """Seconds between looks for replicas and runs that ended (:meth:`ProcessDriver.exits`)."""
+
+log = logging.getLogger(__name__)
 
 
 class ProcessDriver:
@@ -221,9 +224,36 @@ class ProcessDriver:
         target = service.workload_id(replica)
         where = self.store.replica_dir(target)
         if (where / records.RECORD).exists():
-            records.read_record(where)  # one that cannot be read is reported as such
-            raise Conflict(f"{target}: already exists")
+            try:
+                records.read_record(where)
+            except PermanentDriverError as damaged:
+                await self._recover_damaged(target, where, damaged)
+            else:
+                raise Conflict(f"{target}: already exists")
         await self._launch_new(service, target, where, revision)
+
+    async def _recover_damaged(
+        self, target: WorkloadId, where: Path, damaged: PermanentDriverError
+    ) -> None:
+        """A replica whose record cannot be read (observation skipped it, so the plan
+        creates it): the record is moved aside, kept for inspection, and what it
+        described is taken down as far as its own files tell (the workload its monitor
+        recorded, the replica's cgroups and network namespace), so that creating it
+        again never leaves a second one running."""
+        stamp = host.now_iso().replace(":", "").replace("-", "")
+        aside = where / f"{records.RECORD}.damaged-{stamp}"
+        (where / records.RECORD).rename(aside)
+        started = records.read_started(where)
+        stand_in = Record(
+            deployment=target.deployment, service=target.service, replica=target.replica,
+            fingerprint="", config={}, launch=started.launch if started else None,
+            # remove_sandbox is told the replica, not the name: any netns stands for its own
+            network=Attachment(netns="(its own)") if self.facts.root else Attachment(),
+        )  # fmt: skip
+        await self._take_down(target, where, stand_in)
+        log.warning(
+            "%s; moved aside to %s, its workload stopped, created again", damaged, aside.name
+        )
 
     async def replace(self, service: DesiredService, replica: int, revision: str) -> None:
         target = service.workload_id(replica)
