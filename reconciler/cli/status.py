@@ -381,6 +381,10 @@ def _autoscaled(settings: Settings) -> dict[str, Any]:
     return found if isinstance(found, dict) else {}
 
 
+_WARNED: set[Path] = set()
+"""State directories whose damaged journal this process has warned about."""
+
+
 def _from_journal(settings: Settings, read: Callable[[Journal], Any], none: Any) -> Any:
     state_dir = settings.state_dir or default_state_dir()
     if not Journal.exists(state_dir):
@@ -388,7 +392,9 @@ def _from_journal(settings: Settings, read: Callable[[Journal], Any], none: Any)
     try:
         journal = Journal.in_state_dir(state_dir)
     except JournalDamaged as exc:
-        click.echo(visible_line(f"warning: {exc}"), err=True)  # the runtime's view still shows
+        if state_dir not in _WARNED:  # once, however many times status reads it
+            _WARNED.add(state_dir)
+            click.echo(visible_line(f"warning: {exc}"), err=True)  # the runtime's view shows
         return none
     try:
         return read(journal)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -100,3 +102,25 @@ def test_a_daemon_keeps_running_through_a_corrupt_journal_cache_and_record(
     assert status, "the daemon answers"
     daemon_host.wait_reconciles(len(daemon_host.reconciles()) + 1)
     assert replicas_running(daemon_host) == after  # and stays so
+
+
+@pytest.mark.faults
+def test_readers_of_a_damaged_journal_say_so_and_change_nothing(tmp_path: Path) -> None:
+    damage = b"not a database\n" * 100
+    (tmp_path / "journal.db").write_bytes(damage)
+    env = {**os.environ, "ZLAYER_STATE_DIR": str(tmp_path), "NO_COLOR": "1"}
+
+    def zlayer(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "reconciler", *args],
+            capture_output=True, text=True, timeout=120, env=env,
+        )  # fmt: skip
+
+    history = zlayer("history")
+    assert history.returncode == 1 and "Traceback" not in history.stderr, history.stderr
+    assert "the journal is damaged" in history.stderr, history.stderr
+    status = zlayer("status", "--runtime", "process")
+    assert status.returncode == 0, status.stderr  # the runtime's view still shows
+    assert status.stderr.count("the journal is damaged") == 1, status.stderr
+    assert (tmp_path / "journal.db").read_bytes() == damage
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["journal.db"]
