@@ -32,7 +32,7 @@ from reconciler.daemon.client import call
 from reconciler.daemon.journal import Journal
 from reconciler.daemon.loop import Daemon
 from reconciler.durations import parse_duration
-from reconciler.errors import NoDaemon, ZlayerError
+from reconciler.errors import JournalDamaged, NoDaemon, ZlayerError
 from reconciler.settings import DaemonSettings, Settings
 from reconciler.sources.base import Source
 from reconciler.sources.directory import DirSource
@@ -91,7 +91,16 @@ def _journal(settings: Settings) -> Journal:
                 " state directory"
             )
         )
-    return Journal.in_state_dir(state)
+    return opened(state)
+
+
+def opened(state: Path) -> Journal:
+    """The journal in ``state``; a damaged one is the command's error (the daemon, its
+    owner, moves it aside when it starts)."""
+    try:
+        return Journal.in_state_dir(state)
+    except JournalDamaged as exc:
+        raise click.ClickException(visible(str(exc))) from exc
 
 
 @click.group(
@@ -322,7 +331,7 @@ def _run_directly(
     name = pick_runtime(runtime, settings)
 
     async def go() -> int:
-        journal = Journal.in_state_dir(state)
+        journal = opened(state)
         try:
             async with open_runtime(name, settings) as driver:
                 runs = Runs(driver, journal, inputs)

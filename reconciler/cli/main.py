@@ -18,7 +18,6 @@ import click
 
 from reconciler import __version__
 from reconciler.cli.escape import visible
-from reconciler.errors import JournalDamaged
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -120,9 +119,6 @@ def main(argv: list[str] | None = None) -> None:
             # Our messages quote specs, snapshots and runtime answers: one line, no controls.
             exc = click.ClickException(visible(exc.message))
         exc.show()
-        sys.exit(EXIT_ERROR)
-    except JournalDamaged as exc:  # a reader of the journal the daemon has not moved aside
-        click.ClickException(visible(str(exc))).show()
         sys.exit(EXIT_ERROR)
     except OSError as exc:
         if exc.filename is not None or exc.errno not in _OUTPUT_ERRORS:

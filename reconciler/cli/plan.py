@@ -11,11 +11,12 @@ import click
 from rich.console import Console
 
 from reconciler import reconcile
+from reconciler.cli.escape import visible
 from reconciler.cli.plan_render import render_markdown, render_text
 from reconciler.cli.render import fail_invalid, fail_with
 from reconciler.cli.runtime import STATE_DIR_OPTION, pick_runtime, settings_for
 from reconciler.desired import CompileInputs, DesiredState
-from reconciler.errors import InvalidSpecs, ZlayerError
+from reconciler.errors import InvalidSpecs, JournalDamaged, ZlayerError
 from reconciler.observed import ObservedState
 from reconciler.plan.serialize import plan_to_json
 from reconciler.runtimes import RUNTIMES
@@ -38,7 +39,11 @@ def _crash_loops(state_dir: Path) -> dict[str, str]:
 
     if not Journal.exists(state_dir):
         return {}
-    journal = Journal.in_state_dir(state_dir)
+    try:
+        journal = Journal.in_state_dir(state_dir)
+    except JournalDamaged as exc:
+        click.echo(visible(f"warning: {exc}; crash backoff not shown"), err=True)
+        return {}
     try:
         return journal.crash_loops(time.time())
     finally:

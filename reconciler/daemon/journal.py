@@ -212,20 +212,20 @@ class Journal:
 
     @staticmethod
     def _open(path: Path) -> sqlite3.Connection:
-        db = sqlite3.connect(path, timeout=10.0, isolation_level=None)
+        _db = sqlite3.connect(path, timeout=10.0, isolation_level=None)
         try:
-            db.row_factory = sqlite3.Row
-            db.execute("PRAGMA busy_timeout=10000")
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            checked = db.execute("PRAGMA quick_check").fetchone()[0]
+            _db.row_factory = sqlite3.Row
+            _db.execute("PRAGMA busy_timeout=10000")
+            _db.execute("PRAGMA journal_mode=WAL")
+            _db.execute("PRAGMA synchronous=NORMAL")
+            checked = _db.execute("PRAGMA quick_check").fetchone()[0]
             if checked != "ok":
                 raise sqlite3.DatabaseError(f"quick check: {checked}")
-            db.executescript(_SCHEMA)
+            _db.executescript(_SCHEMA)
         except BaseException:
-            db.close()
+            _db.close()
             raise
-        return db
+        return _db
 
     @classmethod
     def in_state_dir(

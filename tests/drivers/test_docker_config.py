@@ -486,6 +486,7 @@ def test_workload_from_a_list_entry() -> None:
         "problem": None,
         "outdated": None,
         "stopped_by_reboot": False,
+        "oom_killed": False,
     }
     starting = workload_from_summary({**summary, "Status": "Up 1 second (health: starting)"})
     assert starting is not None

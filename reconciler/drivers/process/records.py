@@ -254,7 +254,10 @@ class Exited(NamedTuple):
     """The kernel's OOM killer ended it (its memory group counted a kill)."""
 
     def to_json(self) -> dict[str, Any]:
-        return self._asdict()  # every field, in the file's order
+        data = self._asdict()  # every field, in the file's order
+        if not self.oom_killed:  # only when it was: older files are written back as they were
+            del data["oom_killed"]
+        return data
 
     @classmethod
     def from_json(cls, data: Any) -> "Exited":
