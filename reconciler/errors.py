@@ -137,6 +137,11 @@ class TemporaryDriverError(DriverError):
         super().__init__(message)
 
 
+class RuntimeUnreachable(TemporaryDriverError):
+    """The runtime's engine does not answer at all (its socket is gone, the connection
+    refused or timed out): the daemon says ``runtime unreachable`` and tries again."""
+
+
 class PermanentDriverError(DriverError):
     """A failure that retrying will not fix (bad config, missing image under ``never``)."""
 

@@ -638,6 +638,58 @@ def build_swarm(count: int = NODES) -> Swarm:
         raise
 
 
+@dataclass(frozen=True)
+class Engine:
+    """One private Docker engine of its own (no swarm), in a network namespace, for the
+    fault tests that stop and start it (:meth:`stop`, :meth:`start`, by pid)."""
+
+    suffix: str
+    directory: Path
+    _engine: _Engine
+
+    @property
+    def socket(self) -> str:
+        return self._engine.socket
+
+    @property
+    def running(self) -> bool:
+        return self._engine.running
+
+    def stop(self, timeout: float = 30) -> None:
+        """SIGTERM to dockerd (its pid), SIGKILL after ``timeout``; what the engine ran
+        (containerd, shims, containers) is gone afterwards, as after a host's restart."""
+        self._engine.stop(timeout)
+
+    def start(self, timeout: float = 60) -> None:
+        self._engine.start(timeout)
+
+    def log_tail(self, lines: int = 25) -> str:
+        return self._engine.log_tail(lines)
+
+
+def build_engine() -> Engine:
+    """A standalone engine with the test images; removed again on any failure."""
+    sweep_leftovers()
+    suffix, directory = _new_directory()
+    engines: list[_Engine] = []
+    try:
+        (directory / "resolv.conf").write_text(
+            "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n"
+        )
+        _make_network(suffix, 1)
+        engines = [_Engine(suffix, 1, directory)]
+        engines[0].start()
+        _import_image(engines)
+        return Engine(suffix, directory, engines[0])
+    except BaseException:
+        _destroy(suffix, directory, engines)
+        raise
+
+
+def destroy_engine(engine: Engine) -> None:
+    _destroy(engine.suffix, engine.directory, [engine._engine])
+
+
 def _destroy(suffix: str, directory: Path | None, engines: Sequence[_Engine] = ()) -> None:
     """Remove everything of cluster ``suffix``: engines, stray processes, mounts,
     namespaces (with their links), cgroups, the directory. Tries every step, then raises
@@ -1052,6 +1104,24 @@ def swarm_cluster() -> Iterator[Swarm]:
         yield cluster
     finally:
         print(f"swarm {cluster.suffix} removed in {destroy_swarm(cluster)}s")
+
+
+@pytest.fixture
+def private_engine() -> Iterator[Engine]:
+    """A private Docker engine of the test's own, to stop and start (a few seconds to
+    build), removed with everything it ran afterwards."""
+    needs_root("a private Docker engine in a network namespace")
+    missing = _missing_tools()
+    if missing:
+        unavailable(f"NO ENGINE: {', '.join(missing)} not installed (docker.io, iproute2)")
+    try:
+        engine = build_engine()
+    except EngineFailed as exc:
+        unavailable(f"NO ENGINE: dockerd did not start: {exc}")
+    try:
+        yield engine
+    finally:
+        destroy_engine(engine)
 
 
 @pytest.fixture

@@ -40,7 +40,14 @@ from reconciler.daemon.supervise import Supervisor
 from reconciler.daemon.views import Views
 from reconciler.desired import DesiredState
 from reconciler.drivers.base import Driver
-from reconciler.errors import ConfigError, DriverError, LockHeld, ProxyError, ZlayerError
+from reconciler.errors import (
+    ConfigError,
+    DriverError,
+    LockHeld,
+    ProxyError,
+    RuntimeUnreachable,
+    ZlayerError,
+)
 from reconciler.executor import Event
 from reconciler.lock import ApplyLock
 from reconciler.observed import ObservedState, RunId, WorkloadId
@@ -140,6 +147,8 @@ class Daemon:
         self.api: ApiServer | None = None
         self.last: dict[str, Any] | None = None
         self.reconciling_since: float | None = None
+        self.unreachable: tuple[float, str] | None = None
+        """Since when and why the runtime's engine has not answered (None: it answers)."""
         self.stopping = asyncio.Event()
         self._reasons: list[str] = []
         self._wake = asyncio.Event()
@@ -401,12 +410,21 @@ class Daemon:
             else:
                 revision = choice.desired.revision
                 outcome, summary, plan_doc, outcomes = await self._apply(choice)
+        except RuntimeUnreachable as exc:
+            outcome, summary = "runtime-unreachable", str(exc)
+            self._unreachable(summary, now)
         except (ZlayerError, OSError) as exc:
             outcome, summary = "error", f"{type(exc).__name__}: {exc}"
             self.counters["errors"] += 1
             log.error("reconcile failed: %s", self.journal.scrub(summary))
         finally:
             self.reconciling_since = None
+        if outcome != "runtime-unreachable" and self.unreachable is not None:
+            since = self.unreachable[0]
+            self.unreachable = None
+            message = f"the {self.runtime} runtime answers again after {self.clock() - since:.0f}s"
+            log.warning("%s", message)
+            self.journal.event("daemon", "runtime-reachable", message, self.clock())
         finished = self.clock()
         self.journal.finish_reconcile(
             rid,
@@ -429,6 +447,20 @@ class Daemon:
         self.notifier.status(self.views.status_line())
         self._cron_wake.set()
         return outcome
+
+    def _unreachable(self, error: str, now: float) -> None:
+        """The runtime's engine does not answer: said once (log, journal event, status,
+        ``zlayer_runtime_up 0``) until it answers again; the daemon stays up and tries
+        at every trigger and resync, and never falls back to another runtime."""
+        if self.unreachable is not None:
+            return
+        self.unreachable = (now, self.journal.scrub(error))
+        message = (
+            f"runtime unreachable: {error}; the workloads are the engine's until it answers "
+            "again (no other runtime is tried)"
+        )
+        log.error("%s", self.journal.scrub(message))
+        self.journal.event("daemon", "runtime-unreachable", message, now)
 
     def counted(self, desired: DesiredState) -> DesiredState:
         """``desired`` with the counts that are not the specs': ``zlayer scale``'s for

@@ -31,6 +31,8 @@ class Metrics:
     """The managed proxy's servers, as HAProxy counts them now."""
     scaling: tuple[Scaling, ...] = ()
     """Adaptive services, as the autoscaler last sampled them."""
+    runtime_up: bool = True
+    """The runtime's engine answered the last reconcile (no ``runtime-unreachable``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +112,11 @@ def render_metrics(metrics: Metrics, now: float) -> str:
             [(f'{{revision="{_label(metrics.applied_revision)}"}}',
               round(max(0.0, now - metrics.applied_at), 3))],
         )  # fmt: skip
+    lines += _family(
+        "zlayer_runtime_up", "gauge",
+        "1 while the runtime's engine answers; 0 while it is unreachable.",
+        [("", int(metrics.runtime_up))],
+    )  # fmt: skip
     lines += _family(
         "zlayer_daemon_start_time_seconds", "gauge", "When the daemon started (unix time).",
         [("", round(metrics.started_at, 3))],

@@ -45,6 +45,8 @@ class Views:
     def status_line(self) -> str:
         """One line for systemd's ``STATUS=``."""
         last = self.daemon.last
+        if self.daemon.unreachable is not None:
+            return f"runtime unreachable: {self.daemon.unreachable[1]}"[:200]
         if last is None:
             return "starting"
         applied = self.daemon.revisions.applied
@@ -64,6 +66,7 @@ class Views:
                 "applied_at": daemon.revisions.applied_at,
             },
             "problem": daemon.revisions.problem,
+            "runtime": self._runtime(),
             "last_reconcile": daemon.last,
             "reconciling": daemon.reconciling_since is not None,
             "crash_loops": {t: c.describe(now) for t, c in crashes.items() if c.streak or c.held},
@@ -72,6 +75,12 @@ class Views:
             else {},
             "jobs": [r.as_json() for r in daemon.journal.runs(limit=10)],
         }
+
+    def _runtime(self) -> dict[str, Any]:
+        if self.daemon.unreachable is None:
+            return {"reachable": True}
+        since, error = self.daemon.unreachable
+        return {"reachable": False, "status": "runtime unreachable", "since": since, "error": error}
 
     def _routes(self) -> HostRoutes:
         return HostRoutes.of(self.daemon.state_dir, self.daemon.settings.publish_address)
@@ -131,6 +140,7 @@ class Views:
             started_at=daemon.started_at,
             routes=tuple(routes),
             scaling=self._scaling(),
+            runtime_up=self.daemon.unreachable is None,
         )
 
     def _scaling(self) -> tuple[Scaling, ...]:

@@ -20,7 +20,11 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from reconciler.drivers.docker.errors import engine_error
-from reconciler.errors import NotFound, PermanentDriverError, TemporaryDriverError
+from reconciler.errors import (
+    NotFound,
+    PermanentDriverError,
+    RuntimeUnreachable,
+)
 
 if TYPE_CHECKING:
     import aiodocker
@@ -83,7 +87,7 @@ def translated(
         ):
             reason = str(exc) or type(exc).__name__
             message = f"{subject}: {action} failed: no answer from the engine ({reason})"
-            raise TemporaryDriverError(message, delay=5.0) from exc
+            raise RuntimeUnreachable(message, delay=5.0) from exc
         raise
 
 

@@ -25,7 +25,12 @@ from typing import Any
 from urllib.parse import urlencode
 
 from reconciler.drivers.docker.errors import engine_error
-from reconciler.errors import NotFound, PermanentDriverError, TemporaryDriverError
+from reconciler.errors import (
+    NotFound,
+    PermanentDriverError,
+    RuntimeUnreachable,
+    TemporaryDriverError,
+)
 from reconciler.unixhttp import UnixHTTPConnection
 
 _SEARCH = (Path("/run/docker.sock"), Path("/var/run/docker.sock"))
@@ -82,7 +87,7 @@ class SocketReader:
         except (OSError, http.client.HTTPException) as exc:
             reason = str(exc) or type(exc).__name__
             message = f"{subject}: {action} failed: no answer from the engine ({reason})"
-            raise TemporaryDriverError(message, delay=5.0) from exc
+            raise RuntimeUnreachable(message, delay=5.0) from exc
         if status >= 400:
             raise engine_error(status, _message(body), str(subject), action, missing=missing)
         try:

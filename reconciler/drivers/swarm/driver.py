@@ -36,6 +36,7 @@ from reconciler.errors import (
     EngineRolledBack,
     NotFound,
     PermanentDriverError,
+    RuntimeUnreachable,
     TemporaryDriverError,
 )
 from reconciler.fingerprint import canonical_json
@@ -176,7 +177,7 @@ class SwarmDriver:
         except DockerError as error:
             raise _error(error, subject, action) from error
         except (TimeoutError, OSError) as error:
-            raise TemporaryDriverError(
+            raise RuntimeUnreachable(
                 f"{subject}: {action} failed: no answer from {self.url} ({error})", delay=5.0
             ) from error
 
