@@ -269,11 +269,14 @@ class Journal:
         summary: str,
         plan: Mapping[str, Any] | None = None,
         outcomes: Sequence[Mapping[str, Any]] | None = None,
+        duration: float | None = None,
     ) -> None:
+        """``duration``: measured on a monotonic clock by the caller (a wall clock that
+        jumps meanwhile would make it negative or hours long); else ``at`` − started."""
         with self._write():
             self._db.execute(
                 "UPDATE reconciles SET finished=?, revision=?, outcome=?, summary=?, plan=?,"
-                " outcomes=?, duration=? - started WHERE id=?",
+                " outcomes=?, duration=COALESCE(?, ? - started) WHERE id=?",
                 (
                     at,
                     revision,
@@ -281,6 +284,7 @@ class Journal:
                     self.scrub(summary),
                     json.dumps(scrub_data(plan, self.scrub)) if plan is not None else None,
                     json.dumps(scrub_data(outcomes, self.scrub)) if outcomes is not None else None,
+                    None if duration is None else max(0.0, duration),
                     at,
                     reconcile,
                 ),

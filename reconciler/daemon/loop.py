@@ -99,6 +99,11 @@ def _own_signals() -> None:
         signal.signal(signum, signal.SIG_DFL)
 
 
+CRON_RECHECK = 30.0
+"""Seconds after which the cron task looks at the clock again, however far its next
+fire time is (a wall clock set forward must not leave a fire time waiting hours)."""
+
+
 class Daemon:
     def __init__(
         self,
@@ -371,7 +376,9 @@ class Daemon:
             wake = self.cron.next_wake(desired) if desired else None
             self._cron_wake.clear()
             timeout = None if wake is None else max(0.0, wake - self.clock())
-            await wait_event(self._cron_wake, timeout)
+            # Fire times are wall-clock times, and the wait is not: looked at again at
+            # least every CRON_RECHECK seconds, a clock set forward is noticed then.
+            await wait_event(self._cron_wake, min(timeout, CRON_RECHECK) if timeout else timeout)
             applied = self.revisions.applied
             if applied is None or self.stopping.is_set():
                 continue
@@ -396,6 +403,7 @@ class Daemon:
     async def reconcile(self, reasons: list[str]) -> str:
         assert self.driver is not None and self.monitor is not None
         now = self.clock()
+        began = time.monotonic()  # the duration, whatever the wall clock does meanwhile
         trigger = "; ".join(reasons)[:1000]
         rid = self.journal.start_reconcile(trigger, now)
         self.reconciling_since = now
@@ -434,6 +442,7 @@ class Daemon:
             summary=summary,
             plan=plan_doc,
             outcomes=outcomes,
+            duration=time.monotonic() - began,
         )
         self.last = {
             "id": rid,
@@ -442,7 +451,7 @@ class Daemon:
             "summary": summary,
             "revision": revision,
             "finished": finished,
-            "duration": round(finished - now, 3),
+            "duration": round(time.monotonic() - began, 3),
         }
         self.notifier.status(self.views.status_line())
         self._cron_wake.set()

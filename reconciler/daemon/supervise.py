@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -51,11 +52,21 @@ class Supervisor:
         *,
         clock: Callable[[], float],
         rng: Callable[[], float] = random.random,
+        monotonic: Callable[[], float] | None = None,
     ) -> None:
+        """``monotonic``: the clock that counts the waits (default: :func:`time.monotonic`
+        beside the wall clock :func:`time.time`; a test's own clock alone serves as
+        both)."""
         self.journal = journal
         self.policy = policy
         self.clock = clock
         self.rng = rng
+        self.monotonic = monotonic or (time.monotonic if clock is time.time else clock)
+        self._due: dict[str, float] = {}
+        """Per target, when its held restart comes due on :attr:`monotonic` (crashes
+        this process recorded): a wall clock that jumps then neither makes the restart
+        wait hours nor come at once. A crash from the journal (an earlier daemon) has
+        its wall-clock time only, clamped to the longest wait the policy can give."""
 
     def crash_of(self, workload: Workload, health_problem: str | None) -> str | None:
         """Why ``workload`` counts as crashed, or None."""
@@ -104,14 +115,26 @@ class Supervisor:
                 if crash.held == "shutdown" and workload.status == "running":
                     stop.append(action.target)
                 continue
-            if crash.next_at is not None and crash.next_at > now:
+            remaining = self._remaining(str(action.target), crash, policy, now)
+            if remaining > 0:
                 held[str(action.target)] = crash
                 dropped[action.id] = crash.describe(now)
-                wake = crash.next_at if wake is None else min(wake, crash.next_at)
+                due = now + remaining
+                wake = due if wake is None else min(wake, due)
                 continue
+            self._due.pop(str(action.target), None)
             self.journal.count_restart(str(action.target), now)
         self._end_streaks(observed, unhealthy, now)
         return Supervised(hold_actions(plan, dropped), held, wake, tuple(stop))
+
+    def _remaining(self, target: str, crash: Crash, service: ServicePolicy, now: float) -> float:
+        """Seconds until ``crash``'s held restart is due (0: now)."""
+        if crash.next_at is None:
+            return 0.0
+        if target in self._due:
+            return max(0.0, self._due[target] - self.monotonic())
+        longest = max(self.policy.cap * (1 + self.policy.jitter), service.restart_delay or 0.0)
+        return min(max(0.0, crash.next_at - now), longest)
 
     def _record(
         self, workload: Workload, why: str, service: ServicePolicy, now: float, kind: str
@@ -136,6 +159,10 @@ class Supervisor:
             held = FAILED
         delay = max(self.policy.delay(streak, self.rng()), service.restart_delay or 0.0)
         next_at = None if held else now + delay
+        if next_at is not None:
+            self._due[target] = self.monotonic() + delay
+        else:
+            self._due.pop(target, None)
         crash = self.journal.record_crash(
             target,
             instance=instance,
