@@ -44,6 +44,7 @@ from reconciler.errors import (
     Conflict,
     NotFound,
     PermanentDriverError,
+    RuntimeUnreachable,
     TemporaryDriverError,
 )
 from reconciler.fingerprint import canonical_json
@@ -573,7 +574,7 @@ def test_names() -> None:
         (409, Conflict),
         (500, TemporaryDriverError),
         (503, TemporaryDriverError),
-        (900, TemporaryDriverError),
+        (900, RuntimeUnreachable),  # a TemporaryDriverError that says the engine is gone
         (400, PermanentDriverError),
         (403, PermanentDriverError),
     ],

@@ -7,6 +7,7 @@ from reconciler.errors import (
     DriverError,
     NotFound,
     PermanentDriverError,
+    RuntimeUnreachable,
     TemporaryDriverError,
 )
 
@@ -31,7 +32,7 @@ def engine_error(
     if status == 409:
         return Conflict(text)
     if status == 900:  # aiodocker: the engine did not answer
-        return TemporaryDriverError(text, delay=5.0)
+        return RuntimeUnreachable(text, delay=5.0)
     if status >= 500:
         return TemporaryDriverError(text, delay=2.0)
     if status == 0 and any(w.lower() in message.lower() for w in _TEMPORARY_WORDS):
