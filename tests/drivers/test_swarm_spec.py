@@ -3,12 +3,14 @@ refuses or warns about (pure: no engine; the real swarm is tests/swarm)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 from reconciler.drivers.swarm import SwarmDriver
 from reconciler.drivers.swarm import spec as sw
-from reconciler.drivers.swarm.driver import _detected, ipvs_available
+from reconciler.drivers.swarm.driver import _as_labelled, _detected, ipvs_available
+from reconciler.route_table import routed_service, routes_of, table_of
 from tests.docker_support import compile_services
 
 WEB = """
@@ -217,3 +219,17 @@ def test_ipvs_is_detected_on_this_host_only(tmp_path: Path) -> None:
     assert _detected("tcp://10.0.0.1:2376", tmp_path) == "dnsrr"  # another host's kernel
     assert SwarmDriver("tcp://10.0.0.1:2376", endpoint_mode="vip").endpoint_mode == "vip"
     assert SwarmDriver("tcp://10.0.0.1:2376").endpoint_mode == "dnsrr"
+
+
+def test_the_proxys_label_records_no_health_query_and_no_replica_count() -> None:
+    text = WEB.replace(
+        'health: {check: {type: command, command: "test -f /ok"}, interval: 2s, start_grace: 3s}',
+        'health: {check: {type: http, url: "http://localhost:8080/ok?token=t0ps3cret"}}',
+    )
+    routed = routed_service(web(text))
+    assert "t0ps3cret" in json.dumps(dataclasses.asdict(routed))
+    labelled = _as_labelled(routed)
+    assert "t0ps3cret" not in json.dumps(dataclasses.asdict(labelled))
+    assert labelled.replicas is None and labelled.health["url"] == "http://localhost:8080/ok?…"
+    # What the routes show is the same either way: no reroute for it.
+    assert routes_of(table_of([labelled]))[0].check == routes_of(table_of([routed]))[0].check

@@ -734,13 +734,8 @@ class SwarmDriver:
             discovery=Discovery(sw.NAMESERVER, _discovered),
         )  # fmt: skip
         digest = hashlib.sha256(text.encode()).hexdigest()
-        # What observation reports as routes; replica counts are no part of a route
-        # (a scale needs no new configuration: its tasks are found in DNS).
         listed = canonical_json(
-            [
-                dataclasses.asdict(dataclasses.replace(r, replicas=None))
-                for r in sorted(routed, key=_key)
-            ]
+            [dataclasses.asdict(_as_labelled(r)) for r in sorted(routed, key=_key)]
         )
         ports = [f.port for f in table.frontends]
         said = ", ".join(f":{p}" for p in sorted(set(ports)))
@@ -873,6 +868,18 @@ def _detected(url: str, root: Path = Path("/")) -> str:
 def _discovered(backend: Backend) -> tuple[str, int]:
     """Where the proxy finds a backend's servers: its service's running tasks."""
     return sw.discovery_name(backend.deployment, backend.service), sw.server_slots(backend.replicas)
+
+
+def _as_labelled(routed: RoutedService) -> RoutedService:
+    """``routed`` as the proxy's label records it, which observation reports as its
+    routes: no replica count (no part of a route: a scale needs no new configuration,
+    the tasks are found in DNS), and a health check URL without its query, which may
+    carry a credential and which the routes show without it anyway."""
+    health = dict(routed.health)
+    url = str(health.get("url") or "")
+    if "?" in url:
+        health["url"] = url.split("?", 1)[0] + "?…"
+    return dataclasses.replace(routed, replicas=None, health=health)
 
 
 def _key(routed: RoutedService) -> tuple[str, str]:
