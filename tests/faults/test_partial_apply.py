@@ -6,13 +6,10 @@ exactly the rest, and applying it leaves each replica once."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,69 +17,12 @@ import pytest
 
 from reconciler.drivers.docker.reader import socket_path
 from tests.docker_support import engine_request
+from tests.fault_support import EngineProxy
 
 pytestmark = [pytest.mark.faults, pytest.mark.docker]
 pytest_plugins = ["tests.docker_support"]
 
 STARTS = 3
-
-
-class CuttingProxy:
-    """Forwards ``path`` to the engine's unix socket ``engine``; the ``limit``-th
-    container start after the first ``limit`` is not forwarded: the proxy closes every
-    connection and removes its socket, so zlayer finds no engine from then on."""
-
-    def __init__(self, engine: str, path: Path, limit: int | None) -> None:
-        self.engine, self.path, self.limit = engine, path, limit
-        self.starts = 0
-        self.cut = threading.Event()
-        self._lock = threading.Lock()
-        self._connections: list[socket.socket] = []
-        self._listener = socket.socket(socket.AF_UNIX)
-        self._listener.bind(str(path))
-        self._listener.listen(64)
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"unix://{self.path}"
-
-    def _accept(self) -> None:
-        while not self.cut.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            upstream = socket.socket(socket.AF_UNIX)
-            upstream.connect(self.engine)
-            with self._lock:
-                self._connections += [client, upstream]
-            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket, requests: bool) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                if requests and self.limit is not None:
-                    self.starts += data.count(b"/start HTTP/1.1")
-                    if self.starts > self.limit:
-                        self.close()
-                        return
-                sink.sendall(data)
-        with contextlib.suppress(OSError):
-            sink.shutdown(socket.SHUT_WR)
-
-    def close(self) -> None:
-        self.cut.set()
-        with contextlib.suppress(OSError):
-            self._listener.close()
-        self.path.unlink(missing_ok=True)
-        with self._lock:
-            for connection in self._connections:
-                with contextlib.suppress(OSError):
-                    connection.shutdown(socket.SHUT_RDWR)
-                connection.close()
 
 
 def spec(deployment: str, image: str) -> str:
@@ -119,7 +59,7 @@ def test_an_apply_cut_off_mid_plan_leaves_exactly_the_rest_to_the_next_plan(
     specs = tmp_path / "app.yaml"
     specs.write_text(spec(deployment_name, test_image))
     state = tmp_path / "state"
-    proxy = CuttingProxy(engine, tmp_path / "engine.sock", STARTS)
+    proxy = EngineProxy(engine, tmp_path / "engine.sock", STARTS)
     whole = zlayer(proxy.url, state, "plan", str(specs), "--runtime", "docker", "--format", "json")
     assert whole.returncode == 0, whole.stderr
     everything = planned(whole)
@@ -137,7 +77,7 @@ def test_an_apply_cut_off_mid_plan_leaves_exactly_the_rest_to_the_next_plan(
     said = failed[0]["message"] if failed else ""
     assert "engine" in said and ("no answer" in said or "Cannot connect" in said), failed
 
-    back = CuttingProxy(engine, tmp_path / "engine2.sock", None)
+    back = EngineProxy(engine, tmp_path / "engine2.sock", None)
     try:
         rest = zlayer(back.url, state, "plan", str(specs), "--runtime", "docker",
                       "--format", "json")  # fmt: skip
