@@ -226,7 +226,7 @@ def routing_for(driver: Driver, routes: Routes | None) -> Routes | None:
     managed proxy where the runtime routes through it."""
     if isinstance(routes, ClusterRoutes):
         return routes
-    if isinstance(driver, ProxyingCluster) and driver.proxied:
+    if isinstance(driver, ProxyingCluster) and _proxied(driver):
         return ClusterRoutes(driver)
     if routes is None or not driver.routable:
         return None
